@@ -1,0 +1,32 @@
+"""Session-state accessors: one place that knows the keys."""
+
+from __future__ import annotations
+
+import streamlit as st
+
+from core.workspace import Workspace
+
+
+def workspace() -> Workspace:
+    """The workspace of this server: $MARGINLENS_WORKSPACE (set by `marginlens app`) or the default."""
+    if "workspace" not in st.session_state:
+        st.session_state["workspace"] = Workspace.resolve(None)
+    return st.session_state["workspace"]
+
+
+def current_dataset(names: list[str]) -> str | None:
+    """The dataset the user is working on, kept across pages; the first one when none was picked."""
+    name = st.session_state.get("dataset")
+    if name not in names:
+        name = names[0] if names else None
+        st.session_state["dataset"] = name
+    return name
+
+
+def dataset_picker(names: list[str], label: str = "Dataset") -> str | None:
+    if not names:
+        return None
+    current = current_dataset(names)
+    chosen = st.selectbox(label, names, index=names.index(current), key="_dataset_picker")
+    st.session_state["dataset"] = chosen
+    return chosen

@@ -1,0 +1,82 @@
+"""Atomic file writes: a reader sees the old file or the new one, never half of either."""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import tempfile
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
+from pathlib import Path
+from typing import Any
+
+
+def _fsync_dir(path: Path) -> None:
+    try:
+        fd = os.open(path, os.O_RDONLY)
+    except OSError:
+        return
+    try:
+        os.fsync(fd)
+    except OSError:
+        pass
+    finally:
+        os.close(fd)
+
+
+@contextmanager
+def atomic_path(target: str | os.PathLike) -> Iterator[Path]:
+    """Yield a temporary path beside `target`; rename it over `target` only if the block succeeds.
+
+    Works for files and for folders (the caller writes whatever it likes at the yielded path).
+    A crash or exception inside the block leaves `target` exactly as it was.
+    """
+    target = Path(target)
+    target.parent.mkdir(parents=True, exist_ok=True)
+    tmp = Path(tempfile.mkdtemp(prefix=f".{target.name}.", suffix=".tmp", dir=target.parent))
+    inner = tmp / target.name
+    try:
+        yield inner
+        if not inner.exists():
+            raise FileNotFoundError(f"atomic write of {target} produced nothing")
+        if inner.is_file():
+            with open(inner, "rb+") as fh:
+                os.fsync(fh.fileno())
+        if target.is_dir() and not target.is_symlink():
+            # A folder cannot be renamed over a non-empty folder: move the old one aside first.
+            old = tmp / ".old"
+            os.rename(target, old)
+            os.rename(inner, target)
+        else:
+            os.replace(inner, target)
+        _fsync_dir(target.parent)
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)
+
+
+def write_bytes(target: str | os.PathLike, data: bytes) -> None:
+    with atomic_path(target) as tmp:
+        tmp.write_bytes(data)
+
+
+def write_text(target: str | os.PathLike, text: str) -> None:
+    write_bytes(target, text.encode("utf-8"))
+
+
+def write_json(target: str | os.PathLike, obj: Any) -> None:
+    write_text(target, json.dumps(obj, indent=2, sort_keys=True, ensure_ascii=False, default=str) + "\n")
+
+
+def write_with(target: str | os.PathLike, writer: Callable[[Path], None]) -> None:
+    """Atomically create `target` with `writer(tmp_path)` (e.g. a parquet or save_to_disk call)."""
+    with atomic_path(target) as tmp:
+        writer(tmp)
+
+
+def read_json(path: str | os.PathLike, default: Any = None) -> Any:
+    try:
+        with open(path, encoding="utf-8") as fh:
+            return json.load(fh)
+    except FileNotFoundError:
+        return default

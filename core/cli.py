@@ -1,0 +1,52 @@
+"""The `marginlens` command line. Each command group lives in core/commands/ and registers itself.
+
+Command modules import heavy libraries (torch, transformers) inside their handlers, so
+`marginlens --help` and `marginlens list` stay fast.
+"""
+
+from __future__ import annotations
+
+import argparse
+import importlib
+import sys
+
+from core import __version__
+from core.errors import MarginLensError
+
+COMMAND_MODULES = [
+    "core.commands.data",
+    "core.commands.selection",
+]
+
+
+def build_parser() -> argparse.ArgumentParser:
+    common = argparse.ArgumentParser(add_help=False)
+    common.add_argument(
+        "--workspace",
+        default=argparse.SUPPRESS,
+        help="workspace folder (default: $MARGINLENS_WORKSPACE or ./marginlens-workspace)",
+    )
+    parser = argparse.ArgumentParser(prog="marginlens", parents=[common], description=__doc__)
+    parser.add_argument("--version", action="version", version=f"marginlens {__version__}")
+    sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+    for name in COMMAND_MODULES:
+        importlib.import_module(name).register(sub, common)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    if not hasattr(args, "workspace"):
+        args.workspace = None
+    try:
+        return int(args.func(args) or 0)
+    except MarginLensError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        print("interrupted", file=sys.stderr)
+        return 130
+
+
+if __name__ == "__main__":
+    sys.exit(main())

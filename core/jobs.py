@@ -1,0 +1,296 @@
+"""Background jobs: a folder per job, a detached worker process, nothing held in a UI process.
+
+  jobs/JOB_ID/spec.json     {"kind", "params", "job_id", "created"}  (never secrets)
+  jobs/JOB_ID/status.json   {"state", "done", "total", "heartbeat", "pid", "message", "extra", ...}
+                            written atomically; states: queued, running, done, failed, cancelled
+  jobs/JOB_ID/log.txt       the worker's output
+  jobs/JOB_ID/cancel        flag file: the worker stops at its next check
+  jobs/JOB_ID/results/      whatever the job kind appends as it goes (so a killed job resumes)
+
+The job id is a hash of (kind, params): submitting the same spec twice gives the same job. The
+worker holds an exclusive flock on jobs/JOB_ID/worker.lock for its whole life; the submitter takes
+that lock *before* spawning and hands the descriptor to the child, so there is no window in which
+two workers can start, and a SIGKILLed worker releases the lock with its process.
+"""
+
+from __future__ import annotations
+
+import fcntl
+import hashlib
+import importlib
+import json
+import os
+import subprocess
+import sys
+import threading
+import time
+import traceback
+from collections.abc import Callable
+from contextlib import contextmanager
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from core.atomic import read_json, write_json
+from core.errors import MarginLensError
+from core.workspace import Workspace
+
+# kind -> "module:function"; the function takes a JobContext and returns a JSON-able result dict.
+KINDS: dict[str, str] = {"audit": "core.audit:run"}
+
+FINISHED = ("done", "failed", "cancelled")
+HEARTBEAT_SECONDS = 5.0
+
+
+class JobCancelled(Exception):
+    """Raised inside a worker when the cancel flag is seen."""
+
+
+def job_id_for(kind: str, params: dict[str, Any]) -> str:
+    canonical = json.dumps({"kind": kind, "params": params}, sort_keys=True, separators=(",", ":"), default=str)
+    return f"{kind}-{hashlib.sha256(canonical.encode()).hexdigest()[:16]}"
+
+
+def _now() -> str:
+    return time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())
+
+
+@contextmanager
+def _flock(path: Path, blocking: bool = True):
+    fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o644)
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX | (0 if blocking else fcntl.LOCK_NB))
+    except BlockingIOError:
+        os.close(fd)
+        yield None
+        return
+    try:
+        yield fd
+    finally:
+        os.close(fd)
+
+
+@dataclass(frozen=True)
+class Job:
+    dir: Path
+
+    @property
+    def id(self) -> str:
+        return self.dir.name
+
+    @property
+    def spec(self) -> dict[str, Any]:
+        return read_json(self.dir / "spec.json") or {}
+
+    @property
+    def results_dir(self) -> Path:
+        path = self.dir / "results"
+        path.mkdir(parents=True, exist_ok=True)
+        return path
+
+    @property
+    def log_path(self) -> Path:
+        return self.dir / "log.txt"
+
+    def is_alive(self) -> bool:
+        """True while a worker holds the lock (robust to SIGKILL: the kernel drops the lock)."""
+        with _flock(self.dir / "worker.lock", blocking=False) as fd:
+            return fd is None
+
+    def status(self) -> dict[str, Any]:
+        status = read_json(self.dir / "status.json") or {"state": "queued", "done": 0, "total": None}
+        if status.get("state") in ("running", "queued") and not self.is_alive():
+            # The worker died without writing a final state (killed, machine restart).
+            status = {**status, "state": "interrupted"}
+        return status
+
+    def cancel(self) -> None:
+        (self.dir / "cancel").touch()
+
+    def log_tail(self, lines: int = 40) -> str:
+        try:
+            text = self.log_path.read_text(encoding="utf-8", errors="replace")
+        except FileNotFoundError:
+            return ""
+        return "\n".join(text.splitlines()[-lines:])
+
+    def wait(self, poll: float = 0.5, on_status: Callable[[dict[str, Any]], None] | None = None,
+             timeout: float | None = None) -> dict[str, Any]:
+        """Block until the job finishes (or stops running); returns the final status."""
+        deadline = None if timeout is None else time.monotonic() + timeout
+        while True:
+            status = self.status()
+            if on_status:
+                on_status(status)
+            if status["state"] in FINISHED or status["state"] == "interrupted":
+                return status
+            if deadline is not None and time.monotonic() > deadline:
+                raise TimeoutError(f"job {self.id} still {status['state']} after {timeout}s")
+            time.sleep(poll)
+
+    def result(self) -> dict[str, Any] | None:
+        return read_json(self.dir / "result.json")
+
+
+def submit(
+    ws: Workspace,
+    kind: str,
+    params: dict[str, Any],
+    env: dict[str, str] | None = None,
+    launcher: list[str] | None = None,
+) -> Job:
+    """Start the job for this spec unless it is already running or done; return it either way.
+
+    `env` reaches only the worker's environment (how secrets such as API keys travel: never in
+    params, which are written to spec.json). `launcher` replaces the python interpreter in the
+    worker command, e.g. ["accelerate", "launch", "--num_processes", "2"] for scale-out.
+    """
+    if kind not in KINDS:
+        raise MarginLensError(f"unknown job kind {kind!r} (known: {', '.join(sorted(KINDS))})")
+    job = Job(ws.jobs_dir / job_id_for(kind, params))
+    job.dir.mkdir(parents=True, exist_ok=True)
+    with _flock(job.dir / ".submit.lock"):
+        if not (job.dir / "spec.json").exists():
+            write_json(job.dir / "spec.json", {"kind": kind, "params": params, "job_id": job.id, "created": _now()})
+        if job.status()["state"] == "done":
+            return job
+        lock_fd = os.open(job.dir / "worker.lock", os.O_RDWR | os.O_CREAT, 0o644)
+        try:
+            try:
+                fcntl.flock(lock_fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            except BlockingIOError:
+                return job  # a worker is running it now
+            (job.dir / "cancel").unlink(missing_ok=True)
+            previous = read_json(job.dir / "status.json") or {}
+            write_json(job.dir / "status.json", {**previous, "state": "queued", "message": "starting", "heartbeat": _now()})
+            command = [*(launcher or [sys.executable]), "-m", "core.jobs", "run", str(job.dir)]
+            child_env = {**os.environ, **(env or {}), "MARGINLENS_JOB_LOCK_FD": str(lock_fd)}
+            with open(job.log_path, "ab") as log:
+                subprocess.Popen(
+                    command, stdout=log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
+                    env=child_env, pass_fds=(lock_fd,), start_new_session=True,
+                    cwd=os.getcwd(),
+                )
+        finally:
+            os.close(lock_fd)  # the child keeps its inherited copy, and with it the lock
+    return job
+
+
+def list_jobs(ws: Workspace, kind: str | None = None) -> list[Job]:
+    jobs = [Job(p.parent) for p in ws.jobs_dir.glob("*/spec.json")]
+    if kind:
+        jobs = [j for j in jobs if j.spec.get("kind") == kind]
+    return sorted(jobs, key=lambda j: j.spec.get("created", ""), reverse=True)
+
+
+def get_job(ws: Workspace, job_id: str) -> Job:
+    job = Job(ws.jobs_dir / job_id)
+    if not (job.dir / "spec.json").exists():
+        raise MarginLensError(f"no job {job_id!r} in {ws.root}")
+    return job
+
+
+class JobContext:
+    """What a job function sees: its params, a results folder, progress, logging and cancellation."""
+
+    def __init__(self, job: Job, workspace: Workspace, rank: int = 0, world_size: int = 1):
+        self.job = job
+        self.workspace = workspace
+        self.spec = job.spec
+        self.params: dict[str, Any] = self.spec["params"]
+        self.rank = rank
+        self.world_size = world_size
+        self._status: dict[str, Any] = {}
+        self._lock = threading.Lock()
+        self._last_write = 0.0
+
+    @property
+    def is_main(self) -> bool:
+        return self.rank == 0
+
+    @property
+    def results_dir(self) -> Path:
+        return self.job.results_dir
+
+    def log(self, message: str) -> None:
+        print(f"[{_now()}] {message}", flush=True)
+
+    def cancelled(self) -> bool:
+        return (self.job.dir / "cancel").exists()
+
+    def check_cancel(self) -> None:
+        if self.cancelled():
+            raise JobCancelled()
+
+    def progress(self, done: int, total: int | None = None, force: bool = False, **extra: Any) -> None:
+        """Record progress; throttled to a write every 0.5 s unless `force`."""
+        with self._lock:
+            self._status.update(done=done, **({"total": total} if total is not None else {}))
+            self._status.setdefault("extra", {}).update(extra)
+            if force or time.monotonic() - self._last_write > 0.5:
+                self._write()
+
+    def set_state(self, state: str, message: str = "", **fields: Any) -> None:
+        with self._lock:
+            self._status.update(state=state, message=message, **fields)
+            self._write()
+
+    def _write(self) -> None:
+        if not self.is_main:
+            return
+        self._status.update(heartbeat=_now(), pid=os.getpid())
+        write_json(self.job.dir / "status.json", self._status)
+        self._last_write = time.monotonic()
+
+    def heartbeat_forever(self) -> None:
+        while True:
+            time.sleep(HEARTBEAT_SECONDS)
+            with self._lock:
+                if self._status.get("state") in FINISHED:
+                    return
+                self._write()
+
+
+def run_worker(job_dir: Path) -> int:
+    """Worker entry point: run the job's function, record the outcome. Exit code 0 unless it failed."""
+    job = Job(Path(job_dir))
+    spec = job.spec
+    workspace = Workspace(job.dir.parent.parent)
+    rank = int(os.environ.get("RANK", 0))
+    world = int(os.environ.get("WORLD_SIZE", 1))
+    ctx = JobContext(job, workspace, rank=rank, world_size=world)
+    previous = read_json(job.dir / "status.json") or {}
+    ctx._status = {k: v for k, v in previous.items() if k in ("done", "total", "extra")}
+    ctx.set_state("running", "running", started=_now(), finished=None, resumed=bool(previous.get("started")))
+    threading.Thread(target=ctx.heartbeat_forever, daemon=True).start()
+    module_name, func_name = KINDS[spec["kind"]].split(":")
+    try:
+        result = getattr(importlib.import_module(module_name), func_name)(ctx)
+    except JobCancelled:
+        ctx.log("cancelled")
+        ctx.set_state("cancelled", "cancelled by user", finished=_now())
+        return 0
+    except Exception as exc:  # the job's error becomes its status; the traceback goes to the log
+        traceback.print_exc()
+        message = str(exc) if isinstance(exc, MarginLensError) else f"{type(exc).__name__}: {exc}"
+        ctx.set_state("failed", message, finished=_now())
+        return 1
+    if ctx.is_main:
+        write_json(job.dir / "result.json", result or {})
+    ctx.set_state("done", "done", finished=_now())
+    return 0
+
+
+def main(argv: list[str] | None = None) -> int:
+    argv = sys.argv[1:] if argv is None else argv
+    if len(argv) != 2 or argv[0] != "run":
+        print("usage: python -m core.jobs run JOB_DIR", file=sys.stderr)
+        return 2
+    return run_worker(Path(argv[1]))
+
+
+if __name__ == "__main__":
+    # Run through the imported module, not __main__, so KINDS and classes are the shared ones.
+    from core.jobs import main as _main
+
+    sys.exit(_main())
