@@ -16,6 +16,9 @@ from core.errors import MarginLensError
 COMMAND_MODULES = [
     "core.commands.data",
     "core.commands.selection",
+    "core.commands.audit",
+    "core.commands.training",
+    "core.commands.scoring",
 ]
 
 

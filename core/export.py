@@ -1,0 +1,308 @@
+"""Export selected pairs in a layout TRL reads directly, with a provenance manifest.
+
+Layouts (`layout=`):
+  source    the dataset's own layout (default): hh-rlhf keeps its "\\n\\nHuman: ..." transcripts in
+            chosen/rejected (verbatim from the source record), trl-conversational-implicit keeps whole
+            conversations, trl-standard keeps its prompt/chosen/rejected strings verbatim, and the
+            conversational layouts (trl-conversational, ultrafeedback-binarized, simpo-armorm) become
+            explicit conversational pairs (prompt messages; chosen/rejected = [assistant message]).
+  explicit  always an explicit prompt column: strings for string sources, messages otherwise.
+score_chosen/score_rejected are kept when the dataset carries them (so a re-import keeps m_ex);
+`include_metrics` adds pair_id, m_ex, m_im, score and rank.
+
+Files: PATH (jsonl or parquet) plus PATH.manifest.json; `hf` writes a save_to_disk folder with
+marginlens_manifest.json inside. Rows are in pair-table order, JSON is written with fixed key order
+and no timestamps, so the same inputs give byte-identical data files. Every write is atomic.
+A relative PATH is placed under the workspace's exports/ folder; a PATH outside the workspace needs
+`allow_outside=True`; an existing PATH needs `overwrite=True`.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pandas as pd
+import pyarrow as pa
+import pyarrow.parquet as pq
+
+from core import __version__
+from core.atomic import atomic_path, write_bytes, write_json
+from core.errors import MarginLensError
+from core.formats import HH_ASSISTANT
+from core.margins import load_texts
+from core.pairs import MESSAGE_TYPE
+from core.score_table import score_manifest
+from core.selection import Selection
+from core.workspace import Workspace
+
+FORMATS = ("jsonl", "parquet", "hf")
+LAYOUTS = ("source", "explicit")
+HF_MANIFEST = "marginlens_manifest.json"
+_STRING_FORMATS = ("trl-standard", "hh-rlhf")
+_MESSAGES = pa.list_(MESSAGE_TYPE)
+
+
+@dataclass
+class ExportResult:
+    path: Path
+    manifest_path: Path
+    rows: int
+    manifest: dict[str, Any]
+
+
+def resolve_output(ws: Workspace, out: str | os.PathLike, fmt: str, allow_outside: bool, overwrite: bool) -> Path:
+    """Where the export goes, refusing paths outside the workspace or over existing files unless asked."""
+    if fmt not in FORMATS:
+        raise MarginLensError(f"unknown export format {fmt!r} (expected one of {', '.join(FORMATS)})")
+    path = Path(out).expanduser()
+    path = (path if path.is_absolute() else ws.exports_dir / path).resolve()
+    if not path.is_relative_to(ws.root) and not allow_outside:
+        raise MarginLensError(
+            f"{path} is outside the workspace {ws.root}; pass --outside-workspace (allow_outside=True) to write there"
+        )
+    existing = [p for p in (path, manifest_path_for(path, fmt)) if p.exists()]
+    if existing and not overwrite:
+        raise MarginLensError(f"{existing[0]} already exists; pass --overwrite to replace it")
+    return path
+
+
+def manifest_path_for(path: Path, fmt: str) -> Path:
+    return path / HF_MANIFEST if fmt == "hf" else path.with_name(path.name + ".manifest.json")
+
+
+def _split_hh(chosen: str, rejected: str) -> tuple[str, str, str]:
+    # Same cut as the hh-rlhf ingester: the last "\n\nAssistant:" inside the shared prefix.
+    common = 0
+    limit = min(len(chosen), len(rejected))
+    while common < limit and chosen[common] == rejected[common]:
+        common += 1
+    cut = chosen.rfind(HH_ASSISTANT, 0, common)
+    if cut < 0:
+        raise MarginLensError("hh-rlhf record without a shared '\\n\\nAssistant:' prompt")
+    start = cut + len(HH_ASSISTANT)
+    return chosen[:start], chosen[start:], rejected[start:]
+
+
+def _prompt_string(messages: list[dict[str, str]]) -> str:
+    if len(messages) == 1 and messages[0]["role"] == "user":
+        return messages[0]["content"]
+    roles = {"user": "Human", "assistant": "Assistant"}
+    turns = "".join(f"\n\n{roles.get(m['role'], m['role'].title())}: {m['content']}" for m in messages)
+    return turns + HH_ASSISTANT
+
+
+def _shape(fmt_name: str, layout: str) -> str:
+    """One of: strings, strings-implicit, messages, messages-implicit."""
+    if fmt_name in _STRING_FORMATS:
+        return "strings-implicit" if layout == "source" and fmt_name == "hh-rlhf" else "strings"
+    if layout == "source" and fmt_name == "trl-conversational-implicit":
+        return "messages-implicit"
+    return "messages"
+
+
+def _record(shape: str, fmt_name: str, row: dict[str, Any]) -> dict[str, Any]:
+    prompt = [{"role": m["role"], "content": m["content"]} for m in row["prompt"]]
+    if shape == "messages":
+        return {
+            "prompt": prompt,
+            "chosen": [{"role": "assistant", "content": row["chosen"]}],
+            "rejected": [{"role": "assistant", "content": row["rejected"]}],
+        }
+    if shape == "messages-implicit":
+        return {
+            "chosen": prompt + [{"role": "assistant", "content": row["chosen"]}],
+            "rejected": prompt + [{"role": "assistant", "content": row["rejected"]}],
+        }
+    source = json.loads(row["source_json"]) if row.get("source_json") else {}
+    if fmt_name == "hh-rlhf" and isinstance(source.get("chosen"), str) and isinstance(source.get("rejected"), str):
+        if shape == "strings-implicit":
+            return {"chosen": source["chosen"], "rejected": source["rejected"]}
+        p, c, r = _split_hh(source["chosen"], source["rejected"])
+        return {"prompt": p, "chosen": c, "rejected": r}
+    if all(isinstance(source.get(k), str) for k in ("prompt", "chosen", "rejected")):
+        return {"prompt": source["prompt"], "chosen": source["chosen"], "rejected": source["rejected"]}
+    # mapped columns or a message-list prompt: render the canonical pair as strings
+    text = _prompt_string(prompt)
+    if shape == "strings-implicit":
+        return {"chosen": text + " " + row["chosen"], "rejected": text + " " + row["rejected"]}
+    return {"prompt": text, "chosen": row["chosen"], "rejected": row["rejected"]}
+
+
+def _schema(shape: str, with_scores: bool, with_metrics: bool) -> pa.Schema:
+    text = pa.string() if shape.startswith("strings") else _MESSAGES
+    fields = [] if shape.endswith("implicit") else [("prompt", text)]
+    fields += [("chosen", text), ("rejected", text)]
+    if with_scores:
+        fields += [("score_chosen", pa.float64()), ("score_rejected", pa.float64())]
+    if with_metrics:
+        fields += [("pair_id", pa.string()), ("m_ex", pa.float64()), ("m_im", pa.float64()),
+                   ("score", pa.float64()), ("rank", pa.int64())]
+    return pa.schema(fields)
+
+
+def _num(value: Any) -> float | None:
+    value = float(value)
+    return value if np.isfinite(value) else None
+
+
+def _summary(values: np.ndarray) -> dict[str, Any] | None:
+    values = np.asarray(values, dtype=np.float64)
+    values = values[np.isfinite(values)]
+    if values.size == 0:
+        return None
+    return {"n": int(values.size), "min": float(values.min()), "mean": float(values.mean()),
+            "median": float(np.median(values)), "max": float(values.max()), "std": float(values.std())}
+
+
+def _scorer(ws: Workspace, dataset: str, fingerprint: str | None) -> dict[str, Any] | None:
+    if not fingerprint:
+        return None
+    manifest = score_manifest(ws, dataset, fingerprint) or {}
+    return {"fingerprint": fingerprint, "kind": manifest.get("kind"), "model": manifest.get("model"),
+            "spec": manifest.get("spec"), "rows": manifest.get("rows")}
+
+
+def build_records(
+    ws: Workspace, dataset: str, selection: Selection, margins: pd.DataFrame,
+    layout: str = "source", include_metrics: bool = False,
+) -> tuple[pa.Table, str]:
+    """The export table (pair-table order) and its shape; pure function of the inputs."""
+    if layout not in LAYOUTS:
+        raise MarginLensError(f"unknown layout {layout!r} (expected one of {', '.join(LAYOUTS)})")
+    fmt_name = ws.dataset_manifest(dataset).get("format") or ""
+    shape = _shape(fmt_name, layout)
+    positions = selection.in_source_order()
+    rows_idx = margins["row"].to_numpy()[positions]
+    texts = load_texts(ws, dataset).take(pa.array(rows_idx, type=pa.int64()))
+    rows = texts.select(["pair_id", "prompt", "chosen", "rejected", "source_json"]).to_pylist()
+    with_scores = bool(np.isfinite(margins["score_chosen"].to_numpy(np.float64, na_value=np.nan)).any())
+    records = [_record(shape, fmt_name, row) for row in rows]
+    if with_scores:
+        sc = texts.column("score_chosen").to_pylist()
+        sr = texts.column("score_rejected").to_pylist()
+        for rec, c, r in zip(records, sc, sr, strict=True):
+            rec["score_chosen"], rec["score_rejected"] = c, r
+    if include_metrics:
+        rank = np.empty(len(margins), dtype=np.int64)
+        rank[selection.positions] = np.arange(1, selection.positions.size + 1)
+        m_ex = margins["m_ex"].to_numpy(np.float64, na_value=np.nan)
+        m_im = margins["m_im"].to_numpy(np.float64, na_value=np.nan)
+        for rec, row, pos in zip(records, rows, positions, strict=True):
+            rec.update(pair_id=row["pair_id"], m_ex=_num(m_ex[pos]), m_im=_num(m_im[pos]),
+                       score=_num(selection.scores[pos]), rank=int(rank[pos]))
+    return pa.Table.from_pylist(records, schema=_schema(shape, with_scores, include_metrics)), shape
+
+
+def _jsonl_bytes(table: pa.Table) -> bytes:
+    lines = (json.dumps(rec, ensure_ascii=False) + "\n" for rec in table.to_pylist())
+    return "".join(lines).encode("utf-8")
+
+
+def _sha256_file(path: Path) -> str:
+    digest = hashlib.sha256()
+    with open(path, "rb") as fh:
+        for block in iter(lambda: fh.read(1 << 20), b""):
+            digest.update(block)
+    return digest.hexdigest()
+
+
+def export_selection(
+    ws: Workspace,
+    dataset: str,
+    selection: Selection,
+    margins: pd.DataFrame,
+    out: str | os.PathLike,
+    fmt: str = "jsonl",
+    *,
+    layout: str = "source",
+    include_metrics: bool = False,
+    overwrite: bool = False,
+    allow_outside: bool = False,
+    push_to_hub: str | None = None,
+    token: str | None = None,
+    private: bool = True,
+) -> ExportResult:
+    """Write the selected pairs of `margins` (the frame `selection` was computed on) and a manifest."""
+    path = resolve_output(ws, out, fmt, allow_outside, overwrite)
+    if push_to_hub:
+        token = _hub_token(push_to_hub, token)  # fail before writing anything
+    table, shape = build_records(ws, dataset, selection, margins, layout, include_metrics)
+    source = ws.dataset_manifest(dataset)
+    positions = selection.positions
+    cand = np.isfinite(selection.scores)
+    attrs = margins.attrs
+    m_ex = margins["m_ex"].to_numpy(np.float64, na_value=np.nan)
+    m_im = margins["m_im"].to_numpy(np.float64, na_value=np.nan)
+    manifest: dict[str, Any] = {
+        "tool": "marginlens",
+        "tool_version": __version__,
+        "created": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
+        "source": {"dataset": dataset, "fingerprint": source.get("fingerprint"), "format": source.get("format"),
+                   "source": source.get("source"), "rows": int(len(margins))},
+        "scorers": {role: _scorer(ws, dataset, attrs.get(f"{role}_fp")) for role in ("policy", "reference", "reward")},
+        "margins": {"m_ex": attrs.get("m_ex_source"), "m_im": attrs.get("m_im_form"), "beta": attrs.get("beta")},
+        "selection": selection.spec.to_dict(),
+        "counts": {**selection.counts(), "exported": table.num_rows},
+        "summaries": {
+            "candidates": {"m_ex": _summary(m_ex[cand]), "m_im": _summary(m_im[cand]),
+                           "score": _summary(selection.scores[cand])},
+            "selected": {"m_ex": _summary(m_ex[positions]), "m_im": _summary(m_im[positions]),
+                         "score": _summary(selection.scores[positions])},
+        },
+        "warnings": list(selection.warnings),
+        "output": {"path": str(path), "format": fmt, "layout": layout, "shape": shape,
+                   "columns": table.column_names, "rows": table.num_rows, "order": "pair-table order"},
+    }
+    manifest_path = manifest_path_for(path, fmt)
+    if fmt == "hf":
+        _write_hf(path, table, manifest)
+    else:
+        if fmt == "jsonl":
+            write_bytes(path, _jsonl_bytes(table))
+        else:
+            with atomic_path(path) as tmp:
+                pq.write_table(table, tmp)
+        manifest["output"]["sha256"] = _sha256_file(path)
+        write_json(manifest_path, manifest)  # written last: its presence marks a finished export
+    if push_to_hub:
+        manifest["pushed_to"] = _push(table, push_to_hub, token, private)
+        write_json(manifest_path, manifest)
+    return ExportResult(path, manifest_path, table.num_rows, manifest)
+
+
+def _write_hf(path: Path, table: pa.Table, manifest: dict[str, Any]) -> None:
+    import datasets
+
+    # A fixed, content-derived fingerprint keeps state.json identical across runs (datasets would
+    # otherwise draw a random one for an in-memory table).
+    digest = hashlib.sha256(_jsonl_bytes(table)).hexdigest()[:16]
+    with atomic_path(path) as tmp:
+        datasets.Dataset(table, fingerprint=digest).save_to_disk(str(tmp))
+        manifest["output"]["sha256"] = digest
+        write_json(tmp / HF_MANIFEST, manifest)  # inside the folder, renamed into place with it
+
+
+def _hub_token(repo_id: str, token: str | None) -> str:
+    if os.environ.get("HF_HUB_OFFLINE", "0").lower() not in ("", "0", "false", "no"):
+        raise MarginLensError(f"cannot push to {repo_id!r}: HF_HUB_OFFLINE is set (no network); export locally instead")
+    token = token or os.environ.get("HF_TOKEN")
+    if not token:
+        raise MarginLensError(f"cannot push to {repo_id!r}: no Hub token (pass --token or set HF_TOKEN)")
+    return token
+
+
+def _push(table: pa.Table, repo_id: str, token: str, private: bool) -> str:
+    import datasets
+
+    try:
+        datasets.Dataset(table).push_to_hub(repo_id, token=token, private=private)
+    except Exception as exc:  # network, auth, permissions: one line for the user
+        raise MarginLensError(f"push to {repo_id!r} failed: {exc}") from exc
+    return repo_id

@@ -1,0 +1,74 @@
+"""Quadrants, top-k overlap, rank correlations and noise suspects."""
+
+from __future__ import annotations
+
+import numpy as np
+import pandas as pd
+import pytest
+from scipy import stats
+
+from core.contradictions import (
+    compare_metrics,
+    noise_suspects,
+    overlap_table,
+    quadrant_labels,
+    rank_correlations,
+)
+
+
+def test_quadrants_at_medians_and_thresholds():
+    m_ex = np.array([5.0, 5.0, 0.0, 0.0, 2.0])
+    m_im = np.array([0.1, -4.0, 0.1, 3.0, 1.0])
+    q = quadrant_labels(m_ex, m_im)
+    assert (q.ex_split, q.im_split) == (2.0, 1.0)
+    assert q.labels.tolist() == ["high_potential", "already_learned", "ambiguous", "model_confident", "ambiguous"]
+    counts = {c["quadrant"]: c for c in q.counts}
+    assert counts["already_learned"]["n"] == 1 and counts["already_learned"]["n_negative_im"] == 1
+    assert sum(c["n"] for c in q.counts) == 5
+    q = quadrant_labels(m_ex, m_im, ex_split=-1.0, im_split=0.0, im_axis="signed")
+    assert q.labels.tolist() == ["already_learned", "high_potential", "already_learned", "already_learned",
+                                 "already_learned"]
+    q = quadrant_labels(np.array([1.0, np.nan]), np.array([1.0, 1.0]))
+    assert q.labels.tolist()[1] == ""
+
+
+def test_overlap_table():
+    rows = overlap_table({"a": np.array([1, 2, 3, 4]), "b": np.array([3, 4, 5, 6]), "c": np.array([1, 2, 3, 4])})
+    by = {(r["metric_a"], r["metric_b"]): r for r in rows}
+    assert by[("a", "b")]["intersection"] == 2 and by[("a", "b")]["jaccard"] == pytest.approx(2 / 6)
+    assert by[("a", "c")]["jaccard"] == 1.0 and len(rows) == 3
+
+
+def test_rank_correlations_match_scipy_and_handle_constant():
+    rng = np.random.default_rng(0)
+    a, b = rng.normal(size=50), rng.normal(size=50)
+    row = rank_correlations({"a": a, "b": b, "c": np.zeros(50)})
+    assert row[0]["spearman"] == pytest.approx(stats.spearmanr(a, b).statistic)
+    assert row[0]["kendall"] == pytest.approx(stats.kendalltau(a, b).statistic)
+    assert row[1]["spearman"] is None and row[1]["kendall"] is None
+
+
+def test_noise_suspects_rank_large_explicit_negative_implicit():
+    df = pd.DataFrame({"pair_id": list("abcdef"), "source_row": range(6),
+                       "m_ex": [9.0, 8.0, 9.0, 0.0, 1.0, 7.0], "m_im": [-5.0, -1.0, 2.0, -9.0, 0.0, -0.5],
+                       "prompt_preview": list("ABCDEF")})
+    assert [s["pair_id"] for s in noise_suspects(df)] == ["a", "b"]  # above the median m_ex (7.5)
+    out = noise_suspects(df, ex_split=5.0)
+    assert [s["pair_id"] for s in out] == ["a", "b", "f"]  # d has a low m_ex, c a positive m_im
+    assert out[0]["rank"] == 1 and out[0]["prompt_preview"] == "A"
+    assert out[0]["suspicion"] > out[1]["suspicion"] > out[2]["suspicion"]
+
+
+def test_compare_metrics_report():
+    rng = np.random.default_rng(1)
+    n = 200
+    df = pd.DataFrame({"pair_id": [f"p{i}" for i in range(n)], "source_row": range(n),
+                       "m_ex": rng.normal(size=n), "m_im": rng.normal(size=n)})
+    df.loc[5, "m_im"] = np.nan
+    report = compare_metrics(df, ratio=0.4)
+    assert report["n"] == 199 and report["k"] == 79
+    assert set(report["selected"]) == {"map", "explicit", "implicit", "random"}
+    assert all(len(v) == 79 and 5 not in v for v in report["selected"].values())
+    assert len(report["overlap"]) == 6 and len(report["correlations"]) == 6
+    explicit_vs_map = next(r for r in report["correlations"] if {r["metric_a"], r["metric_b"]} == {"map", "explicit"})
+    assert explicit_vs_map["spearman"] > 0.3  # M_AP contains z(m_ex)
