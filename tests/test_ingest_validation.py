@@ -157,3 +157,9 @@ def test_score_values_are_parsed_not_trusted(ws, tmp_path):
     import_dataset(src, "s", ws)
     row = ws.load_pairs("s")[0]
     assert row["score_chosen"] == 3.5 and row["score_rejected"] == 1.0 and not math.isnan(row["score_chosen"])
+
+
+def test_hub_id_offline_is_a_clear_error(ws, monkeypatch):
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    with pytest.raises(NotADatasetError, match="looks like a Hub id, but HF_HUB_OFFLINE=1"):
+        import_dataset("trl-lib/ultrafeedback_binarized", "hub", ws)
