@@ -14,6 +14,10 @@ st.set_page_config(page_title="MarginLens", page_icon=":material/balance:", layo
 navigation = st.navigation(
     [
         st.Page(PAGES / "data.py", title="Data", icon=":material/database:", default=True),
+        st.Page(PAGES / "score.py", title="Score", icon=":material/speed:"),
+        st.Page(PAGES / "explore.py", title="Explore", icon=":material/scatter_plot:"),
+        st.Page(PAGES / "audit.py", title="Audit", icon=":material/gavel:"),
+        st.Page(PAGES / "export.py", title="Export", icon=":material/download:"),
     ]
 )
 st.sidebar.caption(f"Workspace: `{workspace().root}`")

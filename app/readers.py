@@ -7,7 +7,11 @@ from typing import Any
 import pandas as pd
 import streamlit as st
 
+from app import explore_view
+from core.contradictions import compare_metrics
+from core.margins import load_margins, load_texts
 from core.pairs import prompt_text
+from core.score_table import score_manifest
 from core.workspace import Workspace
 
 PREVIEW_CHARS = 200
@@ -47,3 +51,46 @@ def rejects(root: str, name: str, fingerprint: str) -> pd.DataFrame:
         return pd.DataFrame(columns=["row", "line", "field", "reason", "message"])
     frame = pd.read_json(path, lines=True)
     return frame[["row", "line", "field", "reason", "message"]]
+
+
+def scorer_stamp(ws: Workspace, dataset: str, fingerprints: tuple[str | None, ...]) -> str:
+    """Changes whenever one of the score tables is rewritten (a resumed job finishing, a re-score):
+    part of the margin cache key, so a finished table shows up without restarting the server."""
+    stamps = []
+    for fp in fingerprints:
+        manifest = score_manifest(ws, dataset, fp) if fp else None
+        stamps.append(f"{fp}:{manifest.get('created')}:{manifest.get('rows')}" if manifest else f"{fp}:-")
+    return "|".join(stamps)
+
+
+@st.cache_resource(max_entries=8, show_spinner="Reading margins ...")
+def margins(root: str, dataset: str, fingerprint: str, policy: str | None, reference: str | None,
+            reward: str | None, beta: float, stamp: str) -> pd.DataFrame:
+    """The margin frame, shared by every session without copying (cache_resource): callers never mutate it.
+
+    `fingerprint` (the dataset's) and `stamp` (the score tables') are only part of the key.
+    """
+    return load_margins(Workspace(root), dataset, policy_fp=policy, reference_fp=reference, reward_fp=reward,
+                        beta=beta)
+
+
+@st.cache_resource(max_entries=4, show_spinner=False)
+def texts(root: str, dataset: str, fingerprint: str):
+    """The memory-mapped pair table, for text filters (never copied into session state)."""
+    return load_texts(Workspace(root), dataset)
+
+
+@st.cache_resource(max_entries=16, show_spinner="Comparing metrics ...")
+def comparison(root: str, dataset: str, fingerprint: str, policy: str | None, reference: str | None,
+               reward: str | None, beta: float, stamp: str, ratio: float, weight: float, signed: bool,
+               seed: int, im_axis: str) -> dict[str, Any]:
+    """core.contradictions.compare_metrics over the cached frame; keyed only by what changes its result."""
+    frame = margins(root, dataset, fingerprint, policy, reference, reward, beta, stamp)
+    return compare_metrics(frame, ratio=ratio, weight=weight, signed=signed, seed=seed, im_axis=im_axis,
+                           suspects=25)
+
+
+@st.cache_resource(max_entries=8, show_spinner=False)
+def hover_texts(root: str, dataset: str, fingerprint: str, _frame: pd.DataFrame):
+    """Escaped first prompt lines for the scatter's hover labels, once per dataset version."""
+    return explore_view.hover_texts(_frame["prompt_preview"])

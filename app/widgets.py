@@ -1,0 +1,165 @@
+"""Widgets shared by the pages: scorer picker, selection controls, untrusted-text display, pair viewer."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import pandas as pd
+import streamlit as st
+
+from app import explore_state
+from app.explore_view import COLOR_BY, ExploreControls
+from core.contradictions import IM_AXES
+from core.filters import parse_filter
+from core.metrics import METRICS
+from core.score_table import list_score_tables
+from core.selection import FILTER_STAGES
+from core.workspace import Workspace
+
+METRIC_LABELS = {
+    "map": "M_AP = z(m_ex) - w·z(|m_im|)",
+    "explicit": "explicit: z(m_ex)",
+    "implicit": "implicit: -z(|m_im|)",
+    "random": "random (seeded)",
+}
+
+
+def scorer_picker(ws: Workspace, dataset: str) -> dict[str, Any]:
+    """Pick the score tables behind m_ex and m_im; the choice is kept per session in explore_state."""
+    picked = dict(explore_state.scorers(ws, dataset))
+    logprob = [m["fingerprint"] for m in list_score_tables(ws, dataset, "logprob")]
+    reward = [m["fingerprint"] for m in list_score_tables(ws, dataset, "reward")]
+    models = {m["fingerprint"]: m.get("model", "") for m in list_score_tables(ws, dataset)}
+
+    def label(fp: str | None) -> str:
+        return "none" if fp is None else f"{models.get(fp, '?')} · {fp[:12]}"
+
+    with st.expander("Score tables", expanded=not logprob):
+        cols = st.columns(4)
+        options = [None, *logprob]
+        picked["policy"] = cols[0].selectbox(
+            "Policy (implicit margin)", options, index=options.index(picked["policy"]) if picked["policy"] in options else 0,
+            format_func=label, key="_scorer_policy")
+        ref_options = [None, *[fp for fp in logprob if fp != picked["policy"]]]
+        picked["reference"] = cols[1].selectbox(
+            "Reference (DPO form)", ref_options,
+            index=ref_options.index(picked["reference"]) if picked["reference"] in ref_options else 0,
+            format_func=label, key="_scorer_reference", help="none: SimPO form (mean log-prob); set: DPO log-ratio")
+        rw_options = [None, *reward]
+        picked["reward"] = cols[2].selectbox(
+            "Reward table (explicit margin)", rw_options,
+            index=rw_options.index(picked["reward"]) if picked["reward"] in rw_options else 0,
+            format_func=lambda fp: "dataset scores" if fp is None else label(fp), key="_scorer_reward")
+        picked["beta"] = cols[3].number_input("DPO beta", min_value=0.0, value=float(picked.get("beta") or 0.1),
+                                              step=0.01, format="%.3f", key="_scorer_beta",
+                                              disabled=picked["reference"] is None)
+        if not logprob:
+            st.info("No policy score table yet: score the dataset on the Score page to get m_im.")
+    explore_state.set_scorers(picked)
+    return picked
+
+
+def selection_controls(current: ExploreControls, container: Any = None) -> ExploreControls:
+    """Metric, weight, ratio, signed, filters, colouring. Widget keys start with "_" (page-local)."""
+    box = container or st.sidebar
+    c = ExploreControls.from_dict(current.to_dict())
+    c.metric = box.selectbox("Metric", METRICS, index=METRICS.index(c.metric), format_func=METRIC_LABELS.get,
+                             key="_ctl_metric")
+    c.weight = box.slider("Weight w", 0.0, 5.0, float(c.weight), 0.1, key="_ctl_weight",
+                          disabled=c.metric != "map", help="1.0 offline (paper), 2.5 in the self-play scripts")
+    c.ratio = box.slider("Ratio (k = int(ratio·N))", 0.01, 1.0, float(c.ratio), 0.01, key="_ctl_ratio")
+    c.signed = box.toggle("Signed m_im (instead of |m_im|)", value=bool(c.signed), key="_ctl_signed",
+                          disabled=c.metric not in ("map", "implicit"))
+    c.im_axis = box.radio("Quadrant split on", IM_AXES, index=IM_AXES.index(c.im_axis), horizontal=True,
+                          format_func={"abs": "|m_im|", "signed": "m_im"}.get, key="_ctl_axis")
+    c.color_by = box.radio("Colour by", COLOR_BY, index=COLOR_BY.index(c.color_by), horizontal=True,
+                           format_func={"score": "metric score", "selection": "selection",
+                                        "quadrant": "quadrant"}.get, key="_ctl_color")
+    text = box.text_area("Filters (one per line)", value="\n".join(c.filters), key="_ctl_filters",
+                         placeholder="e.g. m_ex>=0.5",
+                         help="All must hold. Examples: m_ex>=0.5, abs_m_im<0.1, chosen_chars<=2000, flagged=false, "
+                              "quadrant=high_potential,ambiguous, text~paris, prompt~capital")
+    filters, errors = [], []
+    for line in (s.strip() for s in text.splitlines()):
+        if not line:
+            continue
+        try:
+            parse_filter(line)
+            filters.append(line)
+        except Exception as exc:  # a typo in one filter should not blank the page: show it, skip it
+            errors.append(str(exc))
+    c.filters = filters
+    for error in errors:
+        box.error(error)
+    c.filter_stage = box.radio("Filters", FILTER_STAGES, index=FILTER_STAGES.index(c.filter_stage),
+                               format_func={"before": "choose candidates", "after": "prune the top-k"}.get,
+                               horizontal=True, key="_ctl_stage")
+    c.seed = int(box.number_input("Random seed", value=int(c.seed), step=1, key="_ctl_seed",
+                                  disabled=c.metric != "random"))
+    c.max_points = int(box.number_input("Max points drawn", min_value=1000, max_value=200_000,
+                                        value=int(c.max_points), step=5000, key="_ctl_points",
+                                        help="above this the scatter draws a fixed sample; selections still "
+                                             "apply to every pair"))
+    return c
+
+
+def untrusted_text(text: str, height: int | None = None) -> None:
+    """Show text from the dataset as plain text: no markdown, no HTML, so nothing in it can make the
+    browser run a script or fetch a URL."""
+    st.code(text or "", language=None, wrap_lines=True, height=height or "content")
+
+
+def _fmt(value: Any, digits: int = 3) -> str:
+    if value is None:
+        return "—"
+    if isinstance(value, float):
+        return f"{value:.{digits}f}"
+    return str(value)
+
+
+def pair_viewer(details: dict[str, Any]) -> None:
+    """Prompt, chosen and rejected side by side with their numbers; every text rendered as text."""
+    quadrant = details["quadrant"] or "—"
+    sign = "" if details["m_im"] is None else (" (model prefers rejected)" if details["m_im"] < 0 else "")
+    st.markdown(
+        f"**Pair** `{details['pair_id']}` · row {details['source_row']} · "
+        f"{'selected, rank ' + str(details['rank']) if details['selected'] else 'not selected'} · "
+        f"quadrant `{quadrant}`"
+    )
+    cols = st.columns(4)
+    cols[0].metric("m_ex", _fmt(details["m_ex"]))
+    cols[1].metric("m_im", _fmt(details["m_im"]), help="signed" + sign)
+    cols[2].metric("score", _fmt(details["score"]))
+    cols[3].metric("flags", ", ".join(details["flags"]) or "none")
+    st.caption("Prompt")
+    for message in details["prompt"]:
+        st.caption(message["role"])
+        untrusted_text(message["content"])
+    left, right = st.columns(2)
+    for col, side in ((left, "chosen"), (right, "rejected")):
+        with col:
+            n = details["numbers"][side]
+            st.markdown(f"**{side.title()}**")
+            st.caption(
+                f"log-prob {_fmt(n['logp'])} · tokens {_fmt(n['tokens'] and int(n['tokens']))} · "
+                f"reward {_fmt(n['reward'])} · dataset score {_fmt(n['score'])}"
+            )
+            untrusted_text(details[side])
+    if details["truncated"]:
+        st.warning("A scorer truncated this pair (longer than its max length): its m_im covers only the start.")
+
+
+def table_with_pick(frame: pd.DataFrame, key: str, height: int = 360) -> str | None:
+    """A dataframe with single-row selection; returns the pair_id of a newly clicked row, else None."""
+    event = st.dataframe(frame, key=key, on_select="rerun", selection_mode="single-row", hide_index=True,
+                         width="stretch", height=height,
+                         column_config={"pair_id": st.column_config.TextColumn("pair_id", width="small")})
+    rows = event.selection.rows if event and hasattr(event, "selection") else []
+    value = str(frame.iloc[rows[0]]["pair_id"]) if rows and rows[0] < len(frame) else None
+    # A row stays selected across reruns: report only a new click, so another table (or a
+    # suspect link) can open a different pair without this table taking it back.
+    last_key = f"{key}__last"
+    if value == st.session_state.get(last_key):
+        return None
+    st.session_state[last_key] = value
+    return value

@@ -1,0 +1,148 @@
+"""Dashboard responsiveness at scale: Explore over N pairs (default 100,000).
+
+    .venv/bin/python bench/dashboard.py [--pairs 100000] [--no-browser]
+
+Prints server-side timings measured with AppTest (cold first render, warm render, control changes,
+a box selection) and, unless --no-browser, wall-clock timings in headless Chromium against
+`streamlit run` on 127.0.0.1 (time to a drawn scatter, a control change, a box selection).
+Targets (issue 5): render < 3 s server time, a control change < 0.5 s.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import re
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+REPO = Path(__file__).resolve().parent.parent
+sys.path[:0] = [str(REPO), str(REPO / "tests")]
+os.environ.setdefault("HF_HUB_OFFLINE", "1")
+
+from helpers_app import DATASET, app_test, build_workspace, metrics  # noqa: E402
+
+
+def timed(label: str, fn, results: dict[str, float]):
+    start = time.perf_counter()
+    out = fn()
+    results[label] = time.perf_counter() - start
+    print(f"  {label:<44} {results[label]:6.3f} s", flush=True)
+    return out
+
+
+def bench_apptest(ws) -> dict[str, float]:
+    print("AppTest (server time per script run):")
+    r: dict[str, float] = {}
+    at = app_test("explore.py", ws, timeout=120)
+    timed("first render (cold caches, reads margins)", at.run, r)
+    assert not at.exception, [e.message for e in at.exception]
+    at = app_test("explore.py", ws, timeout=120)
+    timed("render, new session (warm caches)", at.run, r)
+    timed("change ratio 0.4 -> 0.2", lambda: at.slider(key="_ctl_ratio").set_value(0.2).run(), r)
+    timed("change weight 1.0 -> 2.5", lambda: at.slider(key="_ctl_weight").set_value(2.5).run(), r)
+    timed("toggle signed m_im", lambda: at.toggle(key="_ctl_signed").set_value(True).run(), r)
+    timed("change metric map -> explicit", lambda: at.selectbox(key="_ctl_metric").set_value("explicit").run(), r)
+    timed("add filter m_ex>=0", lambda: at.text_area(key="_ctl_filters").input("m_ex>=0").run(), r)
+    timed("sort table by m_im ascending",
+          lambda: (at.selectbox(key="_sort_by").set_value("m_im"), at.toggle(key="_sort_asc").set_value(True),
+                   at.run()), r)
+    assert metrics(at)["Pairs"].replace(",", "").isdigit()
+    box = {"kind": "box", "x": [0.0, 4.0], "y": [-0.5, 0.5], "pair_ids": []}
+
+    def brushed():
+        at.session_state["explore_brush"] = {"dataset": DATASET, "brush": box}
+        at.run()
+
+    timed("box selection applied (table filtered)", brushed, r)
+    at2 = app_test("explore.py", ws, timeout=120)
+    at2.session_state["_explore_tab"] = "Contradictions"
+    timed("contradictions tab, first time (4 rankings + corr)", at2.run, r)
+    timed("contradictions tab, cached", at2.run, r)
+    assert not at.exception and not at2.exception
+    return r
+
+
+def bench_browser(ws) -> dict[str, float]:
+    from playwright.sync_api import expect, sync_playwright
+    from test_browser_e2e import CHROMIUM, CHROMIUM_ARGS, free_port, wait_healthy
+
+    print("Browser (headless Chromium, wall clock incl. network and rendering):")
+    r: dict[str, float] = {}
+    port = free_port()
+    env = {**os.environ, "MARGINLENS_WORKSPACE": str(ws.root)}
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "streamlit", "run", "app/main.py", "--server.address", "127.0.0.1", "--server.port",
+         str(port), "--server.headless", "true", "--browser.gatherUsageStats", "false",
+         "--server.fileWatcherType", "none"], cwd=REPO, env=env, stdout=subprocess.DEVNULL,
+        stderr=subprocess.STDOUT)
+    url = f"http://127.0.0.1:{port}"
+    try:
+        wait_healthy(url, proc)
+        expect.set_options(timeout=180_000)
+        with sync_playwright() as pw:
+            browser = pw.chromium.launch(executable_path=str(CHROMIUM), headless=True, args=CHROMIUM_ARGS)
+            page = browser.new_page(viewport={"width": 1500, "height": 2600})
+            page.goto(url)
+            expect(page.get_by_role("heading", name="Datasets")).to_be_visible()
+
+            def open_explore():
+                page.get_by_role("link", name="Explore").click()
+                expect(page.locator('[data-testid="stPlotlyChart"] canvas').first).to_be_visible()
+                expect(page.get_by_text("server time")).to_be_visible()
+
+            timed("Explore: click -> scatter drawn (cold)", open_explore, r)
+            server = page.get_by_text(re.compile(r"^server time")).inner_text()
+            print(f"  (page reports {server})")
+            page.get_by_role("link", name="Data").click()
+            expect(page.get_by_role("heading", name="Datasets")).to_be_visible()
+            timed("Explore: click -> scatter drawn (warm)", open_explore, r)
+            viewer = page.get_by_text(re.compile(r"^Pair [0-9a-f]{32}")).first
+            before = viewer.inner_text()
+
+            def toggle():
+                page.get_by_text("Ascending", exact=True).click()
+                expect(viewer).not_to_have_text(before)
+
+            timed("control change (sort toggle) -> viewer updated", toggle, r)
+            drag = page.locator('[data-testid="stPlotlyChart"] .nsewdrag').first
+            box = drag.bounding_box()
+
+            def brush():
+                x0, y0 = box["x"] + box["width"] * 0.4, box["y"] + box["height"] * 0.3
+                x1, y1 = box["x"] + box["width"] * 0.6, box["y"] + box["height"] * 0.6
+                page.mouse.move(x0, y0)
+                page.mouse.down()
+                for i in range(1, 11):
+                    page.mouse.move(x0 + (x1 - x0) * i / 10, y0 + (y1 - y0) * i / 10)
+                page.mouse.up()
+                expect(page.get_by_text("Scatter selection:")).to_be_visible()
+
+            timed("box selection -> table filtered", brush, r)
+            print(f"  (page reports {page.get_by_text(re.compile(r'^server time')).inner_text()})")
+            browser.close()
+    finally:
+        proc.terminate()
+        proc.wait(timeout=20)
+    return r
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--pairs", type=int, default=100_000)
+    parser.add_argument("--no-browser", action="store_true")
+    args = parser.parse_args()
+    with tempfile.TemporaryDirectory(prefix="marginlens-bench-") as tmp:
+        start = time.perf_counter()
+        ws = build_workspace(Path(tmp) / "workspace", n=args.pairs - 1)
+        print(f"workspace with {args.pairs:,} pairs + a policy table built in {time.perf_counter() - start:.1f} s")
+        bench_apptest(ws)
+        if not args.no_browser:
+            bench_browser(ws)
+
+
+if __name__ == "__main__":
+    main()

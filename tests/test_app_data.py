@@ -1,0 +1,44 @@
+"""Data: import from a server path with a bad row, read the validation report, list and preview pairs."""
+
+from __future__ import annotations
+
+import json
+
+from helpers_app import app_test, metrics, no_errors, records
+
+from core.workspace import Workspace
+
+
+def test_import_report_list_and_preview(tmp_path):
+    ws = Workspace(tmp_path / "workspace")
+    rows = records(60)
+    lines = [json.dumps(r) for r in rows]
+    lines.insert(5, json.dumps({"prompt": "no answers here"}))  # missing chosen/rejected
+    source = tmp_path / "prefs.jsonl"
+    source.write_text("\n".join(lines) + "\n", encoding="utf-8")
+
+    at = app_test("data.py", ws)
+    at.run()
+    no_errors(at)
+    assert any("No datasets yet" in i.value for i in at.info)
+    at.text_input[0].input(str(source))  # "File or save_to_disk folder"
+    name = next(t for t in at.text_input if t.label == "Name")
+    name.input("mine")
+    at.button[0].click().run()
+    no_errors(at)
+    assert at.success, "no import summary"
+    m = metrics(at)
+    assert (m["Pairs"], m["Rows read"], m["Rejected"]) == ("60", "61", "1")
+    frames = [d.value for d in at.dataframe]
+    listing = frames[0]
+    assert listing["name"].tolist() == ["mine"] and listing["pairs"].tolist() == [60]
+    reasons = next(f for f in frames if list(f.columns) == ["reason", "rows"])
+    assert reasons["rows"].sum() == 1
+    rejected = next(f for f in frames if "field" in f.columns and "message" in f.columns)
+    assert rejected["row"].tolist() == [5]
+    preview = frames[-1]
+    assert len(preview) == 50 and preview["prompt"].iloc[0].startswith("Question 0")
+
+    # page 2 of the preview shows the remaining 10 pairs
+    at.number_input[-1].set_value(2).run()
+    assert len(at.dataframe[-1].value) == 10

@@ -1,0 +1,210 @@
+"""Explore: the page through AppTest, and its logic (app/explore_view.py) directly."""
+
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pytest
+from helpers_app import DATASET, POLICY_FP, XSS_PROMPT, app_test, build_workspace, metrics, no_errors
+
+from app.explore_view import (
+    ExploreControls,
+    brush_from_event,
+    brush_mask,
+    compute_view,
+    hover_texts,
+    overlap_matrix,
+    restrict_selection,
+    scatter_figure,
+    table_frame,
+)
+from core.contradictions import compare_metrics
+from core.margins import load_margins
+
+N = 201  # 200 ordinary pairs + the adversarial one
+
+
+@pytest.fixture(scope="module")
+def ws(tmp_path_factory):
+    return build_workspace(tmp_path_factory.mktemp("explore") / "workspace", n=N - 1)
+
+
+@pytest.fixture(scope="module")
+def margins(ws):
+    return load_margins(ws, DATASET, policy_fp=POLICY_FP)
+
+
+def caption_texts(at) -> str:
+    return "\n".join(c.value for c in at.caption)
+
+
+def scatter_spec(at) -> dict:
+    charts = at.get("plotly_chart")
+    assert charts, "no scatter on the page"
+    return json.loads(charts[0].proto.spec)
+
+
+def test_page_renders_counts_scatter_table_and_viewer(ws, margins):
+    at = app_test("explore.py", ws)
+    at.run()
+    no_errors(at)
+    m = metrics(at)
+    assert m["Pairs"] == f"{N:,}"
+    assert m["Selected (top-k)"] == str(int(0.4 * N))
+    spec = scatter_spec(at)
+    trace = spec["data"][0]
+    assert trace["type"] == "scattergl"
+    ids = {row[0] for row in trace["customdata"]}
+    assert ids == set(margins["pair_id"])  # every point carries its pair id
+    assert len(spec["layout"]["shapes"]) == 3  # m_ex split + the |m_im| band
+    assert at.dataframe[0].value["pair_id"].tolist()[0] in ids
+    assert any(el.value.startswith("**Pair**") for el in at.markdown)
+
+
+def test_controls_change_counts_at_once(ws):
+    at = app_test("explore.py", ws)
+    at.run()
+    at.slider(key="_ctl_ratio").set_value(0.1).run()
+    no_errors(at)
+    assert metrics(at)["Selected (top-k)"] == str(int(0.1 * N))
+    assert at.session_state["explore_controls"]["ratio"] == 0.1  # kept for the Export page
+    at.selectbox(key="_ctl_metric").set_value("explicit").run()
+    table = at.dataframe[0].value
+    # sorted by the explicit score: the largest m_ex first
+    assert table["m_ex"].iloc[0] == pytest.approx(table["m_ex"].max())
+    at.text_area(key="_ctl_filters").input("m_ex>=0\nthis is not a filter").run()
+    assert metrics(at)["Candidates"] == str(int((load_margins(ws, DATASET, policy_fp=POLICY_FP)["m_ex"] >= 0).sum()))
+    assert any("cannot read filter" in e.value for e in at.error)  # the bad line is reported, not applied
+
+
+def test_untrusted_texts_render_as_code_only(ws):
+    at = app_test("explore.py", ws)
+    at.run()
+    at.toggle(key="_sort_asc").set_value(True).run()  # lowest M_AP first: the adversarial pair
+    no_errors(at)
+    codes = [c.value for c in at.code]
+    assert XSS_PROMPT in codes
+    assert any(c.startswith("<img src=") for c in codes)
+    assert any(c.startswith("![tracker](") for c in codes)
+    rendered = "\n".join(el.value for el in [*at.markdown, *at.caption])
+    assert "<img" not in rendered and "<script" not in rendered and "](http" not in rendered
+
+
+def test_brush_filters_the_table(ws, margins):
+    box = {"kind": "box", "x": [0.0, 4.0], "y": [-0.5, 0.5], "pair_ids": []}
+    at = app_test("explore.py", ws)
+    at.session_state["explore_brush"] = {"dataset": DATASET, "brush": box}
+    at.run()
+    no_errors(at)
+    inside = brush_mask(margins, box)
+    assert any(el.value.startswith("**Scatter selection:**") and f"{int(inside.sum()):,} pairs" in el.value
+               for el in at.markdown)
+    shown = at.dataframe[0].value
+    assert set(shown["pair_id"]) <= set(margins["pair_id"][inside])
+    # a brush from an earlier visit is drawn as a ring trace, since the fresh chart does not show it
+    assert any(t["name"] == "in scatter selection" for t in scatter_spec(at)["data"])
+
+
+def test_contradiction_tab_lists_suspects(ws, margins):
+    at = app_test("explore.py", ws)
+    at.session_state["_explore_tab"] = "Contradictions"
+    at.run()
+    no_errors(at)
+    frames = [d.value for d in at.dataframe]
+    suspects = next(f for f in frames if "suspicion" in f.columns)
+    xss_id = margins.loc[margins["prompt_preview"] == XSS_PROMPT, "pair_id"].item()
+    assert suspects["pair_id"].iloc[0] == xss_id
+    matrix = next(f for f in frames if list(f.columns) == ["map", "explicit", "implicit", "random"])
+    assert matrix.loc["map", "map"] == int(0.4 * N)
+
+
+# ---- logic, directly --------------------------------------------------------------------------------
+
+def test_brush_from_streamlit_events():
+    assert brush_from_event(None) is None
+    assert brush_from_event({"points": [], "box": [], "lasso": []}) is None
+    box = brush_from_event({"points": [{"customdata": ["id1", "x"]}], "box": [{"x": [2, -1], "y": [3, 1]}],
+                            "lasso": []})
+    assert box == {"kind": "box", "x": [-1.0, 2.0], "y": [1.0, 3.0], "pair_ids": ["id1"]}
+    lasso = brush_from_event({"points": [], "box": [], "lasso": [{"x": [0, 1, 1], "y": [0, 0, 1]}]})
+    assert lasso["kind"] == "lasso" and len(lasso["x"]) == 3
+    points = brush_from_event({"points": [{"customdata": ["a", ""]}, {"customdata": ["b", ""]}], "box": [],
+                               "lasso": []})
+    assert points == {"kind": "points", "x": [], "y": [], "pair_ids": ["a", "b"]}
+
+
+def test_lasso_and_box_masks_agree_with_geometry(margins):
+    x, y = margins["m_ex"].to_numpy(), margins["m_im"].to_numpy()
+    square = {"kind": "lasso", "x": [0, 4, 4, 0], "y": [-0.5, -0.5, 0.5, 0.5], "pair_ids": []}
+    box = {"kind": "box", "x": [0, 4], "y": [-0.5, 0.5], "pair_ids": []}
+    expected = (x > 0) & (x < 4) & (y > -0.5) & (y < 0.5)
+    assert (brush_mask(margins, square) == expected).all()
+    assert (brush_mask(margins, box) == expected).all()
+    triangle = {"kind": "lasso", "x": [0, 4, 0], "y": [-1, -1, 1], "pair_ids": []}
+    tri = brush_mask(margins, triangle)
+    assert tri.sum() < expected.sum() or not expected.any()
+    assert (x[tri] + 2 * y[tri] <= 4 + 1e-9).all()  # inside the hypotenuse from (4,-1) to (0,1)
+    ids = list(margins["pair_id"][:3])
+    assert brush_mask(margins, {"kind": "points", "x": [], "y": [], "pair_ids": ids}).sum() == 3
+
+
+def test_restrict_selection_records_the_brush(margins):
+    view = compute_view(margins, ExploreControls(ratio=0.5))
+    box = {"kind": "box", "x": [0.0, 4.0], "y": [-0.5, 0.5], "pair_ids": []}
+    inside = brush_mask(margins, box)
+    cut = restrict_selection(view.selection, inside, box)
+    assert set(cut.positions) == set(view.selection.positions) & set(np.flatnonzero(inside))
+    assert cut.pair_ids == [p for p in view.selection.pair_ids if p in set(margins["pair_id"][inside])]
+    assert "scatter selection" in cut.warnings[-1]
+
+
+def test_table_sorts_over_all_pairs_and_truncates(margins):
+    view = compute_view(margins, ExploreControls())
+    frame, matching = table_frame(margins, view, None, "m_im", ascending=True, limit=5)
+    assert matching == N and len(frame) == 5
+    assert frame["m_im"].iloc[0] == pytest.approx(margins["m_im"].min())
+    assert frame["prompt"].str.len().max() <= 80
+    ranked, _ = table_frame(margins, view, None, "rank", ascending=True, limit=3)
+    assert ranked["rank"].tolist() == [1, 2, 3]
+
+
+def test_scatter_samples_large_sets_and_escapes_hover(margins):
+    view = compute_view(margins, ExploreControls())
+    fig, drawn = scatter_figure(margins, view, ExploreControls(max_points=50))
+    assert drawn == 50 and len(fig["data"][0]["x"]) == 50
+    again, _ = scatter_figure(margins, view, ExploreControls(max_points=50))
+    assert list(fig["data"][0]["customdata"][:, 0]) == list(again["data"][0]["customdata"][:, 0])  # stable
+    by_selection, _ = scatter_figure(margins, view, ExploreControls(color_by="selection"))
+    assert sum(len(t["x"]) for t in by_selection["data"]) == N
+    assert len(by_selection["data"][1]["x"]) == view.selection.k
+    hover = hover_texts(margins["prompt_preview"])
+    xss = hover[margins["prompt_preview"].to_numpy() == XSS_PROMPT][0]
+    assert "<script>" not in xss and "&lt;script&gt;" in xss
+
+
+def test_overlap_matrix_is_symmetric(margins):
+    report = compare_metrics(margins, ratio=0.3)
+    matrix = overlap_matrix(report)
+    assert (matrix.to_numpy() == matrix.to_numpy().T).all()
+    assert matrix.loc["explicit", "explicit"] == report["k"]
+
+
+def test_dataset_without_policy_scores_falls_back_to_explicit(tmp_path):
+    from helpers_app import records
+
+    from core.ingest import import_dataset
+    from core.workspace import Workspace
+
+    ws = Workspace(tmp_path / "workspace")
+    source = tmp_path / "plain.jsonl"
+    source.write_text("".join(json.dumps(r) + "\n" for r in records(30)), encoding="utf-8")
+    import_dataset(source, "plain", ws)
+    at = app_test("explore.py", ws)
+    at.run()
+    no_errors(at)
+    assert any("No implicit margins yet" in i.value for i in at.info)
+    assert any("The scatter needs both margins" in i.value for i in at.info)
+    assert metrics(at)["Selected (top-k)"] == "12"
+    table = at.dataframe[0].value
+    assert table["m_ex"].iloc[0] == pytest.approx(table["m_ex"].max())

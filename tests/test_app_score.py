@@ -1,0 +1,97 @@
+"""Score: a real scoring job (tiny Llama through from_pretrained, a real worker process) submitted,
+cancelled, resumed and listed through the page, and the page's logic directly."""
+
+from __future__ import annotations
+
+import time
+
+import pytest
+from helpers_app import DATASET, app_test, build_workspace, no_errors
+
+from app import scoring
+from core import jobs
+from core.errors import MarginLensError
+from core.score_table import list_score_tables
+from tests.tiny_models import tiny_llama  # noqa: F401  (session fixture)
+
+
+@pytest.fixture
+def ws(tmp_path):
+    return build_workspace(tmp_path / "workspace", n=40)
+
+
+def score_jobs(ws):
+    return jobs.list_jobs(ws, "score")
+
+
+def wait_state(job: jobs.Job, states: tuple[str, ...], timeout: float = 120) -> dict:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        status = job.status()
+        if status["state"] in states:
+            return status
+        time.sleep(0.2)
+    raise AssertionError(f"job stayed {job.status()['state']}; log:\n{job.log_tail()}")
+
+
+def test_submit_cancel_resume_and_list_tables(ws, tiny_llama):  # noqa: F811
+    at = app_test("score.py", ws)
+    at.run()
+    no_errors(at)
+    at.text_input[0].input(str(tiny_llama))  # policy
+    at.selectbox[1].set_value("cpu")  # device (selectbox 0 is the dataset picker)
+    at.button[0].click().run()
+    no_errors(at)
+    assert at.success and "Scoring job score-" in at.success[0].value
+    (job,) = score_jobs(ws)
+    assert job.spec["params"]["tasks"][0]["model"] == str(tiny_llama)
+
+    # a second tab (a fresh session) sees the same job, and submitting again joins it
+    other = app_test("score.py", ws)
+    other.run()
+    assert any(job.id in el.value for el in other.markdown)
+    other.text_input[0].input(str(tiny_llama))
+    other.selectbox[1].set_value("cpu")
+    other.button[0].click().run()
+    assert len(score_jobs(ws)) == 1
+
+    # cancel from the page; the worker stops at its next check
+    at.run()
+    cancel = [b for b in at.button if b.label == "Cancel"]
+    assert cancel, "no Cancel button while the job runs"
+    cancel[0].click().run()
+    # the worker still imports torch and loads the model when the flag lands: it stops at its first check
+    assert wait_state(job, ("cancelled", "done"))["state"] == "cancelled"
+    at.run()
+    assert any(el.value.startswith("**cancelled**") for el in at.markdown)
+    resume = [b for b in at.button if b.label == "Resume"]
+    assert resume, "no Resume button for a cancelled job"
+    resume[0].click().run()
+    no_errors(at)
+    assert wait_state(job, ("done", "failed"))["state"] == "done", job.log_tail()
+    at.run()
+    no_errors(at)
+    tables = list_score_tables(ws, DATASET, "logprob")
+    fps = {t["fingerprint"] for t in tables}
+    assert job.result()["tables"]["policy"] in fps
+    listed = at.dataframe[-1].value
+    assert job.result()["tables"]["policy"] in set(listed["fingerprint"])
+    assert any(el.value.startswith("**done**") for el in at.markdown)
+
+
+def test_spec_from_form_values():
+    spec = scoring.build_spec(DATASET, " HuggingFaceTB/SmolLM2-135M-Instruct ", "", "columns", "", "cpu", 512, 256,
+                              "reference")
+    assert spec.policy == "HuggingFaceTB/SmolLM2-135M-Instruct" and spec.reference is None
+    assert spec.score_columns == "score_chosen,score_rejected" and spec.reward_model is None
+    assert (spec.max_length, spec.max_prompt_length, spec.mode) == (512, 256, "reference")
+    rm = scoring.build_spec(DATASET, "", "ref", "reward_model", "/models/rm", "auto", 2048, 1800, "clean")
+    assert rm.policy is None and rm.reward_model == "/models/rm" and rm.score_columns is None
+    with pytest.raises(MarginLensError, match="reward model id"):
+        scoring.build_spec(DATASET, "p", "", "reward_model", " ", "cpu", 2048, 1800, "clean")
+
+
+def test_progress_text():
+    row = {"done": 1500, "total": 10000, "tokens_per_s": 2345.6, "eta_s": 3725.0, "task": "policy"}
+    assert scoring.progress_text(row) == "1,500 / 10,000 pairs · 2,346 tokens/s · ETA 01:02:05 · policy"
+    assert "— tokens/s" in scoring.progress_text({**row, "tokens_per_s": None})

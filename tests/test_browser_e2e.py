@@ -1,0 +1,208 @@
+"""End to end in a real browser: `streamlit run app/main.py` on 127.0.0.1 and headless Debian Chromium
+(driven by playwright over its own launch, no downloaded browser).
+
+Opens the app, goes to Explore, waits for the WebGL scatter, checks that untrusted pair texts are shown
+as text (no script runs, nothing is fetched from the canary server on 127.0.0.1), drags a box selection,
+checks that the table and the pair viewer follow it, exports the selection and checks the written file.
+A screenshot of Explore is saved under test-output/browser/ (gitignored).
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+import shutil
+import socket
+import subprocess
+import sys
+import threading
+import time
+import urllib.request
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from pathlib import Path
+
+import pytest
+from helpers_app import DATASET, build_workspace
+
+REPO = Path(__file__).resolve().parent.parent
+CHROMIUM = Path("/usr/bin/chromium")
+OUTPUT = REPO / "test-output" / "browser"
+CHROMIUM_ARGS = ["--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
+                 "--disable-background-networking", "--disable-component-update", "--disable-sync",
+                 # WebGL (the scatter is scattergl) on the software rasteriser: there is no GPU here
+                 "--enable-unsafe-swiftshader", "--use-angle=swiftshader"]
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+class Canary:
+    """An HTTP server on 127.0.0.1 that records every request: the pair texts point at it."""
+
+    def __init__(self) -> None:
+        self.hits: list[str] = []
+        hits = self.hits
+
+        class Handler(BaseHTTPRequestHandler):
+            def do_GET(self) -> None:  # noqa: N802 (http.server's name)
+                hits.append(self.path)
+                self.send_response(204)
+                self.end_headers()
+
+            def log_message(self, *args) -> None:
+                pass
+
+        self.server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+        self.port = self.server.server_address[1]
+        threading.Thread(target=self.server.serve_forever, daemon=True).start()
+
+    def close(self) -> None:
+        self.server.shutdown()
+        self.server.server_close()
+
+
+def wait_healthy(url: str, proc: subprocess.Popen, timeout: float = 60) -> None:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if proc.poll() is not None:
+            raise RuntimeError(f"streamlit exited with {proc.returncode}")
+        try:
+            with urllib.request.urlopen(url + "/_stcore/health", timeout=2) as r:
+                if r.read().strip() == b"ok":
+                    return
+        except OSError:
+            time.sleep(0.3)
+    raise TimeoutError("streamlit did not become healthy")
+
+
+@pytest.fixture(scope="module")
+def server(tmp_path_factory):
+    if not CHROMIUM.exists():
+        pytest.fail("/usr/bin/chromium is missing: `make browser` installs Debian's chromium")
+    canary = Canary()
+    root = tmp_path_factory.mktemp("e2e") / "workspace"
+    ws = build_workspace(root, n=300, canary_port=canary.port)
+    port = free_port()
+    env = {**os.environ, "MARGINLENS_WORKSPACE": str(ws.root), "HF_HUB_OFFLINE": "1"}
+    log = open(root.parent / "streamlit.log", "wb")
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "streamlit", "run", "app/main.py", "--server.address", "127.0.0.1",
+         "--server.port", str(port), "--server.headless", "true", "--browser.gatherUsageStats", "false",
+         "--server.fileWatcherType", "none"],
+        cwd=REPO, env=env, stdout=log, stderr=subprocess.STDOUT,
+    )
+    url = f"http://127.0.0.1:{port}"
+    try:
+        wait_healthy(url, proc)
+        yield {"url": url, "ws": ws, "canary": canary, "log": root.parent / "streamlit.log"}
+    finally:
+        proc.terminate()
+        try:
+            proc.wait(timeout=10)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+        log.close()
+        canary.close()
+
+
+def test_explore_brush_export_in_browser(server):
+    from playwright.sync_api import expect, sync_playwright
+
+    OUTPUT.mkdir(parents=True, exist_ok=True)
+    expect.set_options(timeout=60_000)
+    timings: dict[str, float] = {}
+    with sync_playwright() as pw:
+        browser = pw.chromium.launch(executable_path=str(CHROMIUM), headless=True, args=CHROMIUM_ARGS)
+        try:
+            # Streamlit scrolls inside its own container: a tall viewport shows the whole page
+            page = browser.new_page(viewport={"width": 1500, "height": 2600})
+            page.set_default_timeout(60_000)
+            dialogs: list[str] = []
+            page.on("dialog", lambda d: (dialogs.append(d.message), d.dismiss()))
+            page.goto(server["url"])
+            expect(page.get_by_role("heading", name="Datasets")).to_be_visible()
+
+            start = time.perf_counter()
+            page.get_by_role("link", name="Explore").click()
+            plot = page.locator('[data-testid="stPlotlyChart"]').first
+            expect(plot.locator("canvas").first).to_be_visible()
+            expect(page.get_by_text("server time")).to_be_visible()
+            timings["explore_first_render_s"] = time.perf_counter() - start
+            viewer = page.get_by_text(re.compile(r"^Pair [0-9a-f]{32}")).first
+            before_pair = viewer.inner_text()
+            before_count = page.get_by_text(re.compile(r"matching pairs; showing")).inner_text()
+            page.screenshot(path=str(OUTPUT / "explore.png"), full_page=True)
+
+            # Untrusted texts: ascending M_AP puts the adversarial pair first, so the viewer opens it.
+            start = time.perf_counter()
+            page.get_by_text("Ascending", exact=True).click()
+            code = page.locator("pre")
+            expect(code.filter(has_text='<img src="http://127.0.0.1').first).to_be_visible()
+            timings["control_change_s"] = time.perf_counter() - start
+            expect(code.filter(has_text="<script>window.__xss = 1</script>").first).to_be_visible()
+            expect(code.filter(has_text="![tracker](http://127.0.0.1").first).to_be_visible()
+            assert page.locator(f'img[src*="127.0.0.1:{server["canary"].port}"]').count() == 0
+            assert page.locator(f'a[href*="127.0.0.1:{server["canary"].port}"]').count() == 0
+            assert page.evaluate("() => window.__xss === undefined")
+            page.screenshot(path=str(OUTPUT / "explore-untrusted.png"), full_page=True)
+            page.get_by_text("Ascending", exact=True).click()
+            expect(viewer).to_have_text(before_pair)
+
+            # Box selection: drag over the middle of the plot area.
+            drag = plot.locator(".nsewdrag").first
+            box = drag.bounding_box()
+            assert box is not None
+            x0, y0 = box["x"] + box["width"] * 0.35, box["y"] + box["height"] * 0.05
+            x1, y1 = box["x"] + box["width"] * 0.75, box["y"] + box["height"] * 0.45
+            start = time.perf_counter()
+            page.mouse.move(x0, y0)
+            page.mouse.down()
+            for i in range(1, 11):
+                page.mouse.move(x0 + (x1 - x0) * i / 10, y0 + (y1 - y0) * i / 10)
+            page.mouse.up()
+            expect(page.get_by_text("Scatter selection:")).to_be_visible()
+            expect(page.get_by_text("server time")).to_be_visible()
+            timings["box_selection_s"] = time.perf_counter() - start
+            after_count = page.get_by_text(re.compile(r"matching pairs; showing")).inner_text()
+            assert after_count != before_count
+            assert int(after_count.split()[0].replace(",", "")) < 301
+            expect(viewer).not_to_have_text(before_pair)
+            page.screenshot(path=str(OUTPUT / "explore-brushed.png"), full_page=True)
+
+            # Export the brushed part of the selection.
+            page.get_by_role("link", name="Export").click()
+            expect(page.get_by_text("Only pairs inside the scatter selection")).to_be_visible()
+            page.get_by_role("button", name="Write export").click()
+            expect(page.get_by_text(re.compile(r"^Wrote \d+ pairs"))).to_be_visible()
+            wrote = int(re.search(r"Wrote (\d+) pairs", page.get_by_text(re.compile(r"^Wrote")).inner_text())[1])
+            assert not dialogs, dialogs
+        except Exception:
+            page.screenshot(path=str(OUTPUT / "failure.png"), full_page=True)
+            raise
+        finally:
+            browser.close()
+
+    assert server["canary"].hits == [], f"the page fetched untrusted URLs: {server['canary'].hits}"
+    exports = sorted(server["ws"].exports_dir.glob("*.jsonl"))
+    assert len(exports) == 1
+    rows = [json.loads(line) for line in exports[0].read_text().splitlines()]
+    manifest = json.loads(Path(str(exports[0]) + ".manifest.json").read_text())
+    assert len(rows) == wrote == manifest["counts"]["exported"] > 0
+    assert manifest["source"]["dataset"] == DATASET
+    note = next(w for w in manifest["warnings"] if w.startswith("restricted to the scatter selection"))
+    bounds = [float(v) for v in re.findall(r"\[([-0-9.e+]+), ([-0-9.e+]+)\]", note)[0]
+              + re.findall(r"\[([-0-9.e+]+), ([-0-9.e+]+)\]", note)[1]]
+    ex_lo, ex_hi, im_lo, im_hi = bounds
+    slack = 1e-2  # the note prints 3 significant digits
+    for row in rows:
+        assert ex_lo - slack * abs(ex_lo) - slack <= row["m_ex"] <= ex_hi + slack * abs(ex_hi) + slack
+        assert im_lo - slack * abs(im_lo) - slack <= row["m_im"] <= im_hi + slack * abs(im_hi) + slack
+        assert row["rank"] <= manifest["counts"]["k"]
+    assert manifest["counts"]["exported"] < manifest["counts"]["k"]
+    shutil.copy(server["log"], OUTPUT / "streamlit.log")
+    (OUTPUT / "timings.json").write_text(json.dumps(timings, indent=2))
+    print("browser timings:", json.dumps(timings))
