@@ -1,5 +1,5 @@
 """LLM-judge agreement audit (DESIGN.md section 1): does a strong judge agree with the dataset's labels,
-per selection subset? Plus the flags users set on pairs the judge shows to be noisy.
+per selection subset? Subsets, sampling, the job spec and cost, the "audit" job, and its reports.
 
 Flow (the dashboard's Audit page and `marginlens audit` both follow it):
   subsets = build_subsets(ws, dataset)              {"map": [pair_id, ...], "explicit": ..., ...}
@@ -8,26 +8,18 @@ Flow (the dashboard's Audit page and `marginlens audit` both follow it):
   estimate_cost(ws, params)                         calls / tokens still to pay, before starting
   job = submit_audit(ws, params, api_key)           a background job (core.jobs kind "audit")
   audit_report(ws, params)                          statistics per subset, at any time (partial too)
-  agreement_figure(report)                          the paper-style bar chart with Wilson intervals
+  core.audit_charts.agreement_figure(report)        the paper-style bar chart with Wilson intervals
+  flag_disagreements(ws, dataset, judge_model)      flag pairs the judge decisively reverses (core.flags)
 
 The job params hold the sampled ids themselves, so a job is exactly reproducible and resubmitting the
 same settings resumes the same job; the verdict store (core.verdicts) is shared by all audits of a
 dataset, so a pair judged once by a judge model under a prompt version is never paid for again.
-
-Statistics per subset, over its sampled pairs (each judged in both orders):
-  agreement        among decisive pairs (both orders valid and naming the same response): the share
-                   where the judge prefers the dataset's chosen response; Wilson 95% interval
-  kappa            Cohen's kappa between the label's position (A in order AB, B in order BA) and the
-                   judge's answer, over all valid single judgments; chance agreement includes the
-                   judge's position bias, which a plain agreement rate hides
-  position_consistency   share of pairs with both orders valid whose two answers name the same response
-  invalid          single judgments whose answer could not be parsed
+The statistics are defined in core.audit_stats.
 """
 
 from __future__ import annotations
 
 import fcntl
-import math
 import os
 import random
 import threading
@@ -35,12 +27,13 @@ import time
 from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import asdict
-from pathlib import Path
 from typing import Any
 
-from core.atomic import read_json, write_json
+from core.atomic import write_json
+from core.audit_stats import subset_stats
 from core.errors import MarginLensError
-from core.jobs import Job, JobContext, submit
+from core.flags import flag_pairs, load_flags
+from core.jobs import Job, JobContext, list_jobs, submit
 from core.judge_client import (
     KEY_ENV,
     Budget,
@@ -70,9 +63,7 @@ SUBSETS = ("map", "explicit", "implicit", "random")
 DEFAULT_N = 50
 DEFAULT_SEED = 42
 DEFAULT_CONCURRENCY = 4
-Z95 = 1.959963984540054
 FATAL_STATUSES = (401, 403, 404)  # bad key, no access, unknown model: every further call would fail too
-FLAG_ACTIONS = ("exclude", "swap")
 
 
 # ------------------------------------------------------------------------------------------------
@@ -233,6 +224,11 @@ def submit_audit(ws: Workspace, params: dict[str, Any], api_key: str | None = No
     without it the worker uses OPENAI_API_KEY from this process's environment."""
     env = {KEY_ENV: api_key} if api_key else None
     return submit(ws, "audit", params, env=env)
+
+
+def list_audits(ws: Workspace, dataset: str) -> list[Job]:
+    """The audit jobs of a dataset, newest first (the job folders are the only record of them)."""
+    return [job for job in list_jobs(ws, "audit") if job.spec.get("params", {}).get("dataset") == dataset]
 
 
 # ------------------------------------------------------------------------------------------------
@@ -416,68 +412,8 @@ def run(ctx: JobContext) -> dict[str, Any]:
 
 
 # ------------------------------------------------------------------------------------------------
-# Statistics
+# Reports
 # ------------------------------------------------------------------------------------------------
-def wilson_interval(successes: int, n: int, z: float = Z95) -> tuple[float, float] | None:
-    """Wilson score interval for a binomial proportion; None when n == 0."""
-    if n <= 0:
-        return None
-    p = successes / n
-    denom = 1 + z * z / n
-    center = (p + z * z / (2 * n)) / denom
-    half = z * math.sqrt(p * (1 - p) / n + z * z / (4 * n * n)) / denom
-    return max(0.0, center - half), min(1.0, center + half)
-
-
-def cohen_kappa(a: list[str], b: list[str]) -> float | None:
-    """Cohen's kappa of two raters' labels on the same items; None when undefined (no items, or
-    chance agreement is 1 because both raters used one and the same label throughout)."""
-    if len(a) != len(b):
-        raise ValueError("both raters must label the same items")
-    n = len(a)
-    if n == 0:
-        return None
-    observed = sum(x == y for x, y in zip(a, b, strict=True)) / n
-    labels = set(a) | set(b)
-    expected = sum((a.count(c) / n) * (b.count(c) / n) for c in labels)
-    if expected >= 1:
-        return None
-    return (observed - expected) / (1 - expected)
-
-
-def subset_stats(pair_ids: list[str], verdicts: dict[str, PairVerdict]) -> dict[str, Any]:
-    """The audit statistics of one subset (see the module docstring for the definitions)."""
-    judged = [verdicts[pid] for pid in pair_ids if pid in verdicts]
-    complete = [v for v in judged if v.complete]
-    valid = [v for v in complete if v.valid]
-    decisive = [v for v in valid if v.consistent]
-    agree = sum(1 for v in decisive if v.agrees)
-    label_positions: list[str] = []
-    judge_answers: list[str] = []
-    for verdict in judged:
-        for record in (verdict.ab, verdict.ba):
-            if record is not None and record["valid"]:
-                label_positions.append(record["chosen_position"])
-                judge_answers.append(record["choice"])
-    interval = wilson_interval(agree, len(decisive))
-    return {
-        "n": len(pair_ids),
-        "judged": len(complete),
-        "pending": len(pair_ids) - len(complete),
-        "valid_pairs": len(valid),
-        "decisive": len(decisive),
-        "agree": agree,
-        "agreement": agree / len(decisive) if decisive else None,
-        "ci_low": interval[0] if interval else None,
-        "ci_high": interval[1] if interval else None,
-        "kappa": cohen_kappa(label_positions, judge_answers),
-        "consistent": len(decisive),
-        "position_consistency": len(decisive) / len(valid) if valid else None,
-        "invalid": sum(v.invalid for v in judged),
-        "invalid_pairs": sum(1 for v in judged if v.invalid),
-    }
-
-
 def load_pair_verdicts(ws: Workspace, dataset: str, judge_model: str,
                        prompt_version: str = PROMPT_VERSION) -> dict[str, PairVerdict]:
     return pair_verdicts(VerdictStore.for_dataset(ws, dataset).records(), judge_model, prompt_version)
@@ -503,47 +439,6 @@ def audit_report(ws: Workspace, params: dict[str, Any]) -> dict[str, Any]:
     }
 
 
-def chart_frame(report: dict[str, Any]):
-    """One row per subset: agreement and its interval, as a pandas DataFrame (the chart's data)."""
-    import pandas as pd
-
-    rows = [{"subset": name, **{k: s[k] for k in ("agreement", "ci_low", "ci_high", "decisive", "n", "kappa",
-                                                    "position_consistency", "invalid")}}
-            for name, s in ordered(report["subsets"]).items()]
-    return pd.DataFrame(rows)
-
-
-def agreement_figure(report: dict[str, Any]):
-    """Bar chart of judge agreement per subset with Wilson 95% intervals (the paper's figure style)."""
-    import plotly.graph_objects as go
-
-    frame = chart_frame(report)
-    pct = frame["agreement"].astype(float) * 100
-    fig = go.Figure(
-        go.Bar(
-            x=frame["subset"],
-            y=pct,
-            error_y={
-                "type": "data",
-                "symmetric": False,
-                "array": (frame["ci_high"].astype(float) * 100 - pct).tolist(),
-                "arrayminus": (pct - frame["ci_low"].astype(float) * 100).tolist(),
-            },
-            text=[f"{v:.0f}% (n={d})" if not math.isnan(v) else f"n={d}" for v, d in zip(pct, frame["decisive"],
-                                                                                         strict=True)],
-            textposition="outside",
-            marker_color=["#1f77b4" if s == "map" else "#9aa5b1" for s in frame["subset"]],
-        )
-    )
-    fig.update_layout(
-        title=f"Judge agreement with the dataset's labels ({report['judge_model']})",
-        yaxis={"title": "agreement (%)", "range": [0, 105]},
-        xaxis={"title": "subset"},
-        showlegend=False,
-    )
-    return fig
-
-
 def verdict_rows(ws: Workspace, params: dict[str, Any]) -> list[dict[str, Any]]:
     """One row per sampled pair: its subsets, both answers and rationales, agreement, and its flag."""
     verdicts = load_pair_verdicts(ws, params["dataset"], params["endpoint"]["model"], params["prompt_version"])
@@ -561,67 +456,8 @@ def verdict_rows(ws: Workspace, params: dict[str, Any]) -> list[dict[str, Any]]:
 
 
 # ------------------------------------------------------------------------------------------------
-# Flags (read by exports: excluded, or label-swapped on request)
+# Acting on verdicts: flag the pairs the judge reverses
 # ------------------------------------------------------------------------------------------------
-def flags_path(ws: Workspace, dataset: str) -> Path:
-    ws.dataset_dir(dataset)  # validates the name
-    return ws.audits_dir / dataset / "flags.json"
-
-
-def load_flags(ws: Workspace, dataset: str) -> dict[str, dict[str, Any]]:
-    """pair_id -> {"action": "exclude"|"swap", "reason", "time", "judge_model"?}; empty when none."""
-    return read_json(flags_path(ws, dataset), default={}) or {}
-
-
-@contextmanager
-def _flags_locked(ws: Workspace, dataset: str) -> Iterator[dict[str, dict[str, Any]]]:
-    """Read-modify-write of flags.json under a lock (the UI and a CLI may flag at the same time)."""
-    path = flags_path(ws, dataset)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd = os.open(path.with_name(".flags.lock"), os.O_RDWR | os.O_CREAT, 0o644)
-    try:
-        fcntl.flock(fd, fcntl.LOCK_EX)
-        flags = load_flags(ws, dataset)
-        yield flags
-        write_json(path, flags)
-    finally:
-        os.close(fd)
-
-
-def flag_pairs(
-    ws: Workspace,
-    dataset: str,
-    pair_ids: list[str],
-    action: str = "exclude",
-    reason: str = "flagged as noisy",
-    judge_model: str | None = None,
-) -> int:
-    """Flag pairs as noisy; returns how many flags were added or changed. Ids must be in the dataset."""
-    if action not in FLAG_ACTIONS:
-        raise MarginLensError(f"flag action must be one of {', '.join(FLAG_ACTIONS)}, got {action!r}")
-    _load_pairs(ws, dataset, list(dict.fromkeys(pair_ids)))  # a typo'd id fails loudly, not silently
-    stamp = time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())
-    changed = 0
-    with _flags_locked(ws, dataset) as flags:
-        for pid in dict.fromkeys(pair_ids):
-            new = {"action": action, "reason": reason, "time": stamp,
-                   **({"judge_model": judge_model} if judge_model else {})}
-            old = flags.get(pid)
-            if old is None or (old["action"], old["reason"]) != (action, reason):
-                flags[pid] = new
-                changed += 1
-    return changed
-
-
-def unflag_pairs(ws: Workspace, dataset: str, pair_ids: list[str] | None = None) -> int:
-    """Remove flags (all of them when pair_ids is None); returns how many were removed."""
-    with _flags_locked(ws, dataset) as flags:
-        targets = list(flags) if pair_ids is None else [pid for pid in pair_ids if pid in flags]
-        for pid in targets:
-            del flags[pid]
-    return len(targets)
-
-
 def disagreements(ws: Workspace, dataset: str, judge_model: str, prompt_version: str = PROMPT_VERSION,
                   pair_ids: list[str] | None = None) -> list[str]:
     """Pairs whose judge verdict is decisive (both orders agree) and prefers the rejected response."""
@@ -639,13 +475,3 @@ def flag_disagreements(ws: Workspace, dataset: str, judge_model: str, action: st
                    reason=f"judge {judge_model} ({prompt_version}) prefers the rejected response in both orders",
                    judge_model=judge_model)
     return ids
-
-
-def flags_summary(ws: Workspace, dataset: str) -> dict[str, Any]:
-    """What an export manifest records about the flags it applied."""
-    flags = load_flags(ws, dataset)
-    return {
-        "flags_file": str(flags_path(ws, dataset).relative_to(ws.root)),
-        "excluded": sorted(p for p, f in flags.items() if f["action"] == "exclude"),
-        "swapped": sorted(p for p, f in flags.items() if f["action"] == "swap"),
-    }

@@ -10,6 +10,13 @@ Layouts (`layout=`):
 score_chosen/score_rejected are kept when the dataset carries them (so a re-import keeps m_ex);
 `include_metrics` adds pair_id, m_ex, m_im, score and rank.
 
+Noisy-pair flags (core.flags, set after an LLM-judge audit) apply unless `apply_flags=False`: selected
+pairs flagged "exclude" are left out (not replaced by the next-ranked pair, so the export is the
+Explore selection minus them), and pairs flagged "swap" have chosen/rejected exchanged together with
+score_chosen/score_rejected and the signs of m_ex and m_im (score and rank stay the selection's:
+they say why the pair was selected). The manifest's "flags" records the flags file, the flagged ids,
+whether they were applied, and how many exported pairs each action touched.
+
 Files: PATH (jsonl or parquet) plus PATH.manifest.json; `hf` writes a save_to_disk folder with
 marginlens_manifest.json inside. Rows are in pair-table order, JSON is written with fixed key order
 and no timestamps, so the same inputs give byte-identical data files. Every write is atomic.
@@ -19,6 +26,7 @@ A relative PATH is placed under the workspace's exports/ folder; a PATH outside 
 
 from __future__ import annotations
 
+import dataclasses
 import hashlib
 import json
 import os
@@ -35,6 +43,7 @@ import pyarrow.parquet as pq
 from core import __version__
 from core.atomic import atomic_path, write_bytes, write_json
 from core.errors import MarginLensError
+from core.flags import flags_summary
 from core.formats import HH_ASSISTANT
 from core.margins import load_texts
 from core.pairs import MESSAGE_TYPE
@@ -171,9 +180,10 @@ def _scorer(ws: Workspace, dataset: str, fingerprint: str | None) -> dict[str, A
 
 def build_records(
     ws: Workspace, dataset: str, selection: Selection, margins: pd.DataFrame,
-    layout: str = "source", include_metrics: bool = False,
+    layout: str = "source", include_metrics: bool = False, swapped: frozenset[str] = frozenset(),
 ) -> tuple[pa.Table, str]:
-    """The export table (pair-table order) and its shape; pure function of the inputs."""
+    """The export table (pair-table order) and its shape; pure function of the inputs. Pairs whose
+    ids are in `swapped` get chosen and rejected (and their scores and margins) exchanged."""
     if layout not in LAYOUTS:
         raise MarginLensError(f"unknown layout {layout!r} (expected one of {', '.join(LAYOUTS)})")
     fmt_name = ws.dataset_manifest(dataset).get("format") or ""
@@ -197,7 +207,39 @@ def build_records(
         for rec, row, pos in zip(records, rows, positions, strict=True):
             rec.update(pair_id=row["pair_id"], m_ex=_num(m_ex[pos]), m_im=_num(m_im[pos]),
                        score=_num(selection.scores[pos]), rank=int(rank[pos]))
+    for rec, row in zip(records, rows, strict=True):
+        if row["pair_id"] in swapped:
+            _swap(rec)
     return pa.Table.from_pylist(records, schema=_schema(shape, with_scores, include_metrics)), shape
+
+
+def _swap(rec: dict[str, Any]) -> None:
+    """Exchange the two responses of one record; every shape keys them as chosen/rejected, with the
+    prompt (if any) shared, so the swap is the same for all layouts."""
+    rec["chosen"], rec["rejected"] = rec["rejected"], rec["chosen"]
+    if "score_chosen" in rec:
+        rec["score_chosen"], rec["score_rejected"] = rec["score_rejected"], rec["score_chosen"]
+    for margin in ("m_ex", "m_im"):
+        if rec.get(margin) is not None:
+            rec[margin] = -rec[margin]
+
+
+def apply_flags_to(ws: Workspace, dataset: str, selection: Selection,
+                   apply: bool = True) -> tuple[Selection, frozenset[str], dict[str, Any]]:
+    """The selection minus pairs flagged "exclude", the selected ids flagged "swap", and the
+    manifest's record of both. With apply=False nothing changes, but the record still lists the flags
+    (someone reading the manifest should know they existed and were ignored)."""
+    summary = flags_summary(ws, dataset)
+    record = {**summary, "applied": bool(apply), "excluded_in_export": 0, "swapped_in_export": 0}
+    if not apply:
+        return selection, frozenset(), record
+    excluded = set(summary["excluded"])
+    keep = np.array([pid not in excluded for pid in selection.pair_ids], dtype=bool)
+    kept = dataclasses.replace(selection, positions=selection.positions[keep],
+                               pair_ids=[pid for pid in selection.pair_ids if pid not in excluded])
+    swapped = frozenset(summary["swapped"]).intersection(kept.pair_ids)
+    record.update(excluded_in_export=int((~keep).sum()), swapped_in_export=len(swapped))
+    return kept, swapped, record
 
 
 def _jsonl_bytes(table: pa.Table) -> bytes:
@@ -228,12 +270,16 @@ def export_selection(
     push_to_hub: str | None = None,
     token: str | None = None,
     private: bool = True,
+    apply_flags: bool = True,
 ) -> ExportResult:
-    """Write the selected pairs of `margins` (the frame `selection` was computed on) and a manifest."""
+    """Write the selected pairs of `margins` (the frame `selection` was computed on) and a manifest.
+    Noisy-pair flags are applied unless `apply_flags` is False (see the module docstring)."""
     path = resolve_output(ws, out, fmt, allow_outside, overwrite)
     if push_to_hub:
         token = _hub_token(push_to_hub, token)  # fail before writing anything
-    table, shape = build_records(ws, dataset, selection, margins, layout, include_metrics)
+    selected = selection  # what the metric picked; from here on `selection` is what gets written
+    selection, swapped, flags = apply_flags_to(ws, dataset, selected, apply_flags)
+    table, shape = build_records(ws, dataset, selection, margins, layout, include_metrics, swapped)
     source = ws.dataset_manifest(dataset)
     positions = selection.positions
     cand = np.isfinite(selection.scores)
@@ -249,7 +295,8 @@ def export_selection(
         "scorers": {role: _scorer(ws, dataset, attrs.get(f"{role}_fp")) for role in ("policy", "reference", "reward")},
         "margins": {"m_ex": attrs.get("m_ex_source"), "m_im": attrs.get("m_im_form"), "beta": attrs.get("beta")},
         "selection": selection.spec.to_dict(),
-        "counts": {**selection.counts(), "exported": table.num_rows},
+        "counts": {**selected.counts(), "exported": table.num_rows},  # selected - flags.excluded_in_export
+        "flags": flags,
         "summaries": {
             "candidates": {"m_ex": _summary(m_ex[cand]), "m_im": _summary(m_im[cand]),
                            "score": _summary(selection.scores[cand])},

@@ -12,7 +12,8 @@
                  reference_fp the DPO form beta * ((pol_c - ref_c) - (pol_r - ref_r)) on summed
                  log-probs; NaN where the pair is not scored (yet)
   truncated      any score table truncated this pair
-  flagged, flags ingest warnings (bool, and joined with "; ")
+  flagged, flags ingest warnings (bool, and joined with "; "); not the noisy-pair flags an audit sets
+                 (core.flags: audits/DATASET/flags.json, applied by exports, shown on the Audit page)
   prompt_preview first characters of the last user turn; prompt_chars, chosen_chars, rejected_chars
 The frame never holds full texts: `pair_texts` reads them for a few pair ids and `load_texts` gives
 the memory-mapped pair table for text search. `frame.attrs` records where every column came from.

@@ -14,18 +14,18 @@ from helpers_data import make_dataset, random_logprobs, standard_records
 from judge_server import Request, ScriptedJudge
 
 from core.audit import (
-    agreement_figure,
     audit_params,
     audit_report,
     disagreements,
     estimate_cost,
     flag_disagreements,
-    load_flags,
     submit_audit,
     verdict_rows,
     verdicts_for_pair,
 )
+from core.audit_charts import agreement_figure
 from core.cli import main as cli_main
+from core.flags import load_flags
 from core.judge_client import Endpoint, RetryPolicy
 from core.verdicts import VerdictStore
 from core.workspace import Workspace
@@ -169,8 +169,10 @@ def test_cancel_then_kill_then_resume_pays_at_most_the_calls_in_flight(ws, tmp_p
     # At most one call was in flight at the kill (concurrency 1), so at most one answer was paid twice.
     assert sum(answered.values()) <= 13
     assert job.result()["report"]["overall"]["agreement"] == 1.0
-    # The ledger carried the requests of the killed runs into the resumed one's budget.
-    assert job.result()["requests"] == len(judge.requests)
+    # The ledger carried the requests of the killed runs into the resumed one's budget. It counts a
+    # call before sending it (so a budget is never overrun), hence a kill between the two may leave
+    # one counted call that never reached the server.
+    assert len(judge.requests) <= job.result()["requests"] <= len(judge.requests) + 1
 
 
 def test_budget_stops_before_the_limit_and_a_larger_budget_pays_only_the_rest(ws, tmp_path):

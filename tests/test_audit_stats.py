@@ -10,21 +10,11 @@ import pytest
 from helpers_data import make_dataset, standard_records
 from scipy.stats import binomtest
 
-from core.audit import (
-    agreement_figure,
-    audit_params,
-    audit_report,
-    chart_frame,
-    cohen_kappa,
-    flag_pairs,
-    flags_summary,
-    load_flags,
-    sample_subsets,
-    unflag_pairs,
-    verdict_record,
-    wilson_interval,
-)
+from core.audit import audit_params, audit_report, sample_subsets, verdict_record
+from core.audit_charts import agreement_figure, chart_frame
+from core.audit_stats import cohen_kappa, wilson_interval
 from core.errors import MarginLensError
+from core.flags import flag_pairs, flags_summary, load_flags, unflag_pairs
 from core.judge_client import Completion, Endpoint
 from core.judge_prompt import PROMPT_VERSION, template_text
 from core.verdicts import VerdictStore, verdicts_path

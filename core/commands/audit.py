@@ -159,8 +159,9 @@ def cmd_audit_report(args: argparse.Namespace) -> int:
 
 
 def cmd_flag(args: argparse.Namespace) -> int:
-    from core.audit import flag_disagreements, flag_pairs, load_flags
+    from core.audit import flag_disagreements
     from core.errors import MarginLensError
+    from core.flags import flag_pairs, load_flags
 
     ws = Workspace.resolve(args.workspace)
     action = "swap" if args.swap else "exclude"
@@ -179,8 +180,8 @@ def cmd_flag(args: argparse.Namespace) -> int:
 
 
 def cmd_unflag(args: argparse.Namespace) -> int:
-    from core.audit import unflag_pairs
     from core.errors import MarginLensError
+    from core.flags import unflag_pairs
 
     if not args.all and not args.pair_ids:
         raise MarginLensError("name the pair ids to unflag, or pass --all")

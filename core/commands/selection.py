@@ -42,6 +42,9 @@ def register(sub: argparse._SubParsersAction, common: argparse.ArgumentParser) -
     p.add_argument("--layout", choices=("source", "explicit"), default="source",
                    help="source: the dataset's own layout; explicit: always an explicit prompt column")
     p.add_argument("--with-metrics", action="store_true", help="add pair_id, m_ex, m_im, score and rank columns")
+    p.add_argument("--ignore-flags", action="store_true",
+                   help="export flagged pairs as they are (default: pairs flagged 'exclude' are left out and "
+                        "pairs flagged 'swap' are label-swapped; see `marginlens flag`)")
     p.add_argument("--overwrite", action="store_true", help="replace an existing export")
     p.add_argument("--outside-workspace", action="store_true", help="allow an output path outside the workspace")
     p.add_argument("--push-to-hub", default=None, metavar="REPO_ID", help="also push to the Hub (needs network)")
@@ -88,13 +91,19 @@ def cmd_select(args: argparse.Namespace) -> int:
     result = export_selection(
         ws, args.name, selection, margins, args.out, args.format, layout=args.layout,
         include_metrics=args.with_metrics, overwrite=args.overwrite, allow_outside=args.outside_workspace,
-        push_to_hub=args.push_to_hub, token=args.token,
+        push_to_hub=args.push_to_hub, token=args.token, apply_flags=not args.ignore_flags,
     )
     for warning in selection.warnings:
         print(f"warning: {warning}")
     c = selection.counts()
     print(f"selected {c['selected']} of {c['candidates']} candidate pairs ({c['total']} in {args.name!r}) "
           f"by {args.metric}; wrote {result.path}")
+    flags = result.manifest["flags"]
+    if flags["applied"] and (flags["excluded_in_export"] or flags["swapped_in_export"]):
+        print(f"flags: left out {flags['excluded_in_export']} pairs flagged 'exclude', label-swapped "
+              f"{flags['swapped_in_export']} flagged 'swap' (--ignore-flags to keep them as they are)")
+    elif not flags["applied"] and (flags["excluded"] or flags["swapped"]):
+        print(f"flags ignored: {len(flags['excluded']) + len(flags['swapped'])} flagged pairs exported as they are")
     print(f"manifest: {result.manifest_path}")
     return 0
 

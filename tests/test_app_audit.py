@@ -1,0 +1,134 @@
+"""Audit page: plan and estimate an audit, start it (a real worker process judging through a real scripted
+OpenAI-compatible server on 127.0.0.1), cancel and resume it, read the chart and the verdicts, and flag
+pairs; the key typed into the page never reaches a file, and judge/pair texts never reach markdown."""
+
+from __future__ import annotations
+
+import json
+import time
+from pathlib import Path
+
+import pytest
+from helpers_app import DATASET, app_test, build_workspace, metrics, no_errors
+from judge_server import Request, ScriptedJudge
+
+from core.audit import disagreements, list_audits
+from core.flags import load_flags
+
+KEY = "sk-audit-page-SECRET-77f3a1"
+
+
+@pytest.fixture
+def ws(tmp_path):
+    return build_workspace(tmp_path / "workspace", n=30)
+
+
+def button(at, label: str):
+    found = [b for b in at.button if b.label == label]
+    assert found, f"no button {label!r}: {[b.label for b in at.button]}"
+    return found[0]
+
+
+def wait_state(job, states: tuple[str, ...], timeout: float = 60) -> str:
+    deadline = time.monotonic() + timeout
+    while (state := job.status()["state"]) not in states:
+        assert time.monotonic() < deadline, f"job stayed {state}; log:\n{job.log_tail()}"
+        time.sleep(0.1)
+    return state
+
+
+def files_containing(root: Path, needle: str) -> list[Path]:
+    return [p for p in root.rglob("*") if p.is_file() and needle.encode() in p.read_bytes()]
+
+
+def test_page_without_audit_and_a_bad_plan(ws):
+    at = app_test("audit.py", ws)
+    at.run()
+    no_errors(at)
+    assert any("No audit of this dataset yet" in el.value for el in at.info)
+    assert at.text_input(key="_audit_api_key").proto.type == at.text_input(key="_audit_api_key").proto.PASSWORD
+    button(at, "Estimate cost").click().run()  # no judge model given
+    assert [e.value for e in at.error] == ["the judge model name is empty"]
+    assert not [b for b in at.button if b.label == "Start audit"]
+
+
+def test_estimate_start_cancel_resume_report_and_flags(ws):
+    table = ws.load_pairs(DATASET)
+    texts = {row["pair_id"]: (row["chosen"], row["rejected"]) for row in table}
+    noisy = set(list(texts)[::2])  # the judge reverses every other pair
+    preferred = {(r if pid in noisy else c) for pid, (c, r) in texts.items()}
+
+    def answer(request: Request) -> str:
+        letter = "A" if request.pair[0] in preferred else "B"
+        return json.dumps({"winner": letter, "rationale": f"**{letter}** <b>wins</b>"})
+
+    at = app_test("audit.py", ws)
+    at.run()
+    with ScriptedJudge(answer=answer, delay=0.05) as judge:
+        at.text_input(key="_audit_api_key").input(KEY)
+        at.text_input(key="_audit_base_url").input(judge.base_url)
+        at.text_input(key="_audit_model").input("judge-page")
+        at.number_input(key="_audit_n").set_value(3)
+        at.number_input(key="_audit_concurrency").set_value(1)
+        at.number_input(key="_audit_timeout").set_value(5.0)
+        button(at, "Estimate cost").click().run()
+        no_errors(at)
+        shown = metrics(at)
+        pairs = int(shown["Pairs"])
+        assert 3 <= pairs <= 12 and shown["Calls to make"] == str(2 * pairs) and shown["Cost"] == "—"
+        assert judge.requests == []  # estimating sends nothing
+
+        button(at, "Start audit").click().run()
+        no_errors(at)
+        (job,) = list_audits(ws, DATASET)
+        assert any(job.id in el.value for el in at.success)
+        assert "sk-" not in json.dumps(job.spec)
+        button(at, "Cancel").click().run()  # from the polling panel
+        assert wait_state(job, ("cancelled", "done")) == "cancelled"
+        at.run()
+        button(at, "Resume").click().run()
+        no_errors(at)
+        assert wait_state(job, ("done", "failed")) == "done", job.log_tail()
+        assert job.status()["resumed"] is True
+        assert judge.requests and {r.authorization for r in judge.requests} == {f"Bearer {KEY}"}
+
+    at.run()
+    no_errors(at)
+    (chart,) = at.get("plotly_chart")
+    assert json.loads(chart.proto.spec)["data"][0]["x"] == ["map", "explicit", "implicit", "random"]
+    stats = at.dataframe[0].value
+    assert list(stats["subset"]) == ["map", "explicit", "implicit", "random"] and (stats["n"] == 3).all()
+    verdicts = at.dataframe[1].value
+    assert len(verdicts) == pairs and set(verdicts["pair_id"]) <= set(texts)
+    reversed_ids = disagreements(ws, DATASET, "judge-page", pair_ids=list(verdicts["pair_id"]))
+    assert reversed_ids and set(reversed_ids) == set(verdicts["pair_id"]) & noisy
+    assert set(verdicts.loc[verdicts["agrees"].eq(False), "pair_id"]) == set(reversed_ids)
+    assert verdicts["ab_rationale"].str.contains("<b>wins</b>", regex=False).all()  # kept verbatim, as data
+
+    # untrusted texts (judge rationales, pair texts) are never rendered as markdown
+    untrusted = ["<b>wins</b>", *[t for pid in verdicts["pair_id"] for t in texts[pid]]]
+    rendered = [el.value for el in (*at.markdown, *at.caption, *at.success, *at.info, *at.warning)]
+    assert not [t for t in untrusted if any(t in r for r in rendered)]
+    selected_texts = texts[at.selectbox(key="_audit_pair").value]
+    assert set(selected_texts) <= {el.value for el in at.code}  # shown, as plain text
+
+    # flag the selected pair (the first the judge reverses, preselected), then every disagreement
+    assert at.selectbox(key="_audit_pair").value == reversed_ids[0]
+    at.radio(key="_audit_action").set_value("swap")
+    at.button(key="_audit_flag").click().run()
+    no_errors(at)
+    assert {pid: f["action"] for pid, f in load_flags(ws, DATASET).items()} == {reversed_ids[0]: "swap"}
+    assert load_flags(ws, DATASET)[reversed_ids[0]]["judge_model"] == "judge-page"
+    assert at.dataframe[1].value.set_index("pair_id").loc[reversed_ids[0], "flag_action"] == "swap"
+
+    ordinary = next(pid for pid in verdicts["pair_id"] if pid not in reversed_ids)
+    at.selectbox(key="_audit_pair").set_value(ordinary)
+    at.radio(key="_audit_action").set_value("exclude")
+    at.button(key="_audit_flag").click().run()
+    at.button(key="_audit_unflag").click().run()
+    assert ordinary not in load_flags(ws, DATASET)
+    at.button(key="_audit_flag_all").click().run()
+    no_errors(at)
+    flags = load_flags(ws, DATASET)
+    assert set(flags) == set(reversed_ids) and {f["action"] for f in flags.values()} == {"exclude"}
+    assert files_containing(ws.root, KEY) == []
