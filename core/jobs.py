@@ -36,7 +36,7 @@ from core.errors import MarginLensError
 from core.workspace import Workspace
 
 # kind -> "module:function"; the function takes a JobContext and returns a JSON-able result dict.
-KINDS: dict[str, str] = {"audit": "core.audit:run"}
+KINDS: dict[str, str] = {"audit": "core.audit:run", "train": "core.train_job:run", "score": "core.score_job:run"}
 
 FINISHED = ("done", "failed", "cancelled")
 HEARTBEAT_SECONDS = 5.0
@@ -68,6 +68,20 @@ def _flock(path: Path, blocking: bool = True):
         yield fd
     finally:
         os.close(fd)
+
+
+def _try_lock(fd: int, attempts: int = 10) -> bool:
+    """Take the worker lock without waiting on a worker; retried briefly because Job.is_alive()
+    (any status read, e.g. a dashboard poll) holds the same lock for an instant, and a submit that
+    lost that race would otherwise start no worker at all."""
+    for attempt in range(attempts):
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            return True
+        except BlockingIOError:
+            if attempt + 1 < attempts:
+                time.sleep(0.02)
+    return False
 
 
 @dataclass(frozen=True)
@@ -132,6 +146,22 @@ class Job:
         return read_json(self.dir / "result.json")
 
 
+def _wait_for_exiting_worker(job: Job, fd: int, timeout: float = 30.0) -> bool:
+    """Take the lock from a worker that already recorded cancelled/failed and is only exiting.
+
+    Interpreter shutdown after torch can take seconds; without this wait, resubmitting right after a
+    stop returns the job as "running" and no worker ever restarts it.
+    """
+    deadline = time.monotonic() + timeout
+    while (read_json(job.dir / "status.json") or {}).get("state") in ("cancelled", "failed"):
+        if _try_lock(fd, attempts=1):
+            return True
+        if time.monotonic() > deadline:
+            return False
+        time.sleep(0.05)
+    return False
+
+
 def submit(
     ws: Workspace,
     kind: str,
@@ -156,9 +186,7 @@ def submit(
             return job
         lock_fd = os.open(job.dir / "worker.lock", os.O_RDWR | os.O_CREAT, 0o644)
         try:
-            try:
-                fcntl.flock(lock_fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-            except BlockingIOError:
+            if not _try_lock(lock_fd) and not _wait_for_exiting_worker(job, lock_fd):
                 return job  # a worker is running it now
             (job.dir / "cancel").unlink(missing_ok=True)
             previous = read_json(job.dir / "status.json") or {}

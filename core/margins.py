@@ -210,12 +210,21 @@ def load_margins(
 
 
 def default_scorers(ws: Workspace, dataset: str) -> dict[str, str | None]:
-    """Score tables to use when the user names none: the newest logprob table as the policy, and the
-    newest reward table only when the dataset carries no explicit scores of its own."""
-    policy = list_score_tables(ws, dataset, "logprob")
+    """Score tables to use when the user names none: the newest logprob table scored in the policy role
+    (a model scored only as a reference is not mistaken for the policy), and the newest reward table only
+    when the dataset carries no explicit scores of its own. Tables scored on an earlier import of the
+    dataset (another dataset fingerprint) are skipped."""
+    current = ws.dataset_manifest(dataset)["fingerprint"]
+
+    def fresh(kind: str) -> list[dict[str, Any]]:
+        tables = list_score_tables(ws, dataset, kind)
+        return [m for m in tables if m.get("spec", {}).get("dataset_fingerprint", current) == current]
+
+    logprob = fresh("logprob")
+    policy = [m for m in logprob if m.get("spec", {}).get("role") == "policy"] or logprob
     table = load_texts(ws, dataset)
     has_scores = table.num_rows > 0 and table.column("score_chosen").null_count < table.num_rows
-    reward = [] if has_scores else list_score_tables(ws, dataset, "reward")
+    reward = [] if has_scores else fresh("reward")
     return {
         "policy": policy[0]["fingerprint"] if policy else None,
         "reward": reward[0]["fingerprint"] if reward else None,
