@@ -1,0 +1,99 @@
+"""The built-in demo: committed real data, installed in a second, honest about its scores."""
+
+from __future__ import annotations
+
+import json
+import os
+import socket
+import subprocess
+import sys
+import time
+import urllib.request
+from pathlib import Path
+
+import numpy as np
+
+from core.contradictions import noise_suspects
+from core.demo import DEMO_NAME, PAIRS_FILE, ensure_demo
+from core.margins import default_scorers, load_margins
+from core.score_table import load_score_table
+from tiny_models import smollm2  # noqa: F401  (session fixture)
+
+
+def test_demo_installs_once_and_its_noise_is_findable(ws):
+    first = ensure_demo(ws)
+    assert "imported 196 of 196 rows as ultrafeedback-binarized" in first and "1 score tables installed" in first
+    assert "no-op" in ensure_demo(ws)
+    assert PAIRS_FILE.stat().st_size < 5_000_000
+    margins = load_margins(ws, DEMO_NAME, policy_fp=default_scorers(ws, DEMO_NAME)["policy"])
+    assert margins["m_im"].notna().all() and margins.attrs["m_ex_source"]
+    flipped = {row["pair_id"] for row in ws.load_pairs(DEMO_NAME)
+               if json.loads(row["source_json"])["label_flipped"]}
+    is_flipped = margins["pair_id"].isin(flipped).to_numpy()
+    assert 15 <= is_flipped.sum() <= 35
+    # Deliberately flipped labels: the policy prefers the "rejected" (really better) answer.
+    assert margins["m_im"][is_flipped].mean() < 0 < margins["m_im"][~is_flipped].mean()
+    suspects = [s["pair_id"] for s in noise_suspects(margins, top=15)]
+    base_rate = is_flipped.mean() * 15
+    assert sum(pid in flipped for pid in suspects) >= 2 * base_rate
+
+
+def test_committed_scores_are_what_the_real_scorer_computes_now(ws, smollm2):  # noqa: F811
+    from core.logprobs import ImplicitScorer
+    from core.models import load_causal_lm
+    from core.score_job import ScoreSpec, submit_scoring
+
+    ensure_demo(ws)
+    handle = submit_scoring(ws, ScoreSpec(dataset=DEMO_NAME, device="cpu"))
+    assert handle.job is None and handle.cached == ["policy"]  # the committed table is current: no rescoring
+    table = load_score_table(ws, DEMO_NAME, handle.fingerprints["policy"]).to_pandas().set_index("pair_id")
+    pairs = ws.load_pairs(DEMO_NAME).select(range(0, 196, 49))
+    model, tokenizer, _ = load_causal_lm(str(smollm2), device="cpu")
+    results = ImplicitScorer(model, tokenizer).score(pairs["prompt"], pairs["chosen"], pairs["rejected"])
+    for pid, result in zip(pairs["pair_id"], results, strict=True):
+        row = table.loc[pid]
+        assert (result.chosen_ntok, result.rejected_ntok) == (row.chosen_ntok, row.rejected_ntok)
+        np.testing.assert_allclose([result.chosen_logp, result.rejected_logp], [row.chosen_logp, row.rejected_logp],
+                                   rtol=1e-4, atol=1e-3)
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def _listening_addresses(port: int) -> set[str]:
+    """Local addresses (kernel hex) of the sockets listening on `port`, from /proc/net/tcp{,6}."""
+    found = set()
+    for table in ("/proc/net/tcp", "/proc/net/tcp6"):
+        for line in Path(table).read_text().splitlines()[1:]:
+            local, state = line.split()[1], line.split()[3]
+            address, hex_port = local.split(":")
+            if state == "0A" and int(hex_port, 16) == port:
+                found.add(address)
+    return found
+
+
+def test_marginlens_app_serves_the_demo_on_localhost(tmp_path):
+    port = _free_port()
+    marginlens = Path(sys.executable).parent / "marginlens"
+    env = {**os.environ, "HF_HUB_OFFLINE": "1"}
+    proc = subprocess.Popen([str(marginlens), "app", "--demo", "--port", str(port), "--workspace", str(tmp_path / "ws")],
+                            stdout=subprocess.PIPE, stderr=subprocess.STDOUT, env=env, text=True)
+    try:
+        deadline = time.monotonic() + 90
+        while True:
+            try:
+                with urllib.request.urlopen(f"http://127.0.0.1:{port}/_stcore/health", timeout=2) as response:
+                    assert response.read() == b"ok"
+                    break
+            except OSError:
+                assert proc.poll() is None, proc.stdout.read()
+                assert time.monotonic() < deadline, "the dashboard did not come up in 90 s"
+                time.sleep(0.5)
+        assert (tmp_path / "ws" / "datasets" / DEMO_NAME / "manifest.json").exists()
+        assert _listening_addresses(port) == {"0100007F"}  # 127.0.0.1 only: not 0.0.0.0, not ::
+    finally:
+        proc.terminate()
+        proc.wait(timeout=30)
