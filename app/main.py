@@ -18,6 +18,7 @@ navigation = st.navigation(
         st.Page(PAGES / "explore.py", title="Explore", icon=":material/scatter_plot:"),
         st.Page(PAGES / "audit.py", title="Audit", icon=":material/gavel:"),
         st.Page(PAGES / "export.py", title="Export", icon=":material/download:"),
+        st.Page(PAGES / "train.py", title="Train", icon=":material/model_training:"),
     ]
 )
 st.sidebar.caption(f"Workspace: `{workspace().root}`")

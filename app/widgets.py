@@ -24,8 +24,12 @@ METRIC_LABELS = {
 }
 
 
-def scorer_picker(ws: Workspace, dataset: str) -> dict[str, Any]:
-    """Pick the score tables behind m_ex and m_im; the choice is kept per session in explore_state."""
+def scorer_picker(ws: Workspace, dataset: str, compare: bool = False) -> dict[str, Any]:
+    """Pick the score tables behind m_ex and m_im; the choice is kept per session in explore_state.
+
+    `compare`: also offer a second policy table (e.g. re-scored with a trained model) whose m_im the
+    page compares with the first one's, as picked["compare"] (None: no comparison).
+    """
     picked = dict(explore_state.scorers(ws, dataset))
     logprob = [m["fingerprint"] for m in list_score_tables(ws, dataset, "logprob")]
     reward = [m["fingerprint"] for m in list_score_tables(ws, dataset, "reward")]
@@ -53,6 +57,14 @@ def scorer_picker(ws: Workspace, dataset: str) -> dict[str, Any]:
         picked["beta"] = cols[3].number_input("DPO beta", min_value=0.0, value=float(picked.get("beta") or 0.1),
                                               step=0.01, format="%.3f", key="_scorer_beta",
                                               disabled=picked["reference"] is None)
+        if compare:
+            cmp_options = [None, *[fp for fp in logprob if fp != picked["policy"]]]
+            picked["compare"] = st.selectbox(
+                "Compare with (second policy table: m_im before vs after)", cmp_options,
+                index=cmp_options.index(picked.get("compare")) if picked.get("compare") in cmp_options else 0,
+                format_func=label, key="_scorer_compare",
+                help="e.g. the table written by 'Re-score with the trained model' on the Train page; "
+                     "the comparison shows on the Before / after tab")
         if not logprob:
             st.info("No policy score table yet: score the dataset on the Score page to get m_im.")
     explore_state.set_scorers(picked)

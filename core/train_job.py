@@ -23,7 +23,7 @@ import time
 from pathlib import Path
 from typing import Any
 
-from core import training
+from core import train_config, train_data, training
 from core.atomic import write_text
 from core.errors import MarginLensError
 from core.jobs import JobCancelled, JobContext
@@ -153,16 +153,16 @@ def run(ctx: JobContext) -> dict[str, Any]:
     checkpoints = results / training.CHECKPOINTS_DIR
     metrics = results / training.METRICS_FILE
     if ctx.is_main:
-        text = training.trl_config_text(spec, output_dir=str(results / "trl-cli-output"), job_id=ctx.job.id)
-        write_text(results / training.TRL_CONFIG_FILE, text)
-    if training.data_fingerprint(spec["data"]) != spec["data_fingerprint"]:
+        text = train_config.trl_config_text(spec, output_dir=str(results / "trl-cli-output"), job_id=ctx.job.id)
+        write_text(results / train_config.TRL_CONFIG_FILE, text)
+    if train_data.data_fingerprint(spec["data"]) != spec["data_fingerprint"]:
         raise MarginLensError(
             f"{spec['data']} changed since this run was submitted; submit it again to train on the new content"
         )
     resume = _prepare_resume(ctx, results)
     ctx.check_cancel()
     ctx.log(f"{spec['method']} on {spec['data']} with {spec['model']} ({spec['device']}), preset {spec['preset']}")
-    dataset = training.load_training_data(spec["data"])
+    dataset = train_data.load_training_data(spec["data"])
     callback = _callback(ctx, metrics)
     trainer = training.build_trainer(spec, dataset, checkpoints, callbacks=[callback])
     callback.trainer = trainer
@@ -179,5 +179,5 @@ def run(ctx: JobContext) -> dict[str, Any]:
         "train_loss": output.training_loss,
         "metrics": dict(output.metrics),
         "metrics_file": str(metrics),
-        "trl_config": str(results / training.TRL_CONFIG_FILE),
+        "trl_config": str(results / train_config.TRL_CONFIG_FILE),
     }

@@ -20,10 +20,12 @@ from app.explore_view import (
     filtered_mask,
     histogram_figure,
     histogram_marks,
+    margin_shift,
     needs_texts,
     overlap_matrix,
     pair_details,
     scatter_figure,
+    shift_figure,
     table_frame,
 )
 from app.state import dataset_picker, workspace
@@ -38,7 +40,7 @@ if not names:
     st.stop()
 with st.sidebar:
     dataset = dataset_picker(names)
-picked = widgets.scorer_picker(ws, dataset)
+picked = widgets.scorer_picker(ws, dataset, compare=True)
 try:
     margins = explore_state.margins_for(ws, dataset, picked)
 except MarginLensError as exc:
@@ -185,10 +187,39 @@ def contradictions() -> None:
         show_pair(explore_state.open_pair(dataset))
 
 
+def before_after() -> None:
+    compare = picked.get("compare")
+    if not compare:
+        st.info("Pick a second policy table under Score tables → \"Compare with\" (e.g. the one written by "
+                "\"Re-score with the trained model\" on the Train page) to compare implicit margins.")
+        return
+    try:
+        # the same reference and beta as the current m_im, so both sides use one margin form
+        after = explore_state.margins_for(ws, dataset, {**picked, "policy": compare})
+        shift = margin_shift(margins, after, mask)
+    except MarginLensError as exc:
+        st.error(str(exc))
+        return
+    n = shift.counts
+    st.markdown(f"**m_im before vs after** for the {n['pairs']:,} pairs the table shows (filters, scatter "
+                "selection and top-k toggle apply)" + (f"; {n['missing']:,} lack a margin in one table" if n["missing"]
+                                                        else ""))
+    b1, b2, b3, b4 = st.columns(4)
+    b1.metric("Pairs compared", f"{n['pairs']:,}")
+    b2.metric("Flipped to chosen", f"{n['to_chosen']:,}", help="m_im < 0 before, > 0 after")
+    b3.metric("Flipped to rejected", f"{n['to_rejected']:,}", help="m_im > 0 before, < 0 after")
+    b4.metric("Mean change", "—" if n["mean_change"] is None else f"{n['mean_change']:+.3f}",
+              help=f"{n['grew']:,} margins grew; median change "
+                   + ("—" if n["median_change"] is None else f"{n['median_change']:+.3f}"))
+    st.plotly_chart(shift_figure(shift, controls.max_points), width="stretch", key="_shift_scatter",
+                    config={"displaylogo": False})
+    st.caption("Above the diagonal: the second policy prefers the chosen response more than the first did.")
+
+
 # Lazy tabs: only the open one runs, so the contradiction report (four rankings and rank correlations)
-# is computed only while someone looks at it.
-pair_tab, hist_tab, contra_tab = st.tabs(["Pair", "Histograms", "Contradictions"], key="_explore_tab",
-                                         on_change="rerun")
+# and the before/after comparison are computed only while someone looks at them.
+pair_tab, hist_tab, contra_tab, shift_tab = st.tabs(["Pair", "Histograms", "Contradictions", "Before / after"],
+                                                    key="_explore_tab", on_change="rerun")
 if pair_tab.open:
     with pair_tab:
         show_pair(explore_state.open_pair(dataset) or (str(table.iloc[0]["pair_id"]) if len(table) else None))
@@ -198,5 +229,8 @@ if hist_tab.open:
 if contra_tab.open:
     with contra_tab:
         contradictions()
+if shift_tab.open:
+    with shift_tab:
+        before_after()
 
 st.caption(f"server time {time.perf_counter() - started:.2f} s")

@@ -64,10 +64,13 @@ layout = cols[1].selectbox("Layout", LAYOUTS, key="_export_layout",
 default_name = f"{dataset}-{spec.metric}-{int(round(controls.ratio * 100))}pct" + ("" if fmt == "hf" else f".{fmt}")
 out = cols[2].text_input("Path (relative paths go under the workspace's exports/)", value=default_name,
                          key=f"_export_path_{fmt}")
-o1, o2, o3 = st.columns(3)
+o1, o2, o3, o4 = st.columns(4)
 with_metrics = o1.toggle("Metric columns (pair_id, m_ex, m_im, score, rank)", value=True, key="_export_metrics")
-overwrite = o2.toggle("Overwrite an existing export", value=False, key="_export_overwrite")
-outside = o3.toggle("Allow a path outside the workspace", value=False, key="_export_outside")
+apply_flags = o2.toggle("Apply audit flags", value=True, key="_export_flags",
+                        help="leave out pairs an audit flagged 'exclude' and swap those flagged 'swap' "
+                             "(set on the Audit page)")
+overwrite = o3.toggle("Overwrite an existing export", value=False, key="_export_overwrite")
+outside = o4.toggle("Allow a path outside the workspace", value=False, key="_export_outside")
 
 st.subheader("Preview")
 counts = selection.counts()
@@ -87,7 +90,8 @@ for warning in selection.warnings:
 if st.button("Write export", type="primary", disabled=counts["selected"] == 0, key="_export_write"):
     try:
         result = export_selection(ws, dataset, selection, margins, out.strip(), fmt, layout=layout,
-                                  include_metrics=with_metrics, overwrite=overwrite, allow_outside=outside)
+                                  include_metrics=with_metrics, overwrite=overwrite, allow_outside=outside,
+                                  apply_flags=apply_flags)
     except MarginLensError as exc:
         st.error(str(exc))
     else:

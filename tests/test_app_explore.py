@@ -14,9 +14,11 @@ from app.explore_view import (
     brush_mask,
     compute_view,
     hover_texts,
+    margin_shift,
     overlap_matrix,
     restrict_selection,
     scatter_figure,
+    shift_figure,
     table_frame,
 )
 from core.contradictions import compare_metrics
@@ -208,3 +210,42 @@ def test_dataset_without_policy_scores_falls_back_to_explicit(tmp_path):
     assert metrics(at)["Selected (top-k)"] == "12"
     table = at.dataframe[0].value
     assert table["m_ex"].iloc[0] == pytest.approx(table["m_ex"].max())
+
+
+def test_margin_shift_counts_sign_flips(margins):
+    after = margins.copy()
+    after["m_im"] = margins["m_im"] + 1.0
+    before_m = margins["m_im"].to_numpy()
+    shift = margin_shift(margins, after)
+    assert shift.counts["pairs"] == N and shift.counts["grew"] == N
+    assert shift.counts["to_chosen"] == int(((before_m < 0) & (before_m > -1)).sum()) > 0
+    assert shift.counts["to_rejected"] == 0 and shift.counts["mean_change"] == pytest.approx(1.0)
+    only = np.zeros(N, dtype=bool)
+    only[:10] = True
+    assert margin_shift(margins, after, only).counts["pairs"] == 10
+
+
+def test_before_after_tab_compares_two_policy_tables(tmp_path):
+    from helpers_app import write_policy
+
+    ws = build_workspace(tmp_path / "workspace", n=30)
+    write_policy(ws, DATASET, seed=7, fingerprint="logprob-after")
+    at = app_test("explore.py", ws)
+    at.session_state["explore_scorers"] = {"dataset": DATASET, "policy": POLICY_FP, "reference": None,
+                                           "reward": None, "beta": 0.1, "compare": "logprob-after"}
+    at.session_state["_explore_tab"] = "Before / after"
+    at.run()
+    no_errors(at)
+    before = load_margins(ws, DATASET, policy_fp=POLICY_FP)["m_im"].to_numpy()
+    after = load_margins(ws, DATASET, policy_fp="logprob-after")["m_im"].to_numpy()
+    m = metrics(at)
+    assert m["Pairs compared"] == "31"
+    assert m["Flipped to chosen"] == str(int(((before < 0) & (after > 0)).sum()))
+    assert m["Flipped to rejected"] == str(int(((before > 0) & (after < 0)).sum()))
+    specs = [json.loads(c.proto.spec) for c in at.get("plotly_chart")]
+    shift = next(s for s in specs if s["layout"]["xaxis"]["title"]["text"] == "m_im before")
+    assert [t["name"] for t in shift["data"]] == ["same sign", "sign flipped"]
+    figure = shift_figure(margin_shift(load_margins(ws, DATASET, policy_fp=POLICY_FP),
+                                       load_margins(ws, DATASET, policy_fp="logprob-after")))
+    assert len(figure["data"][1]["x"]) == int(m["Flipped to chosen"]) + int(m["Flipped to rejected"])
+    assert sum(len(t["x"]) for t in figure["data"]) == 31

@@ -206,3 +206,41 @@ def test_explore_brush_export_in_browser(server):
     shutil.copy(server["log"], OUTPUT / "streamlit.log")
     (OUTPUT / "timings.json").write_text(json.dumps(timings, indent=2))
     print("browser timings:", json.dumps(timings))
+
+
+def test_make_run_path_opens_the_demo_scatter(tmp_path):
+    """What `make run` starts -- `marginlens app --demo` -- seen in the browser: the demo's scatter."""
+    from playwright.sync_api import expect, sync_playwright
+
+    if not CHROMIUM.exists():
+        pytest.fail("/usr/bin/chromium is missing: `make browser` installs Debian's chromium")
+    OUTPUT.mkdir(parents=True, exist_ok=True)
+    port = free_port()
+    env = {**os.environ, "HF_HUB_OFFLINE": "1"}
+    proc = subprocess.Popen([str(Path(sys.executable).parent / "marginlens"), "app", "--demo", "--port", str(port),
+                             "--workspace", str(tmp_path / "ws")], cwd=tmp_path, env=env,
+                            stdout=subprocess.DEVNULL, stderr=subprocess.STDOUT)
+    try:
+        url = f"http://127.0.0.1:{port}"
+        wait_healthy(url, proc)
+        with sync_playwright() as pw:
+            browser = pw.chromium.launch(executable_path=str(CHROMIUM), headless=True, args=CHROMIUM_ARGS)
+            try:
+                page = browser.new_page(viewport={"width": 1500, "height": 2600})
+                page.set_default_timeout(60_000)
+                page.goto(url)
+                expect(page.get_by_role("heading", name="Datasets")).to_be_visible(timeout=60_000)
+                # the Data page opens on the imported demo (tables draw on a canvas: read the metric)
+                expect(page.locator('[data-testid="stMetric"]').filter(has_text="Pairs").first).to_contain_text("196")
+                page.get_by_role("link", name="Explore").click()
+                plot = page.locator('[data-testid="stPlotlyChart"]').first
+                expect(plot.locator("canvas").first).to_be_visible(timeout=60_000)
+                expect(page.get_by_text("server time")).to_be_visible(timeout=60_000)
+                pairs = page.locator('[data-testid="stMetric"]').filter(has_text="Pairs").first
+                expect(pairs).to_contain_text("196")
+                page.screenshot(path=str(OUTPUT / "demo-explore.png"), full_page=True)
+            finally:
+                browser.close()
+    finally:
+        proc.terminate()
+        proc.wait(timeout=30)

@@ -10,7 +10,7 @@ from pathlib import Path
 
 import pytest
 
-from core import training
+from core import train_config, train_data, train_presets, training
 from core.errors import MarginLensError, RowError
 from tests.tiny_models import tiny_llama  # noqa: F401  (session fixture)
 
@@ -40,7 +40,7 @@ def test_simpo_presets_follow_the_paper_and_fit_the_cpu(data, tiny_llama):  # no
     # effective batch 128 = 2 per device x 64 accumulation steps on one process
     assert (trl["per_device_train_batch_size"], trl["gradient_accumulation_steps"]) == (2, 64)
     # TRL's own defaults would be bf16=True and gradient checkpointing on: ~10x slower steps on CPU
-    config = training.make_trl_config(spec, output_dir="unused")
+    config = train_config.make_trl_config(spec, output_dir="unused")
     assert type(config).__name__ == "CPOConfig"
     assert config.bf16 is False and config.gradient_checkpointing is False
     assert config.simpo_gamma == pytest.approx(3.0) and config.loss_type == "simpo"
@@ -50,7 +50,7 @@ def test_simpo_presets_follow_the_paper_and_fit_the_cpu(data, tiny_llama):  # no
 
 
 def test_dpo_preset_and_overrides(data, tiny_llama):  # noqa: F811
-    overrides = training.parse_overrides(
+    overrides = train_config.parse_overrides(
         ["learning_rate=5e-7", "beta=1", "max_steps=10", "effective_batch_size=8", "per_device_train_batch_size=4",
          "lr_scheduler_type=linear", "bf16=false"]
     )
@@ -62,7 +62,7 @@ def test_dpo_preset_and_overrides(data, tiny_llama):  # noqa: F811
     assert (trl["learning_rate"], trl["max_steps"], trl["lr_scheduler_type"]) == (5e-7, 10, "linear")
     assert trl["gradient_accumulation_steps"] == 2  # 8 pairs per step / 4 per device
     assert spec["overrides"] == overrides
-    config = training.make_trl_config(spec, output_dir="unused")
+    config = train_config.make_trl_config(spec, output_dir="unused")
     assert type(config).__name__ == "DPOConfig" and config.beta == 1.0
     # accumulation set directly wins over the effective batch
     direct = training.build_spec(data, "dpo", model=str(tiny_llama), device="cpu",
@@ -71,7 +71,7 @@ def test_dpo_preset_and_overrides(data, tiny_llama):  # noqa: F811
     # the pre-transformers-5 name still works (transformers 5 renamed it to activation_checkpointing)
     legacy = training.build_spec(data, "dpo", model=str(tiny_llama), device="cpu",
                                  overrides={"gradient_checkpointing": True})
-    assert training.make_trl_config(legacy, output_dir="unused").gradient_checkpointing is True
+    assert train_config.make_trl_config(legacy, output_dir="unused").gradient_checkpointing is True
     # the same settings are the same spec (and so the same job); different data is a different one
     again = training.build_spec(data, "dpo", model=str(tiny_llama), overrides=overrides, device="cpu")
     assert again == spec
@@ -119,32 +119,32 @@ def test_lora_is_an_option_that_needs_peft(data, tiny_llama):  # noqa: F811
 def test_training_data_is_checked_with_row_and_field(tmp_path):
     empty = write_jsonl(tmp_path / "empty.jsonl", [PAIRS[0], {**PAIRS[1], "chosen": ""}])
     with pytest.raises(RowError, match=r"empty.jsonl: row 1, field 'chosen'"):
-        training.load_training_data(empty)
+        train_data.load_training_data(empty)
     no_rejected = write_jsonl(tmp_path / "cols.jsonl", [{"prompt": "p", "chosen": "c"}])
     with pytest.raises(MarginLensError, match="missing column\\(s\\) 'rejected'"):
-        training.load_training_data(no_rejected)
+        train_data.load_training_data(no_rejected)
     with pytest.raises(MarginLensError, match="must be .jsonl"):
-        training.load_training_data(write_jsonl(tmp_path / "x.txt", PAIRS))
+        train_data.load_training_data(write_jsonl(tmp_path / "x.txt", PAIRS))
     with pytest.raises(MarginLensError, match="not found"):
-        training.load_training_data(tmp_path / "missing.jsonl")
+        train_data.load_training_data(tmp_path / "missing.jsonl")
 
 
 def test_training_data_forms(tmp_path):
     # MarginLens's own layout (prompt messages, string responses) becomes TRL's conversational form
     mixed = write_jsonl(tmp_path / "mixed.jsonl", [{"prompt": [{"role": "user", "content": "Hi?"}], "chosen": "Hello.",
                                                    "rejected": "Go away.", "m_ap": 1.5}])
-    row = training.load_training_data(mixed)[0]
+    row = train_data.load_training_data(mixed)[0]
     assert row == {"prompt": [{"role": "user", "content": "Hi?"}],
                    "chosen": [{"role": "assistant", "content": "Hello."}],
                    "rejected": [{"role": "assistant", "content": "Go away."}]}
     # hh-rlhf transcripts without a prompt column: the shared beginning is the prompt (TRL's extract_prompt)
     hh = write_jsonl(tmp_path / "hh.jsonl", [{"chosen": "\n\nHuman: Hi?\n\nAssistant: Hello.",
                                              "rejected": "\n\nHuman: Hi?\n\nAssistant: Go away."}])
-    row = training.load_training_data(hh)[0]
+    row = train_data.load_training_data(hh)[0]
     assert row["prompt"] == "\n\nHuman: Hi?\n\nAssistant:" and row["chosen"] == " Hello."
     disjoint = write_jsonl(tmp_path / "disjoint.jsonl", [{"chosen": "Yes.", "rejected": "No."}])
     with pytest.raises(RowError, match="row 0, field 'prompt'.*share no prompt"):
-        training.load_training_data(disjoint)
+        train_data.load_training_data(disjoint)
 
 
 def test_trl_config_file_parses_with_trls_own_parsers(data, tiny_llama, tmp_path):  # noqa: F811
@@ -154,7 +154,7 @@ def test_trl_config_file_parses_with_trls_own_parsers(data, tiny_llama, tmp_path
 
     dpo = training.build_spec(data, "dpo", model=str(tiny_llama), device="cpu", overrides={"max_steps": 7})
     path = tmp_path / "dpo.yaml"
-    path.write_text(training.trl_config_text(dpo, output_dir=str(tmp_path / "out")))
+    path.write_text(train_config.trl_config_text(dpo, output_dir=str(tmp_path / "out")))
     # exactly what `trl dpo --config dpo.yaml` parses
     script_args, config, model_args, dataset_args = make_parser().parse_args_and_config(["--config", str(path)])
     assert type(config).__name__ == "DPOConfig"
@@ -167,7 +167,7 @@ def test_trl_config_file_parses_with_trls_own_parsers(data, tiny_llama, tmp_path
 
     simpo = training.build_spec(data, "simpo", model=str(tiny_llama), device="cpu")
     path = tmp_path / "simpo.yaml"
-    path.write_text(training.trl_config_text(simpo, output_dir=str(tmp_path / "out")))
+    path.write_text(train_config.trl_config_text(simpo, output_dir=str(tmp_path / "out")))
     parser = TrlParser((ScriptArguments, CPOConfig, ModelConfig, DatasetMixtureConfig))
     _, config, _, _ = parser.parse_args_and_config(["--config", str(path)])
     assert isinstance(config, CPOConfig)
@@ -177,10 +177,10 @@ def test_trl_config_file_parses_with_trls_own_parsers(data, tiny_llama, tmp_path
 
 def test_launcher_uses_accelerate_for_several_processes(data, tiny_llama):  # noqa: F811
     single = training.build_spec(data, "dpo", model=str(tiny_llama), device="cpu")
-    assert training.launcher_for(single) is None
+    assert train_config.launcher_for(single) is None
     multi = training.build_spec(data, "dpo", model=str(tiny_llama), device="cpu",
                                 overrides={"num_processes": 4, "accelerate_config": "zero3"})
-    launcher = training.launcher_for(multi)
+    launcher = train_config.launcher_for(multi)
     assert launcher[1:3] == ["-m", "accelerate.commands.launch"]
     assert launcher[launcher.index("--num_processes") + 1] == "4"
     assert Path(launcher[launcher.index("--config_file") + 1]).name == "zero3.yaml"  # TRL's shipped config
@@ -189,12 +189,12 @@ def test_launcher_uses_accelerate_for_several_processes(data, tiny_llama):  # no
 
 
 def test_resolve_settings_is_the_cheap_form_view():
-    values = training.resolve_settings("simpo", preset="simpo-gemma2-9b-it", overrides={"beta": 2.0}, device="cpu")
+    values = train_config.resolve_settings("simpo", preset="simpo-gemma2-9b-it", overrides={"beta": 2.0}, device="cpu")
     assert values["preset"] == "simpo-gemma2-9b-it" and values["device"] == "cpu"
     assert values["trl"]["simpo_gamma"] == pytest.approx(1.0)  # gamma/beta 0.5 follows an overridden beta
     assert values["settings"]["gamma_beta_ratio"] == 0.5
-    assert "learning rate" in training.describe_setting("dpo", "learning_rate").lower()
-    assert training.describe_setting("simpo", "gamma_beta_ratio").startswith("SimPO target margin")
+    assert "learning rate" in train_presets.describe_setting("dpo", "learning_rate").lower()
+    assert train_presets.describe_setting("simpo", "gamma_beta_ratio").startswith("SimPO target margin")
 
 
 def test_export_manifest_names_the_dataset_to_rescore(tmp_path, tiny_llama):  # noqa: F811

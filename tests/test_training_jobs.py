@@ -12,7 +12,7 @@ from pathlib import Path
 
 import pytest
 
-from core import jobs, training
+from core import jobs, train_config, training
 from core.atomic import read_json
 from core.errors import MarginLensError
 from core.workspace import Workspace
@@ -110,7 +110,7 @@ def test_dpo_job_loss_falls_metrics_checkpoints_and_trl_config(dpo_run, tiny_lla
     assert result["final_model"] == str(final)
 
     # the TRL config file is what `trl dpo --config` reads
-    trl_config = job.results_dir / training.TRL_CONFIG_FILE
+    trl_config = job.results_dir / train_config.TRL_CONFIG_FILE
     _, config, model_args, dataset_args = make_parser().parse_args_and_config(["--config", str(trl_config)])
     assert (config.max_steps, config.learning_rate, config.beta, config.save_steps) == (8, 1e-3, 0.01, 4)
     assert model_args.model_name_or_path == str(tiny_llama)
@@ -159,7 +159,7 @@ def test_simpo_job_loss_falls(ws, data, tiny_llama):  # noqa: F811
     assert rows[-1]["rewards/accuracies"] == 1.0
     assert all(r["rewards/chosen"] < 0 for r in rows)  # beta * mean log-prob: negative
     assert job.result()["global_step"] == 6
-    assert "simpo_gamma: 3.0" in (job.results_dir / training.TRL_CONFIG_FILE).read_text()
+    assert "simpo_gamma: 3.0" in (job.results_dir / train_config.TRL_CONFIG_FILE).read_text()
 
 
 def _wait_for(predicate, timeout: float, what: str, job: jobs.Job):

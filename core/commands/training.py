@@ -90,10 +90,10 @@ def _follow(job: Any) -> int:
 
 
 def cmd_train(args: argparse.Namespace) -> int:
-    from core import jobs, training
+    from core import jobs, train_config, train_presets, training
 
     if args.list_presets:
-        for name, preset in training.list_presets().items():
+        for name, preset in train_presets.list_presets().items():
             print(f"{name}  ({preset['method']}): {preset['description']}")
         return 0
     ws = Workspace.resolve(args.workspace)
@@ -105,14 +105,14 @@ def cmd_train(args: argparse.Namespace) -> int:
         return 0
     if not args.export or not args.method:
         raise MarginLensError("train needs an EXPORT path and --method dpo|simpo")
-    overrides = training.parse_overrides(args.overrides)
+    overrides = train_config.parse_overrides(args.overrides)
     spec = training.build_spec(args.export, args.method, preset=args.preset, model=args.model,
                                overrides=overrides, device=args.device)
     if args.dry_run:
         print(json.dumps(spec, indent=2, sort_keys=True))
-        print(training.trl_config_text(spec, output_dir="OUTPUT_DIR"))
+        print(train_config.trl_config_text(spec, output_dir="OUTPUT_DIR"))
         return 0
-    job = jobs.submit(ws, "train", spec, launcher=training.launcher_for(spec))
+    job = jobs.submit(ws, "train", spec, launcher=train_config.launcher_for(spec))
     print(f"training job {job.id}: {job.dir / 'results'}", flush=True)
     if args.detach:
         return 0

@@ -1,0 +1,162 @@
+"""What the Train page computes, without Streamlit: the form's fields and overrides, train-job rows, curves.
+
+Kept free of `streamlit` so it is tested directly. The page only reads job folders (core.jobs) and the
+metrics file each train job appends to (core.training.read_metrics), so polling never blocks on a run.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+from pathlib import Path
+from typing import Any
+
+from core import jobs
+from core.errors import MarginLensError
+from core.train_config import parse_overrides, parse_value
+from core.train_presets import trl_fields
+from core.training import CURVE_KEYS, read_metrics
+from core.workspace import Workspace
+
+POLL_SECONDS = 2.0
+LIVE_STATES = ("queued", "running")
+# The knobs most runs touch, in form order; anything else goes through the "other settings" lines.
+# Derived values (gradient_accumulation_steps from the effective batch, simpo_gamma from gamma/beta)
+# are left out so that the form never contradicts itself.
+FORM_FIELDS: dict[str, tuple[str, ...]] = {
+    "dpo": ("learning_rate", "beta", "num_train_epochs", "max_steps", "effective_batch_size",
+            "per_device_train_batch_size", "max_length", "lr_scheduler_type", "warmup_steps", "save_steps",
+            "seed", "model_dtype", "bf16", "lora", "lora_r", "num_processes", "accelerate_config"),
+    "simpo": ("learning_rate", "beta", "gamma_beta_ratio", "num_train_epochs", "max_steps", "effective_batch_size",
+              "per_device_train_batch_size", "max_length", "lr_scheduler_type", "warmup_steps", "save_steps",
+              "seed", "model_dtype", "bf16", "lora", "lora_r", "num_processes", "accelerate_config"),
+}
+CURVE_TITLES = {
+    "loss": "loss",
+    "rewards/chosen": "rewards/chosen",
+    "rewards/rejected": "rewards/rejected",
+    "rewards/margins": "rewards/margins",
+    "rewards/accuracies": "rewards/accuracies",
+    "learning_rate": "learning rate",
+    "tokens_per_s": "tokens/s",
+}
+
+
+def form_values(resolved: dict[str, Any], method: str) -> dict[str, Any]:
+    """The prefilled value of each form field: resolved settings, resolved TRL values, else TRL's default."""
+    fields = trl_fields(method)
+    values: dict[str, Any] = {}
+    for key in FORM_FIELDS[method]:
+        if key in resolved["settings"]:
+            values[key] = resolved["settings"][key]
+        elif key in resolved["trl"]:
+            values[key] = resolved["trl"][key]
+        elif key in fields:
+            field = fields[key]
+            if field.default is not dataclasses.MISSING:
+                values[key] = field.default
+            elif field.default_factory is not dataclasses.MISSING:
+                values[key] = field.default_factory()
+    return values
+
+
+def text_value(value: Any) -> str:
+    """How a non-numeric value shows in a text field (the inverse of `parse_value`)."""
+    if value is None:
+        return ""
+    if isinstance(value, str):
+        return value
+    if hasattr(value, "value") and isinstance(value.value, str):  # TRL/transformers enums
+        return value.value
+    return json.dumps(value)
+
+
+def _same(a: Any, b: Any) -> bool:
+    if isinstance(a, (int, float)) and isinstance(b, (int, float)) and not isinstance(a, bool):
+        return float(a) == float(b)
+    return text_value(a) == text_value(b)
+
+
+def overrides_from_form(prefilled: dict[str, Any], edited: dict[str, Any], extra: str = "") -> dict[str, Any]:
+    """What the user changed on top of the preset: edited fields that differ from their prefilled value,
+    plus "key=value" lines (any TRL config field). Text fields are parsed like `--set` values."""
+    overrides: dict[str, Any] = {}
+    for key, value in edited.items():
+        if isinstance(value, str) and not isinstance(prefilled.get(key), str):
+            value = parse_value(value) if value.strip() else None
+        if not _same(value, prefilled.get(key)):
+            overrides[key] = value
+    lines = [line.strip() for line in extra.splitlines() if line.strip() and not line.strip().startswith("#")]
+    overrides.update(parse_overrides(lines))
+    return overrides
+
+
+def export_label(export: dict[str, Any]) -> str:
+    rows = f"{export['rows']:,} pairs" if isinstance(export.get("rows"), int) else "? pairs"
+    source = f" from {export['dataset']}" if export.get("dataset") else ""
+    return f"{export['name']} ({export['format']}, {rows}{source})"
+
+
+def train_jobs(ws: Workspace) -> list[jobs.Job]:
+    return jobs.list_jobs(ws, kind="train")
+
+
+def job_row(job: jobs.Job) -> dict[str, Any]:
+    """One train job as the page lists it."""
+    spec = job.spec
+    params = spec.get("params", {})
+    status = job.status()
+    return {
+        "job_id": job.id,
+        "state": status.get("state"),
+        "done": status.get("done") or 0,
+        "total": status.get("total"),
+        "message": status.get("message", ""),
+        "method": params.get("method"),
+        "preset": params.get("preset"),
+        "model": params.get("model"),
+        "data": params.get("data"),
+        "source_dataset": params.get("source_dataset"),
+        "overrides": params.get("overrides", {}),
+        "created": spec.get("created", ""),
+    }
+
+
+def job_label(row: dict[str, Any]) -> str:
+    data = Path(row["data"]).name if row.get("data") else "?"
+    return f"{row['state']} · {row['method']} on {data} · {row['job_id']}"
+
+
+def progress_text(row: dict[str, Any], metrics: list[dict[str, Any]]) -> str:
+    text = f"step {row['done']}/{row['total'] or '?'}"
+    if metrics:
+        last = metrics[-1]
+        parts = [f"{k} {last[k]:.4g}" for k in ("loss", "rewards/margins", "rewards/accuracies")
+                 if isinstance(last.get(k), (int, float))]
+        text += " · " + " · ".join(parts) if parts else ""
+    return text
+
+
+def curve_figures(metrics: list[dict[str, Any]]) -> list[tuple[str, dict[str, Any]]]:
+    """One small line chart per curve key that the metrics rows carry, as plotly figure dicts (step on x)."""
+    figures = []
+    for key in CURVE_KEYS:
+        points = [(r["step"], r[key]) for r in metrics
+                  if isinstance(r.get(key), (int, float)) and isinstance(r.get("step"), (int, float))]
+        if not points:
+            continue
+        figures.append((key, {
+            "data": [{"type": "scatter", "mode": "lines+markers", "name": key,
+                      "x": [p[0] for p in points], "y": [p[1] for p in points], "marker": {"size": 4}}],
+            "layout": {"title": {"text": CURVE_TITLES[key]}, "height": 230, "showlegend": False,
+                       "margin": {"l": 10, "r": 10, "t": 36, "b": 10},
+                       "xaxis": {"title": {"text": "step"}}},
+        }))
+    return figures
+
+
+def metrics_for(job: jobs.Job) -> list[dict[str, Any]]:
+    try:
+        return read_metrics(job)
+    except MarginLensError:
+        return []
