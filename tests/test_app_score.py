@@ -12,7 +12,7 @@ from app import scoring
 from core import jobs
 from core.errors import MarginLensError
 from core.score_table import list_score_tables
-from tests.tiny_models import tiny_llama  # noqa: F401  (session fixture)
+from tiny_models import tiny_llama  # noqa: F401  (session fixture)
 
 
 @pytest.fixture

@@ -8,7 +8,7 @@ import pyarrow as pa
 from core.atomic import read_json, write_json
 from core.margins import default_scorers
 from core.score_table import save_score_table, table_dir
-from tests.helpers_data import make_dataset, standard_records
+from helpers_data import make_dataset, standard_records
 
 
 def _table(ws, name, fp, role, created, dataset_fp):

@@ -11,7 +11,7 @@ from core.errors import MarginLensError
 from core.logprobs import ImplicitScorer, dpo_margin, plan_batches, simpo_margin
 from core.models import load_causal_lm
 from core.tokenize_pairs import TokenizedPair, tokenize_pairs
-from tests.tiny_models import (  # noqa: F401
+from tiny_models import (  # noqa: F401
     make_tiny_classifier,
     pairs_of_mixed_lengths,
     single_thread,

@@ -10,7 +10,7 @@ import torch
 from core.errors import MarginLensError
 from core.models import load_reward_model
 from core.rewards import RewardScorer, column_rewards
-from tests.tiny_models import make_tiny_llama, pairs_of_mixed_lengths, single_thread, tiny_reward  # noqa: F401
+from tiny_models import make_tiny_llama, pairs_of_mixed_lengths, single_thread, tiny_reward  # noqa: F401
 
 single_thread()
 

@@ -8,7 +8,7 @@ import pytest
 
 from core.logprobs import ImplicitScorer, simpo_margin
 from core.models import DEFAULT_POLICY, SMOLLM2_FOLDER, load_causal_lm, model_fingerprint, resolve_model
-from tests.tiny_models import REPO_MODEL_CACHE, single_thread, smollm2  # noqa: F401
+from tiny_models import REPO_MODEL_CACHE, single_thread, smollm2  # noqa: F401
 
 single_thread()
 

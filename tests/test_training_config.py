@@ -12,7 +12,7 @@ import pytest
 
 from core import train_config, train_data, train_presets, training
 from core.errors import MarginLensError, RowError
-from tests.tiny_models import tiny_llama  # noqa: F401  (session fixture)
+from tiny_models import tiny_llama  # noqa: F401  (session fixture)
 
 
 def write_jsonl(path: Path, rows: list[dict]) -> Path:

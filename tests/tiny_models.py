@@ -1,7 +1,7 @@
 """Tiny real models for tests: built from a config with a locally trained tokenizer, saved, and
 loaded back through the real from_pretrained path. Reusable from any test module:
 
-    from tests.tiny_models import tiny_llama, tiny_gpt2  # noqa: F401  (session fixtures)
+    from tiny_models import tiny_llama, tiny_gpt2  # noqa: F401  (session fixtures)
     def test_x(tiny_llama): model_folder = tiny_llama   # a Path to a saved model folder
 
 Also: the SmolLM2 folder converted once into the repo's .cache/models (gitignored, survives test
