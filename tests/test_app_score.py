@@ -7,12 +7,12 @@ import time
 
 import pytest
 from helpers_app import DATASET, app_test, build_workspace, no_errors
+from tiny_models import tiny_llama  # noqa: F401  (session fixture)
 
 from app import scoring
 from core import jobs
 from core.errors import MarginLensError
 from core.score_table import list_score_tables
-from tiny_models import tiny_llama  # noqa: F401  (session fixture)
 
 
 @pytest.fixture

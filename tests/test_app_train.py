@@ -7,6 +7,7 @@ import json
 
 import pytest
 from helpers_app import DATASET, POLICY_FP, app_test, build_workspace, no_errors
+from tiny_models import tiny_llama  # noqa: F401  (session fixture)
 
 from app import training_view as tv
 from app.explore_view import ExploreControls, compute_view
@@ -17,7 +18,6 @@ from core.score_table import list_score_tables
 from core.train_data import list_exports
 from core.train_presets import TRAINING_EXPLANATION
 from core.training import CURVE_KEYS, final_model_path, read_metrics, submit_training
-from tiny_models import tiny_llama  # noqa: F401  (session fixture)
 
 # As in test_training_jobs.py: a tiny model on CPU, a few quick steps.
 FAST = {"learning_rate": 1e-3, "lr_scheduler_type": "constant", "warmup_steps": 0,

@@ -12,12 +12,12 @@ import urllib.request
 from pathlib import Path
 
 import numpy as np
+from tiny_models import smollm2  # noqa: F401  (session fixture)
 
 from core.contradictions import noise_suspects
 from core.demo import DEMO_NAME, PAIRS_FILE, ensure_demo
 from core.margins import default_scorers, load_margins
 from core.score_table import load_score_table
-from tiny_models import smollm2  # noqa: F401  (session fixture)
 
 
 def test_demo_installs_once_and_its_noise_is_findable(ws):

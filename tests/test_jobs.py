@@ -8,13 +8,13 @@ import threading
 import time
 
 import pytest
+from helpers_data import make_dataset
+from tiny_models import conversational_records, single_thread, smollm2, tiny_llama  # noqa: F401
 
 from core import jobs
 from core.score_job import ScoreSpec, submit_scoring
 from core.score_table import load_score_table
 from core.workspace import Workspace
-from helpers_data import make_dataset
-from tiny_models import conversational_records, single_thread, smollm2, tiny_llama  # noqa: F401
 
 single_thread()
 

@@ -6,11 +6,6 @@ import math
 
 import pytest
 import torch
-
-from core.errors import MarginLensError
-from core.logprobs import ImplicitScorer, dpo_margin, plan_batches, simpo_margin
-from core.models import load_causal_lm
-from core.tokenize_pairs import TokenizedPair, tokenize_pairs
 from tiny_models import (  # noqa: F401
     make_tiny_classifier,
     pairs_of_mixed_lengths,
@@ -18,6 +13,11 @@ from tiny_models import (  # noqa: F401
     tiny_gpt2,
     tiny_llama,
 )
+
+from core.errors import MarginLensError
+from core.logprobs import ImplicitScorer, dpo_margin, plan_batches, simpo_margin
+from core.models import load_causal_lm
+from core.tokenize_pairs import TokenizedPair, tokenize_pairs
 
 single_thread()
 

@@ -7,6 +7,8 @@ import socket
 import sys
 
 import pytest
+from helpers_data import make_dataset
+from tiny_models import conversational_records, make_tiny_llama, single_thread, tiny_llama, tiny_reward  # noqa: F401
 
 from core.errors import MarginLensError
 from core.logprobs import ImplicitScorer
@@ -14,8 +16,6 @@ from core.models import load_causal_lm
 from core.score_job import ScoreSpec, plan_tasks, submit_scoring
 from core.score_table import list_score_tables, load_score_table
 from core.workspace import Workspace
-from helpers_data import make_dataset
-from tiny_models import conversational_records, make_tiny_llama, single_thread, tiny_llama, tiny_reward  # noqa: F401
 
 single_thread()
 

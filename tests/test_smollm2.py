@@ -5,10 +5,10 @@ from __future__ import annotations
 import time
 
 import pytest
+from tiny_models import REPO_MODEL_CACHE, single_thread, smollm2  # noqa: F401
 
 from core.logprobs import ImplicitScorer, simpo_margin
 from core.models import DEFAULT_POLICY, SMOLLM2_FOLDER, load_causal_lm, model_fingerprint, resolve_model
-from tiny_models import REPO_MODEL_CACHE, single_thread, smollm2  # noqa: F401
 
 single_thread()
 

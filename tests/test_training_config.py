@@ -9,10 +9,10 @@ import json
 from pathlib import Path
 
 import pytest
+from tiny_models import tiny_llama  # noqa: F401  (session fixture)
 
 from core import train_config, train_data, train_presets, training
 from core.errors import MarginLensError, RowError
-from tiny_models import tiny_llama  # noqa: F401  (session fixture)
 
 
 def write_jsonl(path: Path, rows: list[dict]) -> Path:

@@ -11,12 +11,12 @@ import time
 from pathlib import Path
 
 import pytest
+from tiny_models import tiny_llama  # noqa: F401  (session fixture)
 
 from core import jobs, train_config, training
 from core.atomic import read_json
 from core.errors import MarginLensError
 from core.workspace import Workspace
-from tiny_models import tiny_llama  # noqa: F401  (session fixture)
 
 # Four distinct pairs, repeated: a tiny model can learn them in a few steps at a high learning rate.
 PAIRS = [

@@ -7,9 +7,9 @@ import json
 import math
 
 import pytest
+from tiny_models import smollm2  # noqa: F401  (session fixture: the converted safetensors folder)
 
 from core import cli, jobs, training
-from tiny_models import smollm2  # noqa: F401  (session fixture: the converted safetensors folder)
 
 
 def test_smollm2_dpo_smoke_through_the_cli(ws, tmp_path, smollm2, capsys):  # noqa: F811
