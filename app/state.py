@@ -30,3 +30,17 @@ def dataset_picker(names: list[str], label: str = "Dataset") -> str | None:
     chosen = st.selectbox(label, names, index=names.index(current), key="_dataset_picker")
     st.session_state["dataset"] = chosen
     return chosen
+
+
+def page_with_dataset(title: str, sidebar_picker: bool = False) -> tuple[Workspace, str]:
+    """Title the page and pick the dataset to work on; stop the page with a hint when there is none."""
+    ws = workspace()
+    st.title(title)
+    names = ws.dataset_names()
+    if not names:
+        st.info("No datasets yet: import one on the Data page.")
+        st.stop()
+    if sidebar_picker:
+        with st.sidebar:
+            return ws, dataset_picker(names)
+    return ws, dataset_picker(names)

@@ -44,9 +44,10 @@ from core import __version__
 from core.atomic import atomic_path, write_bytes, write_json
 from core.errors import MarginLensError
 from core.flags import flags_summary
-from core.formats import HH_ASSISTANT
+from core.formats import HH_ASSISTANT, hh_prompt_cut
 from core.margins import load_texts
 from core.pairs import MESSAGE_TYPE
+from core.readers import file_sha256
 from core.score_table import score_manifest
 from core.selection import Selection
 from core.workspace import Workspace
@@ -87,12 +88,7 @@ def manifest_path_for(path: Path, fmt: str) -> Path:
 
 
 def _split_hh(chosen: str, rejected: str) -> tuple[str, str, str]:
-    # Same cut as the hh-rlhf ingester: the last "\n\nAssistant:" inside the shared prefix.
-    common = 0
-    limit = min(len(chosen), len(rejected))
-    while common < limit and chosen[common] == rejected[common]:
-        common += 1
-    cut = chosen.rfind(HH_ASSISTANT, 0, common)
+    cut = hh_prompt_cut(chosen, rejected)  # the ingester's cut
     if cut < 0:
         raise MarginLensError("hh-rlhf record without a shared '\\n\\nAssistant:' prompt")
     start = cut + len(HH_ASSISTANT)
@@ -247,14 +243,6 @@ def _jsonl_bytes(table: pa.Table) -> bytes:
     return "".join(lines).encode("utf-8")
 
 
-def _sha256_file(path: Path) -> str:
-    digest = hashlib.sha256()
-    with open(path, "rb") as fh:
-        for block in iter(lambda: fh.read(1 << 20), b""):
-            digest.update(block)
-    return digest.hexdigest()
-
-
 def export_selection(
     ws: Workspace,
     dataset: str,
@@ -316,7 +304,7 @@ def export_selection(
         else:
             with atomic_path(path) as tmp:
                 pq.write_table(table, tmp)
-        manifest["output"]["sha256"] = _sha256_file(path)
+        manifest["output"]["sha256"] = file_sha256(path)
         write_json(manifest_path, manifest)  # written last: its presence marks a finished export
     if push_to_hub:
         manifest["pushed_to"] = _push(table, push_to_hub, token, private)

@@ -174,15 +174,22 @@ def _hh_messages(text: str) -> list[Message]:
     return messages
 
 
-def _parse_hh(record: dict[str, Any], allow_empty: bool) -> ParsedPair:
-    chosen, rejected = _text(record, "chosen"), _text(record, "rejected")
-    # The prompt is what both texts share, up to the last "\n\nAssistant:" inside that shared part:
-    # a few HH rows carry a longer (hallucinated) continuation on one side only.
+def hh_prompt_cut(chosen: str, rejected: str) -> int:
+    """Where the HH prompt ends: the last "\n\nAssistant:" inside the text both sides share (-1: none).
+
+    Not simply the last marker of each side: a few HH rows carry a longer (hallucinated)
+    continuation on one side only.
+    """
     common = 0
     limit = min(len(chosen), len(rejected))
     while common < limit and chosen[common] == rejected[common]:
         common += 1
-    cut = chosen.rfind(HH_ASSISTANT, 0, common)
+    return chosen.rfind(HH_ASSISTANT, 0, common)
+
+
+def _parse_hh(record: dict[str, Any], allow_empty: bool) -> ParsedPair:
+    chosen, rejected = _text(record, "chosen"), _text(record, "rejected")
+    cut = hh_prompt_cut(chosen, rejected)
     if cut < 0:
         raise FieldError("chosen", "no_shared_prefix", "chosen and rejected share no '\\n\\nHuman: ...\\n\\nAssistant:' prompt")
     prompt = _hh_messages(chosen[:cut])

@@ -44,7 +44,7 @@ class Source:
     total: int | None = None
 
 
-def _file_sha256(path: Path) -> str:
+def file_sha256(path: Path) -> str:
     digest = hashlib.sha256()
     with open(path, "rb") as fh:
         for block in iter(lambda: fh.read(1 << 20), b""):
@@ -56,7 +56,7 @@ def _folder_sha256(path: Path) -> str:
     digest = hashlib.sha256()
     for file in sorted(p for p in path.rglob("*") if p.is_file()):
         digest.update(str(file.relative_to(path)).encode())
-        digest.update(_file_sha256(file).encode())
+        digest.update(file_sha256(file).encode())
     return digest.hexdigest()
 
 
@@ -113,7 +113,7 @@ def open_source(src: str | os.PathLike, split: str | None = None) -> Source:
             raise NotADatasetError(f"{path}: the file is empty")
         if kind != "parquet":
             _check_text_file(path)
-        return Source(str(path), kind, _file_sha256(path), path=path)
+        return Source(str(path), kind, file_sha256(path), path=path)
     if "/" in str(src) and not str(src).startswith((".", "/", "~")) and str(src).count("/") == 1:
         return Source(str(src), "hub", f"hub:{src}:{split or 'train'}", hub_id=str(src), split=split or "train")
     raise NotADatasetError(f"{src}: no such file or folder (and not a Hub id of the form owner/name)")

@@ -13,7 +13,7 @@ import pandas as pd
 import streamlit as st
 
 from app import explore_state, widgets
-from app.state import dataset_picker, workspace
+from app.state import page_with_dataset
 from core.audit import (
     DEFAULT_CONCURRENCY,
     DEFAULT_N,
@@ -47,13 +47,7 @@ ACTION_LABELS = {"exclude": "exclude from exports", "swap": "swap chosen/rejecte
 TABLE_COLUMNS = ["pair_id", "subsets", "agrees", "judge_label", "ab_answer", "ba_answer", "ab_rationale",
                  "ba_rationale", "consistent", "invalid", "flag_action"]
 
-ws = workspace()
-st.title("Audit")
-names = ws.dataset_names()
-if not names:
-    st.info("No datasets yet: import one on the Data page.")
-    st.stop()
-dataset = dataset_picker(names)
+ws, dataset = page_with_dataset("Audit")
 scorers = explore_state.scorers(ws, dataset)
 defaults = explore_state.controls()
 

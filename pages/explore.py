@@ -28,18 +28,11 @@ from app.explore_view import (
     shift_figure,
     table_frame,
 )
-from app.state import dataset_picker, workspace
+from app.state import page_with_dataset
 from core.errors import MarginLensError
 
 started = time.perf_counter()
-ws = workspace()
-st.title("Explore")
-names = ws.dataset_names()
-if not names:
-    st.info("No datasets yet: import one on the Data page.")
-    st.stop()
-with st.sidebar:
-    dataset = dataset_picker(names)
+ws, dataset = page_with_dataset("Explore", sidebar_picker=True)
 picked = widgets.scorer_picker(ws, dataset, compare=True)
 try:
     margins = explore_state.margins_for(ws, dataset, picked)

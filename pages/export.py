@@ -17,18 +17,11 @@ from app.explore_view import (
     needs_texts,
     restrict_selection,
 )
-from app.state import dataset_picker, workspace
+from app.state import page_with_dataset
 from core.errors import MarginLensError
 from core.export import FORMATS, LAYOUTS, export_selection
 
-ws = workspace()
-st.title("Export")
-names = ws.dataset_names()
-if not names:
-    st.info("No datasets yet: import one on the Data page.")
-    st.stop()
-with st.sidebar:
-    dataset = dataset_picker(names)
+ws, dataset = page_with_dataset("Export", sidebar_picker=True)
 picked = widgets.scorer_picker(ws, dataset)
 controls = explore_state.controls()
 try:

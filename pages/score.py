@@ -6,17 +6,11 @@ import pandas as pd
 import streamlit as st
 
 from app import scoring
-from app.state import dataset_picker, workspace
+from app.state import page_with_dataset
 from core.errors import MarginLensError
 from core.score_table import list_score_tables
 
-ws = workspace()
-st.title("Score")
-names = ws.dataset_names()
-if not names:
-    st.info("No datasets yet: import one on the Data page.")
-    st.stop()
-dataset = dataset_picker(names)
+ws, dataset = page_with_dataset("Score")
 
 with st.form("score_form"):
     st.markdown("**Implicit margin** (log-probs under a causal LM)")
