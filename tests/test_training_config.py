@@ -218,3 +218,19 @@ def test_cli_dry_run_and_errors(data, tiny_llama, tmp_path, capsys):  # noqa: F8
     assert "--method" in capsys.readouterr().err
     assert cli.main(["train", "--list-presets"]) == 0
     assert "simpo-gemma2-9b-it  (simpo)" in capsys.readouterr().out
+
+
+def test_cli_finds_an_export_by_its_name_in_the_workspace(data, tiny_llama, tmp_path, capsys, monkeypatch):  # noqa: F811
+    """`marginlens select --out NAME` writes under WORKSPACE/exports: `train NAME` must find it there."""
+    import shutil
+
+    from core import cli
+    from core.workspace import Workspace
+
+    ws = Workspace(tmp_path / "ws")
+    shutil.copy(data, ws.exports_dir / "picked.jsonl")
+    monkeypatch.chdir(tmp_path)
+    argv = ["train", "picked.jsonl", "--workspace", str(ws.root), "--model", str(tiny_llama), "--device", "cpu",
+            "--method", "dpo", "--dry-run"]
+    assert cli.main(argv) == 0
+    assert str(ws.exports_dir / "picked.jsonl") in capsys.readouterr().out

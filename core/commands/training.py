@@ -12,6 +12,7 @@ import json
 import math
 import sys
 import time
+from pathlib import Path
 from typing import Any
 
 from core.errors import MarginLensError
@@ -105,8 +106,11 @@ def cmd_train(args: argparse.Namespace) -> int:
         return 0
     if not args.export or not args.method:
         raise MarginLensError("train needs an EXPORT path and --method dpo|simpo")
+    export = Path(args.export).expanduser()
+    if not export.exists() and not export.is_absolute() and (ws.exports_dir / export).exists():
+        export = ws.exports_dir / export  # the name `marginlens select --out` gave, inside the workspace
     overrides = train_config.parse_overrides(args.overrides)
-    spec = training.build_spec(args.export, args.method, preset=args.preset, model=args.model,
+    spec = training.build_spec(str(export), args.method, preset=args.preset, model=args.model,
                                overrides=overrides, device=args.device)
     if args.dry_run:
         print(json.dumps(spec, indent=2, sort_keys=True))
