@@ -125,14 +125,19 @@ def _record(shape: str, fmt_name: str, row: dict[str, Any]) -> dict[str, Any]:
             "chosen": prompt + [{"role": "assistant", "content": row["chosen"]}],
             "rejected": prompt + [{"role": "assistant", "content": row["rejected"]}],
         }
+    # The original text is written verbatim only where it is the imported pair: with a column mapping
+    # the source's own `chosen`/`rejected` columns may hold something else entirely.
     source = json.loads(row["source_json"]) if row.get("source_json") else {}
     if fmt_name == "hh-rlhf" and isinstance(source.get("chosen"), str) and isinstance(source.get("rejected"), str):
-        if shape == "strings-implicit":
-            return {"chosen": source["chosen"], "rejected": source["rejected"]}
         p, c, r = _split_hh(source["chosen"], source["rejected"])
-        return {"prompt": p, "chosen": c, "rejected": r}
-    if all(isinstance(source.get(k), str) for k in ("prompt", "chosen", "rejected")):
-        return {"prompt": source["prompt"], "chosen": source["chosen"], "rejected": source["rejected"]}
+        if (c.strip(), r.strip()) == (row["chosen"], row["rejected"]):
+            if shape == "strings-implicit":
+                return {"chosen": source["chosen"], "rejected": source["rejected"]}
+            return {"prompt": p, "chosen": c, "rejected": r}
+    verbatim = [source.get(k) for k in ("prompt", "chosen", "rejected")]
+    if all(isinstance(v, str) for v in verbatim) and verbatim[1:] == [row["chosen"], row["rejected"]] \
+            and prompt == [{"role": "user", "content": verbatim[0]}]:
+        return dict(zip(("prompt", "chosen", "rejected"), verbatim, strict=True))
     # mapped columns or a message-list prompt: render the canonical pair as strings
     text = _prompt_string(prompt)
     if shape == "strings-implicit":
@@ -177,9 +182,11 @@ def _scorer(ws: Workspace, dataset: str, fingerprint: str | None) -> dict[str, A
 def build_records(
     ws: Workspace, dataset: str, selection: Selection, margins: pd.DataFrame,
     layout: str = "source", include_metrics: bool = False, swapped: frozenset[str] = frozenset(),
+    ranked: Selection | None = None,
 ) -> tuple[pa.Table, str]:
     """The export table (pair-table order) and its shape; pure function of the inputs. Pairs whose
-    ids are in `swapped` get chosen and rejected (and their scores and margins) exchanged."""
+    ids are in `swapped` get chosen and rejected (and their scores and margins) exchanged. `rank` comes
+    from `ranked` (default `selection`): the metric's own ranking, before flags removed any pair."""
     if layout not in LAYOUTS:
         raise MarginLensError(f"unknown layout {layout!r} (expected one of {', '.join(LAYOUTS)})")
     fmt_name = ws.dataset_manifest(dataset).get("format") or ""
@@ -197,7 +204,8 @@ def build_records(
             rec["score_chosen"], rec["score_rejected"] = c, r
     if include_metrics:
         rank = np.empty(len(margins), dtype=np.int64)
-        rank[selection.positions] = np.arange(1, selection.positions.size + 1)
+        ranked_positions = (ranked or selection).positions
+        rank[ranked_positions] = np.arange(1, ranked_positions.size + 1)
         m_ex = margins["m_ex"].to_numpy(np.float64, na_value=np.nan)
         m_im = margins["m_im"].to_numpy(np.float64, na_value=np.nan)
         for rec, row, pos in zip(records, rows, positions, strict=True):
@@ -267,7 +275,7 @@ def export_selection(
         token = _hub_token(push_to_hub, token)  # fail before writing anything
     selected = selection  # what the metric picked; from here on `selection` is what gets written
     selection, swapped, flags = apply_flags_to(ws, dataset, selected, apply_flags)
-    table, shape = build_records(ws, dataset, selection, margins, layout, include_metrics, swapped)
+    table, shape = build_records(ws, dataset, selection, margins, layout, include_metrics, swapped, ranked=selected)
     source = ws.dataset_manifest(dataset)
     positions = selection.positions
     cand = np.isfinite(selection.scores)

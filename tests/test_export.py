@@ -217,3 +217,25 @@ def test_dpo_trainer_accepts_export(ws, tiny_model, tmp_path, name, with_metrics
     result = trainer.train()
     assert result.global_step == 1 and np.isfinite(result.training_loss)
     assert trainer.state.log_history[0]["logps/chosen"] < 0
+
+
+def test_mapped_columns_export_the_imported_pair_not_the_sources_own_columns(tmp_path):
+    """A source with its own (stale) chosen/rejected columns, imported through --map: the export must carry
+    the mapped texts that were scored and selected, not the source's unmapped columns."""
+    from core.ingest import import_dataset
+    from core.margins import load_margins
+    from core.selection import SelectionSpec, select
+
+    ws = Workspace(tmp_path / "ws")
+    records = [{"prompt": f"q{i}", "chosen": f"OLD good {i}", "rejected": f"OLD bad {i}", "fixed_good": f"NEW good {i}",
+                "fixed_bad": f"NEW bad {i}", "score_chosen": float(i), "score_rejected": 0.0} for i in range(6)]
+    src = tmp_path / "mapped.jsonl"
+    src.write_text("".join(json.dumps(r) + "\n" for r in records))
+    import_dataset(src, "mapped", ws, mapping={"chosen": "fixed_good", "rejected": "fixed_bad"})
+    margins = load_margins(ws, "mapped")
+    result = export_selection(ws, "mapped", select(margins, SelectionSpec(metric="explicit", ratio=0.5)), margins,
+                              "mapped-out.jsonl")
+    rows = [json.loads(line) for line in result.path.read_text().splitlines()]
+    assert len(rows) == 3
+    assert all(r["chosen"].startswith("NEW good") and r["rejected"].startswith("NEW bad") for r in rows)
+    assert {r["prompt"] for r in rows} == {"q3", "q4", "q5"}
