@@ -8,12 +8,15 @@ crash at any point leaves the previous import intact.
 
 from __future__ import annotations
 
+import fcntl
 import hashlib
 import json
 import shutil
 import tempfile
 import time
+import uuid
 from collections import Counter
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Literal
@@ -30,6 +33,7 @@ from core.workspace import Workspace, check_name
 
 Policy = Literal["strict", "skip"]
 BATCH_ROWS = 2048
+REJECTS_FILE = "rejects.jsonl"
 MAX_WARNINGS_KEPT = 1000
 
 
@@ -143,90 +147,116 @@ def import_dataset(
     opened = open_source(source, split=split)
     options = _options(format, mapping, policy, max_prompt_chars, allow_empty_responses, split)
 
-    if workspace.has_dataset(name):
-        old = workspace.dataset_manifest(name)
-        if old.get("source_fingerprint") == opened.fingerprint and old.get("options") == options:
-            return ImportReport(name, old["format"], old["rows"]["read"], old["rows"]["imported"],
-                                old.get("rejects", {}), old.get("warnings_total", 0), None, True, old)
-        if not replace:
-            raise MarginLensError(f"dataset {name!r} already exists from another source or with other options; "
-                                  "pass --replace to replace it, or choose another --name")
-
-    fingerprint = hashlib.sha256(json.dumps([opened.fingerprint, options, SCHEMA.to_string()],
-                                            sort_keys=True).encode()).hexdigest()
     dataset_dir = workspace.dataset_dir(name)
     dataset_dir.mkdir(parents=True, exist_ok=True)
-    data_name = f"data-{fingerprint[:16]}"
-    tmp = Path(tempfile.mkdtemp(prefix=".import-", dir=dataset_dir))
-    try:
-        validator = _Validator(opened, format, mapping, max_prompt_chars, allow_empty_responses)
-        rejects: list[dict[str, Any]] = []
-        warnings: list[dict[str, Any]] = []
-        rows_read = imported = 0
-        has_scores = False
-        batch: list[dict[str, Any]] = []
-        with pa.OSFile(str(tmp / "pairs.arrow"), "wb") as sink, pa.ipc.new_stream(sink, SCHEMA) as writer:
-            for record in _progress(iter_records(opened), opened, progress):
-                rows_read += 1
-                try:
-                    row, warning = validator.row(record)
-                except RowError as exc:
-                    if policy == "strict":
-                        raise
-                    rejects.append({**exc.to_dict(), "record": record.data if record.data is not None else record.raw})
-                    continue
-                if warning:
-                    warnings.append({"row": record.row, "line": record.line, "message": warning})
-                batch.append(row)
-                has_scores = has_scores or row["score_chosen"] is not None
-                imported += 1
-                if len(batch) >= BATCH_ROWS:
-                    writer.write_batch(pa.RecordBatch.from_pylist(batch, schema=SCHEMA))
-                    batch = []
-            if batch:
-                writer.write_batch(pa.RecordBatch.from_pylist(batch, schema=SCHEMA))
-        if rows_read == 0:
-            raise MarginLensError(f"{opened.label}: no records found")
-        if imported == 0:
-            reasons = Counter(r["reason"] for r in rejects).most_common()
-            raise MarginLensError(f"{opened.label}: none of the {rows_read} rows is a valid pair ({reasons})")
+    with _import_lock(dataset_dir):
+        old = workspace.dataset_manifest(name) if workspace.has_dataset(name) else None
+        if old is not None:
+            if _unchanged(old, opened.fingerprint, options):
+                return _unchanged_report(name, old)
+            # A Hub source's fingerprint is only known after loading: the same id is a refresh.
+            refresh = opened.kind == "hub" and old.get("source") == opened.label and old.get("options") == options
+            if not (replace or refresh):
+                raise MarginLensError(f"dataset {name!r} already exists from another source or with other options; "
+                                      "pass --replace to replace it, or choose another --name")
+        tmp = Path(tempfile.mkdtemp(prefix=".import-", dir=dataset_dir))
+        try:
+            report = _import_into(tmp, opened, name, format, mapping, policy, max_prompt_chars,
+                                  allow_empty_responses, progress)
+            if old is not None and _unchanged(old, opened.fingerprint, options):
+                return _unchanged_report(name, old)
+            fingerprint = hashlib.sha256(json.dumps([opened.fingerprint, options, SCHEMA.to_string()],
+                                                    sort_keys=True).encode()).hexdigest()
+            # A fresh folder name every time: the folder the current manifest points at is never touched.
+            data_name = f"data-{fingerprint[:16]}-{uuid.uuid4().hex[:8]}"
+            tmp.rename(dataset_dir / data_name)
+            report.manifest.update({
+                "name": name,
+                "source": str(Path(source).expanduser().resolve()) if opened.path else opened.label,
+                "source_kind": opened.kind,
+                "source_fingerprint": opened.fingerprint,
+                "split": opened.split,
+                "fingerprint": fingerprint,
+                "options": options,
+                "data": data_name,
+                "created": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
+                "tool_version": __version__,
+            })
+            write_json(workspace.manifest_path(name), report.manifest)  # the switch: one atomic rename
+            workspace.prune_dataset(name)
+        finally:
+            shutil.rmtree(tmp, ignore_errors=True)
+    report.rejects_path = workspace.rejects_path(name) if report.rejected else None
+    return report
 
-        counts = dict(sorted(Counter(r["reason"] for r in rejects).items()))
-        rejects_path = workspace.rejects_path(name)
-        if rejects:
-            write_text(rejects_path, "".join(json.dumps(r, ensure_ascii=False, default=str) + "\n" for r in rejects))
-        else:
-            rejects_path.unlink(missing_ok=True)
-        final = dataset_dir / data_name
-        if final.exists():
-            shutil.rmtree(final)
-        tmp.rename(final)
-        manifest = {
-            "name": name,
-            "source": str(Path(source).expanduser().resolve()) if opened.path else opened.label,
-            "source_kind": opened.kind,
-            "source_fingerprint": opened.fingerprint,
-            "split": opened.split,
-            "fingerprint": fingerprint,
-            "format": validator.format,
-            "columns": validator.columns,
-            "options": options,
-            "rows": {"read": rows_read, "imported": imported, "rejected": len(rejects)},
-            "rejects": counts,
-            "rejects_file": rejects_path.name if rejects else None,
-            "has_scores": has_scores,
-            "warnings": warnings[:MAX_WARNINGS_KEPT],
-            "warnings_total": len(warnings),
-            "data": data_name,
-            "created": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
-            "tool_version": __version__,
-        }
-        write_json(workspace.manifest_path(name), manifest)  # the switch: atomic rename
-        workspace.prune_dataset(name)
-    finally:
-        shutil.rmtree(tmp, ignore_errors=True)
-    return ImportReport(name, validator.format, rows_read, imported, counts, len(warnings),
-                        rejects_path if rejects else None, False, manifest)
+
+def _unchanged(old: dict[str, Any], source_fingerprint: str, options: dict[str, Any]) -> bool:
+    return old.get("source_fingerprint") == source_fingerprint and old.get("options") == options
+
+
+def _unchanged_report(name: str, old: dict[str, Any]) -> ImportReport:
+    return ImportReport(name, old["format"], old["rows"]["read"], old["rows"]["imported"], old.get("rejects", {}),
+                        old.get("warnings_total", 0), None, True, old)
+
+
+@contextmanager
+def _import_lock(dataset_dir: Path):
+    """One import per dataset at a time (the UI and the CLI may both try)."""
+    with open(dataset_dir / ".import.lock", "w") as handle:
+        fcntl.flock(handle, fcntl.LOCK_EX)
+        yield
+
+
+def _import_into(folder: Path, opened: Source, name: str, format: str | None, mapping: dict[str, str],
+                 policy: Policy, max_prompt_chars: int | None, allow_empty: bool, progress: bool) -> ImportReport:
+    """Read, validate and write pairs.arrow (and rejects.jsonl) into `folder`; the manifest is the caller's."""
+    validator = _Validator(opened, format, mapping, max_prompt_chars, allow_empty)
+    rejects: list[dict[str, Any]] = []
+    warnings: list[dict[str, Any]] = []
+    rows_read = imported = 0
+    has_scores = False
+    batch: list[dict[str, Any]] = []
+    with pa.OSFile(str(folder / "pairs.arrow"), "wb") as sink, pa.ipc.new_stream(sink, SCHEMA) as writer:
+        for record in _progress(iter_records(opened), opened, progress):
+            rows_read += 1
+            try:
+                row, warning = validator.row(record)
+            except RowError as exc:
+                if policy == "strict":
+                    raise
+                rejects.append({**exc.to_dict(), "record": record.data if record.data is not None else record.raw})
+                continue
+            if warning:
+                warnings.append({"row": record.row, "line": record.line, "message": warning})
+            batch.append(row)
+            has_scores = has_scores or row["score_chosen"] is not None
+            imported += 1
+            if len(batch) >= BATCH_ROWS:
+                writer.write_batch(pa.RecordBatch.from_pylist(batch, schema=SCHEMA))
+                batch = []
+        if batch:
+            writer.write_batch(pa.RecordBatch.from_pylist(batch, schema=SCHEMA))
+    if rows_read == 0:
+        raise MarginLensError(f"{opened.label}: no records found")
+    if imported == 0:
+        reasons = Counter(r["reason"] for r in rejects).most_common()
+        raise MarginLensError(f"{opened.label}: none of the {rows_read} rows is a valid pair ({reasons})")
+    counts = dict(sorted(Counter(r["reason"] for r in rejects).items()))
+    if rejects:
+        # Inside the new data folder: it switches in with the pairs, never ahead of them.
+        write_text(folder / REJECTS_FILE, "".join(json.dumps(r, ensure_ascii=False, default=str) + "\n"
+                                                  for r in rejects))
+    manifest = {
+        "format": validator.format,
+        "columns": validator.columns,
+        "rows": {"read": rows_read, "imported": imported, "rejected": len(rejects)},
+        "rejects": counts,
+        "rejects_file": REJECTS_FILE if rejects else None,
+        "has_scores": has_scores,
+        "warnings": warnings[:MAX_WARNINGS_KEPT],
+        "warnings_total": len(warnings),
+    }
+    return ImportReport(name, validator.format, rows_read, imported, counts, len(warnings), None, False, manifest)
 
 
 def _progress(records, source: Source, enabled: bool):

@@ -2,7 +2,7 @@
 
   datasets/NAME/manifest.json     points at the current data folder (switched atomically)
   datasets/NAME/data-FP/pairs.arrow   the canonical pair table (core.pairs.SCHEMA), memory-mapped
-  datasets/NAME/rejects.jsonl     rows skipped at import, with row, field and reason
+  datasets/NAME/data-FP/rejects.jsonl  rows skipped at import, with row, field and reason
   scores/NAME/FINGERPRINT/        score tables (core.score_table)
   jobs/JOB_ID/                    background jobs
   exports/, audits/, runs/, models/
@@ -85,7 +85,8 @@ class Workspace:
         return self.dataset_dir(name) / "manifest.json"
 
     def rejects_path(self, name: str) -> Path:
-        return self.dataset_dir(name) / "rejects.jsonl"
+        """Rows skipped at import: inside the current data folder, so they switch with the pairs."""
+        return self.dataset_dir(name) / self.dataset_manifest(name)["data"] / "rejects.jsonl"
 
     def dataset_names(self) -> list[str]:
         return sorted(p.parent.name for p in self.datasets_dir.glob("*/manifest.json"))

@@ -61,7 +61,7 @@ def test_skip_policy_imports_the_rest_counts_reasons_and_writes_every_reject(ws,
     assert report.rejected == expected
     assert sum(expected.values()) + report.imported == report.rows_read  # nothing lost
     rejects = [json.loads(line) for line in report.rejects_path.read_text().splitlines()]
-    assert report.rejects_path.parent == ws.dataset_dir("mixed")
+    assert report.rejects_path.parent.parent == ws.dataset_dir("mixed")  # inside the data folder
     assert [r["line"] for r in rejects] == list(range(2, 2 + len(rejects)))
     assert rejects[0]["record"].startswith('{"prompt": "Q?"')  # the undecodable line itself is kept
     assert rejects[1]["record"] == {"prompt": "Q?", "chosen": "yes"}
@@ -163,3 +163,16 @@ def test_hub_id_offline_is_a_clear_error(ws, monkeypatch):
     monkeypatch.setenv("HF_HUB_OFFLINE", "1")
     with pytest.raises(NotADatasetError, match="looks like a Hub id, but HF_HUB_OFFLINE=1"):
         import_dataset("trl-lib/ultrafeedback_binarized", "hub", ws)
+
+
+def test_a_failed_reimport_leaves_the_previous_rejects_with_the_previous_pairs(ws, tmp_path):
+    first = jsonl(tmp_path / "a.jsonl", [OK, {"prompt": "Q?", "chosen": "same", "rejected": "same"}])
+    import_dataset(first, "d", ws, policy="skip")
+    rejects_before = ws.rejects_path("d").read_text()
+    second = jsonl(tmp_path / "b.jsonl", [{**OK, "prompt": "new"}, '{"broken'])
+    with pytest.raises(RowError):
+        import_dataset(second, "d", ws, policy="strict", replace=True)
+    assert ws.rejects_path("d").read_text() == rejects_before
+    assert ws.load_pairs("d")["prompt"] == [[{"role": "user", "content": "Q?"}]]
+    assert sorted(p.name for p in ws.dataset_dir("d").iterdir() if not p.name.startswith(".import.lock")) == [
+        ws.dataset_manifest("d")["data"], "manifest.json"]
