@@ -97,3 +97,20 @@ def test_marginlens_app_serves_the_demo_on_localhost(tmp_path):
     finally:
         proc.terminate()
         proc.wait(timeout=30)
+
+
+def test_stopping_marginlens_app_stops_the_server(tmp_path):
+    port = _free_port()
+    proc = subprocess.Popen([str(Path(sys.executable).parent / "marginlens"), "app", "--port", str(port),
+                             "--workspace", str(tmp_path / "ws")], stdout=subprocess.DEVNULL,
+                            stderr=subprocess.STDOUT, env={**os.environ, "HF_HUB_OFFLINE": "1"})
+    deadline = time.monotonic() + 90
+    while not _listening_addresses(port):
+        assert proc.poll() is None and time.monotonic() < deadline
+        time.sleep(0.3)
+    proc.terminate()
+    proc.wait(timeout=30)
+    deadline = time.monotonic() + 10
+    while _listening_addresses(port) and time.monotonic() < deadline:
+        time.sleep(0.2)
+    assert not _listening_addresses(port), "a server outlived `marginlens app`"

@@ -5,7 +5,6 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import subprocess
 import sys
 from pathlib import Path
 
@@ -118,4 +117,6 @@ def cmd_app(args: argparse.Namespace) -> int:
                "--browser.gatherUsageStats", "false"]
     print(f"MarginLens dashboard on http://{args.host}:{args.port}  (workspace {ws.root})", flush=True)
     env = {**os.environ, "MARGINLENS_WORKSPACE": str(ws.root)}
-    return subprocess.call(command, env=env)
+    # Become the server (no wrapper process): a signal to `marginlens app` then reaches streamlit itself,
+    # and stopping it never leaves an orphaned server holding the port.
+    os.execve(sys.executable, command, env)
