@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import re
 from typing import Any
 
 import pandas as pd
@@ -15,6 +16,21 @@ from core.metrics import METRICS
 from core.score_table import list_score_tables
 from core.selection import FILTER_STAGES
 from core.workspace import Workspace
+
+# Markdown (and Streamlit's :shortcode:/$math$) syntax characters: escaped, untrusted text renders literally,
+# so no image or link in it can make the browser fetch a URL.
+_MARKDOWN_SYNTAX = re.compile(r"([\\`*_{}\[\]()#+\-.!|<>~:$])")
+
+
+def md_escape(text: object) -> str:
+    """`text` as literal characters inside st.markdown/caption/error/warning."""
+    return _MARKDOWN_SYNTAX.sub(r"\\\1", str(text))
+
+
+def show_error(exc: object) -> None:
+    """An error message: it may quote untrusted data (a row's value, a role), so it is escaped."""
+    st.error(md_escape(exc))
+
 
 METRIC_LABELS = {
     "map": "M_AP = z(m_ex) - w·z(|m_im|)",
@@ -145,7 +161,7 @@ def pair_viewer(details: dict[str, Any]) -> None:
     cols[3].metric("flags", ", ".join(details["flags"]) or "none")
     st.caption("Prompt")
     for message in details["prompt"]:
-        st.caption(message["role"])
+        st.caption(md_escape(message["role"]))
         untrusted_text(message["content"])
     left, right = st.columns(2)
     for col, side in ((left, "chosen"), (right, "rejected")):

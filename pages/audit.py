@@ -94,7 +94,7 @@ if estimate_clicked:
         st.session_state[PLAN] = {"dataset": dataset, "params": params, "estimate": estimate_cost(ws, params, *prices)}
     except MarginLensError as exc:
         st.session_state.pop(PLAN, None)
-        st.error(str(exc))
+        widgets.show_error(exc)
 
 plan = st.session_state.get(PLAN)
 if plan and plan["dataset"] == dataset:
@@ -111,7 +111,7 @@ if plan and plan["dataset"] == dataset:
         try:
             job = submit_audit(ws, plan["params"], api_key=st.session_state.get(KEY) or None)
         except MarginLensError as exc:
-            st.error(str(exc))
+            widgets.show_error(exc)
         else:
             st.session_state["_audit_job"] = job.id
             st.success(f"Audit job {job.id} is {job.status()['state']}.")
@@ -230,7 +230,7 @@ with st.expander("Pair and every stored answer", expanded=False):
                               "invalid_reason"]], hide_index=True, width="stretch")
     for row in pair_texts(ws, dataset, [pair_id]):
         for message in row["prompt"]:
-            st.caption(message["role"])
+            st.caption(widgets.md_escape(message["role"]))
             widgets.untrusted_text(message["content"])
         chosen_col, rejected_col = st.columns(2)
         with chosen_col:

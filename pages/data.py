@@ -7,7 +7,7 @@ from pathlib import Path
 import pandas as pd
 import streamlit as st
 
-from app import readers
+from app import readers, widgets
 from app.state import dataset_picker, workspace
 from core.errors import MarginLensError
 from core.formats import FORMATS
@@ -48,7 +48,7 @@ with st.expander("Import a dataset", expanded=not ws.dataset_names()):
                     max_prompt_chars=max_prompt or None, replace=replace,
                 )
         except MarginLensError as exc:
-            st.error(str(exc))
+            widgets.show_error(exc)
         else:
             st.session_state["dataset"] = report.name
             st.success(report.summary())

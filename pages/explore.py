@@ -37,7 +37,7 @@ picked = widgets.scorer_picker(ws, dataset, compare=True)
 try:
     margins = explore_state.margins_for(ws, dataset, picked)
 except MarginLensError as exc:
-    st.error(str(exc))
+    widgets.show_error(exc)
     st.stop()
 
 with st.sidebar:
@@ -53,7 +53,7 @@ try:
     view = compute_view(margins, controls, texts)
     shown = filtered_mask(margins, controls, texts)
 except MarginLensError as exc:
-    st.error(str(exc))
+    widgets.show_error(exc)
     st.stop()
 
 counts = view.selection.counts()
@@ -67,7 +67,7 @@ c5.metric("m_im < 0", f"{int((margins['m_im'] < 0).sum()):,}", help="the policy 
 st.caption(f"m_ex from `{attrs.get('m_ex_source')}` · m_im form `{attrs.get('m_im_form') or 'none'}`"
            + (f" (beta {attrs.get('beta')})" if attrs.get("beta") else ""))
 for warning in view.selection.warnings:
-    st.warning(warning)
+    st.warning(widgets.md_escape(warning))
 
 # ---- scatter + brush ------------------------------------------------------------------------------
 brush = explore_state.brush(dataset)
@@ -132,7 +132,7 @@ def show_pair(pair_id: str | None) -> None:
     try:
         widgets.pair_viewer(pair_details(ws, dataset, margins, view, pair_id))
     except MarginLensError as exc:
-        st.error(str(exc))
+        widgets.show_error(exc)
         explore_state.set_open_pair(dataset, None)
 
 
@@ -191,7 +191,7 @@ def before_after() -> None:
         after = explore_state.margins_for(ws, dataset, {**picked, "policy": compare})
         shift = margin_shift(margins, after, mask)
     except MarginLensError as exc:
-        st.error(str(exc))
+        widgets.show_error(exc)
         return
     n = shift.counts
     st.markdown(f"**m_im before vs after** for the {n['pairs']:,} pairs the table shows (filters, scatter "

@@ -32,7 +32,7 @@ try:
     texts = explore_state.texts_for(ws, dataset) if needs_texts(controls) else None
     view = compute_view(margins, controls, texts)
 except MarginLensError as exc:
-    st.error(str(exc))
+    widgets.show_error(exc)
     st.stop()
 
 spec = view.selection.spec
@@ -78,7 +78,7 @@ columns = {"m_ex": margins["m_ex"].to_numpy(np.float64, na_value=np.nan),
 summary = pd.DataFrame({name: pd.Series(values[pos]).describe() for name, values in columns.items()}).T
 st.dataframe(summary, width="stretch")
 for warning in selection.warnings:
-    st.caption(f"note: {warning}")
+    st.caption(f"note: {widgets.md_escape(warning)}")
 
 if st.button("Write export", type="primary", disabled=counts["selected"] == 0, key="_export_write"):
     try:
@@ -86,7 +86,7 @@ if st.button("Write export", type="primary", disabled=counts["selected"] == 0, k
                                   include_metrics=with_metrics, overwrite=overwrite, allow_outside=outside,
                                   apply_flags=apply_flags)
     except MarginLensError as exc:
-        st.error(str(exc))
+        widgets.show_error(exc)
     else:
         st.session_state["_export_last"] = {"path": str(result.path), "manifest": str(result.manifest_path),
                                             "rows": result.rows}

@@ -5,7 +5,7 @@ from __future__ import annotations
 import pandas as pd
 import streamlit as st
 
-from app import scoring
+from app import scoring, widgets
 from app.state import page_with_dataset
 from core.errors import MarginLensError
 from core.score_table import list_score_tables
@@ -41,7 +41,7 @@ if submitted:
         with st.spinner("Planning (hashing model files) ..."):
             message = scoring.submit(ws, spec)
     except MarginLensError as exc:
-        st.error(str(exc))
+        widgets.show_error(exc)
     else:
         st.success(message)
 

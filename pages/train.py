@@ -7,6 +7,7 @@ from pathlib import Path
 import streamlit as st
 
 from app import training_view as tv
+from app import widgets
 from app.state import workspace
 from core import jobs
 from core.errors import MarginLensError
@@ -43,7 +44,7 @@ else:
     try:
         resolved = resolve_settings(method, preset, device=device)
     except MarginLensError as exc:
-        st.error(str(exc))
+        widgets.show_error(exc)
         st.stop()
     prefilled = tv.form_values(resolved, method)
     # Keys carry the choice the values came from, so picking another preset refills the form.
@@ -77,7 +78,7 @@ else:
                 job = submit_training(ws, export, method, preset=preset, model=model.strip() or None,
                                       overrides=overrides, device=device)
         except MarginLensError as exc:
-            st.error(str(exc))
+            widgets.show_error(exc)
         else:
             st.session_state[JOB_KEY] = st.session_state["_train_run"] = job.id  # show the new run below
             changed = ", ".join(f"{k}={v}" for k, v in overrides.items()) or "none"
@@ -164,7 +165,7 @@ if row["state"] == "done":
         try:
             handle = rescore(ws, dataset, job, device=job.spec["params"].get("device", "auto"))
         except MarginLensError as exc:
-            st.error(str(exc))
+            widgets.show_error(exc)
         else:
             started[job.id] = {"job": handle.job.id if handle.job else None, "policy": handle.fingerprints["policy"],
                                "dataset": dataset}

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import re
 
 from helpers_app import app_test, metrics, no_errors, records
 
@@ -42,3 +43,24 @@ def test_import_report_list_and_preview(tmp_path):
     # page 2 of the preview shows the remaining 10 pairs
     at.number_input[-1].set_value(2).run()
     assert len(at.dataframe[-1].value) == 10
+
+
+def test_an_import_error_quoting_untrusted_text_is_shown_as_text(tmp_path):
+    """The role below lands in the error message; unescaped, st.error would render it as an image."""
+    ws = Workspace(tmp_path / "workspace")
+    evil = "![x](http://127.0.0.1:9/track.png)"
+    user = {"role": "user", "content": "Q?"}
+    row = {"chosen": [user, {"role": evil, "content": "a"}], "rejected": [user, {"role": evil, "content": "b"}]}
+    source = tmp_path / "evil.jsonl"
+    source.write_text(json.dumps(row) + "\n", encoding="utf-8")
+    at = app_test("data.py", ws)
+    at.run()
+    at.text_input[0].input(str(source))
+    next(t for t in at.text_input if t.label == "Name").input("evil")
+    next(s for s in at.selectbox if s.label == "Bad rows").set_value("strict")
+    at.button[0].click().run()
+    assert len(at.error) == 1
+    body = at.error[0].value
+    assert evil not in body and r"\!\[x\]\(http" in body  # escaped markdown: no image, no link
+    as_read = re.sub(r"\\(.)", r"\1", body)  # what the reader sees: the literal message
+    assert "last_turn_not_assistant" in as_read and f"the last turn is '{evil}'" in as_read
