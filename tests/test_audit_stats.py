@@ -3,8 +3,10 @@
 from __future__ import annotations
 
 import json
-import multiprocessing
 import os
+import subprocess
+import sys
+from pathlib import Path
 
 import pytest
 from helpers_data import make_dataset, standard_records
@@ -85,19 +87,26 @@ def test_wilson_and_kappa_edges():
     assert cohen_kappa(["A", "B", "A", "B"], ["B", "A", "B", "A"]) == -1.0
 
 
-def _append_many(path: str, worker: int) -> int:
-    store = VerdictStore(path)
-    written = 0
-    for i in range(30):
-        record = {"pair_id": f"p{i}", "judge_model": "m", "prompt_version": "v", "order": "AB", "by": worker}
-        written += store.append(record)
-    return written
+APPEND_MANY = """
+import sys
+from core.verdicts import VerdictStore
+store = VerdictStore(sys.argv[1])
+written = 0
+for i in range(30):
+    record = {"pair_id": f"p{i}", "judge_model": "m", "prompt_version": "v", "order": "AB", "by": sys.argv[2]}
+    written += store.append(record)
+print(written)
+"""
 
 
 def test_store_writes_each_key_once_across_processes(tmp_path):
+    # Plain subprocesses, not a multiprocessing "spawn" pool: spawn re-imports sys.modules["__main__"],
+    # which an earlier AppTest in the same session may have replaced with a page script.
     path = str(tmp_path / "verdicts.jsonl")
-    with multiprocessing.get_context("spawn").Pool(3) as pool:
-        written = pool.starmap(_append_many, [(path, w) for w in range(3)])
+    procs = [subprocess.Popen([sys.executable, "-c", APPEND_MANY, path, str(w)], stdout=subprocess.PIPE, text=True,
+                              cwd=Path(__file__).resolve().parents[1]) for w in range(3)]
+    written = [int(p.communicate(timeout=120)[0]) for p in procs]
+    assert all(p.returncode == 0 for p in procs)
     assert sum(written) == 30
     lines = [json.loads(line) for line in open(path)]
     assert len(lines) == 30 and len({r["pair_id"] for r in lines}) == 30
