@@ -202,10 +202,21 @@ def _clean(renderer: Renderer, prompts, chosen, rejected, eos: int | None) -> li
     ]
 
 
+def _with_empty_system(tokenizer: Any, messages: Sequence[Message]) -> list[Message]:
+    """SimPO's preprocessing (auto_insert_empty_system_msg, on by default) gives the prompt an empty system
+    turn when it has none and the template mentions "system" or "<|im_start|>": templates with a default
+    system prompt (SmolLM2's, for one) then render an empty one instead."""
+    template = tokenizer.chat_template or ""
+    if messages and messages[0]["role"] != "system" and ("system" in template or "<|im_start|>" in template):
+        return [{"role": "system", "content": ""}, *messages]
+    return list(messages)
+
+
 def _reference(renderer: Renderer, prompts, chosen, rejected, eos: int | None) -> list[TokenizedPair]:
     tokenizer = renderer.tokenizer
     bos_text, bos = tokenizer.bos_token, tokenizer.bos_token_id
-    prompt_texts = [renderer.render(m, add_generation_prompt=False) for m in prompts]
+    prompt_texts = [renderer.render(_with_empty_system(tokenizer, m) if renderer.templated else m,
+                                    add_generation_prompt=False) for m in prompts]
 
     def answer_text(content: str) -> str:
         if not renderer.templated:

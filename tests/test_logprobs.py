@@ -98,14 +98,21 @@ def test_batched_equals_naive(loaded, padding_side, limits):
 
 
 def test_reference_mode_matches_simpo_preprocessing(tiny_llama):  # noqa: F811
-    """reference mode: prompt without generation prompt, templated assistant turn, joint split, BOS/EOS."""
+    """reference mode: empty system turn inserted, prompt without generation prompt, templated assistant
+    turn, joint split, BOS/EOS."""
     model, tokenizer, _ = load_causal_lm(str(tiny_llama))
     data = pairs_of_mixed_lengths(8, seed=5)
     scorer = ImplicitScorer(model, tokenizer, mode="reference")
     got = scorer.score([d["prompt"] for d in data], [d["chosen"] for d in data], [d["rejected"] for d in data])
     bos, eos = tokenizer.bos_token_id, tokenizer.eos_token_id
+    template = tokenizer.chat_template
+    assert "<|im_start|>" in template or "system" in template  # so SimPO inserts empty system turns
+    assert sum(d["prompt"][0]["role"] != "system" for d in data) >= 3
     for d, g in zip(data, got, strict=True):
-        prompt_text = tokenizer.apply_chat_template(d["prompt"], tokenize=False)
+        messages = d["prompt"]
+        if messages[0]["role"] != "system":  # SimPO's maybe_insert_system_message, written plainly
+            messages = [{"role": "system", "content": ""}, *messages]
+        prompt_text = tokenizer.apply_chat_template(messages, tokenize=False)
         prompt_ids = tokenizer(prompt_text, add_special_tokens=False)["input_ids"]
         for response, (logp, ntok) in ((d["chosen"], (g.chosen_logp, g.chosen_ntok)),
                                        (d["rejected"], (g.rejected_logp, g.rejected_ntok))):
