@@ -147,13 +147,20 @@ class Job:
 
 
 def _wait_for_exiting_worker(job: Job, fd: int, timeout: float = 30.0) -> bool:
-    """Take the lock from a worker that already recorded cancelled/failed and is only exiting.
+    """Take the lock from a worker that is stopping (cancel requested, or cancelled/failed recorded).
 
     Interpreter shutdown after torch can take seconds; without this wait, resubmitting right after a
     stop returns the job as "running" and no worker ever restarts it.
     """
     deadline = time.monotonic() + timeout
-    while (read_json(job.dir / "status.json") or {}).get("state") in ("cancelled", "failed"):
+
+    def stopping() -> bool:
+        # A cancel flag not yet seen by the worker counts too: otherwise a resume right after a cancel
+        # would return the still-running job, which then ends cancelled, and the resume did nothing.
+        state = (read_json(job.dir / "status.json") or {}).get("state")
+        return state in ("cancelled", "failed") or (job.dir / "cancel").exists()
+
+    while stopping():
         if _try_lock(fd, attempts=1):
             return True
         if time.monotonic() > deadline:

@@ -72,6 +72,19 @@ def test_cancel_then_resume(ws, tmp_path, tiny_llama):  # noqa: F811
     assert load_score_table(ws, "d", handle.fingerprints["policy"]).num_rows == 120
 
 
+def test_resume_right_after_cancel_restarts_the_job(ws, tmp_path, tiny_llama):  # noqa: F811
+    """A resume that lands before the worker has seen the cancel flag must still end in a finished job."""
+    make_dataset(ws, "d", conversational_records(400, seed=6), tmp_path)
+    spec = ScoreSpec("d", policy=str(tiny_llama), device="cpu", token_budget=32)
+    job = submit_scoring(ws, spec, env=EVERY_BATCH).job
+    wait_for(job, lambda s: s["state"] == "running" and s.get("done", 0) >= 2)
+    job.cancel()
+    resumed = jobs.submit(ws, "score", job.spec["params"], env=EVERY_BATCH)  # before the worker sees the flag
+    assert resumed.id == job.id
+    assert resumed.wait(timeout=180)["state"] == "done", job.log_tail()
+    assert not (job.dir / "cancel").exists()
+
+
 def test_kill_9_then_resume_gives_identical_results(tmp_path, smollm2):  # noqa: F811
     """SmolLM2 end to end: SIGKILL mid-job -> "interrupted"; resubmitted it resumes from its parts and
     ends bit-identical to an uninterrupted run."""
