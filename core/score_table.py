@@ -10,7 +10,7 @@ The manifest holds {"fingerprint", "kind", "model", "spec", "rows", "created"}.
 
 from __future__ import annotations
 
-import time
+from datetime import datetime, timezone
 from typing import Any
 
 import pyarrow as pa
@@ -62,7 +62,8 @@ def save_score_table(
             "model": model,
             "spec": spec,
             "rows": table.num_rows,
-            "created": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
+            # microseconds: "newest first" must order tables written within the same second
+            "created": datetime.now(timezone.utc).strftime("%Y-%m-%dT%H:%M:%S.%fZ"),
         },
     )
 

@@ -12,9 +12,10 @@ from tiny_models import conversational_records, make_tiny_llama, single_thread, 
 
 from core.errors import MarginLensError
 from core.logprobs import ImplicitScorer
+from core.margins import default_scorers
 from core.models import load_causal_lm
 from core.score_job import ScoreSpec, plan_tasks, submit_scoring
-from core.score_table import list_score_tables, load_score_table
+from core.score_table import load_score_table
 from core.workspace import Workspace
 
 single_thread()
@@ -57,8 +58,8 @@ def test_job_equals_direct_scoring(scored, tiny_llama):  # noqa: F811
     assert reference[0]["chosen_logp"] != table[0]["chosen_logp"]  # a different model, its own table
     rewards = load_score_table(ws, "d", handle.fingerprints["reward"]).to_pylist()
     assert len(rewards) == 40 and len({round(r["chosen_reward"], 6) for r in rewards}) > 10
-    # The policy table is the newest logprob table (what "default scorer" readers pick).
-    assert list_score_tables(ws, "d", "logprob")[0]["fingerprint"] == handle.fingerprints["policy"]
+    # Readers that pick tables by default take the policy's table, not the reference's (same kind).
+    assert default_scorers(ws, "d")["policy"] == handle.fingerprints["policy"]
 
 
 def test_finished_fingerprint_is_a_cache_hit(scored):
