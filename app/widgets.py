@@ -12,6 +12,7 @@ from app import explore_state
 from app.explore_view import COLOR_BY, ExploreControls
 from core.contradictions import IM_AXES
 from core.filters import parse_filter
+from core.margins import DEFAULT_BETA
 from core.metrics import METRICS
 from core.score_table import list_score_tables
 from core.selection import FILTER_STAGES
@@ -70,7 +71,7 @@ def scorer_picker(ws: Workspace, dataset: str, compare: bool = False) -> dict[st
             "Reward table (explicit margin)", rw_options,
             index=rw_options.index(picked["reward"]) if picked["reward"] in rw_options else 0,
             format_func=lambda fp: "dataset scores" if fp is None else label(fp), key="_scorer_reward")
-        picked["beta"] = cols[3].number_input("DPO beta", min_value=0.0, value=float(picked.get("beta") or 0.1),
+        picked["beta"] = cols[3].number_input("DPO beta", min_value=0.0, value=float(picked.get("beta") or DEFAULT_BETA),
                                               step=0.01, format="%.3f", key="_scorer_beta",
                                               disabled=picked["reference"] is None)
         if compare:

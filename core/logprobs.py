@@ -3,7 +3,7 @@
 For each pair it returns (chosen_logp, chosen_ntok, rejected_logp, rejected_ntok): the SUM of the
 log-probs of the response tokens given the prompt, and how many there are. The SimPO margin
 (mean per token) and the DPO margin (beta * log-ratio to a reference) are derived from these in
-core/ without running a model again (`simpo_margin`, `dpo_margin` below).
+core/ without running a model again (`core.margins.simpo_margin`, `dpo_margin`).
 
 Why it is fast:
 - pairs are sorted by length and packed into batches under a token budget, so padding is small;
@@ -48,17 +48,6 @@ class PairLogprobs:
     chosen_ntok: int
     rejected_logp: float
     rejected_ntok: int
-
-
-def simpo_margin(chosen_logp: float, chosen_ntok: int, rejected_logp: float, rejected_ntok: int) -> float:
-    """m_im in the SimPO form: mean per-token log-prob of chosen minus that of rejected."""
-    return chosen_logp / max(chosen_ntok, 1) - rejected_logp / max(rejected_ntok, 1)
-
-
-def dpo_margin(policy_chosen: float, policy_rejected: float, ref_chosen: float, ref_rejected: float,
-               beta: float = 0.01) -> float:
-    """m_im in the DPO form: beta * ((log pi(y_w) - log ref(y_w)) - (log pi(y_l) - log ref(y_l)))."""
-    return beta * ((policy_chosen - ref_chosen) - (policy_rejected - ref_rejected))
 
 
 def pair_cost(pair: TokenizedPair) -> int:

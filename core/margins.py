@@ -28,13 +28,33 @@ import numpy as np
 import pandas as pd
 import pyarrow as pa
 import pyarrow.compute as pc
+from numpy.typing import ArrayLike
 
 from core.errors import MarginLensError
 from core.score_table import list_score_tables, load_score_table, score_manifest
 from core.workspace import Workspace
 
-DEFAULT_BETA = 0.1  # DPO beta for the DPO-form implicit margin (TRL's DPOConfig default)
+DEFAULT_BETA = 0.01  # DPO beta of the DPO-form implicit margin: the paper's DPO recipe (DESIGN.md)
 PREVIEW_CHARS = 160
+
+
+def simpo_margin(chosen_logp: ArrayLike, chosen_ntok: ArrayLike, rejected_logp: ArrayLike,
+                 rejected_ntok: ArrayLike) -> np.ndarray:
+    """m_im in the SimPO form: mean per-token log-prob of chosen minus that of rejected (arrays or scalars).
+    A response with no scored token has no mean: its margin is NaN (missing), never inf."""
+    c_ntok = np.asarray(chosen_ntok, dtype=np.float64)
+    r_ntok = np.asarray(rejected_ntok, dtype=np.float64)
+    with np.errstate(divide="ignore", invalid="ignore"):
+        margin = np.asarray(chosen_logp, dtype=np.float64) / c_ntok - np.asarray(rejected_logp, dtype=np.float64) / r_ntok
+    return np.where((c_ntok > 0) & (r_ntok > 0), margin, np.nan)
+
+
+def dpo_margin(policy_chosen: ArrayLike, policy_rejected: ArrayLike, ref_chosen: ArrayLike, ref_rejected: ArrayLike,
+               beta: float = DEFAULT_BETA) -> np.ndarray:
+    """m_im in the DPO form: beta * ((log pi(y_w) - log ref(y_w)) - (log pi(y_l) - log ref(y_l))), summed log-probs.
+    Identically 0 when the policy is the reference."""
+    as_array = lambda v: np.asarray(v, dtype=np.float64)  # noqa: E731
+    return beta * ((as_array(policy_chosen) - as_array(ref_chosen)) - (as_array(policy_rejected) - as_array(ref_rejected)))
 
 
 def load_texts(ws: Workspace, dataset: str) -> pa.Table:
@@ -172,15 +192,12 @@ def load_margins(
             )
             frame["ref_chosen_logp"], frame["ref_rejected_logp"] = ref["chosen_logp"], ref["rejected_logp"]
             truncated |= ref["truncated"]
-            frame["m_im"] = beta * (
-                (frame["chosen_logp"] - frame["ref_chosen_logp"]) - (frame["rejected_logp"] - frame["ref_rejected_logp"])
-            )
+            frame["m_im"] = dpo_margin(frame["chosen_logp"], frame["rejected_logp"], frame["ref_chosen_logp"],
+                                       frame["ref_rejected_logp"], beta)
             m_im_form = "dpo"
         else:
-            # a response with no tokens has no mean log-prob: leave its margin missing, not inf
-            c_ntok = frame["chosen_ntok"].where(frame["chosen_ntok"] > 0)
-            r_ntok = frame["rejected_ntok"].where(frame["rejected_ntok"] > 0)
-            frame["m_im"] = frame["chosen_logp"] / c_ntok - frame["rejected_logp"] / r_ntok
+            frame["m_im"] = simpo_margin(frame["chosen_logp"], frame["chosen_ntok"], frame["rejected_logp"],
+                                         frame["rejected_ntok"])
             m_im_form = "simpo"
 
     frame["truncated"] = truncated

@@ -7,7 +7,8 @@ import time
 import pytest
 from tiny_models import REPO_MODEL_CACHE, single_thread, smollm2  # noqa: F401
 
-from core.logprobs import ImplicitScorer, simpo_margin
+from core.logprobs import ImplicitScorer
+from core.margins import simpo_margin
 from core.models import DEFAULT_POLICY, SMOLLM2_FOLDER, load_causal_lm, model_fingerprint, resolve_model
 
 single_thread()

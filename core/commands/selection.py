@@ -6,6 +6,7 @@ import argparse
 import json
 from typing import Any
 
+from core.margins import DEFAULT_BETA
 from core.workspace import Workspace
 
 
@@ -14,7 +15,8 @@ def _scorer_args(p: argparse.ArgumentParser) -> None:
                    help="logprob score table (fingerprint) for the implicit margin (default: the newest)")
     p.add_argument("--reference", default=None,
                    help="reference logprob table: use the DPO-form implicit margin instead of the SimPO form")
-    p.add_argument("--beta", type=float, default=0.1, help="beta of the DPO-form implicit margin (default 0.1)")
+    p.add_argument("--beta", type=float, default=DEFAULT_BETA,
+                   help=f"beta of the DPO-form implicit margin (default {DEFAULT_BETA})")
     p.add_argument("--reward", default=None,
                    help="reward score table for the explicit margin (default: the dataset's own scores, "
                         "else the newest reward table)")
