@@ -44,10 +44,15 @@ def atomic_path(target: str | os.PathLike) -> Iterator[Path]:
             with open(inner, "rb+") as fh:
                 os.fsync(fh.fileno())
         if target.is_dir() and not target.is_symlink():
-            # A folder cannot be renamed over a non-empty folder: move the old one aside first.
+            # A folder cannot be renamed over a non-empty folder: move the old one aside first (readers
+            # may see no folder for that instant), and put it back if the new one cannot go in.
             old = tmp / ".old"
             os.rename(target, old)
-            os.rename(inner, target)
+            try:
+                os.rename(inner, target)
+            except OSError:
+                os.rename(old, target)
+                raise
         else:
             os.replace(inner, target)
         _fsync_dir(target.parent)
