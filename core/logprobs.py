@@ -101,7 +101,7 @@ class BatchedScorer:
 
     def __init__(self, model: Any, tokenizer: Any, *, mode: str = "clean", max_length: int = DEFAULT_MAX_LENGTH,
                  max_prompt_length: int = DEFAULT_MAX_PROMPT_LENGTH, token_budget: int | None = None,
-                 max_pairs: int = MAX_PAIRS_PER_BATCH):
+                 max_pairs: int | None = None):
         self.model = model
         self.tokenizer = tokenizer
         self.mode = mode
@@ -110,7 +110,9 @@ class BatchedScorer:
         self.renderer = Renderer(tokenizer)
         self.device = next(model.parameters()).device
         self.token_budget = token_budget or auto_token_budget(model)
-        self.max_pairs = max_pairs
+        # None: one pair per batch on CPU, where a single sequence already keeps the cores busy (bench/scoring.py:
+        # batching only adds padding there); up to MAX_PAIRS_PER_BATCH under the token budget on accelerators.
+        self.max_pairs = max_pairs or (1 if self.device.type == "cpu" else MAX_PAIRS_PER_BATCH)
         self.pad_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else 0
 
     def tokenize(self, prompts: Sequence[Sequence[Message]], chosen: Sequence[str], rejected: Sequence[str]
@@ -189,6 +191,8 @@ class ImplicitScorer(BatchedScorer):
 
         if any(not p.prompt for p in pairs):
             raise MarginLensError("a pair has an empty prompt after templating; nothing conditions its first token")
+        if len(pairs) == 1:
+            return [self._score_one(pairs[0])]
         dev, B = self.device, len(pairs)
         P = max(len(p.prompt) for p in pairs)
         conts = [c for p in pairs for c in (p.chosen, p.rejected)]
@@ -225,6 +229,30 @@ class ImplicitScorer(BatchedScorer):
             del out, out2, cache, hidden
         sums_l, counts_l = sums.cpu().tolist(), counts.cpu().tolist()
         return [PairLogprobs(sums_l[2 * i], counts_l[2 * i], sums_l[2 * i + 1], counts_l[2 * i + 1]) for i in range(B)]
+
+    def _score_one(self, pair: TokenizedPair) -> PairLogprobs:
+        """One pair without padding: the prompt once, then each response continuing from its KV cache (the
+        chosen one from a copy: cropping back is not exact for sliding-window caches)."""
+        import copy
+
+        import torch
+
+        dev, P = self.device, len(pair.prompt)
+        sums, counts = [], []
+        with torch.inference_mode():
+            out = self.base(input_ids=torch.tensor([pair.prompt], device=dev), use_cache=True)
+            last_prompt_hidden = out.last_hidden_state[:, -1:, :]
+            prompt_cache = getattr(out, self.cache_arg)
+            for ids, skip, cache in ((pair.chosen, pair.chosen_skip, copy.deepcopy(prompt_cache)),
+                                     (pair.rejected, pair.rejected_skip, prompt_cache)):
+                cont = torch.tensor([ids], device=dev)
+                out2 = self.base(input_ids=cont, position_ids=torch.arange(P, P + len(ids), device=dev)[None, :],
+                                 use_cache=True, **{self.cache_arg: cache})
+                # Token t is predicted by position t-1, token 0 by the prompt's end.
+                hidden = torch.cat([last_prompt_hidden, out2.last_hidden_state[:, :-1, :]], dim=1)[0]
+                sums.append(self._token_logps(hidden[skip:], cont[0, skip:]).double().sum().item())
+                counts.append(len(ids) - skip)
+        return PairLogprobs(sums[0], counts[0], sums[1], counts[1])
 
     def _token_logps(self, hidden: Any, targets: Any) -> Any:
         import torch

@@ -298,7 +298,7 @@ def _load_scorer(task: dict[str, Any], params: dict[str, Any], device: str, toke
     from core.models import load_causal_lm, load_reward_model
     from core.rewards import RewardScorer
 
-    max_pairs = params["batch_size"] if isinstance(params["batch_size"], int) else 256
+    max_pairs = params["batch_size"] if isinstance(params["batch_size"], int) else None  # None: per device
     options = {"max_length": params["max_length"], "max_prompt_length": params["max_prompt_length"],
                "token_budget": token_budget, "max_pairs": max_pairs}
     if task["kind"] == "logprob":

@@ -71,14 +71,16 @@ def loaded(request, tiny_llama, tiny_gpt2):  # noqa: F811
 
 @pytest.mark.parametrize("padding_side", ["left", "right"])
 @pytest.mark.parametrize("limits", [(2048, 1800), (40, 24)], ids=["no-truncation", "truncation"])
-def test_batched_equals_naive(loaded, padding_side, limits):
+@pytest.mark.parametrize("max_pairs", [None, 256], ids=["cpu-one-pair-path", "padded-batch-path"])
+def test_batched_equals_naive(loaded, padding_side, limits, max_pairs):
     model, tokenizer = loaded
     tokenizer.padding_side = padding_side
     max_length, max_prompt_length = limits
     data = pairs_of_mixed_lengths(14, seed=3)
-    # A small token budget forces several batches of different shapes.
+    # A small token budget forces several batches of different shapes (on the padded-batch path).
     scorer = ImplicitScorer(model, tokenizer, max_length=max_length, max_prompt_length=max_prompt_length,
-                            token_budget=300)
+                            token_budget=300, max_pairs=max_pairs)
+    assert scorer.max_pairs == (1 if max_pairs is None else 256)  # on this CPU
     got = scorer.score([d["prompt"] for d in data], [d["chosen"] for d in data], [d["rejected"] for d in data])
     assert len(plan_batches(scorer.tokenize([d["prompt"] for d in data], [d["chosen"] for d in data],
                                             [d["rejected"] for d in data]), 300)) > 2
@@ -169,8 +171,8 @@ def test_out_of_memory_backs_off(tiny_llama, monkeypatch):  # noqa: F811
     model, tokenizer, _ = load_causal_lm(str(tiny_llama))
     data = pairs_of_mixed_lengths(10, seed=1)
     args = ([d["prompt"] for d in data], [d["chosen"] for d in data], [d["rejected"] for d in data])
-    expected = ImplicitScorer(model, tokenizer, token_budget=100000).score(*args)
-    scorer = ImplicitScorer(model, tokenizer, token_budget=100000)
+    expected = ImplicitScorer(model, tokenizer, token_budget=100000, max_pairs=256).score(*args)
+    scorer = ImplicitScorer(model, tokenizer, token_budget=100000, max_pairs=256)
     real = scorer.score_batch
 
     def limited(pairs):  # the "device" holds at most 3 pairs at once
