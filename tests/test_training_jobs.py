@@ -228,3 +228,22 @@ def test_final_model_path_needs_a_finished_training_job(ws, data, tiny_llama):  
     (other.dir / "spec.json").write_text(json.dumps({"kind": "audit", "params": {}}))
     with pytest.raises(MarginLensError, match="not a training run"):
         training.final_model_path(other)
+
+
+def test_lora_dpo_trains_adapters_and_writes_a_merged_model(ws, data, tiny_llama):  # noqa: F811
+    import torch
+    from transformers import AutoModelForCausalLM
+
+    job = training.submit_training(ws, data, "dpo", model=str(tiny_llama), device="cpu",
+                                   overrides={**FAST, "lora": True, "lora_r": 4, "lora_alpha": 8,
+                                              "learning_rate": 5e-3, "max_steps": 6, "save_steps": 100})
+    _finished(job)
+    rows = training.read_metrics(job)
+    assert [r["step"] for r in rows] == list(range(1, 7))
+    assert rows[-1]["loss"] < rows[0]["loss"] and rows[-1]["rewards/margins"] > rows[0]["rewards/margins"]
+    merged = AutoModelForCausalLM.from_pretrained(training.final_model_path(job))
+    base = AutoModelForCausalLM.from_pretrained(str(tiny_llama))
+    assert not any("lora" in name for name, _ in merged.named_parameters())  # adapters merged into the weights
+    changed = [name for (name, p), (_, q) in zip(merged.named_parameters(), base.named_parameters(), strict=True)
+               if not torch.equal(p, q)]
+    assert changed and all("proj" in name for name in changed)  # only the adapted linear layers moved
