@@ -180,7 +180,8 @@ def submit(
 
     `env` reaches only the worker's environment (how secrets such as API keys travel: never in
     params, which are written to spec.json). `launcher` replaces the python interpreter in the
-    worker command, e.g. ["accelerate", "launch", "--num_processes", "2"] for scale-out.
+    worker command, e.g. ["accelerate", "launch", "--num_processes", "2"] for scale-out; it is kept in
+    spec.json (not in the job id), so a resume without one relaunches the job the way it first ran.
     """
     if kind not in KINDS:
         raise MarginLensError(f"unknown job kind {kind!r} (known: {', '.join(sorted(KINDS))})")
@@ -188,7 +189,9 @@ def submit(
     job.dir.mkdir(parents=True, exist_ok=True)
     with _flock(job.dir / ".submit.lock"):
         if not (job.dir / "spec.json").exists():
-            write_json(job.dir / "spec.json", {"kind": kind, "params": params, "job_id": job.id, "created": _now()})
+            write_json(job.dir / "spec.json", {"kind": kind, "params": params, "job_id": job.id, "created": _now(),
+                                               "launcher": launcher})
+        launcher = launcher or job.spec.get("launcher")
         if job.status()["state"] == "done":
             return job
         lock_fd = os.open(job.dir / "worker.lock", os.O_RDWR | os.O_CREAT, 0o644)

@@ -167,9 +167,10 @@ def run(ctx: JobContext) -> dict[str, Any]:
     trainer = training.build_trainer(spec, dataset, checkpoints, callbacks=[callback])
     callback.trainer = trainer
     output = trainer.train(resume_from_checkpoint=str(resume) if resume else None)
-    if ctx.cancelled():
+    if ctx.cancelled() and trainer.state.global_step < trainer.state.max_steps:
         ctx.log(f"stopped at step {trainer.state.global_step}; a checkpoint was saved there")
         raise JobCancelled()
+    # a stop that arrives after the last step is too late to stop anything: the run is finished
     final = _save_final(ctx, trainer, results)
     ctx.progress(trainer.state.global_step, trainer.state.max_steps, force=True)
     return {

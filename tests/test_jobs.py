@@ -53,7 +53,7 @@ def test_duplicate_submission_is_one_job_and_one_worker(ws, tmp_path, tiny_llama
 
 
 def test_cancel_then_resume(ws, tmp_path, tiny_llama):  # noqa: F811
-    make_dataset(ws, "d", conversational_records(120, seed=4), tmp_path)
+    make_dataset(ws, "d", conversational_records(600, seed=4), tmp_path)  # seconds of work even when starved
     # A tiny budget makes one pair per batch: hundreds of batches, so the cancel lands mid-job.
     handle = submit_scoring(ws, ScoreSpec("d", policy=str(tiny_llama), device="cpu", token_budget=32),
                             env=EVERY_BATCH)
@@ -61,7 +61,7 @@ def test_cancel_then_resume(ws, tmp_path, tiny_llama):  # noqa: F811
     wait_for(job, lambda s: s["state"] == "running" and s.get("done", 0) >= 5)
     job.cancel()
     status = job.wait(timeout=60)
-    assert status["state"] == "cancelled" and 5 <= status["done"] < 120
+    assert status["state"] == "cancelled" and 5 <= status["done"] < 600
     assert "cancelled" in job.log_tail()
     with pytest.raises(Exception, match="no finished score table"):
         load_score_table(ws, "d", handle.fingerprints["policy"])
@@ -69,7 +69,7 @@ def test_cancel_then_resume(ws, tmp_path, tiny_llama):  # noqa: F811
                              env=EVERY_BATCH)
     assert resumed.job.id == job.id
     assert resumed.job.wait(timeout=180)["state"] == "done", job.log_tail()
-    assert load_score_table(ws, "d", handle.fingerprints["policy"]).num_rows == 120
+    assert load_score_table(ws, "d", handle.fingerprints["policy"]).num_rows == 600
 
 
 def test_resume_right_after_cancel_restarts_the_job(ws, tmp_path, tiny_llama):  # noqa: F811
@@ -123,3 +123,24 @@ def test_kill_9_then_resume_gives_identical_results(tmp_path, smollm2):  # noqa:
     expected = load_score_table(clean_ws, "d", clean.fingerprints["policy"]).to_pylist()
     assert got == expected  # identical, not merely close
     assert all(r["chosen_ntok"] > 0 and r["chosen_logp"] < 0 for r in got)
+
+
+def test_a_resume_relaunches_with_the_jobs_own_launcher(ws, tmp_path, tiny_llama):  # noqa: F811
+    """`marginlens jobs resume` and the Score page resubmit without a launcher: the stored one is used
+    (a job first started under accelerate must not come back as a single process)."""
+    import stat
+    import sys
+
+    marks = tmp_path / "launches.txt"
+    launcher = tmp_path / "launcher.sh"
+    launcher.write_text(f'#!/bin/sh\necho launched >> "{marks}"\nexec "{sys.executable}" "$@"\n')
+    launcher.chmod(launcher.stat().st_mode | stat.S_IEXEC)
+    make_dataset(ws, "d", conversational_records(400, seed=7), tmp_path)
+    spec = ScoreSpec("d", policy=str(tiny_llama), device="cpu", token_budget=32)
+    job = submit_scoring(ws, spec, env=EVERY_BATCH, launcher=[str(launcher)]).job
+    wait_for(job, lambda s: s["state"] == "running" and s.get("done", 0) >= 2)
+    job.cancel()
+    assert job.wait(timeout=60)["state"] == "cancelled"
+    resumed = jobs.submit(ws, "score", job.spec["params"], env=EVERY_BATCH)  # as `jobs resume` does
+    assert resumed.wait(timeout=180)["state"] == "done", job.log_tail()
+    assert marks.read_text().splitlines() == ["launched", "launched"]
