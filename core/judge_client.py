@@ -305,7 +305,10 @@ class JudgeClient:
                 completion_tokens = int(usage.get("completion_tokens") or len(text or "") // CHARS_PER_TOKEN + 1)
             except (ValueError, KeyError, IndexError, TypeError, AttributeError):
                 raw = redact(body[:2000], self._key)
-                return _Attempt(Completion(None, raw, 0, 0, attempt, malformed=True), "malformed response body", True)
+                # The server may have billed it: charge the worst case, so --max-tokens stays a hard cap.
+                prompt_tokens, completion_tokens = estimate_tokens(messages), self.endpoint.max_output_tokens
+                return _Attempt(Completion(None, raw, prompt_tokens, completion_tokens, attempt, malformed=True),
+                                "malformed response body", True)
             text = text or ""
             return _Attempt(Completion(text, redact(text, self._key), prompt_tokens, completion_tokens, attempt),
                             None, False)

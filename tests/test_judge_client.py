@@ -69,9 +69,13 @@ def test_backoff_grows_exponentially_with_jitter():
 
 def test_persistently_malformed_body_is_returned_as_malformed_not_raised():
     with ScriptedJudge(faults=["malformed"] * 4) as judge:
-        result = client(judge).complete(MESSAGES)
+        judge_client = client(judge, budget=Budget(max_tokens=10_000))
+        result = judge_client.complete(MESSAGES)
         assert result.malformed and result.text is None and result.attempts == 4
         assert result.raw.startswith('{"id": "x"')
+        # a malformed body may still have been billed: each one is charged the worst case, not 0 tokens
+        assert result.prompt_tokens > 0 and result.completion_tokens == 16
+        assert judge_client.budget.spent.tokens == 4 * (result.prompt_tokens + 16)
 
 
 def test_retries_are_bounded():
