@@ -17,7 +17,9 @@ from core.score_table import list_score_tables
 
 @pytest.fixture
 def ws(tmp_path):
-    return build_workspace(tmp_path / "workspace", n=40)
+    # enough pairs (seconds of scoring, not a fraction of one) that the Cancel click lands while the job runs,
+    # even when the worker starts fast
+    return build_workspace(tmp_path / "workspace", n=1500)
 
 
 def score_jobs(ws):
