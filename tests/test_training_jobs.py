@@ -174,7 +174,7 @@ def _wait_for(predicate, timeout: float, what: str, job: jobs.Job):
 
 
 def test_kill_resumes_from_checkpoint_and_stop_checkpoints(ws, data, tiny_llama):  # noqa: F811
-    steps = 24
+    steps = 40  # room for the kill and the stop to land mid-run even when this test process is starved
     overrides = {**FAST, "learning_rate": 1e-4, "max_steps": steps, "save_steps": 5, "save_total_limit": 3}
     job = training.submit_training(ws, data, "dpo", model=str(tiny_llama), device="cpu", overrides=overrides)
 
