@@ -68,7 +68,7 @@ def bench_apptest(ws) -> dict[str, float]:
 
 def bench_browser(ws) -> dict[str, float]:
     from playwright.sync_api import expect, sync_playwright
-    from test_browser_e2e import CHROMIUM, CHROMIUM_ARGS, free_port, wait_healthy
+    from test_browser_e2e import CHROMIUM, CHROMIUM_ARGS, drag_box, free_port, wait_healthy
 
     print("Browser (headless Chromium, wall clock incl. network and rendering):")
     r: dict[str, float] = {}
@@ -109,16 +109,9 @@ def bench_browser(ws) -> dict[str, float]:
 
             timed("control change (sort toggle) -> viewer updated", toggle, r)
             drag = page.locator('[data-testid="stPlotlyChart"] .nsewdrag').first
-            box = drag.bounding_box()
 
             def brush():
-                x0, y0 = box["x"] + box["width"] * 0.4, box["y"] + box["height"] * 0.3
-                x1, y1 = box["x"] + box["width"] * 0.6, box["y"] + box["height"] * 0.6
-                page.mouse.move(x0, y0)
-                page.mouse.down()
-                for i in range(1, 11):
-                    page.mouse.move(x0 + (x1 - x0) * i / 10, y0 + (y1 - y0) * i / 10)
-                page.mouse.up()
+                drag_box(page, drag, (0.4, 0.3), (0.6, 0.6))
                 expect(page.get_by_text("Scatter selection:")).to_be_visible()
 
             timed("box selection -> table filtered", brush, r)

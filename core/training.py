@@ -256,9 +256,8 @@ def resume_training(ws: Workspace, job: Any) -> Any:
     """Restart a stopped, failed or killed run from its last checkpoint (a running or done one is left be)."""
     from core import jobs
 
-    spec = job.spec["params"]
     _results(job)
-    return jobs.submit(ws, "train", spec, launcher=launcher_for(spec))
+    return jobs.submit(ws, "train", job.spec["params"])  # the job's own launcher is kept in its spec
 
 
 def rescore(ws: Workspace, dataset: str | None, train_job: Any, checkpoint: str | os.PathLike | None = None,

@@ -65,6 +65,20 @@ class Canary:
         self.server.server_close()
 
 
+def drag_box(page, area, start: tuple[float, float], end: tuple[float, float]) -> None:
+    """Drag a box over `area` (a plotly drag layer) between two points given as fractions of its size,
+    in small steps, as a person's mouse does (plotly ignores a single jump)."""
+    box = area.bounding_box()
+    assert box is not None
+    x0, y0 = box["x"] + box["width"] * start[0], box["y"] + box["height"] * start[1]
+    x1, y1 = box["x"] + box["width"] * end[0], box["y"] + box["height"] * end[1]
+    page.mouse.move(x0, y0)
+    page.mouse.down()
+    for i in range(1, 11):
+        page.mouse.move(x0 + (x1 - x0) * i / 10, y0 + (y1 - y0) * i / 10)
+    page.mouse.up()
+
+
 def wait_healthy(url: str, proc: subprocess.Popen, timeout: float = 60) -> None:
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
@@ -153,17 +167,8 @@ def test_explore_brush_export_in_browser(server):
             expect(viewer).to_have_text(before_pair)
 
             # Box selection: drag over the middle of the plot area.
-            drag = plot.locator(".nsewdrag").first
-            box = drag.bounding_box()
-            assert box is not None
-            x0, y0 = box["x"] + box["width"] * 0.35, box["y"] + box["height"] * 0.05
-            x1, y1 = box["x"] + box["width"] * 0.75, box["y"] + box["height"] * 0.45
             start = time.perf_counter()
-            page.mouse.move(x0, y0)
-            page.mouse.down()
-            for i in range(1, 11):
-                page.mouse.move(x0 + (x1 - x0) * i / 10, y0 + (y1 - y0) * i / 10)
-            page.mouse.up()
+            drag_box(page, plot.locator(".nsewdrag").first, (0.35, 0.05), (0.75, 0.45))
             expect(page.get_by_text("Scatter selection:")).to_be_visible()
             expect(page.get_by_text("server time")).to_be_visible()
             timings["box_selection_s"] = time.perf_counter() - start
