@@ -9,11 +9,10 @@ from __future__ import annotations
 from typing import Any
 
 import streamlit as st
-
-from app import readers
-from app.explore_view import ExploreControls
-from core.margins import DEFAULT_BETA, default_scorers
-from core.workspace import Workspace
+from marginlens.app import readers
+from marginlens.app.explore_view import ExploreControls
+from marginlens.core.selection.margins import DEFAULT_BETA, default_scorers
+from marginlens.core.workspace import Workspace
 
 CONTROLS = "explore_controls"
 SCORERS = "explore_scorers"

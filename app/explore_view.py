@@ -1,7 +1,7 @@
 """What the Explore and Export pages compute, without Streamlit: controls -> selection, brush, figures, tables.
 
 Kept free of `streamlit` so the page logic is tested directly and the bench can time it. Everything
-here reads the margin frame (core.margins.load_margins) and never the full texts, except
+here reads the margin frame (core.selection.margins.load_margins) and never the full texts, except
 `pair_details`, which reads one pair on demand.
 """
 
@@ -14,14 +14,13 @@ from typing import Any
 import numpy as np
 import pandas as pd
 import plotly.graph_objects as go
-
-from core.contradictions import quadrant_labels
-from core.errors import MarginLensError
-from core.filters import filter_mask, parse_filter
-from core.margins import pair_texts
-from core.metrics import METRICS
-from core.selection import Selection, SelectionSpec, select
-from core.workspace import Workspace
+from marginlens.core.errors import MarginLensError
+from marginlens.core.selection.contradictions import quadrant_labels
+from marginlens.core.selection.filters import filter_mask, parse_filter
+from marginlens.core.selection.margins import pair_texts
+from marginlens.core.selection.metrics import METRICS
+from marginlens.core.selection.select import Selection, SelectionSpec, select
+from marginlens.core.workspace import Workspace
 
 COLOR_BY = ("score", "selection", "quadrant")
 TABLE_CHARS = 80  # previews in the table and hover labels: enough to recognise a pair, never the full text
@@ -46,7 +45,7 @@ class ExploreControls:
     ratio: float = 0.4
     signed: bool = False
     seed: int = 42
-    filters: list[str] = field(default_factory=list)  # core.filters CLI syntax, e.g. "m_ex>=0.5"
+    filters: list[str] = field(default_factory=list)  # core.selection.filters CLI syntax, e.g. "m_ex>=0.5"
     filter_stage: str = "before"
     im_axis: str = "abs"
     color_by: str = "score"
@@ -196,7 +195,7 @@ def describe_brush(brush: dict[str, Any] | None) -> str:
 
 def restrict_selection(selection: Selection, inside: np.ndarray | None, brush: dict[str, Any] | None) -> Selection:
     """The top-k selection cut down to the brushed pairs; the brush is recorded as a warning, which
-    export manifests keep (core.filters has no geometry filter, so this is the provenance)."""
+    export manifests keep (core.selection.filters has no geometry filter, so this is the provenance)."""
     if inside is None:
         return selection
     keep = selection.positions[inside[selection.positions]]
@@ -448,7 +447,7 @@ class MarginShift:
 
 
 def margin_shift(before: pd.DataFrame, after: pd.DataFrame, mask: np.ndarray | None = None) -> MarginShift:
-    """Compare m_im of two margin frames of one dataset (core.margins.load_margins, pair-table order).
+    """Compare m_im of two margin frames of one dataset (core.selection.margins.load_margins, pair-table order).
 
     Counts: pairs compared, pairs missing a margin in either frame, sign flips both ways (the policy
     now prefers the other response), how many margins grew, and the mean / median change.

@@ -6,13 +6,12 @@ from typing import Any
 
 import pandas as pd
 import streamlit as st
-
-from app import explore_view
-from core.contradictions import compare_metrics
-from core.margins import load_margins, load_texts
-from core.pairs import prompt_text
-from core.score_table import score_manifest
-from core.workspace import Workspace
+from marginlens.app import explore_view
+from marginlens.core.data.pairs import prompt_text
+from marginlens.core.scoring.score_tables import score_manifest
+from marginlens.core.selection.contradictions import compare_metrics
+from marginlens.core.selection.margins import load_margins, load_texts
+from marginlens.core.workspace import Workspace
 
 PREVIEW_CHARS = 200
 
@@ -84,7 +83,7 @@ def texts(root: str, dataset: str, fingerprint: str):
 def comparison(root: str, dataset: str, fingerprint: str, policy: str | None, reference: str | None,
                reward: str | None, beta: float, stamp: str, ratio: float, weight: float, signed: bool,
                seed: int, im_axis: str) -> dict[str, Any]:
-    """core.contradictions.compare_metrics over the cached frame; keyed only by what changes its result."""
+    """marginlens.core.selection.contradictions.compare_metrics over the cached frame; keyed only by what changes its result."""
     frame = margins(root, dataset, fingerprint, policy, reference, reward, beta, stamp)
     return compare_metrics(frame, ratio=ratio, weight=weight, signed=signed, seed=seed, im_axis=im_axis,
                            suspects=25)

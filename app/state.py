@@ -3,8 +3,7 @@
 from __future__ import annotations
 
 import streamlit as st
-
-from core.workspace import Workspace
+from marginlens.core.workspace import Workspace
 
 
 def workspace() -> Workspace:

@@ -1,7 +1,7 @@
 """What the Train page computes, without Streamlit: the form's fields and overrides, train-job rows, curves.
 
 Kept free of `streamlit` so it is tested directly. The page only reads job folders (core.jobs) and the
-metrics file each train job appends to (core.training.read_metrics), so polling never blocks on a run.
+metrics file each train job appends to (core.training.runs.read_metrics), so polling never blocks on a run.
 """
 
 from __future__ import annotations
@@ -11,12 +11,12 @@ import json
 from pathlib import Path
 from typing import Any
 
-from core import jobs
-from core.errors import MarginLensError
-from core.train_config import parse_overrides, parse_value
-from core.train_presets import trl_fields
-from core.training import CURVE_KEYS, read_metrics
-from core.workspace import Workspace
+from marginlens.core import jobs
+from marginlens.core.errors import MarginLensError
+from marginlens.core.training.presets import trl_fields
+from marginlens.core.training.runs import CURVE_KEYS, read_metrics
+from marginlens.core.training.settings import parse_overrides, parse_value
+from marginlens.core.workspace import Workspace
 
 POLL_SECONDS = 2.0
 LIVE_STATES = ("queued", "running")

@@ -7,16 +7,15 @@ from typing import Any
 
 import pandas as pd
 import streamlit as st
-
-from app import explore_state
-from app.explore_view import COLOR_BY, ExploreControls
-from core.contradictions import IM_AXES
-from core.filters import parse_filter
-from core.margins import DEFAULT_BETA
-from core.metrics import METRICS
-from core.score_table import list_score_tables
-from core.selection import FILTER_STAGES
-from core.workspace import Workspace
+from marginlens.app import explore_state
+from marginlens.app.explore_view import COLOR_BY, ExploreControls
+from marginlens.core.scoring.score_tables import list_score_tables
+from marginlens.core.selection.contradictions import IM_AXES
+from marginlens.core.selection.filters import parse_filter
+from marginlens.core.selection.margins import DEFAULT_BETA
+from marginlens.core.selection.metrics import METRICS
+from marginlens.core.selection.select import FILTER_STAGES
+from marginlens.core.workspace import Workspace
 
 # Markdown (and Streamlit's :shortcode:/$math$) syntax characters: escaped, untrusted text renders literally,
 # so no image or link in it can make the browser fetch a URL.

@@ -72,9 +72,9 @@ class _StubTokenizer:
 
 def main() -> None:
     import torch
+    from marginlens.core.scoring.logprobs import ImplicitScorer, forward_flops
 
     from bench.scoring import synthetic_pairs
-    from core.logprobs import ImplicitScorer, forward_flops
 
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--tiny", "--dry-run", action="store_true", help="tiny config on CPU: checks the logic only")

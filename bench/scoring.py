@@ -41,8 +41,7 @@ def length_mix(n: int, seed: int = 0) -> list[tuple[int, int, int]]:
 
 def synthetic_pairs(n: int, vocab: int, seed: int = 0):
     import numpy as np
-
-    from core.tokenize_pairs import TokenizedPair
+    from marginlens.core.scoring.tokenization import TokenizedPair
 
     rng = np.random.default_rng(seed + 1)
     out = []
@@ -85,7 +84,7 @@ def method_b(model, pairs, pad_id: int) -> None:
 
 
 def method_c(model, tokenizer, pairs) -> None:
-    from core.logprobs import ImplicitScorer
+    from marginlens.core.scoring.logprobs import ImplicitScorer
 
     scorer = ImplicitScorer(model, tokenizer)
     for _ in scorer.iter_scored(pairs):
@@ -97,7 +96,7 @@ def _child(args: tuple) -> dict:
     import torch
 
     torch.set_num_threads(threads)
-    from core.models import load_causal_lm
+    from marginlens.core.scoring.models import load_causal_lm
 
     model, tokenizer, _ = load_causal_lm(folder)
     pairs = synthetic_pairs(n, model.config.vocab_size)
@@ -111,7 +110,7 @@ def _child(args: tuple) -> dict:
     else:
         method_c(model, tokenizer, pairs)
     seconds = time.perf_counter() - start
-    from core.logprobs import forward_flops
+    from marginlens.core.scoring.logprobs import forward_flops
 
     # Real tokens of the plain formulation (prompt counted twice), what (a) computes and the same
     # work unit for all: tokens/s is comparable across methods.
@@ -166,7 +165,7 @@ def main() -> None:
         bench_model("tiny Llama (2 layers, hidden 64)", str(make_tiny_llama(Path(tmp) / "tiny")), 4 * args.pairs,
                     args.threads, peak)
     if not args.skip_smollm2:
-        from core.models import smollm2_folder
+        from marginlens.core.scoring.models import smollm2_folder
 
         bench_model("SmolLM2-135M-Instruct", str(smollm2_folder()), args.pairs, args.threads, peak)
 

@@ -17,9 +17,9 @@ import pandas as pd
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from core.contradictions import overlap_table, quadrant_labels, rank_correlations  # noqa: E402
-from core.metrics import METRICS, metric_scores  # noqa: E402
-from core.selection import SelectionSpec, k_for, select, top_k  # noqa: E402
+from marginlens.core.selection.contradictions import overlap_table, quadrant_labels, rank_correlations  # noqa: E402
+from marginlens.core.selection.metrics import METRICS, metric_scores  # noqa: E402
+from marginlens.core.selection.select import SelectionSpec, k_for, select, top_k  # noqa: E402
 
 
 def main() -> int:

@@ -31,12 +31,12 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from core.atomic import read_json, write_json
-from core.errors import MarginLensError
-from core.workspace import Workspace
+from marginlens.core.atomic import read_json, write_json
+from marginlens.core.errors import MarginLensError
+from marginlens.core.workspace import Workspace
 
 # kind -> "module:function"; the function takes a JobContext and returns a JSON-able result dict.
-KINDS: dict[str, str] = {"audit": "core.audit:run", "train": "core.train_job:run", "score": "core.score_job:run"}
+KINDS: dict[str, str] = {"audit": "marginlens.core.audit.audit_job:run", "train": "marginlens.core.training.train_job:run", "score": "marginlens.core.scoring.score_job:run"}
 
 FINISHED = ("done", "failed", "cancelled")
 HEARTBEAT_SECONDS = 5.0
@@ -201,7 +201,7 @@ def submit(
             (job.dir / "cancel").unlink(missing_ok=True)
             previous = read_json(job.dir / "status.json") or {}
             write_json(job.dir / "status.json", {**previous, "state": "queued", "message": "starting", "heartbeat": _now()})
-            command = [*(launcher or [sys.executable]), "-m", "core.jobs", "run", str(job.dir)]
+            command = [*(launcher or [sys.executable]), "-m", "marginlens.core.jobs", "run", str(job.dir)]
             child_env = {**os.environ, **(env or {}), "MARGINLENS_JOB_LOCK_FD": str(lock_fd)}
             with open(job.log_path, "ab") as log:
                 subprocess.Popen(
@@ -322,13 +322,13 @@ def run_worker(job_dir: Path) -> int:
 def main(argv: list[str] | None = None) -> int:
     argv = sys.argv[1:] if argv is None else argv
     if len(argv) != 2 or argv[0] != "run":
-        print("usage: python -m core.jobs run JOB_DIR", file=sys.stderr)
+        print("usage: python -m marginlens.core.jobs run JOB_DIR", file=sys.stderr)
         return 2
     return run_worker(Path(argv[1]))
 
 
 if __name__ == "__main__":
     # Run through the imported module, not __main__, so KINDS and classes are the shared ones.
-    from core.jobs import main as _main
+    from marginlens.core.jobs import main as _main
 
     sys.exit(_main())

@@ -1,9 +1,9 @@
 """The workspace folder: everything a user produces lives under one root.
 
   datasets/NAME/manifest.json     points at the current data folder (switched atomically)
-  datasets/NAME/data-FP/pairs.arrow   the canonical pair table (core.pairs.SCHEMA), memory-mapped
+  datasets/NAME/data-FP/pairs.arrow   the canonical pair table (core.data.pairs.SCHEMA), memory-mapped
   datasets/NAME/data-FP/rejects.jsonl  rows skipped at import, with row, field and reason
-  scores/NAME/FINGERPRINT/        score tables (core.score_table)
+  scores/NAME/FINGERPRINT/        score tables (core.scoring.score_tables)
   jobs/JOB_ID/                    background jobs
   exports/, audits/, runs/, models/
 """
@@ -16,8 +16,8 @@ import shutil
 from pathlib import Path
 from typing import Any
 
-from core.atomic import read_json
-from core.errors import MarginLensError
+from marginlens.core.atomic import read_json
+from marginlens.core.errors import MarginLensError
 
 DEFAULT_ROOT = "marginlens-workspace"
 ENV_VAR = "MARGINLENS_WORKSPACE"

@@ -8,8 +8,7 @@ os.environ["HF_HUB_OFFLINE"] = "1"
 os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 
 import pytest  # noqa: E402
-
-from core.workspace import Workspace  # noqa: E402
+from marginlens.core.workspace import Workspace  # noqa: E402
 
 
 @pytest.fixture

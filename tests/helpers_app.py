@@ -1,4 +1,4 @@
-"""Workspaces for the dashboard tests and bench: a real import (core.ingest) plus a policy score table
+"""Workspaces for the dashboard tests and bench: a real import (core.data.ingest) plus a policy score table
 written with the real writer, including one adversarial pair whose texts try to run script and fetch
 URLs (the page must show them as text)."""
 
@@ -8,10 +8,9 @@ import json
 from pathlib import Path
 
 import numpy as np
-
-from core.ingest import import_dataset
-from core.score_table import save_score_table
-from core.workspace import Workspace
+from marginlens.core.data.ingest import import_dataset
+from marginlens.core.scoring.score_tables import save_score_table
+from marginlens.core.workspace import Workspace
 
 DATASET = "prefs"
 POLICY_FP = "logprob-test-policy"

@@ -1,5 +1,5 @@
 """Small synthetic datasets and score tables for the selection/export tests, built through the real
-ingester (core.ingest.import_dataset) and the real score-table writer."""
+ingester (core.data.ingest.import_dataset) and the real score-table writer."""
 
 from __future__ import annotations
 
@@ -9,10 +9,9 @@ from typing import Any
 
 import numpy as np
 import pyarrow as pa
-
-from core.ingest import import_dataset
-from core.score_table import save_score_table
-from core.workspace import Workspace
+from marginlens.core.data.ingest import import_dataset
+from marginlens.core.scoring.score_tables import save_score_table
+from marginlens.core.workspace import Workspace
 
 
 def write_jsonl(path: Path, records: list[dict[str, Any]]) -> Path:

@@ -28,7 +28,7 @@ _RESPONSE = re.compile(r"\[Response ([AB])\]\n(.*?)\n\[End of Response \1\]", re
 
 
 def responses(messages: list[dict[str, str]]) -> tuple[str, str]:
-    """(response in position A, response in position B) from a judge prompt (core.judge_prompt)."""
+    """(response in position A, response in position B) from a judge prompt (core.audit.judge_prompt)."""
     found = dict(_RESPONSE.findall(messages[-1]["content"]))
     return found["A"], found["B"]
 

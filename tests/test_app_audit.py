@@ -11,9 +11,8 @@ from pathlib import Path
 import pytest
 from helpers_app import DATASET, app_test, build_workspace, metrics, no_errors
 from judge_server import Request, ScriptedJudge
-
-from core.audit import disagreements, list_audits
-from core.flags import load_flags
+from marginlens.core.audit.audit_job import disagreements, list_audits
+from marginlens.core.data.flags import load_flags
 
 KEY = "sk-audit-page-SECRET-77f3a1"
 
@@ -42,7 +41,7 @@ def files_containing(root: Path, needle: str) -> list[Path]:
 
 
 def test_page_without_audit_and_a_bad_plan(ws):
-    at = app_test("audit.py", ws)
+    at = app_test("audit_page.py", ws)
     at.run()
     no_errors(at)
     assert any("No audit of this dataset yet" in el.value for el in at.info)
@@ -62,7 +61,7 @@ def test_estimate_start_cancel_resume_report_and_flags(ws):
         letter = "A" if request.pair[0] in preferred else "B"
         return json.dumps({"winner": letter, "rationale": f"**{letter}** <b>wins</b>"})
 
-    at = app_test("audit.py", ws)
+    at = app_test("audit_page.py", ws)
     at.run()
     with ScriptedJudge(answer=answer, delay=0.05) as judge:
         at.text_input(key="_audit_api_key").input(KEY)

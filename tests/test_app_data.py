@@ -6,8 +6,7 @@ import json
 import re
 
 from helpers_app import app_test, metrics, no_errors, records
-
-from core.workspace import Workspace
+from marginlens.core.workspace import Workspace
 
 
 def test_import_report_list_and_preview(tmp_path):
@@ -18,7 +17,7 @@ def test_import_report_list_and_preview(tmp_path):
     source = tmp_path / "prefs.jsonl"
     source.write_text("\n".join(lines) + "\n", encoding="utf-8")
 
-    at = app_test("data.py", ws)
+    at = app_test("data_page.py", ws)
     at.run()
     no_errors(at)
     assert any("No datasets yet" in i.value for i in at.info)
@@ -53,7 +52,7 @@ def test_an_import_error_quoting_untrusted_text_is_shown_as_text(tmp_path):
     row = {"chosen": [user, {"role": evil, "content": "a"}], "rejected": [user, {"role": evil, "content": "b"}]}
     source = tmp_path / "evil.jsonl"
     source.write_text(json.dumps(row) + "\n", encoding="utf-8")
-    at = app_test("data.py", ws)
+    at = app_test("data_page.py", ws)
     at.run()
     at.text_input[0].input(str(source))
     next(t for t in at.text_input if t.label == "Name").input("evil")

@@ -7,8 +7,7 @@ import json
 import numpy as np
 import pytest
 from helpers_app import DATASET, POLICY_FP, XSS_PROMPT, app_test, build_workspace, metrics, no_errors
-
-from app.explore_view import (
+from marginlens.app.explore_view import (
     ExploreControls,
     brush_from_event,
     brush_mask,
@@ -21,8 +20,8 @@ from app.explore_view import (
     shift_figure,
     table_frame,
 )
-from core.contradictions import compare_metrics
-from core.margins import load_margins
+from marginlens.core.selection.contradictions import compare_metrics
+from marginlens.core.selection.margins import load_margins
 
 N = 201  # 200 ordinary pairs + the adversarial one
 
@@ -48,7 +47,7 @@ def scatter_spec(at) -> dict:
 
 
 def test_page_renders_counts_scatter_table_and_viewer(ws, margins):
-    at = app_test("explore.py", ws)
+    at = app_test("explore_page.py", ws)
     at.run()
     no_errors(at)
     m = metrics(at)
@@ -65,7 +64,7 @@ def test_page_renders_counts_scatter_table_and_viewer(ws, margins):
 
 
 def test_controls_change_counts_at_once(ws):
-    at = app_test("explore.py", ws)
+    at = app_test("explore_page.py", ws)
     at.run()
     at.slider(key="_ctl_ratio").set_value(0.1).run()
     no_errors(at)
@@ -81,7 +80,7 @@ def test_controls_change_counts_at_once(ws):
 
 
 def test_untrusted_texts_render_as_code_only(ws):
-    at = app_test("explore.py", ws)
+    at = app_test("explore_page.py", ws)
     at.run()
     at.toggle(key="_sort_asc").set_value(True).run()  # lowest M_AP first: the adversarial pair
     no_errors(at)
@@ -95,7 +94,7 @@ def test_untrusted_texts_render_as_code_only(ws):
 
 def test_brush_filters_the_table(ws, margins):
     box = {"kind": "box", "x": [0.0, 4.0], "y": [-0.5, 0.5], "pair_ids": []}
-    at = app_test("explore.py", ws)
+    at = app_test("explore_page.py", ws)
     at.session_state["explore_brush"] = {"dataset": DATASET, "brush": box}
     at.run()
     no_errors(at)
@@ -109,7 +108,7 @@ def test_brush_filters_the_table(ws, margins):
 
 
 def test_contradiction_tab_lists_suspects(ws, margins):
-    at = app_test("explore.py", ws)
+    at = app_test("explore_page.py", ws)
     at.session_state["_explore_tab"] = "Contradictions"
     at.run()
     no_errors(at)
@@ -194,15 +193,14 @@ def test_overlap_matrix_is_symmetric(margins):
 
 def test_dataset_without_policy_scores_falls_back_to_explicit(tmp_path):
     from helpers_app import records
-
-    from core.ingest import import_dataset
-    from core.workspace import Workspace
+    from marginlens.core.data.ingest import import_dataset
+    from marginlens.core.workspace import Workspace
 
     ws = Workspace(tmp_path / "workspace")
     source = tmp_path / "plain.jsonl"
     source.write_text("".join(json.dumps(r) + "\n" for r in records(30)), encoding="utf-8")
     import_dataset(source, "plain", ws)
-    at = app_test("explore.py", ws)
+    at = app_test("explore_page.py", ws)
     at.run()
     no_errors(at)
     assert any("No implicit margins yet" in i.value for i in at.info)
@@ -230,7 +228,7 @@ def test_before_after_tab_compares_two_policy_tables(tmp_path):
 
     ws = build_workspace(tmp_path / "workspace", n=30)
     write_policy(ws, DATASET, seed=7, fingerprint="logprob-after")
-    at = app_test("explore.py", ws)
+    at = app_test("explore_page.py", ws)
     at.session_state["explore_scorers"] = {"dataset": DATASET, "policy": POLICY_FP, "reference": None,
                                            "reward": None, "beta": 0.1, "compare": "logprob-after"}
     at.session_state["_explore_tab"] = "Before / after"

@@ -6,9 +6,8 @@ import json
 
 import pytest
 from helpers_app import DATASET, POLICY_FP, app_test, build_workspace, metrics, no_errors
-
-from app.explore_view import ExploreControls, brush_mask, compute_view
-from core.margins import load_margins
+from marginlens.app.explore_view import ExploreControls, brush_mask, compute_view
+from marginlens.core.selection.margins import load_margins
 
 N = 121
 
@@ -23,7 +22,7 @@ def controls(**kwargs) -> dict:
 
 
 def test_preview_write_and_manifest(ws):
-    at = app_test("export.py", ws)
+    at = app_test("export_page.py", ws)
     at.session_state["explore_controls"] = controls(metric="explicit", ratio=0.25)
     at.run()
     no_errors(at)
@@ -52,7 +51,7 @@ def test_preview_write_and_manifest(ws):
 
 def test_scatter_selection_cut_and_metric_columns_off(ws):
     box = {"kind": "box", "x": [-1.0, 5.0], "y": [-1.0, 1.0], "pair_ids": []}
-    at = app_test("export.py", ws)
+    at = app_test("export_page.py", ws)
     at.session_state["explore_controls"] = controls(ratio=0.5)
     at.session_state["explore_brush"] = {"dataset": DATASET, "brush": box}
     at.run()

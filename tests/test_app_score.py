@@ -7,12 +7,11 @@ import time
 
 import pytest
 from helpers_app import DATASET, app_test, build_workspace, no_errors
+from marginlens.app import score_form
+from marginlens.core import jobs
+from marginlens.core.errors import MarginLensError
+from marginlens.core.scoring.score_tables import list_score_tables
 from tiny_models import tiny_llama  # noqa: F401  (session fixture)
-
-from app import scoring
-from core import jobs
-from core.errors import MarginLensError
-from core.score_table import list_score_tables
 
 
 @pytest.fixture
@@ -37,7 +36,7 @@ def wait_state(job: jobs.Job, states: tuple[str, ...], timeout: float = 120) -> 
 
 
 def test_submit_cancel_resume_and_list_tables(ws, tiny_llama):  # noqa: F811
-    at = app_test("score.py", ws)
+    at = app_test("score_page.py", ws)
     at.run()
     no_errors(at)
     at.text_input[0].input(str(tiny_llama))  # policy
@@ -49,7 +48,7 @@ def test_submit_cancel_resume_and_list_tables(ws, tiny_llama):  # noqa: F811
     assert job.spec["params"]["tasks"][0]["model"] == str(tiny_llama)
 
     # a second tab (a fresh session) sees the same job, and submitting again joins it
-    other = app_test("score.py", ws)
+    other = app_test("score_page.py", ws)
     other.run()
     assert any(job.id in el.value for el in other.markdown)
     other.text_input[0].input(str(tiny_llama))
@@ -82,18 +81,18 @@ def test_submit_cancel_resume_and_list_tables(ws, tiny_llama):  # noqa: F811
 
 
 def test_spec_from_form_values():
-    spec = scoring.build_spec(DATASET, " HuggingFaceTB/SmolLM2-135M-Instruct ", "", "columns", "", "cpu", 512, 256,
+    spec = score_form.build_spec(DATASET, " HuggingFaceTB/SmolLM2-135M-Instruct ", "", "columns", "", "cpu", 512, 256,
                               "reference")
     assert spec.policy == "HuggingFaceTB/SmolLM2-135M-Instruct" and spec.reference is None
     assert spec.score_columns == "score_chosen,score_rejected" and spec.reward_model is None
     assert (spec.max_length, spec.max_prompt_length, spec.mode) == (512, 256, "reference")
-    rm = scoring.build_spec(DATASET, "", "ref", "reward_model", "/models/rm", "auto", 2048, 1800, "clean")
+    rm = score_form.build_spec(DATASET, "", "ref", "reward_model", "/models/rm", "auto", 2048, 1800, "clean")
     assert rm.policy is None and rm.reward_model == "/models/rm" and rm.score_columns is None
     with pytest.raises(MarginLensError, match="reward model id"):
-        scoring.build_spec(DATASET, "p", "", "reward_model", " ", "cpu", 2048, 1800, "clean")
+        score_form.build_spec(DATASET, "p", "", "reward_model", " ", "cpu", 2048, 1800, "clean")
 
 
 def test_progress_text():
     row = {"done": 1500, "total": 10000, "tokens_per_s": 2345.6, "eta_s": 3725.0, "task": "policy"}
-    assert scoring.progress_text(row) == "1,500 / 10,000 pairs · 2,346 tokens/s · ETA 01:02:05 · policy"
-    assert "— tokens/s" in scoring.progress_text({**row, "tokens_per_s": None})
+    assert score_form.progress_text(row) == "1,500 / 10,000 pairs · 2,346 tokens/s · ETA 01:02:05 · policy"
+    assert "— tokens/s" in score_form.progress_text({**row, "tokens_per_s": None})

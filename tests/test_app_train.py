@@ -1,5 +1,5 @@
 """Train page through AppTest, on a real export of an imported dataset and a real (tiny) DPO job; its
-logic (app/training_view.py, core.train_data.list_exports) directly."""
+logic (app/training_view.py, core.training.train_data.list_exports) directly."""
 
 from __future__ import annotations
 
@@ -7,17 +7,16 @@ import json
 
 import pytest
 from helpers_app import DATASET, POLICY_FP, app_test, build_workspace, no_errors
+from marginlens.app import training_view as tv
+from marginlens.app.explore_view import ExploreControls, compute_view
+from marginlens.core import jobs
+from marginlens.core.scoring.score_tables import list_score_tables
+from marginlens.core.selection.export import export_selection
+from marginlens.core.selection.margins import load_margins
+from marginlens.core.training.presets import TRAINING_EXPLANATION
+from marginlens.core.training.runs import CURVE_KEYS, final_model_path, read_metrics, submit_training
+from marginlens.core.training.train_data import list_exports
 from tiny_models import tiny_llama  # noqa: F401  (session fixture)
-
-from app import training_view as tv
-from app.explore_view import ExploreControls, compute_view
-from core import jobs
-from core.export import export_selection
-from core.margins import load_margins
-from core.score_table import list_score_tables
-from core.train_data import list_exports
-from core.train_presets import TRAINING_EXPLANATION
-from core.training import CURVE_KEYS, final_model_path, read_metrics, submit_training
 
 # As in test_training_jobs.py: a tiny model on CPU, a few quick steps.
 FAST = {"learning_rate": 1e-3, "lr_scheduler_type": "constant", "warmup_steps": 0,
@@ -45,7 +44,7 @@ def charts(at) -> dict[str, dict]:
 
 
 def test_page_without_exports_or_runs(ws):
-    at = app_test("train.py", ws)
+    at = app_test("train_page.py", ws)
     at.run()
     no_errors(at)
     assert any("No exports yet" in i.value for i in at.info)
@@ -54,7 +53,7 @@ def test_page_without_exports_or_runs(ws):
 
 def test_finished_run_curves_explanation_final_model_and_rescore(trained):
     ws, export, job = trained
-    at = app_test("train.py", ws)
+    at = app_test("train_page.py", ws)
     at.run()
     no_errors(at)
     assert at.selectbox(key="_train_export").value == str(export)
@@ -82,7 +81,7 @@ def test_finished_run_curves_explanation_final_model_and_rescore(trained):
 
 def test_launch_from_the_page_submits_a_train_job(trained, tiny_llama):  # noqa: F811
     ws, export, done_job = trained
-    at = app_test("train.py", ws)
+    at = app_test("train_page.py", ws)
     at.run()
     at.selectbox(key="_train_device").set_value("cpu").run()
     rate = at.number_input(key=CPU_PREFIX + "learning_rate")

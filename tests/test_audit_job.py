@@ -12,8 +12,8 @@ from pathlib import Path
 import pytest
 from helpers_data import make_dataset, random_logprobs, standard_records
 from judge_server import Request, ScriptedJudge
-
-from core.audit import (
+from marginlens.core.audit.agreement_chart import agreement_figure
+from marginlens.core.audit.audit_job import (
     audit_params,
     audit_report,
     disagreements,
@@ -23,12 +23,11 @@ from core.audit import (
     verdict_rows,
     verdicts_for_pair,
 )
-from core.audit_charts import agreement_figure
-from core.cli import main as cli_main
-from core.flags import load_flags
-from core.judge_client import Endpoint, RetryPolicy
-from core.verdicts import VerdictStore
-from core.workspace import Workspace
+from marginlens.core.audit.judge_client import Endpoint, RetryPolicy
+from marginlens.core.audit.verdicts import VerdictStore
+from marginlens.core.cli import main as cli_main
+from marginlens.core.data.flags import load_flags
+from marginlens.core.workspace import Workspace
 
 KEY = "sk-audit-test-SECRET-4d1e2b"
 FAST = RetryPolicy(max_attempts=5, base_delay=0.01, max_delay=0.05)

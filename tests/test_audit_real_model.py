@@ -14,11 +14,10 @@ from pathlib import Path
 
 import pytest
 from helpers_data import make_dataset, standard_records
-
-from core.audit import audit_params, audit_report, submit_audit
-from core.judge_client import Endpoint, RetryPolicy
-from core.models import smollm2_folder
-from core.verdicts import VerdictStore
+from marginlens.core.audit.audit_job import audit_params, audit_report, submit_audit
+from marginlens.core.audit.judge_client import Endpoint, RetryPolicy
+from marginlens.core.audit.verdicts import VerdictStore
+from marginlens.core.scoring.models import smollm2_folder
 
 KEY = "sk-real-model-test-KEY-91c0"
 pytestmark = pytest.mark.slow
@@ -32,7 +31,7 @@ def _free_port() -> int:
 
 @pytest.fixture(scope="module")
 def smollm2_server(tmp_path_factory):
-    """`transformers serve` pinned to the SmolLM2 safetensors folder (core.models converts it once)."""
+    """`transformers serve` pinned to the SmolLM2 safetensors folder (core.scoring.models converts it once)."""
     folder = smollm2_folder()
     port = _free_port()
     log = tmp_path_factory.mktemp("serve") / "serve.log"

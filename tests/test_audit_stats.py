@@ -10,16 +10,15 @@ from pathlib import Path
 
 import pytest
 from helpers_data import make_dataset, standard_records
+from marginlens.core.audit.agreement import cohen_kappa, wilson_interval
+from marginlens.core.audit.agreement_chart import agreement_figure, chart_frame
+from marginlens.core.audit.audit_job import audit_params, audit_report, sample_subsets, verdict_record
+from marginlens.core.audit.judge_client import Completion, Endpoint
+from marginlens.core.audit.judge_prompt import PROMPT_VERSION, template_text
+from marginlens.core.audit.verdicts import VerdictStore, verdicts_path
+from marginlens.core.data.flags import flag_pairs, flags_summary, load_flags, unflag_pairs
+from marginlens.core.errors import MarginLensError
 from scipy.stats import binomtest
-
-from core.audit import audit_params, audit_report, sample_subsets, verdict_record
-from core.audit_charts import agreement_figure, chart_frame
-from core.audit_stats import cohen_kappa, wilson_interval
-from core.errors import MarginLensError
-from core.flags import flag_pairs, flags_summary, load_flags, unflag_pairs
-from core.judge_client import Completion, Endpoint
-from core.judge_prompt import PROMPT_VERSION, template_text
-from core.verdicts import VerdictStore, verdicts_path
 
 ENDPOINT = Endpoint("judge-h", "http://127.0.0.1:1/v1")
 
@@ -89,7 +88,7 @@ def test_wilson_and_kappa_edges():
 
 APPEND_MANY = """
 import sys
-from core.verdicts import VerdictStore
+from marginlens.core.audit.verdicts import VerdictStore
 store = VerdictStore(sys.argv[1])
 written = 0
 for i in range(30):

@@ -5,15 +5,14 @@ from __future__ import annotations
 import numpy as np
 import pandas as pd
 import pytest
-from scipy import stats
-
-from core.contradictions import (
+from marginlens.core.selection.contradictions import (
     compare_metrics,
     noise_suspects,
     overlap_table,
     quadrant_labels,
     rank_correlations,
 )
+from scipy import stats
 
 
 def test_quadrants_at_medians_and_thresholds():

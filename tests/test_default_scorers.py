@@ -5,10 +5,9 @@ from __future__ import annotations
 import numpy as np
 import pyarrow as pa
 from helpers_data import make_dataset, standard_records
-
-from core.atomic import read_json, write_json
-from core.margins import default_scorers
-from core.score_table import save_score_table, table_dir
+from marginlens.core.atomic import read_json, write_json
+from marginlens.core.scoring.score_tables import save_score_table, table_dir
+from marginlens.core.selection.margins import default_scorers
 
 
 def _table(ws, name, fp, role, created, dataset_fp):

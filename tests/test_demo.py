@@ -12,12 +12,11 @@ import urllib.request
 from pathlib import Path
 
 import numpy as np
+from marginlens.core.demo.build import DEMO_NAME, PAIRS_FILE, ensure_demo
+from marginlens.core.scoring.score_tables import load_score_table
+from marginlens.core.selection.contradictions import noise_suspects
+from marginlens.core.selection.margins import default_scorers, load_margins
 from tiny_models import smollm2  # noqa: F401  (session fixture)
-
-from core.contradictions import noise_suspects
-from core.demo import DEMO_NAME, PAIRS_FILE, ensure_demo
-from core.margins import default_scorers, load_margins
-from core.score_table import load_score_table
 
 
 def test_demo_installs_once_and_its_noise_is_findable(ws):
@@ -39,9 +38,9 @@ def test_demo_installs_once_and_its_noise_is_findable(ws):
 
 
 def test_committed_scores_are_what_the_real_scorer_computes_now(ws, smollm2):  # noqa: F811
-    from core.logprobs import ImplicitScorer
-    from core.models import load_causal_lm
-    from core.score_job import ScoreSpec, submit_scoring
+    from marginlens.core.scoring.logprobs import ImplicitScorer
+    from marginlens.core.scoring.models import load_causal_lm
+    from marginlens.core.scoring.score_job import ScoreSpec, submit_scoring
 
     ensure_demo(ws)
     handle = submit_scoring(ws, ScoreSpec(dataset=DEMO_NAME, device="cpu"))

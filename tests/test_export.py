@@ -9,16 +9,15 @@ import numpy as np
 import pyarrow.parquet as pq
 import pytest
 from helpers_data import conversational_records, hh_records, make_dataset, random_logprobs, standard_records
-
-from core import export as export_mod
-from core.cli import main
-from core.errors import MarginLensError
-from core.export import export_selection
-from core.filters import parse_filter
-from core.ingest import import_dataset
-from core.margins import load_margins
-from core.selection import SelectionSpec, select
-from core.workspace import Workspace
+from marginlens.core.cli import main
+from marginlens.core.data.ingest import import_dataset
+from marginlens.core.errors import MarginLensError
+from marginlens.core.selection import export as export_mod
+from marginlens.core.selection.export import export_selection
+from marginlens.core.selection.filters import parse_filter
+from marginlens.core.selection.margins import load_margins
+from marginlens.core.selection.select import SelectionSpec, select
+from marginlens.core.workspace import Workspace
 
 SOURCES = {
     "std": (standard_records, "trl-standard"),
@@ -222,9 +221,9 @@ def test_dpo_trainer_accepts_export(ws, tiny_model, tmp_path, name, with_metrics
 def test_mapped_columns_export_the_imported_pair_not_the_sources_own_columns(tmp_path):
     """A source with its own (stale) chosen/rejected columns, imported through --map: the export must carry
     the mapped texts that were scored and selected, not the source's unmapped columns."""
-    from core.ingest import import_dataset
-    from core.margins import load_margins
-    from core.selection import SelectionSpec, select
+    from marginlens.core.data.ingest import import_dataset
+    from marginlens.core.selection.margins import load_margins
+    from marginlens.core.selection.select import SelectionSpec, select
 
     ws = Workspace(tmp_path / "ws")
     records = [{"prompt": f"q{i}", "chosen": f"OLD good {i}", "rejected": f"OLD bad {i}", "fixed_good": f"NEW good {i}",

@@ -7,13 +7,12 @@ import json
 
 import pytest
 from helpers_data import hh_records, make_dataset, random_logprobs, standard_records
-
-from core.cli import main
-from core.export import export_selection
-from core.flags import flag_pairs
-from core.margins import load_margins
-from core.selection import SelectionSpec, select
-from core.workspace import Workspace
+from marginlens.core.cli import main
+from marginlens.core.data.flags import flag_pairs
+from marginlens.core.selection.export import export_selection
+from marginlens.core.selection.margins import load_margins
+from marginlens.core.selection.select import SelectionSpec, select
+from marginlens.core.workspace import Workspace
 
 
 @pytest.fixture

@@ -6,12 +6,11 @@ import numpy as np
 import pandas as pd
 import pytest
 from helpers_data import conversational_records, make_dataset, random_logprobs
-
-from core.errors import MarginLensError
-from core.filters import Filter, filter_mask, parse_filter
-from core.margins import load_margins, load_texts
-from core.selection import SelectionSpec, select
-from core.workspace import Workspace
+from marginlens.core.errors import MarginLensError
+from marginlens.core.selection.filters import Filter, filter_mask, parse_filter
+from marginlens.core.selection.margins import load_margins, load_texts
+from marginlens.core.selection.select import SelectionSpec, select
+from marginlens.core.workspace import Workspace
 
 
 def test_parse_filter():

@@ -10,9 +10,8 @@ from pathlib import Path
 import datasets
 import pandas as pd
 import pytest
-
-from core.ingest import import_dataset
-from core.pairs import pair_id
+from marginlens.core.data.ingest import import_dataset
+from marginlens.core.data.pairs import pair_id
 
 PROMPT = "What is the capital of France?"
 GOOD = "The capital of France is Paris."

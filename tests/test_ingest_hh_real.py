@@ -7,9 +7,8 @@ import json
 from pathlib import Path
 
 import pytest
-
-from core.formats import HH_ASSISTANT
-from core.ingest import import_dataset
+from marginlens.core.data.formats import HH_ASSISTANT
+from marginlens.core.data.ingest import import_dataset
 
 HH = Path(__file__).resolve().parents[2] / "shared" / "data" / "hh-rlhf-harmless-base-test.jsonl.gz"
 pytestmark = pytest.mark.skipif(not HH.exists(), reason=f"{HH} is absent (a clone without ../shared)")

@@ -10,9 +10,8 @@ import sys
 from pathlib import Path
 
 import pytest
-
-from core.errors import MarginLensError, NotADatasetError, RowError
-from core.ingest import import_dataset
+from marginlens.core.data.ingest import import_dataset
+from marginlens.core.errors import MarginLensError, NotADatasetError, RowError
 
 OK = {"prompt": "Q?", "chosen": "yes", "rejected": "no"}
 
@@ -139,8 +138,8 @@ def dying(self, batch):
     real(self, batch)
     os._exit(9)  # die after the first batch reached the file
 pa.ipc.RecordBatchStreamWriter.write_batch = dying
-from core.ingest import import_dataset
-from core.workspace import Workspace
+from marginlens.core.data.ingest import import_dataset
+from marginlens.core.workspace import Workspace
 import_dataset({str(big)!r}, "d", Workspace({str(ws.root)!r}), replace=True)
 """
     proc = subprocess.run([sys.executable, "-c", code], cwd=Path(__file__).parents[1], env={**os.environ})

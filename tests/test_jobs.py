@@ -9,12 +9,11 @@ import time
 
 import pytest
 from helpers_data import make_dataset
+from marginlens.core import jobs
+from marginlens.core.scoring.score_job import ScoreSpec, submit_scoring
+from marginlens.core.scoring.score_tables import load_score_table
+from marginlens.core.workspace import Workspace
 from tiny_models import conversational_records, single_thread, smollm2, tiny_llama  # noqa: F401
-
-from core import jobs
-from core.score_job import ScoreSpec, submit_scoring
-from core.score_table import load_score_table
-from core.workspace import Workspace
 
 single_thread()
 

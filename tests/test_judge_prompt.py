@@ -3,8 +3,7 @@
 from __future__ import annotations
 
 import pytest
-
-from core.judge_prompt import (
+from marginlens.core.audit.judge_prompt import (
     PROMPT_VERSION,
     build_messages,
     chosen_position,

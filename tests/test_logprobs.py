@@ -6,6 +6,11 @@ import math
 
 import pytest
 import torch
+from marginlens.core.errors import MarginLensError
+from marginlens.core.scoring.logprobs import ImplicitScorer, plan_batches
+from marginlens.core.scoring.models import load_causal_lm
+from marginlens.core.scoring.tokenization import TokenizedPair, tokenize_pairs
+from marginlens.core.selection.margins import dpo_margin, simpo_margin
 from tiny_models import (  # noqa: F401
     make_tiny_classifier,
     pairs_of_mixed_lengths,
@@ -13,12 +18,6 @@ from tiny_models import (  # noqa: F401
     tiny_gpt2,
     tiny_llama,
 )
-
-from core.errors import MarginLensError
-from core.logprobs import ImplicitScorer, plan_batches
-from core.margins import dpo_margin, simpo_margin
-from core.models import load_causal_lm
-from core.tokenize_pairs import TokenizedPair, tokenize_pairs
 
 single_thread()
 

@@ -12,16 +12,15 @@ from helpers_data import (
     save_rewards,
     standard_records,
 )
-
-from core.errors import MarginLensError
-from core.margins import load_margins, pair_texts
-from core.metrics import metric_scores, zscore
-from core.selection import SelectionSpec, select
+from marginlens.core.errors import MarginLensError
+from marginlens.core.selection.margins import load_margins, pair_texts
+from marginlens.core.selection.metrics import metric_scores, zscore
+from marginlens.core.selection.select import SelectionSpec, select
 
 
 @pytest.fixture
 def ws_std(tmp_path):
-    from core.workspace import Workspace
+    from marginlens.core.workspace import Workspace
 
     ws = Workspace(tmp_path / "ws")
     make_dataset(ws, "std", standard_records(30), tmp_path)

@@ -6,11 +6,10 @@ import json
 
 import pytest
 import torch
+from marginlens.core.errors import MarginLensError
+from marginlens.core.scoring.models import load_reward_model
+from marginlens.core.scoring.rewards import RewardScorer, column_rewards
 from tiny_models import make_tiny_llama, pairs_of_mixed_lengths, single_thread, tiny_reward  # noqa: F401
-
-from core.errors import MarginLensError
-from core.models import load_reward_model
-from core.rewards import RewardScorer, column_rewards
 
 single_thread()
 

@@ -8,15 +8,14 @@ import sys
 
 import pytest
 from helpers_data import make_dataset
+from marginlens.core.errors import MarginLensError
+from marginlens.core.scoring.logprobs import ImplicitScorer
+from marginlens.core.scoring.models import load_causal_lm
+from marginlens.core.scoring.score_job import ScoreSpec, plan_tasks, submit_scoring
+from marginlens.core.scoring.score_tables import load_score_table
+from marginlens.core.selection.margins import default_scorers
+from marginlens.core.workspace import Workspace
 from tiny_models import conversational_records, make_tiny_llama, single_thread, tiny_llama, tiny_reward  # noqa: F401
-
-from core.errors import MarginLensError
-from core.logprobs import ImplicitScorer
-from core.margins import default_scorers
-from core.models import load_causal_lm
-from core.score_job import ScoreSpec, plan_tasks, submit_scoring
-from core.score_table import load_score_table
-from core.workspace import Workspace
 
 single_thread()
 

@@ -11,9 +11,8 @@ from __future__ import annotations
 import numpy as np
 import pandas as pd
 import pytest
-
-from core.metrics import metric_scores
-from core.selection import SelectionSpec, k_for, select, top_k
+from marginlens.core.selection.metrics import metric_scores
+from marginlens.core.selection.select import SelectionSpec, k_for, select, top_k
 
 
 def reference_select(rm_margin, logp_margin, metric, ratio=0.4, weight=1.0, seed=42, stable=True):

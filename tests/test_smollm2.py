@@ -5,11 +5,16 @@ from __future__ import annotations
 import time
 
 import pytest
+from marginlens.core.scoring.logprobs import ImplicitScorer
+from marginlens.core.scoring.models import (
+    DEFAULT_POLICY,
+    SMOLLM2_FOLDER,
+    load_causal_lm,
+    model_fingerprint,
+    resolve_model,
+)
+from marginlens.core.selection.margins import simpo_margin
 from tiny_models import REPO_MODEL_CACHE, single_thread, smollm2  # noqa: F401
-
-from core.logprobs import ImplicitScorer
-from core.margins import simpo_margin
-from core.models import DEFAULT_POLICY, SMOLLM2_FOLDER, load_causal_lm, model_fingerprint, resolve_model
 
 single_thread()
 

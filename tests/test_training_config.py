@@ -9,10 +9,9 @@ import json
 from pathlib import Path
 
 import pytest
+from marginlens.core.errors import MarginLensError, RowError
+from marginlens.core.training import presets, runs, settings, train_data
 from tiny_models import tiny_llama  # noqa: F401  (session fixture)
-
-from core import train_config, train_data, train_presets, training
-from core.errors import MarginLensError, RowError
 
 
 def write_jsonl(path: Path, rows: list[dict]) -> Path:
@@ -30,7 +29,7 @@ def data(tmp_path_factory) -> Path:
 
 
 def test_simpo_presets_follow_the_paper_and_fit_the_cpu(data, tiny_llama):  # noqa: F811
-    spec = training.build_spec(data, "simpo", model=str(tiny_llama), device="cpu")
+    spec = runs.build_spec(data, "simpo", model=str(tiny_llama), device="cpu")
     trl = spec["trl"]
     assert spec["preset"] == "simpo-llama3-8b-instruct"
     assert (trl["loss_type"], trl["cpo_alpha"], trl["beta"]) == ("simpo", 0.0, 10.0)
@@ -40,40 +39,40 @@ def test_simpo_presets_follow_the_paper_and_fit_the_cpu(data, tiny_llama):  # no
     # effective batch 128 = 2 per device x 64 accumulation steps on one process
     assert (trl["per_device_train_batch_size"], trl["gradient_accumulation_steps"]) == (2, 64)
     # TRL's own defaults would be bf16=True and gradient checkpointing on: ~10x slower steps on CPU
-    config = train_config.make_trl_config(spec, output_dir="unused")
+    config = settings.make_trl_config(spec, output_dir="unused")
     assert type(config).__name__ == "CPOConfig"
     assert config.bf16 is False and config.gradient_checkpointing is False
     assert config.simpo_gamma == pytest.approx(3.0) and config.loss_type == "simpo"
 
-    gemma = training.build_spec(data, "simpo", preset="simpo-gemma2-9b-it", model=str(tiny_llama), device="cpu")
+    gemma = runs.build_spec(data, "simpo", preset="simpo-gemma2-9b-it", model=str(tiny_llama), device="cpu")
     assert gemma["trl"]["simpo_gamma"] == pytest.approx(5.0) and gemma["trl"]["learning_rate"] == 8e-7
 
 
 def test_dpo_preset_and_overrides(data, tiny_llama):  # noqa: F811
-    overrides = train_config.parse_overrides(
+    overrides = settings.parse_overrides(
         ["learning_rate=5e-7", "beta=1", "max_steps=10", "effective_batch_size=8", "per_device_train_batch_size=4",
          "lr_scheduler_type=linear", "bf16=false"]
     )
     assert overrides["learning_rate"] == 5e-7 and overrides["bf16"] is False
-    spec = training.build_spec(data, "dpo", model=str(tiny_llama), overrides=overrides, device="cpu")
+    spec = runs.build_spec(data, "dpo", model=str(tiny_llama), overrides=overrides, device="cpu")
     trl = spec["trl"]
     assert spec["preset"] == "dpo-paper" and "loss_type" not in trl
     assert trl["beta"] == 1.0 and isinstance(trl["beta"], float)  # widened: DPOConfig.beta is a float
     assert (trl["learning_rate"], trl["max_steps"], trl["lr_scheduler_type"]) == (5e-7, 10, "linear")
     assert trl["gradient_accumulation_steps"] == 2  # 8 pairs per step / 4 per device
     assert spec["overrides"] == overrides
-    config = train_config.make_trl_config(spec, output_dir="unused")
+    config = settings.make_trl_config(spec, output_dir="unused")
     assert type(config).__name__ == "DPOConfig" and config.beta == 1.0
     # accumulation set directly wins over the effective batch
-    direct = training.build_spec(data, "dpo", model=str(tiny_llama), device="cpu",
+    direct = runs.build_spec(data, "dpo", model=str(tiny_llama), device="cpu",
                                  overrides={"gradient_accumulation_steps": 3})
     assert direct["trl"]["gradient_accumulation_steps"] == 3 and direct["settings"]["effective_batch_size"] is None
     # the pre-transformers-5 name still works (transformers 5 renamed it to activation_checkpointing)
-    legacy = training.build_spec(data, "dpo", model=str(tiny_llama), device="cpu",
+    legacy = runs.build_spec(data, "dpo", model=str(tiny_llama), device="cpu",
                                  overrides={"gradient_checkpointing": True})
-    assert train_config.make_trl_config(legacy, output_dir="unused").gradient_checkpointing is True
+    assert settings.make_trl_config(legacy, output_dir="unused").gradient_checkpointing is True
     # the same settings are the same spec (and so the same job); different data is a different one
-    again = training.build_spec(data, "dpo", model=str(tiny_llama), overrides=overrides, device="cpu")
+    again = runs.build_spec(data, "dpo", model=str(tiny_llama), overrides=overrides, device="cpu")
     assert again == spec
 
 
@@ -92,16 +91,16 @@ def test_dpo_preset_and_overrides(data, tiny_llama):  # noqa: F811
 )
 def test_bad_settings_fail_before_launch(data, tiny_llama, method, overrides, message):  # noqa: F811
     with pytest.raises(MarginLensError, match=message):
-        training.build_spec(data, method, model=str(tiny_llama), overrides=overrides, device="cpu")
+        runs.build_spec(data, method, model=str(tiny_llama), overrides=overrides, device="cpu")
 
 
 def test_preset_and_method_must_match(data, tiny_llama):  # noqa: F811
     with pytest.raises(MarginLensError, match="is for simpo, not dpo"):
-        training.build_spec(data, "dpo", preset="simpo-gemma2-9b-it", model=str(tiny_llama), device="cpu")
+        runs.build_spec(data, "dpo", preset="simpo-gemma2-9b-it", model=str(tiny_llama), device="cpu")
     with pytest.raises(MarginLensError, match="unknown training preset"):
-        training.build_spec(data, "dpo", preset="nope", model=str(tiny_llama), device="cpu")
+        runs.build_spec(data, "dpo", preset="nope", model=str(tiny_llama), device="cpu")
     with pytest.raises(MarginLensError, match="unknown training method"):
-        training.build_spec(data, "ppo", model=str(tiny_llama), device="cpu")
+        runs.build_spec(data, "ppo", model=str(tiny_llama), device="cpu")
 
 
 def test_lora_is_an_option_that_needs_peft(data, tiny_llama):  # noqa: F811
@@ -109,9 +108,9 @@ def test_lora_is_an_option_that_needs_peft(data, tiny_llama):  # noqa: F811
         import peft  # noqa: F401
     except ImportError:
         with pytest.raises(MarginLensError, match="needs the 'peft' package"):
-            training.build_spec(data, "dpo", model=str(tiny_llama), overrides={"lora": True}, device="cpu")
+            runs.build_spec(data, "dpo", model=str(tiny_llama), overrides={"lora": True}, device="cpu")
     else:
-        spec = training.build_spec(data, "dpo", model=str(tiny_llama), overrides={"lora": True, "lora_r": 4},
+        spec = runs.build_spec(data, "dpo", model=str(tiny_llama), overrides={"lora": True, "lora_r": 4},
                                    device="cpu")
         assert spec["settings"]["lora"] is True and spec["settings"]["lora_r"] == 4
 
@@ -152,9 +151,9 @@ def test_trl_config_file_parses_with_trls_own_parsers(data, tiny_llama, tmp_path
     from trl.experimental.cpo import CPOConfig
     from trl.scripts.dpo import make_parser
 
-    dpo = training.build_spec(data, "dpo", model=str(tiny_llama), device="cpu", overrides={"max_steps": 7})
+    dpo = runs.build_spec(data, "dpo", model=str(tiny_llama), device="cpu", overrides={"max_steps": 7})
     path = tmp_path / "dpo.yaml"
-    path.write_text(train_config.trl_config_text(dpo, output_dir=str(tmp_path / "out")))
+    path.write_text(settings.trl_config_text(dpo, output_dir=str(tmp_path / "out")))
     # exactly what `trl dpo --config dpo.yaml` parses
     script_args, config, model_args, dataset_args = make_parser().parse_args_and_config(["--config", str(path)])
     assert type(config).__name__ == "DPOConfig"
@@ -165,9 +164,9 @@ def test_trl_config_file_parses_with_trls_own_parsers(data, tiny_llama, tmp_path
     loaded = get_dataset(dataset_args)["train"]
     assert loaded.column_names == ["prompt", "chosen", "rejected"] and loaded[0] == PAIRS[0]
 
-    simpo = training.build_spec(data, "simpo", model=str(tiny_llama), device="cpu")
+    simpo = runs.build_spec(data, "simpo", model=str(tiny_llama), device="cpu")
     path = tmp_path / "simpo.yaml"
-    path.write_text(train_config.trl_config_text(simpo, output_dir=str(tmp_path / "out")))
+    path.write_text(settings.trl_config_text(simpo, output_dir=str(tmp_path / "out")))
     parser = TrlParser((ScriptArguments, CPOConfig, ModelConfig, DatasetMixtureConfig))
     _, config, _, _ = parser.parse_args_and_config(["--config", str(path)])
     assert isinstance(config, CPOConfig)
@@ -176,11 +175,11 @@ def test_trl_config_file_parses_with_trls_own_parsers(data, tiny_llama, tmp_path
 
 
 def test_launcher_uses_accelerate_for_several_processes(data, tiny_llama):  # noqa: F811
-    single = training.build_spec(data, "dpo", model=str(tiny_llama), device="cpu")
-    assert train_config.launcher_for(single) is None
-    multi = training.build_spec(data, "dpo", model=str(tiny_llama), device="cpu",
+    single = runs.build_spec(data, "dpo", model=str(tiny_llama), device="cpu")
+    assert settings.launcher_for(single) is None
+    multi = runs.build_spec(data, "dpo", model=str(tiny_llama), device="cpu",
                                 overrides={"num_processes": 4, "accelerate_config": "zero3"})
-    launcher = train_config.launcher_for(multi)
+    launcher = settings.launcher_for(multi)
     assert launcher[1:3] == ["-m", "accelerate.commands.launch"]
     assert launcher[launcher.index("--num_processes") + 1] == "4"
     assert Path(launcher[launcher.index("--config_file") + 1]).name == "zero3.yaml"  # TRL's shipped config
@@ -189,23 +188,23 @@ def test_launcher_uses_accelerate_for_several_processes(data, tiny_llama):  # no
 
 
 def test_resolve_settings_is_the_cheap_form_view():
-    values = train_config.resolve_settings("simpo", preset="simpo-gemma2-9b-it", overrides={"beta": 2.0}, device="cpu")
+    values = settings.resolve_settings("simpo", preset="simpo-gemma2-9b-it", overrides={"beta": 2.0}, device="cpu")
     assert values["preset"] == "simpo-gemma2-9b-it" and values["device"] == "cpu"
     assert values["trl"]["simpo_gamma"] == pytest.approx(1.0)  # gamma/beta 0.5 follows an overridden beta
     assert values["settings"]["gamma_beta_ratio"] == 0.5
-    assert "learning rate" in train_presets.describe_setting("dpo", "learning_rate").lower()
-    assert train_presets.describe_setting("simpo", "gamma_beta_ratio").startswith("SimPO target margin")
+    assert "learning rate" in presets.describe_setting("dpo", "learning_rate").lower()
+    assert presets.describe_setting("simpo", "gamma_beta_ratio").startswith("SimPO target margin")
 
 
 def test_export_manifest_names_the_dataset_to_rescore(tmp_path, tiny_llama):  # noqa: F811
     data = write_jsonl(tmp_path / "sel.jsonl", PAIRS)
-    assert training.build_spec(data, "dpo", model=str(tiny_llama), device="cpu")["source_dataset"] is None
+    assert runs.build_spec(data, "dpo", model=str(tiny_llama), device="cpu")["source_dataset"] is None
     (tmp_path / "sel.jsonl.manifest.json").write_text(json.dumps({"source": {"dataset": "uf"}}))
-    assert training.build_spec(data, "dpo", model=str(tiny_llama), device="cpu")["source_dataset"] == "uf"
+    assert runs.build_spec(data, "dpo", model=str(tiny_llama), device="cpu")["source_dataset"] == "uf"
 
 
 def test_cli_dry_run_and_errors(data, tiny_llama, tmp_path, capsys):  # noqa: F811
-    from core import cli
+    from marginlens.core import cli
 
     base = ["train", str(data), "--workspace", str(tmp_path / "ws"), "--model", str(tiny_llama), "--device", "cpu"]
     assert cli.main([*base, "--method", "dpo", "--dry-run", "--set", "beta=0.2", "--set", "max_steps=3"]) == 0
@@ -224,8 +223,8 @@ def test_cli_finds_an_export_by_its_name_in_the_workspace(data, tiny_llama, tmp_
     """`marginlens select --out NAME` writes under WORKSPACE/exports: `train NAME` must find it there."""
     import shutil
 
-    from core import cli
-    from core.workspace import Workspace
+    from marginlens.core import cli
+    from marginlens.core.workspace import Workspace
 
     ws = Workspace(tmp_path / "ws")
     shutil.copy(data, ws.exports_dir / "picked.jsonl")

@@ -7,9 +7,9 @@ import json
 import math
 
 import pytest
+from marginlens.core import cli, jobs
+from marginlens.core.training import runs
 from tiny_models import smollm2  # noqa: F401  (session fixture: the converted safetensors folder)
-
-from core import cli, jobs, training
 
 
 def test_smollm2_dpo_smoke_through_the_cli(ws, tmp_path, smollm2, capsys):  # noqa: F811
@@ -27,7 +27,7 @@ def test_smollm2_dpo_smoke_through_the_cli(ws, tmp_path, smollm2, capsys):  # no
     # plain SGD: AdamW's two extra copies of 135M weights are most of a CPU step's time, not what is tested
     settings = ["max_steps=2", "per_device_train_batch_size=1", "effective_batch_size=1", "max_length=64",
                 "learning_rate=1e-4", "warmup_steps=0", "save_steps=2", "optim=sgd"]
-    # no --model: the offline default policy, resolved by core.models (the fixture's cache)
+    # no --model: the offline default policy, resolved by core.scoring.models (the fixture's cache)
     argv = ["train", str(data), "--method", "dpo", "--workspace", str(ws.root), "--device", "cpu"]
     for setting in settings:
         argv += ["--set", setting]
@@ -37,11 +37,11 @@ def test_smollm2_dpo_smoke_through_the_cli(ws, tmp_path, smollm2, capsys):  # no
 
     (job,) = jobs.list_jobs(ws, kind="train")
     assert job.spec["params"]["model_path"] == str(smollm2)
-    rows = training.read_metrics(job)
+    rows = runs.read_metrics(job)
     assert [r["step"] for r in rows] == [1, 2]
     assert rows[0]["loss"] == pytest.approx(math.log(2), abs=1e-3)
     assert all(math.isfinite(r["loss"]) and r["tokens_per_s"] > 0 for r in rows)
     assert rows[1]["rewards/margins"] != 0  # step 1 moved the policy away from its reference
-    model = AutoModelForCausalLM.from_pretrained(training.final_model_path(job), dtype=torch.float32)
+    model = AutoModelForCausalLM.from_pretrained(runs.final_model_path(job), dtype=torch.float32)
     assert model.config.vocab_size == 49152
-    assert [p.name for p in training.checkpoints(job)] == ["checkpoint-2"]
+    assert [p.name for p in runs.checkpoints(job)] == ["checkpoint-2"]

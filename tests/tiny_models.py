@@ -5,7 +5,7 @@ loaded back through the real from_pretrained path. Reusable from any test module
     def test_x(tiny_llama): model_folder = tiny_llama   # a Path to a saved model folder
 
 Also: the SmolLM2 folder converted once into the repo's .cache/models (gitignored, survives test
-runs) through the same core.models function the product uses (`smollm2_test_folder`).
+runs) through the same core.scoring.models function the product uses (`smollm2_test_folder`).
 """
 
 from __future__ import annotations
@@ -119,14 +119,14 @@ def single_thread() -> None:
 
 
 def use_repo_model_cache() -> Path:
-    """Point core.models (and the job workers this process starts) at the repo's model cache."""
+    """Point core.scoring.models (and the job workers this process starts) at the repo's model cache."""
     REPO_MODEL_CACHE.mkdir(parents=True, exist_ok=True)
     os.environ["MARGINLENS_MODEL_CACHE"] = str(REPO_MODEL_CACHE)
     return REPO_MODEL_CACHE
 
 
 def smollm2_test_folder() -> Path:
-    from core.models import smollm2_folder
+    from marginlens.core.scoring.models import smollm2_folder
 
     return smollm2_folder(use_repo_model_cache())
 
@@ -172,7 +172,7 @@ def smollm2() -> Path:
 
 
 def conversational_records(n: int = 12, seed: int = 0, scores: bool = True) -> list[dict]:
-    """TRL-conversational records (for core.ingest) built from `pairs_of_mixed_lengths`."""
+    """TRL-conversational records (for core.data.ingest) built from `pairs_of_mixed_lengths`."""
     out = []
     for i, d in enumerate(pairs_of_mixed_lengths(n, seed)):
         record = {"prompt": d["prompt"], "chosen": [{"role": "assistant", "content": d["chosen"] or "Fine."}],

@@ -1,0 +1,180 @@
+"""The verdict store: every judge answer, kept once per (pair_id, judge model, prompt version, order).
+
+audits/DATASET/verdicts.jsonl, append-only, one JSON record per line, each line written with a single
+write() and fsynced before `append` returns. A verdict therefore survives any crash after it arrived,
+and a crash in the middle of a write leaves at most one torn last line, which readers skip and the next
+writer terminates. Appends take an exclusive flock and re-read what other processes appended, so a
+key is written at most once even with several writers; the first record of a key wins.
+
+JSONL rather than sqlite: a verdict file is small (two lines per judged pair), readable with any tool,
+and easy to check for leaked secrets.
+"""
+
+from __future__ import annotations
+
+import fcntl
+import json
+import os
+import threading
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from marginlens.core.workspace import Workspace
+
+VerdictKey = tuple[str, str, str, str]  # (pair_id, judge_model, prompt_version, order)
+
+
+def verdicts_path(ws: Workspace, dataset: str) -> Path:
+    ws.dataset_dir(dataset)  # validates the name before it becomes a path
+    return ws.audits_dir / dataset / "verdicts.jsonl"
+
+
+def key_of(record: dict[str, Any]) -> VerdictKey:
+    return (record["pair_id"], record["judge_model"], record["prompt_version"], record["order"])
+
+
+class VerdictStore:
+    """Append-only, exactly-once verdict records. Safe across threads and processes."""
+
+    def __init__(self, path: str | os.PathLike):
+        self.path = Path(path)
+        self._records: dict[VerdictKey, dict[str, Any]] = {}
+        self._offset = 0  # bytes of the file already parsed into _records
+        self._lock = threading.Lock()
+
+    @classmethod
+    def for_dataset(cls, ws: Workspace, dataset: str) -> VerdictStore:
+        return cls(verdicts_path(ws, dataset))
+
+    def _refresh(self) -> None:
+        """Parse complete lines appended since the last read (by this or any other process)."""
+        try:
+            with open(self.path, "rb") as fh:
+                fh.seek(self._offset)
+                chunk = fh.read()
+        except FileNotFoundError:
+            return
+        end = chunk.rfind(b"\n") + 1  # a torn last line (no newline yet) is left for later
+        for line in chunk[:end].splitlines():
+            try:
+                record = json.loads(line)
+                key = key_of(record)
+            except (ValueError, KeyError, TypeError):
+                continue  # the tail of a torn line, terminated by a later writer
+            self._records.setdefault(key, record)
+        self._offset += end
+
+    def records(self) -> list[dict[str, Any]]:
+        with self._lock:
+            self._refresh()
+            return list(self._records.values())
+
+    def keys(self) -> set[VerdictKey]:
+        with self._lock:
+            self._refresh()
+            return set(self._records)
+
+    def get(self, key: VerdictKey) -> dict[str, Any] | None:
+        with self._lock:
+            self._refresh()
+            return self._records.get(key)
+
+    def append(self, record: dict[str, Any]) -> bool:
+        """Store `record` durably unless its key is already stored; True if it was written."""
+        key = key_of(record)
+        line = json.dumps(record, ensure_ascii=False, sort_keys=True, default=str).encode("utf-8") + b"\n"
+        if b"\n" in line[:-1]:
+            raise ValueError("a verdict record must serialise to one line")
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        with self._lock:
+            fd = os.open(self.path, os.O_RDWR | os.O_CREAT | os.O_APPEND, 0o644)
+            try:
+                fcntl.flock(fd, fcntl.LOCK_EX)
+                self._refresh()
+                if key in self._records:
+                    return False
+                size = os.fstat(fd).st_size
+                if size and os.pread(fd, 1, size - 1) != b"\n":
+                    line = b"\n" + line  # terminate a line torn by a crashed writer
+                os.write(fd, line)
+                os.fsync(fd)
+                self._records[key] = record
+                # Our own line is parsed already; skip it on the next refresh unless others wrote first.
+                if self._offset == size:
+                    self._offset = size + len(line)
+            finally:
+                os.close(fd)  # closing drops the flock
+        return True
+
+
+@dataclass(frozen=True)
+class PairVerdict:
+    """Both orders of one pair, combined. `label` is the judge's pair-level answer when decisive."""
+
+    pair_id: str
+    ab: dict[str, Any] | None  # record of order AB (chosen shown as A), None if not judged yet
+    ba: dict[str, Any] | None
+
+    @property
+    def complete(self) -> bool:
+        return self.ab is not None and self.ba is not None
+
+    @property
+    def invalid(self) -> int:
+        """Number of judged orders whose answer could not be parsed."""
+        return sum(1 for r in (self.ab, self.ba) if r is not None and not r["valid"])
+
+    @property
+    def valid(self) -> bool:
+        return self.complete and self.invalid == 0
+
+    @property
+    def consistent(self) -> bool | None:
+        """Whether both orders prefer the same response; None unless both are valid."""
+        if not self.valid:
+            return None
+        return self.ab["prefers"] == self.ba["prefers"]  # type: ignore[index]
+
+    @property
+    def label(self) -> str | None:
+        """"chosen" or "rejected" when both orders agree on it; None otherwise (undecided)."""
+        return self.ab["prefers"] if self.consistent else None  # type: ignore[index]
+
+    @property
+    def agrees(self) -> bool | None:
+        """Whether the judge agrees with the dataset's label (chosen > rejected); None when undecided."""
+        return None if self.label is None else self.label == "chosen"
+
+    def to_row(self) -> dict[str, Any]:
+        """A flat row for tables: both answers, rationales and the combined outcome."""
+
+        def part(record: dict[str, Any] | None, prefix: str) -> dict[str, Any]:
+            record = record or {}
+            return {
+                f"{prefix}_answer": record.get("choice"),
+                f"{prefix}_prefers": record.get("prefers"),
+                f"{prefix}_rationale": record.get("rationale"),
+                f"{prefix}_raw": record.get("raw"),
+                f"{prefix}_invalid_reason": record.get("invalid_reason"),
+            }
+
+        return {
+            "pair_id": self.pair_id,
+            **part(self.ab, "ab"),
+            **part(self.ba, "ba"),
+            "complete": self.complete,
+            "consistent": self.consistent,
+            "judge_label": self.label,
+            "agrees": self.agrees,
+            "invalid": self.invalid,
+        }
+
+
+def pair_verdicts(records: list[dict[str, Any]], judge_model: str, prompt_version: str) -> dict[str, PairVerdict]:
+    """Combine the per-order records of one judge and prompt version into per-pair verdicts."""
+    by_pair: dict[str, dict[str, dict[str, Any]]] = {}
+    for record in records:
+        if record["judge_model"] == judge_model and record["prompt_version"] == prompt_version:
+            by_pair.setdefault(record["pair_id"], {})[record["order"]] = record
+    return {pid: PairVerdict(pid, orders.get("AB"), orders.get("BA")) for pid, orders in by_pair.items()}

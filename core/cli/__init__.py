@@ -1,0 +1,68 @@
+"""The `marginlens` command line. Each command group is a module of this package that registers itself;
+groups from the layers above core (the dashboard's `marginlens app`) arrive through the installed
+package's `marginlens.commands` entry points.
+
+Command modules import heavy libraries (torch, transformers) inside their handlers, so
+`marginlens --help` and `marginlens list` stay fast.
+"""
+
+from __future__ import annotations
+
+import argparse
+import importlib
+import importlib.metadata
+import os
+import sys
+
+from marginlens.core import __version__
+from marginlens.core.errors import MarginLensError
+
+COMMAND_MODULES = [
+    "marginlens.core.cli.data_commands",
+    "marginlens.core.cli.select_commands",
+    "marginlens.core.cli.audit_commands",
+    "marginlens.core.cli.train_commands",
+    "marginlens.core.cli.score_commands",
+]
+
+
+def _command_modules() -> list[str]:
+    installed = [ep.value for ep in importlib.metadata.entry_points(group="marginlens.commands")]
+    return COMMAND_MODULES + sorted(installed)
+
+
+def build_parser() -> argparse.ArgumentParser:
+    common = argparse.ArgumentParser(add_help=False)
+    common.add_argument(
+        "--workspace",
+        default=argparse.SUPPRESS,
+        help="workspace folder (default: $MARGINLENS_WORKSPACE or ./marginlens-workspace)",
+    )
+    parser = argparse.ArgumentParser(prog="marginlens", parents=[common], description=__doc__)
+    parser.add_argument("--version", action="version", version=f"marginlens {__version__}")
+    sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+    for name in _command_modules():
+        importlib.import_module(name).register(sub, common)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    if not hasattr(args, "workspace"):
+        args.workspace = None
+    try:
+        return int(args.func(args) or 0)
+    except MarginLensError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        print("interrupted", file=sys.stderr)
+        return 130
+    except BrokenPipeError:
+        # `marginlens compare x | head`: the reader left; say nothing more (stdout is gone)
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+        return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,98 @@
+"""`marginlens import | list | info`."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+
+from marginlens.core.workspace import Workspace
+
+
+def register(sub: argparse._SubParsersAction, common: argparse.ArgumentParser) -> None:
+    from marginlens.core.data.formats import FORMATS
+
+    p = sub.add_parser("import", parents=[common], help="import a preference dataset into the workspace")
+    p.add_argument("source", help="file (.jsonl/.json/.parquet/.csv, optionally .gz), save_to_disk folder, or Hub id")
+    p.add_argument("--name", required=True, help="dataset name in the workspace")
+    p.add_argument("--format", default="auto", choices=("auto", *FORMATS))
+    p.add_argument("--map", dest="mapping", default=None,
+                   help="explicit column mapping, e.g. prompt=question,chosen=good,rejected=bad,score_chosen=s1")
+    p.add_argument("--policy", choices=("strict", "skip"), default="strict",
+                   help="strict: stop at the first bad row; skip: import the rest and write a rejects file")
+    p.add_argument("--max-prompt-chars", type=int, default=None, help="reject prompts longer than this")
+    p.add_argument("--allow-empty-responses", action="store_true",
+                   help="keep pairs whose chosen or rejected response is empty (e.g. a preferred silent refusal)")
+    p.add_argument("--split", default=None, help="split of a save_to_disk DatasetDict or Hub dataset")
+    p.add_argument("--replace", action="store_true", help="replace an existing dataset of the same name")
+    p.set_defaults(func=cmd_import)
+
+    p = sub.add_parser("list", parents=[common], help="list imported datasets")
+    p.set_defaults(func=cmd_list)
+
+    p = sub.add_parser("info", parents=[common], help="rows, format, length statistics, score columns")
+    p.add_argument("name")
+    p.add_argument("--tokenizer", default=None, help="model id or folder whose tokenizer measures token lengths")
+    p.add_argument("--json", action="store_true", help="print the statistics as JSON")
+    p.set_defaults(func=cmd_info)
+
+
+
+def cmd_import(args: argparse.Namespace) -> int:
+    from marginlens.core.data.ingest import import_dataset, parse_mapping
+
+    report = import_dataset(
+        args.source, args.name, Workspace.resolve(args.workspace), format=args.format,
+        mapping=parse_mapping(args.mapping), policy=args.policy, max_prompt_chars=args.max_prompt_chars,
+        allow_empty_responses=args.allow_empty_responses, split=args.split, replace=args.replace,
+        progress=sys.stderr.isatty(),
+    )
+    print(report.summary())
+    return 0
+
+
+def cmd_list(args: argparse.Namespace) -> int:
+    ws = Workspace.resolve(args.workspace)
+    names = ws.dataset_names()
+    if not names:
+        print(f"no datasets in {ws.root} (import one with `marginlens import SRC --name NAME`)")
+        return 0
+    print(f"{'name':<28} {'rows':>8} {'rejected':>8}  {'format':<28} source")
+    for name in names:
+        m = ws.dataset_manifest(name)
+        print(f"{name:<28} {m['rows']['imported']:>8} {m['rows']['rejected']:>8}  {m['format']:<28} {m['source']}")
+    return 0
+
+
+def _fmt_summary(summary: dict[str, float]) -> str:
+    if not summary:
+        return "-"
+    return "  ".join(f"{k} {v:,.1f}" for k, v in summary.items())
+
+
+def cmd_info(args: argparse.Namespace) -> int:
+    from marginlens.core.data.dataset_stats import dataset_stats
+
+    tokenizer = None
+    if args.tokenizer:
+        from transformers import AutoTokenizer
+
+        tokenizer = AutoTokenizer.from_pretrained(args.tokenizer)
+    stats = dataset_stats(Workspace.resolve(args.workspace), args.name, tokenizer=tokenizer)
+    if args.json:
+        print(json.dumps(stats, indent=2))
+        return 0
+    print(f"{stats['name']}: {stats['rows']} pairs, format {stats['format']}, source {stats['source']}")
+    if stats["rejected"]:
+        print(f"  rejected at import: {stats['rejected']} {stats['rejects_by_reason']}")
+    print(f"  prompt turns:    {_fmt_summary(stats['turns'])}")
+    for column, summary in stats["chars"].items():
+        print(f"  {column + ' chars:':<16} {_fmt_summary(summary)}")
+    for column, summary in stats.get("tokens", {}).items():
+        print(f"  {column + ' tokens:':<16} {_fmt_summary(summary)}  (first {stats['tokens_sampled']} rows)")
+    print(f"  score columns:   {', '.join(stats['score_columns']) or 'none (use a reward model when scoring)'}")
+    if "explicit_margin" in stats:
+        print(f"  explicit margin: {_fmt_summary(stats['explicit_margin'])}")
+    if stats["flags"]:
+        print(f"  flags:           {stats['flags']}")
+    return 0

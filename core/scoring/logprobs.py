@@ -1,0 +1,301 @@
+"""The implicit scorer: summed response log-probabilities under a causal LM, batched.
+
+For each pair it returns (chosen_logp, chosen_ntok, rejected_logp, rejected_ntok): the SUM of the
+log-probs of the response tokens given the prompt, and how many there are. The SimPO margin
+(mean per token) and the DPO margin (beta * log-ratio to a reference) are derived from these in
+core/ without running a model again (`core.selection.margins.simpo_margin`, `dpo_margin`).
+
+Why it is fast:
+- pairs are sorted by length and packed into batches under a token budget, so padding is small;
+- the prompt runs once per pair; its KV cache is repeated for the two responses, which then run
+  as a batch of 2*B continuations (prompt tokens are never computed twice);
+- the LM head runs only on scored positions, in chunks, and a log-prob is the target's logit
+  minus a logsumexp, so no [batch, seq, vocab] float32 log-softmax ever exists;
+- torch.inference_mode; the dtype is the caller's (bf16 on CUDA, float32 on CPU, core.scoring.models);
+- on CUDA out-of-memory the token budget halves and the batch is retried.
+
+Prompts and continuations are right-padded: a padded query then still sees real keys, so no row
+of the attention is fully masked (which gives NaNs in some kernels), and explicit position ids
+keep every continuation at its own prompt's length.
+"""
+
+from __future__ import annotations
+
+import inspect
+from collections.abc import Callable, Iterator, Sequence
+from dataclasses import dataclass
+from typing import Any
+
+from marginlens.core.data.pairs import Message
+from marginlens.core.errors import MarginLensError
+from marginlens.core.scoring.tokenization import (
+    DEFAULT_MAX_LENGTH,
+    DEFAULT_MAX_PROMPT_LENGTH,
+    Renderer,
+    TokenizedPair,
+    tokenize_pairs,
+)
+
+# Bytes of float32 logits per head chunk: bounds the one vocab-sized temporary.
+LOGIT_CHUNK_BYTES = 128 << 20
+CPU_TOKEN_BUDGET = 4096
+MAX_PAIRS_PER_BATCH = 256
+
+
+@dataclass(frozen=True)
+class PairLogprobs:
+    chosen_logp: float
+    chosen_ntok: int
+    rejected_logp: float
+    rejected_ntok: int
+
+
+def pair_cost(pair: TokenizedPair) -> int:
+    """Padded tokens this pair occupies in a batch: its prompt, plus its longer response twice."""
+    return len(pair.prompt) + 2 * max(len(pair.chosen), len(pair.rejected))
+
+
+def plan_batches(pairs: Sequence[TokenizedPair], token_budget: int, max_pairs: int = MAX_PAIRS_PER_BATCH
+                 ) -> list[list[int]]:
+    """Indices of `pairs` grouped into batches of similar length under a padded-token budget."""
+    order = sorted(range(len(pairs)), key=lambda i: (pair_cost(pairs[i]), len(pairs[i].prompt)))
+    batches: list[list[int]] = []
+    current: list[int] = []
+    max_prompt = max_cont = 0
+    for i in order:
+        p = pairs[i]
+        new_prompt = max(max_prompt, len(p.prompt))
+        new_cont = max(max_cont, len(p.chosen), len(p.rejected))
+        if current and (len(current) >= max_pairs or (len(current) + 1) * (new_prompt + 2 * new_cont) > token_budget):
+            batches.append(current)
+            current, new_prompt, new_cont = [], len(p.prompt), max(len(p.chosen), len(p.rejected))
+        current.append(i)
+        max_prompt, max_cont = new_prompt, new_cont
+    if current:
+        batches.append(current)
+    return batches
+
+
+def _head_postprocess(config: Any) -> Callable[[Any], Any]:
+    """Output-logit transforms some architectures apply after the LM head (softcap, scaling)."""
+    cap = getattr(config, "final_logit_softcapping", None)
+    scale = getattr(config, "logit_scale", None)
+    divide = getattr(config, "logits_scaling", None)
+
+    def post(logits):
+        if scale is not None and not isinstance(scale, bool):
+            logits = logits * scale
+        if divide:
+            logits = logits / divide
+        if cap:
+            logits = (logits / cap).tanh() * cap
+        return logits
+
+    return post
+
+
+class BatchedScorer:
+    """Length-bucketed batching with out-of-memory back-off; subclasses define `score_batch`."""
+
+    append_eos = True
+
+    def __init__(self, model: Any, tokenizer: Any, *, mode: str = "clean", max_length: int = DEFAULT_MAX_LENGTH,
+                 max_prompt_length: int = DEFAULT_MAX_PROMPT_LENGTH, token_budget: int | None = None,
+                 max_pairs: int | None = None):
+        self.model = model
+        self.tokenizer = tokenizer
+        self.mode = mode
+        self.max_length = max_length
+        self.max_prompt_length = max_prompt_length
+        self.renderer = Renderer(tokenizer)
+        self.device = next(model.parameters()).device
+        self.token_budget = token_budget or auto_token_budget(model)
+        # None: one pair per batch on CPU, where a single sequence already keeps the cores busy (bench/scoring.py:
+        # batching only adds padding there); up to MAX_PAIRS_PER_BATCH under the token budget on accelerators.
+        self.max_pairs = max_pairs or (1 if self.device.type == "cpu" else MAX_PAIRS_PER_BATCH)
+        self.pad_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else 0
+
+    def tokenize(self, prompts: Sequence[Sequence[Message]], chosen: Sequence[str], rejected: Sequence[str]
+                 ) -> list[TokenizedPair]:
+        return tokenize_pairs(self.tokenizer, prompts, chosen, rejected, mode=self.mode, max_length=self.max_length,
+                              max_prompt_length=self.max_prompt_length, append_eos=self.append_eos,
+                              renderer=self.renderer)
+
+    def score(self, prompts: Sequence[Sequence[Message]], chosen: Sequence[str], rejected: Sequence[str]
+              ) -> list[Any]:
+        """Convenience: tokenize and score a list of pairs, results in input order."""
+        pairs = self.tokenize(prompts, chosen, rejected)
+        results: list[Any] = [None] * len(pairs)
+        for indices, batch_results in self.iter_scored(pairs):
+            for i, r in zip(indices, batch_results, strict=True):
+                results[i] = r
+        return results
+
+    def iter_scored(self, pairs: Sequence[TokenizedPair], batches: list[list[int]] | None = None
+                    ) -> Iterator[tuple[list[int], list[Any]]]:
+        """Yield (indices into `pairs`, their results) batch by batch, in length order."""
+        for indices in batches if batches is not None else self.plan(pairs):
+            yield from self._score_with_backoff(pairs, indices)
+
+    def plan(self, pairs: Sequence[TokenizedPair]) -> list[list[int]]:
+        return plan_batches(pairs, self.token_budget, self.max_pairs)
+
+    def score_batch(self, pairs: Sequence[TokenizedPair]) -> list[Any]:
+        raise NotImplementedError
+
+    def _score_with_backoff(self, pairs, indices):
+        import torch
+
+        try:
+            yield indices, self.score_batch([pairs[i] for i in indices])
+        except torch.OutOfMemoryError:
+            if len(indices) == 1:
+                raise MarginLensError(
+                    f"out of memory scoring a single pair of {pairs[indices[0]].n_tokens} tokens; "
+                    "lower --max-length or use a larger device"
+                ) from None
+            if self.device.type == "cuda":
+                torch.cuda.empty_cache()
+            self.token_budget = max(1, self.token_budget // 2)
+            half = len(indices) // 2
+            yield from self._score_with_backoff(pairs, indices[:half])
+            yield from self._score_with_backoff(pairs, indices[half:])
+
+    def padded(self, rows: Sequence[Sequence[int]], width: int) -> tuple[Any, Any]:
+        """Right-padded ids [len(rows), width] and the lengths, on the model's device."""
+        import torch
+
+        ids = torch.full((len(rows), width), self.pad_id, dtype=torch.long)
+        for i, row in enumerate(rows):
+            if row:
+                ids[i, : len(row)] = torch.tensor(row)
+        return ids.to(self.device), torch.tensor([len(r) for r in rows], device=self.device)
+
+
+class ImplicitScorer(BatchedScorer):
+    """Summed response log-probs and token counts under one causal LM already on its device."""
+
+    def __init__(self, model: Any, tokenizer: Any, **options: Any):
+        super().__init__(model, tokenizer, **options)
+        self.base = getattr(model, model.base_model_prefix)
+        self.head = model.get_output_embeddings()
+        self.post = _head_postprocess(model.config)
+        vocab = self.head.out_features if hasattr(self.head, "out_features") else model.config.vocab_size
+        self.chunk_rows = max(16, LOGIT_CHUNK_BYTES // (4 * vocab))
+        # transformers 5 renamed `past_key_values` to `cache` (the old name still works, with a warning).
+        self.cache_arg = "cache" if "cache" in inspect.signature(self.base.forward).parameters else "past_key_values"
+
+    def score_batch(self, pairs: Sequence[TokenizedPair]) -> list[PairLogprobs]:
+        """One forward over the prompts, one over the 2*B continuations, chunked log-probs."""
+        import torch
+
+        if any(not p.prompt for p in pairs):
+            raise MarginLensError("a pair has an empty prompt after templating; nothing conditions its first token")
+        if len(pairs) == 1:
+            return [self._score_one(pairs[0])]
+        dev, B = self.device, len(pairs)
+        P = max(len(p.prompt) for p in pairs)
+        conts = [c for p in pairs for c in (p.chosen, p.rejected)]
+        R = max(1, max(len(c) for c in conts))
+        prompt_ids, plen = self.padded([p.prompt for p in pairs], P)
+        cont_ids, clen = self.padded(conts, R)
+        skips = torch.tensor([s for p in pairs for s in (p.chosen_skip, p.rejected_skip)], device=dev)
+        arange_p, arange_r = torch.arange(P, device=dev), torch.arange(R, device=dev)
+        prompt_mask = (arange_p[None, :] < plen[:, None]).long()
+        cont_mask = (arange_r[None, :] < clen[:, None]).long()
+
+        with torch.inference_mode():
+            out = self.base(input_ids=prompt_ids, attention_mask=prompt_mask,
+                            position_ids=arange_p[None, :].expand(B, P), use_cache=True)
+            last_prompt_hidden = out.last_hidden_state[torch.arange(B, device=dev), plen - 1]
+            cache = getattr(out, self.cache_arg)
+            cache.batch_repeat_interleave(2)
+            plen2 = plen.repeat_interleave(2)
+            out2 = self.base(
+                input_ids=cont_ids,
+                attention_mask=torch.cat([prompt_mask.repeat_interleave(2, dim=0), cont_mask], dim=1),
+                position_ids=plen2[:, None] + arange_r[None, :],
+                use_cache=True,
+                **{self.cache_arg: cache},
+            )
+            # Token t of a continuation is predicted by position t-1, and token 0 by the prompt's end.
+            hidden = torch.cat([last_prompt_hidden.repeat_interleave(2, dim=0)[:, None, :],
+                                out2.last_hidden_state[:, : R - 1, :]], dim=1)
+            scored = (arange_r[None, :] >= skips[:, None]) & (arange_r[None, :] < clen[:, None])
+            rows = scored.nonzero(as_tuple=True)[0]
+            logps = self._token_logps(hidden[scored], cont_ids[scored])
+            sums = torch.zeros(2 * B, dtype=torch.float64, device=dev).index_add_(0, rows, logps.double())
+            counts = scored.sum(dim=1)
+            del out, out2, cache, hidden
+        sums_l, counts_l = sums.cpu().tolist(), counts.cpu().tolist()
+        return [PairLogprobs(sums_l[2 * i], counts_l[2 * i], sums_l[2 * i + 1], counts_l[2 * i + 1]) for i in range(B)]
+
+    def _score_one(self, pair: TokenizedPair) -> PairLogprobs:
+        """One pair without padding: the prompt once, then each response continuing from its KV cache (the
+        chosen one from a copy: cropping back is not exact for sliding-window caches)."""
+        import copy
+
+        import torch
+
+        dev, P = self.device, len(pair.prompt)
+        sums, counts = [], []
+        with torch.inference_mode():
+            out = self.base(input_ids=torch.tensor([pair.prompt], device=dev), use_cache=True)
+            last_prompt_hidden = out.last_hidden_state[:, -1:, :]
+            prompt_cache = getattr(out, self.cache_arg)
+            for ids, skip, cache in ((pair.chosen, pair.chosen_skip, copy.deepcopy(prompt_cache)),
+                                     (pair.rejected, pair.rejected_skip, prompt_cache)):
+                cont = torch.tensor([ids], device=dev)
+                out2 = self.base(input_ids=cont, position_ids=torch.arange(P, P + len(ids), device=dev)[None, :],
+                                 use_cache=True, **{self.cache_arg: cache})
+                # Token t is predicted by position t-1, token 0 by the prompt's end.
+                hidden = torch.cat([last_prompt_hidden, out2.last_hidden_state[:, :-1, :]], dim=1)[0]
+                sums.append(self._token_logps(hidden[skip:], cont[0, skip:]).double().sum().item())
+                counts.append(len(ids) - skip)
+        return PairLogprobs(sums[0], counts[0], sums[1], counts[1])
+
+    def _token_logps(self, hidden: Any, targets: Any) -> Any:
+        import torch
+
+        pieces = []
+        for start in range(0, hidden.shape[0], self.chunk_rows):
+            logits = self.post(self.head(hidden[start : start + self.chunk_rows])).float()
+            target_logit = logits.gather(1, targets[start : start + self.chunk_rows, None])[:, 0]
+            pieces.append(target_logit - torch.logsumexp(logits, dim=-1))
+        return torch.cat(pieces) if pieces else hidden.new_zeros(0, dtype=torch.float32)
+
+
+def auto_token_budget(model: Any) -> int:
+    """Padded tokens per batch. CUDA: from free memory (then OOM back-off refines it); CPU: fixed.
+
+    On CPU throughput is flat beyond a few thousand tokens per batch (bench/scoring.py), and
+    bigger batches only cost memory.
+    """
+    import torch
+
+    device = next(model.parameters()).device
+    if device.type != "cuda":
+        return CPU_TOKEN_BUDGET
+    free, _ = torch.cuda.mem_get_info(device)
+    config = model.config.get_text_config() if hasattr(model.config, "get_text_config") else model.config
+    hidden = getattr(config, "hidden_size", 4096)
+    layers = getattr(config, "num_hidden_layers", 32)
+    kv = getattr(config, "num_key_value_heads", None) or getattr(config, "num_attention_heads", 32)
+    head_dim = getattr(config, "head_dim", None) or hidden // getattr(config, "num_attention_heads", 32)
+    elem = next(model.parameters()).element_size()
+    # Per token: the KV cache of all layers, plus roughly 16 hidden-size activations in flight.
+    per_token = elem * (2 * layers * kv * head_dim + 16 * hidden + 4 * getattr(config, "intermediate_size", 4 * hidden))
+    budget = int(0.6 * free / per_token)
+    return max(512, min(budget, 1 << 17))
+
+
+def n_params(model: Any) -> int:
+    return sum(p.numel() for p in model.parameters())
+
+
+def forward_flops(model: Any, n_tokens: int, context: float = 0.0) -> float:
+    """Approximate forward FLOPs: 2 * params per token, plus attention's 4 * layers * hidden * context."""
+    config = model.config
+    layers = getattr(config, "num_hidden_layers", 0) or getattr(config, "n_layer", 0)
+    hidden = getattr(config, "hidden_size", 0) or getattr(config, "n_embd", 0)
+    return n_tokens * (2.0 * n_params(model) + 4.0 * layers * hidden * context)

@@ -1,0 +1,84 @@
+"""Score tables: per-pair model outputs for one dataset under one scorer fingerprint.
+
+Stored as scores/DATASET/FINGERPRINT/{scores.parquet, manifest.json}. Two kinds:
+  logprob: pair_id, chosen_logp, chosen_ntok, rejected_logp, rejected_ntok, truncated
+           (summed response log-probs and response token counts under a causal LM; every
+           implicit-margin form -- SimPO mean, DPO log-ratio -- is derived from these)
+  reward:  pair_id, chosen_reward, rejected_reward, truncated   (a reward model's scores)
+The manifest holds {"fingerprint", "kind", "model", "spec", "rows", "created"}.
+"""
+
+from __future__ import annotations
+
+from datetime import datetime, timezone
+from typing import Any
+
+import pyarrow as pa
+import pyarrow.parquet as pq
+from marginlens.core.atomic import read_json, write_json, write_with
+from marginlens.core.errors import MarginLensError
+from marginlens.core.workspace import Workspace
+
+LOGPROB_SCHEMA = pa.schema(
+    [
+        ("pair_id", pa.string()),
+        ("chosen_logp", pa.float64()),
+        ("chosen_ntok", pa.int64()),
+        ("rejected_logp", pa.float64()),
+        ("rejected_ntok", pa.int64()),
+        ("truncated", pa.bool_()),
+    ]
+)
+REWARD_SCHEMA = pa.schema(
+    [
+        ("pair_id", pa.string()),
+        ("chosen_reward", pa.float64()),
+        ("rejected_reward", pa.float64()),
+        ("truncated", pa.bool_()),
+    ]
+)
+SCHEMAS = {"logprob": LOGPROB_SCHEMA, "reward": REWARD_SCHEMA}
+
+
+def table_dir(ws: Workspace, dataset: str, fingerprint: str):
+    return ws.scores_dir / dataset / fingerprint
+
+
+def save_score_table(
+    ws: Workspace, dataset: str, fingerprint: str, kind: str, table: pa.Table, model: str, spec: dict[str, Any]
+) -> None:
+    """Write the table and then its manifest, each atomically; the manifest marks it complete."""
+    if kind not in SCHEMAS:
+        raise MarginLensError(f"unknown score table kind {kind!r} (expected one of {sorted(SCHEMAS)})")
+    table = table.select(SCHEMAS[kind].names).cast(SCHEMAS[kind])
+    folder = table_dir(ws, dataset, fingerprint)
+    write_with(folder / "scores.parquet", lambda p: pq.write_table(table, p))
+    write_json(
+        folder / "manifest.json",
+        {
+            "fingerprint": fingerprint,
+            "kind": kind,
+            "model": model,
+            "spec": spec,
+            "rows": table.num_rows,
+            # microseconds: "newest first" must order tables written within the same second
+            "created": datetime.now(timezone.utc).strftime("%Y-%m-%dT%H:%M:%S.%fZ"),
+        },
+    )
+
+
+def score_manifest(ws: Workspace, dataset: str, fingerprint: str) -> dict[str, Any] | None:
+    return read_json(table_dir(ws, dataset, fingerprint) / "manifest.json")
+
+
+def load_score_table(ws: Workspace, dataset: str, fingerprint: str) -> pa.Table:
+    if score_manifest(ws, dataset, fingerprint) is None:
+        raise MarginLensError(f"no finished score table {fingerprint!r} for dataset {dataset!r}")
+    return pq.read_table(table_dir(ws, dataset, fingerprint) / "scores.parquet")
+
+
+def list_score_tables(ws: Workspace, dataset: str, kind: str | None = None) -> list[dict[str, Any]]:
+    """Manifests of the finished tables for a dataset, newest first."""
+    manifests = [read_json(p) for p in (ws.scores_dir / dataset).glob("*/manifest.json")]
+    manifests = [m for m in manifests if m and (kind is None or m["kind"] == kind)]
+    return sorted(manifests, key=lambda m: m["created"], reverse=True)

@@ -1,0 +1,247 @@
+"""Turning (prompt messages, chosen, rejected) into token ids the scorers consume.
+
+Two modes (DESIGN.md section 1, "Tokenisation detail"); the mode is part of a scorer's fingerprint:
+
+clean (default)
+    prompt   = chat template over the prompt messages *with* the generation prompt
+    response = what the template adds for the assistant turn after that (content + end-of-turn,
+               trailing whitespace dropped), tokenized on its own, EOS appended unless it is
+               already the last token.
+reference
+    SimPO's preprocessing, reproduced so users can match the paper's numbers: the prompt is
+    rendered *without* the generation prompt; the assistant message is rendered alone through the
+    template (its header and end-of-turn count as response tokens), a leading BOS string is
+    stripped; prompt+response is tokenized jointly and split at the prompt's length, one token
+    earlier when the tokenizer merged across the boundary; BOS is prepended to the prompt if
+    missing and EOS appended to the response if missing.
+
+A tokenizer without a chat template gets PLAIN_TEMPLATE (below) and a warning.
+
+Truncation (both modes, as TRL/SimPO do it): when prompt + the longer response exceeds
+max_length, the prompt keeps its last max_prompt_length tokens; if that is still too long, each
+response keeps its first max_length - max_prompt_length tokens. Any cut marks the pair truncated.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import warnings
+from collections.abc import Sequence
+from dataclasses import dataclass
+from typing import Any
+
+from marginlens.core.data.pairs import Message
+from marginlens.core.errors import MarginLensError
+
+MODES = ("clean", "reference")
+DEFAULT_MAX_LENGTH = 2048
+DEFAULT_MAX_PROMPT_LENGTH = 1800
+
+# Used when the tokenizer has no chat template. Rendered in Python (see _render_plain), documented
+# here as the equivalent Jinja so users can reproduce it elsewhere:
+PLAIN_TEMPLATE = (
+    "{{ bos_token }}{% for m in messages %}{{ m.role | capitalize }}: {{ m.content }}\n\n{% endfor %}"
+    "{% if add_generation_prompt %}Assistant:{% endif %}"
+)
+# ...and a plain response is " " + content + eos_token (the space keeps BPE word tokens natural).
+
+
+@dataclass
+class TokenizedPair:
+    """Token ids of one pair. Both responses continue the same `prompt`.
+
+    `*_skip` leading tokens of a continuation are context, not scored: in reference mode the
+    split between prompt and response can move back one token for one response only, so that
+    token belongs to the prompt of that response but is not shared with the other one.
+    """
+
+    prompt: list[int]
+    chosen: list[int]
+    rejected: list[int]
+    chosen_skip: int = 0
+    rejected_skip: int = 0
+    truncated: bool = False
+
+    @property
+    def chosen_ntok(self) -> int:
+        return len(self.chosen) - self.chosen_skip
+
+    @property
+    def rejected_ntok(self) -> int:
+        return len(self.rejected) - self.rejected_skip
+
+    @property
+    def n_tokens(self) -> int:
+        """Tokens the scorer processes for this pair (prompt once, both continuations)."""
+        return len(self.prompt) + len(self.chosen) + len(self.rejected)
+
+
+def has_chat_template(tokenizer: Any) -> bool:
+    return bool(getattr(tokenizer, "chat_template", None))
+
+
+def template_id(tokenizer: Any) -> str:
+    """Short hash of the chat template in use, for fingerprints (a changed template changes scores)."""
+    template = tokenizer.chat_template if has_chat_template(tokenizer) else PLAIN_TEMPLATE
+    if isinstance(template, dict):
+        template = repr(sorted(template.items()))
+    return hashlib.sha256(str(template).encode()).hexdigest()[:12]
+
+
+def _render_plain(tokenizer: Any, messages: Sequence[Message], add_generation_prompt: bool) -> str:
+    text = tokenizer.bos_token or ""
+    text += "".join(f"{m['role'].capitalize()}: {m['content']}\n\n" for m in messages)
+    return text + ("Assistant:" if add_generation_prompt else "")
+
+
+class Renderer:
+    """Chat-template rendering for one tokenizer (warns once when it falls back to the plain one)."""
+
+    def __init__(self, tokenizer: Any):
+        self.tokenizer = tokenizer
+        self.templated = has_chat_template(tokenizer)
+        if not self.templated:
+            warnings.warn(
+                f"tokenizer {getattr(tokenizer, 'name_or_path', '')!r} has no chat template; using the plain "
+                "'Role: content' template (core.scoring.tokenization.PLAIN_TEMPLATE)",
+                stacklevel=3,
+            )
+
+    def render(self, messages: Sequence[Message], add_generation_prompt: bool) -> str:
+        if not self.templated:
+            return _render_plain(self.tokenizer, messages, add_generation_prompt)
+        try:
+            return self.tokenizer.apply_chat_template(
+                list(messages), tokenize=False, add_generation_prompt=add_generation_prompt
+            )
+        except Exception as exc:  # templates raise on e.g. a system turn they do not support
+            roles = ",".join(m["role"] for m in messages)
+            raise MarginLensError(f"the chat template rejected messages with roles [{roles}]: {exc}") from None
+
+    def response_suffix(self, messages: Sequence[Message], prompt_text: str, content: str) -> str:
+        """What the template appends for an assistant turn after the generation prompt."""
+        if not self.templated:
+            return " " + content
+        full = self.render([*messages, {"role": "assistant", "content": content}], add_generation_prompt=False)
+        if full.startswith(prompt_text):
+            # Whitespace after the end-of-turn token is the next turn's business, not this response's.
+            return full[len(prompt_text):].rstrip()
+        # Templates that rewrite earlier turns once an answer follows (rare): score the content alone.
+        return content
+
+
+def _ids(tokenizer: Any, texts: list[str]) -> list[list[int]]:
+    if not texts:
+        return []
+    return tokenizer(texts, add_special_tokens=False)["input_ids"]
+
+
+def _append_eos(ids: list[int], eos: int | None) -> list[int]:
+    return ids + [eos] if eos is not None and (not ids or ids[-1] != eos) else ids
+
+
+def _truncate(pair: TokenizedPair, max_length: int, max_prompt_length: int) -> TokenizedPair:
+    longer = max(len(pair.chosen), len(pair.rejected))
+    if len(pair.prompt) + longer <= max_length:
+        return pair
+    pair.truncated = True
+    pair.prompt = pair.prompt[-max_prompt_length:]
+    if len(pair.prompt) + longer > max_length:
+        keep = max_length - max_prompt_length
+        pair.chosen, pair.rejected = pair.chosen[:keep], pair.rejected[:keep]
+        pair.chosen_skip = min(pair.chosen_skip, len(pair.chosen))
+        pair.rejected_skip = min(pair.rejected_skip, len(pair.rejected))
+    return pair
+
+
+def check_lengths(max_length: int, max_prompt_length: int) -> None:
+    if not 0 < max_prompt_length < max_length:
+        raise MarginLensError(
+            f"max_prompt_length ({max_prompt_length}) must be positive and below max_length ({max_length})"
+        )
+
+
+def tokenize_pairs(
+    tokenizer: Any,
+    prompts: Sequence[Sequence[Message]],
+    chosen: Sequence[str],
+    rejected: Sequence[str],
+    mode: str = "clean",
+    max_length: int = DEFAULT_MAX_LENGTH,
+    max_prompt_length: int = DEFAULT_MAX_PROMPT_LENGTH,
+    append_eos: bool = True,
+    renderer: Renderer | None = None,
+) -> list[TokenizedPair]:
+    """Tokenize a chunk of pairs (batched tokenizer calls: much faster than one pair at a time).
+
+    `append_eos=False` keeps exactly what the template renders (reward models score that).
+    """
+    if mode not in MODES:
+        raise MarginLensError(f"unknown tokenisation mode {mode!r} (expected one of {', '.join(MODES)})")
+    check_lengths(max_length, max_prompt_length)
+    renderer = renderer or Renderer(tokenizer)
+    eos = tokenizer.eos_token_id if append_eos else None
+    if mode == "clean":
+        pairs = _clean(renderer, prompts, chosen, rejected, eos)
+    else:
+        pairs = _reference(renderer, prompts, chosen, rejected, eos)
+    return [_truncate(p, max_length, max_prompt_length) for p in pairs]
+
+
+def _clean(renderer: Renderer, prompts, chosen, rejected, eos: int | None) -> list[TokenizedPair]:
+    tokenizer = renderer.tokenizer
+    prompt_texts = [renderer.render(m, add_generation_prompt=True) for m in prompts]
+    suffixes: list[str] = []
+    for messages, text, c, r in zip(prompts, prompt_texts, chosen, rejected, strict=True):
+        suffixes += [renderer.response_suffix(messages, text, c), renderer.response_suffix(messages, text, r)]
+    prompt_ids = _ids(tokenizer, prompt_texts)
+    response_ids = _ids(tokenizer, suffixes)
+    return [
+        TokenizedPair(p, _append_eos(response_ids[2 * i], eos), _append_eos(response_ids[2 * i + 1], eos))
+        for i, p in enumerate(prompt_ids)
+    ]
+
+
+def _with_empty_system(tokenizer: Any, messages: Sequence[Message]) -> list[Message]:
+    """SimPO's preprocessing (auto_insert_empty_system_msg, on by default) gives the prompt an empty system
+    turn when it has none and the template mentions "system" or "<|im_start|>": templates with a default
+    system prompt (SmolLM2's, for one) then render an empty one instead."""
+    template = tokenizer.chat_template or ""
+    if messages and messages[0]["role"] != "system" and ("system" in template or "<|im_start|>" in template):
+        return [{"role": "system", "content": ""}, *messages]
+    return list(messages)
+
+
+def _reference(renderer: Renderer, prompts, chosen, rejected, eos: int | None) -> list[TokenizedPair]:
+    tokenizer = renderer.tokenizer
+    bos_text, bos = tokenizer.bos_token, tokenizer.bos_token_id
+    prompt_texts = [renderer.render(_with_empty_system(tokenizer, m) if renderer.templated else m,
+                                    add_generation_prompt=False) for m in prompts]
+
+    def answer_text(content: str) -> str:
+        if not renderer.templated:
+            return " " + content
+        text = renderer.render([{"role": "assistant", "content": content}], add_generation_prompt=False)
+        return text[len(bos_text):] if bos_text and text.startswith(bos_text) else text
+
+    answers = [answer_text(x) for pair in zip(chosen, rejected, strict=True) for x in pair]
+    prompt_ids = _ids(tokenizer, prompt_texts)
+    joint_ids = _ids(tokenizer, [prompt_texts[i // 2] + a for i, a in enumerate(answers)])
+
+    pairs = []
+    for i, prompt in enumerate(prompt_ids):
+        splits = []
+        for joint in (joint_ids[2 * i], joint_ids[2 * i + 1]):
+            start = len(prompt)
+            if joint[:start] != prompt:  # the tokenizer merged the last prompt token into the answer
+                start -= 1
+            splits.append((joint, start))
+        shared = min(start for _, start in splits)
+        # Every joint tokenization starts with the shared part; the rest up to its own split is context.
+        conts = [(joint[shared:], start - shared) for joint, start in splits]
+        head = list(splits[0][0][:shared])
+        if bos is not None and (not head or head[0] != bos):
+            head = [bos, *head]
+        (c_ids, c_skip), (r_ids, r_skip) = conts
+        pairs.append(TokenizedPair(head, _append_eos(c_ids, eos), _append_eos(r_ids, eos), c_skip, r_skip))
+    return pairs

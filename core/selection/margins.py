@@ -1,0 +1,247 @@
+"""The margin frame: one row per pair with its explicit and implicit margins, joined by pair_id.
+
+`load_margins` is what the dashboard, the CLI and the metrics read. Columns (in pair-table order):
+  row            position in the pair table (how filters find the full texts)
+  pair_id, source_row
+  score_chosen, score_rejected          explicit scores carried by the dataset (NaN if none)
+  chosen_reward, rejected_reward        from a reward score table (only with reward_fp)
+  chosen_logp, chosen_ntok, rejected_logp, rejected_ntok    policy table (only with policy_fp)
+  ref_chosen_logp, ref_rejected_logp    reference table (only with reference_fp)
+  m_ex           reward-table difference when reward_fp is given, else score_chosen - score_rejected
+  m_im           SimPO form (mean per-token log-prob difference, the reference's default), or with
+                 reference_fp the DPO form beta * ((pol_c - ref_c) - (pol_r - ref_r)) on summed
+                 log-probs; NaN where the pair is not scored (yet)
+  truncated      any score table truncated this pair
+  flagged, flags ingest warnings (bool, and joined with "; "); not the noisy-pair flags an audit sets
+                 (core.data.flags: audits/DATASET/flags.json, applied by exports, shown on the Audit page)
+  prompt_preview first characters of the last user turn; prompt_chars, chosen_chars, rejected_chars
+The frame never holds full texts: `pair_texts` reads them for a few pair ids and `load_texts` gives
+the memory-mapped pair table for text search. `frame.attrs` records where every column came from.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from typing import Any
+
+import numpy as np
+import pandas as pd
+import pyarrow as pa
+import pyarrow.compute as pc
+from marginlens.core.errors import MarginLensError
+from marginlens.core.scoring.score_tables import list_score_tables, load_score_table, score_manifest
+from marginlens.core.workspace import Workspace
+from numpy.typing import ArrayLike
+
+DEFAULT_BETA = 0.01  # DPO beta of the DPO-form implicit margin: the paper's DPO recipe (DESIGN.md)
+PREVIEW_CHARS = 160
+
+
+def simpo_margin(chosen_logp: ArrayLike, chosen_ntok: ArrayLike, rejected_logp: ArrayLike,
+                 rejected_ntok: ArrayLike) -> np.ndarray:
+    """m_im in the SimPO form: mean per-token log-prob of chosen minus that of rejected (arrays or scalars).
+    A response with no scored token has no mean: its margin is NaN (missing), never inf."""
+    c_ntok = np.asarray(chosen_ntok, dtype=np.float64)
+    r_ntok = np.asarray(rejected_ntok, dtype=np.float64)
+    with np.errstate(divide="ignore", invalid="ignore"):
+        margin = np.asarray(chosen_logp, dtype=np.float64) / c_ntok - np.asarray(rejected_logp, dtype=np.float64) / r_ntok
+    return np.where((c_ntok > 0) & (r_ntok > 0), margin, np.nan)
+
+
+def dpo_margin(policy_chosen: ArrayLike, policy_rejected: ArrayLike, ref_chosen: ArrayLike, ref_rejected: ArrayLike,
+               beta: float = DEFAULT_BETA) -> np.ndarray:
+    """m_im in the DPO form: beta * ((log pi(y_w) - log ref(y_w)) - (log pi(y_l) - log ref(y_l))), summed log-probs.
+    Identically 0 when the policy is the reference."""
+    as_array = lambda v: np.asarray(v, dtype=np.float64)  # noqa: E731
+    return beta * ((as_array(policy_chosen) - as_array(ref_chosen)) - (as_array(policy_rejected) - as_array(ref_rejected)))
+
+
+def load_texts(ws: Workspace, dataset: str) -> pa.Table:
+    """The canonical pair table (memory-mapped Arrow, core.data.pairs.SCHEMA) of a dataset."""
+    return ws.load_pairs(dataset).data.table
+
+
+def pair_texts(ws: Workspace, dataset: str, pair_ids: Sequence[str]) -> list[dict[str, Any]]:
+    """Full rows (prompt messages, chosen, rejected, flags, source_json, ...) for a few pair ids, in the
+    order asked; ids not in the dataset are skipped."""
+    table = load_texts(ws, dataset)
+    wanted = list(dict.fromkeys(str(p) for p in pair_ids))
+    if not wanted:
+        return []
+    rows = table.filter(pc.is_in(table.column("pair_id"), value_set=pa.array(wanted))).to_pylist()
+    by_id: dict[str, dict[str, Any]] = {}
+    for row in rows:
+        by_id.setdefault(row["pair_id"], row)
+    return [by_id[p] for p in wanted if p in by_id]
+
+
+def _prompt_stats(column: pa.ChunkedArray | pa.Array, preview_chars: int) -> tuple[pa.Array, np.ndarray]:
+    """Preview of each prompt's last user turn (last message if none) and its total characters."""
+    column = column.combine_chunks() if isinstance(column, pa.ChunkedArray) else column
+    n = len(column)
+    flat = pc.list_flatten(column)
+    parents = pc.list_parent_indices(column).to_numpy()
+    roles = pc.struct_field(flat, "role")
+    contents = pc.fill_null(pc.struct_field(flat, "content"), "")
+    lengths = pc.utf8_length(contents).to_numpy(zero_copy_only=False)
+    total = np.bincount(parents, weights=lengths, minlength=n).astype(np.int64)
+
+    def last_per_parent(positions: np.ndarray, out: np.ndarray) -> None:
+        # positions ascend, so their parents do too: the last of each run is the last message
+        p = parents[positions]
+        last = np.r_[p[1:] != p[:-1], True] if p.size else np.zeros(0, dtype=bool)
+        out[p[last]] = positions[last]
+
+    pick = np.full(n, -1, dtype=np.int64)
+    last_per_parent(np.arange(len(flat)), pick)
+    is_user = pc.fill_null(pc.equal(roles, "user"), False).to_numpy(zero_copy_only=False)
+    last_per_parent(np.flatnonzero(is_user), pick)
+    taken = contents.take(pa.array(np.where(pick < 0, 0, pick))) if len(flat) else pa.array([""] * n)
+    preview = pc.utf8_slice_codeunits(taken, 0, preview_chars)
+    preview = pc.if_else(pa.array(pick >= 0), preview, "")
+    return preview, total
+
+
+def _joined(frame_ids: pd.Index, table: pa.Table, columns: list[str]) -> tuple[dict[str, np.ndarray], int]:
+    """Columns of a score table aligned to the frame's pair ids (NaN where absent) and the hit count."""
+    ids = table.column("pair_id").to_pandas()
+    first = ~ids.duplicated().to_numpy()
+    index = pd.Index(ids[first])
+    where = index.get_indexer(frame_ids)
+    hit = where >= 0
+    out = {}
+    for name in columns:
+        values = table.column(name).to_numpy(zero_copy_only=False)[first].astype(np.float64)
+        col = np.full(len(frame_ids), np.nan)
+        col[hit] = values[where[hit]]
+        out[name] = col
+    out["truncated"] = np.zeros(len(frame_ids), dtype=bool)
+    if "truncated" in table.column_names:
+        trunc = pc.fill_null(table.column("truncated"), False).to_numpy(zero_copy_only=False)[first]
+        out["truncated"][hit] = trunc[where[hit]]
+    return out, int(hit.sum())
+
+
+def _score_table(ws: Workspace, dataset: str, fingerprint: str, kind: str, role: str) -> pa.Table:
+    manifest = score_manifest(ws, dataset, fingerprint)
+    if manifest is None:
+        known = ", ".join(m["fingerprint"] for m in list_score_tables(ws, dataset, kind)) or "none"
+        raise MarginLensError(
+            f"no finished {kind} score table {fingerprint!r} for dataset {dataset!r} ({role}; known: {known})"
+        )
+    if manifest.get("kind") != kind:
+        raise MarginLensError(
+            f"score table {fingerprint!r} of dataset {dataset!r} is a {manifest.get('kind')} table, "
+            f"but the {role} needs a {kind} table"
+        )
+    return load_score_table(ws, dataset, fingerprint)
+
+
+def load_margins(
+    ws: Workspace,
+    dataset: str,
+    policy_fp: str | None = None,
+    reference_fp: str | None = None,
+    reward_fp: str | None = None,
+    beta: float = DEFAULT_BETA,
+    preview_chars: int = PREVIEW_CHARS,
+) -> pd.DataFrame:
+    """The margin frame of `dataset` (see the module docstring for its columns and attrs)."""
+    if reference_fp and not policy_fp:
+        raise MarginLensError("the DPO-form implicit margin needs a policy score table as well as the reference")
+    manifest = ws.dataset_manifest(dataset)
+    table = load_texts(ws, dataset)
+    n = table.num_rows
+    preview, prompt_chars = _prompt_stats(table.column("prompt"), preview_chars)
+    flags = table.column("flags")
+    frame = pd.DataFrame(
+        {
+            "row": np.arange(n, dtype=np.int64),
+            "pair_id": table.column("pair_id").to_pandas(),
+            "source_row": table.column("source_row").to_numpy(),
+            "score_chosen": table.column("score_chosen").to_numpy(zero_copy_only=False).astype(np.float64),
+            "score_rejected": table.column("score_rejected").to_numpy(zero_copy_only=False).astype(np.float64),
+        }
+    )
+    frame["m_ex"] = frame["score_chosen"] - frame["score_rejected"]
+    m_ex_source = "dataset:score_chosen-score_rejected"
+    ids = pd.Index(frame["pair_id"])
+    truncated = np.zeros(n, dtype=bool)
+    coverage: dict[str, int] = {}
+
+    if reward_fp:
+        cols, coverage["reward"] = _joined(ids, _score_table(ws, dataset, reward_fp, "reward", "explicit margin"),
+                                           ["chosen_reward", "rejected_reward"])
+        frame["chosen_reward"], frame["rejected_reward"] = cols["chosen_reward"], cols["rejected_reward"]
+        frame["m_ex"] = frame["chosen_reward"] - frame["rejected_reward"]
+        truncated |= cols["truncated"]
+        m_ex_source = f"reward:{reward_fp}"
+
+    m_im_form = None
+    frame["m_im"] = np.nan
+    if policy_fp:
+        logp_cols = ["chosen_logp", "chosen_ntok", "rejected_logp", "rejected_ntok"]
+        cols, coverage["policy"] = _joined(ids, _score_table(ws, dataset, policy_fp, "logprob", "policy"), logp_cols)
+        for name in logp_cols:
+            frame[name] = cols[name]
+        truncated |= cols["truncated"]
+        if reference_fp:
+            ref, coverage["reference"] = _joined(
+                ids, _score_table(ws, dataset, reference_fp, "logprob", "reference"), ["chosen_logp", "rejected_logp"]
+            )
+            frame["ref_chosen_logp"], frame["ref_rejected_logp"] = ref["chosen_logp"], ref["rejected_logp"]
+            truncated |= ref["truncated"]
+            frame["m_im"] = dpo_margin(frame["chosen_logp"], frame["rejected_logp"], frame["ref_chosen_logp"],
+                                       frame["ref_rejected_logp"], beta)
+            m_im_form = "dpo"
+        else:
+            frame["m_im"] = simpo_margin(frame["chosen_logp"], frame["chosen_ntok"], frame["rejected_logp"],
+                                         frame["rejected_ntok"])
+            m_im_form = "simpo"
+
+    frame["truncated"] = truncated
+    frame["flagged"] = pc.fill_null(pc.list_value_length(flags), 0).to_numpy(zero_copy_only=False) > 0
+    frame["flags"] = pc.fill_null(pc.binary_join(flags, "; "), "").to_pandas()
+    frame["prompt_preview"] = preview.to_pandas()
+    frame["prompt_chars"] = prompt_chars
+    frame["chosen_chars"] = pc.fill_null(pc.utf8_length(table.column("chosen")), 0).to_numpy(zero_copy_only=False)
+    frame["rejected_chars"] = pc.fill_null(pc.utf8_length(table.column("rejected")), 0).to_numpy(
+        zero_copy_only=False
+    )
+    frame.attrs.update(
+        {
+            "dataset": dataset,
+            "dataset_fingerprint": manifest.get("fingerprint"),
+            "format": manifest.get("format"),
+            "policy_fp": policy_fp,
+            "reference_fp": reference_fp,
+            "reward_fp": reward_fp,
+            "m_ex_source": m_ex_source,
+            "m_im_form": m_im_form,
+            "beta": beta if m_im_form == "dpo" else None,
+            "coverage": coverage,
+        }
+    )
+    return frame
+
+
+def default_scorers(ws: Workspace, dataset: str) -> dict[str, str | None]:
+    """Score tables to use when the user names none: the newest logprob table scored in the policy role
+    (a model scored only as a reference is not mistaken for the policy), and the newest reward table only
+    when the dataset carries no explicit scores of its own. Tables scored on an earlier import of the
+    dataset (another dataset fingerprint) are skipped."""
+    current = ws.dataset_manifest(dataset)["fingerprint"]
+
+    def fresh(kind: str) -> list[dict[str, Any]]:
+        tables = list_score_tables(ws, dataset, kind)
+        return [m for m in tables if m.get("spec", {}).get("dataset_fingerprint", current) == current]
+
+    logprob = fresh("logprob")
+    policy = [m for m in logprob if m.get("spec", {}).get("role") == "policy"] or logprob
+    table = load_texts(ws, dataset)
+    has_scores = table.num_rows > 0 and table.column("score_chosen").null_count < table.num_rows
+    reward = [] if has_scores else fresh("reward")
+    return {
+        "policy": policy[0]["fingerprint"] if policy else None,
+        "reward": reward[0]["fingerprint"] if reward else None,
+    }

@@ -1,0 +1,173 @@
+"""Top-k selection over a margin frame, with the spec that every export manifest records.
+
+Tie-breaking (matters only for pairs whose scores are exactly equal across the k-th place):
+the reference implementation selects with `np.argsort(score)[-k:]`, numpy's default (unstable)
+sort, so which of several tied pairs it keeps is an accident of the numpy build and CPU (on
+AVX-512 machines numpy dispatches to a vectorised sort that orders ties differently from
+insertion/intro sort). The deterministic reading of that expression is the *stable* sort,
+`np.argsort(score, kind="stable")[-k:]`: among equal scores the pair with the larger original
+index is selected first. MarginLens uses exactly that rule, so it agrees with the reference
+whenever the reference's own result is well defined (no tie across the boundary, or a numpy
+that happens to sort stably), and is reproducible everywhere else. Ranks are reported best
+first: score descending, then original index descending.
+"""
+
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass, field
+from typing import Any
+
+import numpy as np
+import pandas as pd
+from marginlens.core.errors import MarginLensError
+from marginlens.core.selection.filters import Filter, filter_mask, resolve_filters
+from marginlens.core.selection.metrics import DEFAULT_SEED, DEFAULT_WEIGHT, METRICS, metric_scores
+
+DEFAULT_RATIO = 0.4
+TIE_BREAK = "score desc, then original index desc (= np.argsort(score, kind='stable')[-k:])"
+FILTER_STAGES = ("before", "after")
+
+
+def k_for(n: int, ratio: float | None = None, count: int | None = None) -> int:
+    """k = int(ratio * n) as the reference computes it, or an explicit count (capped at n)."""
+    if ratio is not None and count is not None:
+        raise MarginLensError("give either a ratio or a count, not both")
+    if count is not None:
+        if count < 0:
+            raise MarginLensError(f"count must be >= 0, got {count}")
+        return min(int(count), n)
+    ratio = DEFAULT_RATIO if ratio is None else ratio
+    if not 0 <= ratio <= 1:
+        raise MarginLensError(f"ratio must be between 0 and 1, got {ratio}")
+    return int(ratio * n)
+
+
+def top_k(scores: np.ndarray, k: int) -> np.ndarray:
+    """Positions of the k best scores, best first, ties by larger position first (see module doc)."""
+    scores = np.asarray(scores, dtype=np.float64)
+    n = scores.size
+    k = max(0, min(int(k), n))
+    if k == 0:
+        return np.empty(0, dtype=np.int64)
+    if k < n:
+        # O(n) partition to the k-th largest value, then a stable sort of only the contenders: the
+        # whole tie group at the boundary is kept, so the stable rule decides it exactly.
+        kth = np.partition(scores, n - k)[n - k]
+        contenders = np.flatnonzero(scores >= kth)
+    else:
+        contenders = np.arange(n)
+    order = np.argsort(scores[contenders], kind="stable")[::-1]
+    return contenders[order[:k]].astype(np.int64)
+
+
+@dataclass
+class SelectionSpec:
+    """Everything that decides which pairs are selected; recorded verbatim in export manifests."""
+
+    metric: str = "map"
+    weight: float = DEFAULT_WEIGHT
+    signed: bool = False
+    ratio: float | None = None  # None with count None means DEFAULT_RATIO
+    count: int | None = None
+    seed: int = DEFAULT_SEED
+    filters: list[Filter] = field(default_factory=list)
+    filter_stage: str = "before"  # "before": filters pick the candidate set; "after": they prune the top-k
+
+    def to_dict(self) -> dict[str, Any]:
+        out = asdict(self)
+        out["filters"] = [f.to_dict() for f in self.filters]
+        if self.ratio is None and self.count is None:
+            out["ratio"] = DEFAULT_RATIO
+        out["tie_break"] = TIE_BREAK
+        return out
+
+
+@dataclass
+class Selection:
+    """The result of `select`. Positions index rows of the margin frame it was computed on."""
+
+    spec: SelectionSpec
+    positions: np.ndarray  # selected rows, best first
+    pair_ids: list[str]
+    scores: np.ndarray  # metric score per frame row; NaN for rows outside the candidate set
+    n_total: int
+    n_missing: int  # rows without the margins this metric needs (never candidates)
+    n_candidates: int
+    k: int
+    warnings: list[str] = field(default_factory=list)
+
+    def counts(self) -> dict[str, int]:
+        return {
+            "total": self.n_total,
+            "missing_margins": self.n_missing,
+            "candidates": self.n_candidates,
+            "k": self.k,
+            "selected": int(self.positions.size),
+        }
+
+    def in_source_order(self) -> np.ndarray:
+        """Selected positions sorted by frame row (exports use this order: stable, diff-friendly)."""
+        return np.sort(self.positions)
+
+
+def _needed_columns(metric: str) -> list[str]:
+    return {"map": ["m_ex", "m_im"], "explicit": ["m_ex"], "implicit": ["m_im"], "random": []}[metric]
+
+
+def select(margins: pd.DataFrame, spec: SelectionSpec, texts: Any = None) -> Selection:
+    """Score and select pairs of a margin frame (core.selection.margins.load_margins) according to `spec`.
+
+    `texts` is the pair table (core.selection.margins.load_texts) and is only needed for text filters.
+    Filters with stage "before" restrict the candidate set (z-scores and k are computed over it);
+    with stage "after" the whole frame is ranked and the filters then prune the top-k.
+    """
+    if spec.metric not in METRICS:
+        raise MarginLensError(f"unknown metric {spec.metric!r} (expected one of {', '.join(METRICS)})")
+    if spec.filter_stage not in FILTER_STAGES:
+        raise MarginLensError(f"filter stage must be 'before' or 'after', got {spec.filter_stage!r}")
+    n_total = len(margins)
+    filters = resolve_filters(margins, spec.filters)
+    spec = SelectionSpec(**{**spec.__dict__, "filters": filters})
+    warnings: list[str] = []
+
+    have = np.ones(n_total, dtype=bool)
+    for column in _needed_columns(spec.metric):
+        values = margins[column].to_numpy(dtype=np.float64, na_value=np.nan) if column in margins else None
+        if values is None or np.isnan(values).all():
+            what = "explicit (m_ex)" if column == "m_ex" else "implicit (m_im)"
+            name = margins.attrs.get("dataset", "this dataset")
+            raise MarginLensError(
+                f"metric {spec.metric!r} needs the {what} margin, which {name!r} does not have"
+                + (" (score it with a policy model first)" if column == "m_im" else " (add a reward score table)")
+            )
+        have &= np.isfinite(values)
+    n_missing = int((~have).sum())
+    if n_missing:
+        warnings.append(f"{n_missing} pairs lack the margins for {spec.metric!r} and are not candidates")
+
+    candidates = have.copy()
+    if filters and spec.filter_stage == "before":
+        candidates &= filter_mask(margins, filters, texts)
+    cand_pos = np.flatnonzero(candidates)
+
+    def col(name: str) -> np.ndarray | None:
+        if name not in margins:
+            return None
+        return margins[name].to_numpy(dtype=np.float64, na_value=np.nan)[cand_pos]
+
+    result = metric_scores(
+        col("m_ex"), col("m_im"), spec.metric, spec.weight, spec.signed, spec.seed, n=int(cand_pos.size)
+    )
+    warnings += result.warnings
+    k = k_for(cand_pos.size, spec.ratio, spec.count)
+    if spec.count is not None and spec.count > cand_pos.size:
+        warnings.append(f"count {spec.count} exceeds the {cand_pos.size} candidate pairs; selecting all")
+    chosen = cand_pos[top_k(result.scores, k)]
+    if filters and spec.filter_stage == "after":
+        keep = filter_mask(margins, filters, texts)
+        chosen = chosen[keep[chosen]]
+
+    scores = np.full(n_total, np.nan)
+    scores[cand_pos] = result.scores
+    pair_ids = margins["pair_id"].to_numpy()[chosen].tolist() if "pair_id" in margins else []
+    return Selection(spec, chosen, pair_ids, scores, n_total, n_missing, int(cand_pos.size), k, warnings)

@@ -1,0 +1,240 @@
+"""Audit: does an LLM judge (any OpenAI-compatible endpoint) agree with the dataset's labels, per
+selection subset? Plan and estimate an audit, run it as a background job, read the paper-style chart
+and the verdicts, and flag the pairs the judge shows to be noisy. All work is core.audit.audit_job / core.data.flags.
+
+The API key lives only in this session's widget state and reaches only the worker's environment
+(core.audit.audit_job.submit_audit): never a job spec, a verdict, a log or a file. Judge answers and pair texts
+are untrusted: they are shown in dataframes and code blocks, never as markdown or HTML.
+"""
+
+from __future__ import annotations
+
+import pandas as pd
+import streamlit as st
+from marginlens.app import explore_state, widgets
+from marginlens.app.state import page_with_dataset
+from marginlens.core.audit.agreement_chart import agreement_figure, chart_frame
+from marginlens.core.audit.audit_job import (
+    DEFAULT_CONCURRENCY,
+    DEFAULT_N,
+    DEFAULT_SEED,
+    SUBSETS,
+    audit_params,
+    audit_report,
+    build_subsets,
+    disagreements,
+    estimate_cost,
+    flag_disagreements,
+    list_audits,
+    sample_subsets,
+    submit_audit,
+    unique_pairs,
+    verdict_rows,
+    verdicts_for_pair,
+)
+from marginlens.core.audit.judge_client import Endpoint
+from marginlens.core.data.flags import FLAG_ACTIONS, flag_pairs, flags_summary, load_flags, unflag_pairs
+from marginlens.core.errors import MarginLensError
+from marginlens.core.jobs import get_job
+from marginlens.core.selection.margins import pair_texts
+
+POLL_SECONDS = 2.0
+KEY = "_audit_api_key"
+PLAN = "_audit_plan"
+NOTICE = "_audit_notice"
+ACTION_LABELS = {"exclude": "exclude from exports", "swap": "swap chosen/rejected in exports"}
+TABLE_COLUMNS = ["pair_id", "subsets", "agrees", "judge_label", "ab_answer", "ba_answer", "ab_rationale",
+                 "ba_rationale", "consistent", "invalid", "flag_action"]
+
+ws, dataset = page_with_dataset("Audit")
+scorers = explore_state.scorers(ws, dataset)
+defaults = explore_state.controls()
+
+st.text_input("API key", type="password", key=KEY,
+              help="Kept in this browser session only and handed to the audit worker's environment; never "
+                   "written to disk. Empty: the server's OPENAI_API_KEY.")
+with st.form("_audit_form"):
+    c1, c2 = st.columns(2)
+    base_url = c1.text_input("Endpoint base URL", key="_audit_base_url", placeholder="https://api.openai.com/v1",
+                             help="Any OpenAI-compatible server; empty: api.openai.com")
+    model = c2.text_input("Judge model", key="_audit_model", placeholder="gpt-4o")
+    s = st.columns(4)
+    subsets = s[0].multiselect("Subsets (top-k of each metric)", SUBSETS, default=list(SUBSETS), key="_audit_subsets")
+    n = s[1].number_input("Pairs per subset", min_value=1, value=DEFAULT_N, step=10, key="_audit_n")
+    ratio = s[2].number_input("Top-k ratio", min_value=0.01, max_value=1.0, value=float(defaults.ratio), step=0.05,
+                              key="_audit_ratio")
+    weight = s[3].number_input("M_AP weight w", min_value=0.0, value=float(defaults.weight), step=0.1,
+                               key="_audit_weight")
+    b = st.columns(4)
+    max_calls = b[0].number_input("Max calls (0: no limit)", min_value=0, value=0, step=100, key="_audit_max_calls")
+    max_tokens = b[1].number_input("Max tokens (0: no limit)", min_value=0, value=0, step=10_000,
+                                   key="_audit_max_tokens")
+    concurrency = b[2].number_input("Concurrency", min_value=1, max_value=64, value=DEFAULT_CONCURRENCY,
+                                    key="_audit_concurrency")
+    timeout = b[3].number_input("Timeout per request (s)", min_value=1.0, value=60.0, step=10.0, key="_audit_timeout")
+    p = st.columns(4)
+    max_output = p[0].number_input("Max answer tokens", min_value=1, value=128, step=32, key="_audit_max_output")
+    seed = p[1].number_input("Sampling seed", value=DEFAULT_SEED, step=1, key="_audit_seed")
+    price_in = p[2].number_input("USD per 1M input tokens", min_value=0.0, value=0.0, key="_audit_price_in",
+                                 help="optional: for the cost estimate")
+    price_out = p[3].number_input("USD per 1M output tokens", min_value=0.0, value=0.0, key="_audit_price_out")
+    estimate_clicked = st.form_submit_button("Estimate cost")
+
+if estimate_clicked:
+    try:
+        picked = build_subsets(ws, dataset, metrics=tuple(subsets), ratio=float(ratio), weight=float(weight),
+                               policy_fp=scorers["policy"], reward_fp=scorers["reward"])
+        endpoint = Endpoint(model.strip(), base_url.strip() or None, timeout=float(timeout),
+                            max_output_tokens=int(max_output))
+        params = audit_params(dataset, sample_subsets(picked, int(n), int(seed)), endpoint,
+                              max_calls=int(max_calls) or None, max_tokens=int(max_tokens) or None,
+                              concurrency=int(concurrency))
+        prices = (price_in, price_out) if price_in or price_out else (None, None)
+        st.session_state[PLAN] = {"dataset": dataset, "params": params, "estimate": estimate_cost(ws, params, *prices)}
+    except MarginLensError as exc:
+        st.session_state.pop(PLAN, None)
+        widgets.show_error(exc)
+
+plan = st.session_state.get(PLAN)
+if plan and plan["dataset"] == dataset:
+    est = plan["estimate"]
+    m = st.columns(4)
+    m[0].metric("Calls to make", f"{est['calls']:,}", help=f"{est['calls_stored']:,} of {est['calls_total']:,} "
+                "judgments are already stored (from earlier audits) and are not paid again")
+    m[1].metric("Pairs", f"{est['pairs']:,}", help="each is judged twice, once in each order")
+    m[2].metric("Tokens (worst case)", f"{est['tokens']:,}")
+    m[3].metric("Cost", "—" if est["usd"] is None else f"${est['usd']:.4f}")
+    if not est["fits_budget"]:
+        st.warning("The budget stops the audit before every call is made: the report will be partial.")
+    if st.button("Start audit", type="primary", key="_audit_start"):
+        try:
+            job = submit_audit(ws, plan["params"], api_key=st.session_state.get(KEY) or None)
+        except MarginLensError as exc:
+            widgets.show_error(exc)
+        else:
+            st.session_state["_audit_job"] = job.id
+            st.success(f"Audit job {job.id} is {job.status()['state']}.")
+
+audits = list_audits(ws, dataset)
+if not audits:
+    st.info("No audit of this dataset yet: fill in the endpoint, estimate the cost, then start one.")
+    st.stop()
+labels = {}
+for job in audits:
+    spec_params = job.spec.get("params", {})
+    labels[job.id] = (f"{spec_params.get('endpoint', {}).get('model')} · {len(unique_pairs(spec_params['samples']))} "
+                      f"pairs · {job.spec.get('created', '')} · {job.status().get('state')}")
+if st.session_state.get("_audit_job") not in labels:
+    st.session_state["_audit_job"] = audits[0].id
+st.subheader("Audits")
+job_id = st.selectbox("Audit", list(labels), format_func=labels.get, key="_audit_job")
+
+
+@st.fragment(run_every=POLL_SECONDS)
+def progress_panel(job_id: str) -> None:
+    """Re-reads the job folder every few seconds without rerunning the page; any tab sees the same job."""
+    job = get_job(ws, job_id)
+    status = job.status()
+    state = status.get("state")
+    seen = st.session_state.setdefault("_audit_states", {})
+    previous, seen[job_id] = seen.get(job_id), state
+    if previous in ("queued", "running") and state not in ("queued", "running"):
+        st.rerun()  # it just stopped: rerun the page so the report below shows the final numbers
+    extra = status.get("extra") or {}
+    done, total = int(status.get("done") or 0), status.get("total")
+    head, actions = st.columns([4, 1])
+    head.text(f"{state}: {done:,} of {total or '?'} judgments · {extra.get('calls', 0):,} requests · "
+              f"{extra.get('tokens', 0):,} tokens · {extra.get('invalid', 0)} invalid · "
+              f"{extra.get('failed', 0)} failed")
+    if total:
+        head.progress(min(1.0, done / total))
+    if state == "failed":
+        head.error("The audit failed:")
+        head.code(status.get("message", ""), language=None, wrap_lines=True)  # server text: untrusted
+    if extra.get("budget_stop"):
+        head.warning("Stopped at the budget. Raise max calls / tokens and start again: stored verdicts are reused.")
+    if state in ("running", "queued"):
+        if actions.button("Cancel", key="_audit_cancel"):
+            job.cancel()
+            st.rerun()
+    elif state in ("cancelled", "interrupted", "failed"):
+        if actions.button("Resume", key="_audit_resume", help="uses the API key field above"):
+            submit_audit(ws, job.spec["params"], api_key=st.session_state.get(KEY) or None)
+            st.rerun()
+    with head.expander("Log"):
+        st.code(job.log_tail(15) or "(empty)", language=None)
+
+
+progress_panel(job_id)
+
+params = get_job(ws, job_id).spec["params"]
+judge = params["endpoint"]["model"]
+report = audit_report(ws, params)
+overall = report["overall"]
+if overall["pending"]:
+    st.caption(f"{overall['pending']} of {overall['n']} sampled pairs are not judged yet: the numbers are partial.")
+left, right = st.columns([3, 2])
+left.plotly_chart(agreement_figure(report), key="_audit_chart")
+right.dataframe(chart_frame(report), hide_index=True, width="stretch")
+right.caption("agreement: share of decisive pairs (same answer in both orders) where the judge prefers the "
+              "dataset's chosen response, with a Wilson 95% interval; kappa: label position vs the judge's "
+              "answer over single judgments; position_consistency: valid pairs answered the same in both orders.")
+
+if notice := st.session_state.pop(NOTICE, None):
+    st.success(notice)
+st.subheader("Verdicts")
+frame = pd.DataFrame(verdict_rows(ws, params))
+frame["subsets"] = frame["subsets"].str.join(", ")
+only = st.toggle("Only pairs the judge reverses", key="_audit_only_disagreements")
+shown = frame[frame["agrees"].eq(False)] if only else frame
+clicked = widgets.table_with_pick(shown[TABLE_COLUMNS].reset_index(drop=True), key="_audit_table")
+pair_ids = frame["pair_id"].tolist()
+if clicked:
+    st.session_state["_audit_pair"] = clicked
+if st.session_state.get("_audit_pair") not in pair_ids:
+    reversed_ids = frame.loc[frame["agrees"].eq(False), "pair_id"].tolist()
+    st.session_state["_audit_pair"] = (reversed_ids or pair_ids)[0]
+pair_id = st.selectbox("Pair", pair_ids, key="_audit_pair", help="or click a row in the table")
+
+flags = load_flags(ws, dataset)
+current = flags.get(pair_id)
+action = st.radio("Flag action", FLAG_ACTIONS, horizontal=True, key="_audit_action", format_func=ACTION_LABELS.get)
+reversed_here = disagreements(ws, dataset, judge, params["prompt_version"], unique_pairs(params["samples"]))
+f1, f2, f3 = st.columns(3)
+if f1.button("Flag as noisy", key="_audit_flag", type="primary"):
+    flag_pairs(ws, dataset, [pair_id], action=action, reason=f"flagged on the Audit page (judge {judge})",
+               judge_model=judge)
+    st.session_state[NOTICE] = f"Flagged {pair_id} ({action})."
+    st.rerun()
+if f2.button("Remove flag", key="_audit_unflag", disabled=current is None):
+    unflag_pairs(ws, dataset, [pair_id])
+    st.session_state[NOTICE] = f"Removed the flag of {pair_id}."
+    st.rerun()
+if f3.button(f"Flag all {len(reversed_here)} disagreements", key="_audit_flag_all", disabled=not reversed_here):
+    ids = flag_disagreements(ws, dataset, judge, action=action, prompt_version=params["prompt_version"],
+                             pair_ids=unique_pairs(params["samples"]))
+    st.session_state[NOTICE] = f"Flagged {len(ids)} pairs the judge reverses ({action})."
+    st.rerun()
+summary = flags_summary(ws, dataset)
+st.caption(f"This pair: {'flagged ' + current['action'] if current else 'not flagged'}. Dataset: "
+           f"{len(summary['excluded'])} pairs flagged exclude, {len(summary['swapped'])} flagged swap; exports "
+           "apply them unless told to ignore flags (`marginlens select --ignore-flags`).")
+
+with st.expander("Pair and every stored answer", expanded=False):
+    answers = pd.DataFrame(verdicts_for_pair(ws, dataset, pair_id))
+    if answers.empty:
+        st.caption("No answer stored for this pair yet.")
+    else:
+        st.dataframe(answers[["judge_model", "prompt_version", "order", "choice", "prefers", "rationale", "raw",
+                              "invalid_reason"]], hide_index=True, width="stretch")
+    for row in pair_texts(ws, dataset, [pair_id]):
+        for message in row["prompt"]:
+            st.caption(widgets.md_escape(message["role"]))
+            widgets.untrusted_text(message["content"])
+        chosen_col, rejected_col = st.columns(2)
+        with chosen_col:
+            st.caption("chosen (the dataset's label)")
+            widgets.untrusted_text(row["chosen"])
+        with rejected_col:
+            st.caption("rejected")
+            widgets.untrusted_text(row["rejected"])

@@ -1,0 +1,106 @@
+"""Data: import a preference dataset, read its validation report, browse its pairs."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pandas as pd
+import streamlit as st
+from marginlens.app import readers, widgets
+from marginlens.app.state import dataset_picker, workspace
+from marginlens.core.data.formats import FORMATS
+from marginlens.core.data.ingest import import_dataset, parse_mapping
+from marginlens.core.errors import MarginLensError
+
+ws = workspace()
+st.title("Data")
+
+with st.expander("Import a dataset", expanded=not ws.dataset_names()):
+    upload_tab, path_tab, hub_tab = st.tabs(["Upload a file", "Path on the server", "Hub id"])
+    with upload_tab:
+        uploaded = st.file_uploader("Preference data", type=["jsonl", "json", "parquet", "csv", "gz"])
+    with path_tab:
+        server_path = st.text_input("File or save_to_disk folder", placeholder="/data/prefs.jsonl")
+    with hub_tab:
+        hub_id = st.text_input("Hub dataset id (needs network)", placeholder="owner/name")
+    cols = st.columns(4)
+    name = cols[0].text_input("Name", value=Path(uploaded.name).name.split(".")[0] if uploaded else "")
+    fmt = cols[1].selectbox("Format", ("auto", *FORMATS))
+    policy = cols[2].selectbox("Bad rows", ("skip", "strict"), help="skip: import the rest and keep a rejects file")
+    max_prompt = cols[3].number_input("Max prompt characters (0 = no limit)", min_value=0, value=0, step=1000)
+    mapping_text = st.text_input("Column mapping (unknown layouts)", placeholder="prompt=question,chosen=good,rejected=bad")
+    replace = st.checkbox("Replace a dataset with the same name")
+    if st.button("Import", type="primary"):
+        if uploaded is not None:
+            target = ws.root / "uploads" / uploaded.name
+            target.parent.mkdir(parents=True, exist_ok=True)
+            target.write_bytes(uploaded.getvalue())
+            source = str(target)
+        else:
+            source = server_path.strip() or hub_id.strip()
+        try:
+            if not source:
+                raise MarginLensError("choose a file, a path or a Hub id first")
+            with st.spinner(f"Importing {source} ..."):
+                report = import_dataset(
+                    source, name.strip(), ws, format=fmt, mapping=parse_mapping(mapping_text), policy=policy,
+                    max_prompt_chars=max_prompt or None, replace=replace,
+                )
+        except MarginLensError as exc:
+            widgets.show_error(exc)
+        else:
+            st.session_state["dataset"] = report.name
+            st.success(report.summary())
+
+names = ws.dataset_names()
+if not names:
+    st.info("No datasets yet: import one above, or start with `marginlens app --demo`.")
+    st.stop()
+
+st.subheader("Datasets")
+st.dataframe(
+    pd.DataFrame(
+        [
+            {
+                "name": n,
+                "pairs": (m := readers.manifest(ws, n))["rows"]["imported"],
+                "rejected": m["rows"]["rejected"],
+                "format": m["format"],
+                "scores": "yes" if m.get("has_scores") else "no",
+                "source": m["source"],
+            }
+            for n in names
+        ]
+    ),
+    hide_index=True,
+    width="stretch",
+)
+
+name = dataset_picker(names)
+manifest = readers.manifest(ws, name)
+rows = manifest["rows"]
+c1, c2, c3, c4 = st.columns(4)
+c1.metric("Pairs", f"{rows['imported']:,}")
+c2.metric("Rows read", f"{rows['read']:,}")
+c3.metric("Rejected", f"{rows['rejected']:,}")
+c4.metric("Rows with warnings", f"{manifest.get('warnings_total', 0):,}")
+
+st.subheader("Validation report")
+if manifest.get("rejects"):
+    st.dataframe(pd.DataFrame(sorted(manifest["rejects"].items()), columns=["reason", "rows"]), hide_index=True)
+    st.caption(f"Rejected rows (with the original record) are in `{ws.rejects_path(name)}`.")
+    st.dataframe(readers.rejects(str(ws.root), name, manifest["fingerprint"]), hide_index=True, width="stretch")
+else:
+    st.write("Every row was imported.")
+if manifest.get("warnings"):
+    st.dataframe(pd.DataFrame(manifest["warnings"]), hide_index=True, width="stretch")
+
+st.subheader("Pairs")
+page_size = 50
+pages = max(1, -(-rows["imported"] // page_size))
+page = st.number_input(f"Page (of {pages})", min_value=1, max_value=pages, value=1)
+st.dataframe(
+    readers.preview(str(ws.root), name, manifest["fingerprint"], (page - 1) * page_size, page_size),
+    hide_index=True,
+    width="stretch",
+)

@@ -1,0 +1,228 @@
+"""Explore: explicit vs implicit margins, the selection they make, and where the metrics contradict."""
+
+from __future__ import annotations
+
+import time
+
+import numpy as np
+import pandas as pd
+import streamlit as st
+from marginlens.app import explore_state, widgets
+from marginlens.app.explore_view import (
+    TABLE_SORTS,
+    brush_from_event,
+    brush_key,
+    brush_mask,
+    compute_view,
+    describe_brush,
+    effective_controls,
+    filtered_mask,
+    histogram_figure,
+    histogram_marks,
+    margin_shift,
+    needs_texts,
+    overlap_matrix,
+    pair_details,
+    scatter_figure,
+    shift_figure,
+    table_frame,
+)
+from marginlens.app.state import page_with_dataset
+from marginlens.core.errors import MarginLensError
+
+started = time.perf_counter()
+ws, dataset = page_with_dataset("Explore", sidebar_picker=True)
+picked = widgets.scorer_picker(ws, dataset, compare=True)
+try:
+    margins = explore_state.margins_for(ws, dataset, picked)
+except MarginLensError as exc:
+    widgets.show_error(exc)
+    st.stop()
+
+with st.sidebar:
+    st.subheader("Selection")
+    controls = widgets.selection_controls(explore_state.controls())
+explore_state.set_controls(controls)
+controls, fallback = effective_controls(margins, controls)
+if fallback:
+    st.info(fallback)
+
+try:
+    texts = explore_state.texts_for(ws, dataset) if needs_texts(controls) else None
+    view = compute_view(margins, controls, texts)
+    shown = filtered_mask(margins, controls, texts)
+except MarginLensError as exc:
+    widgets.show_error(exc)
+    st.stop()
+
+counts = view.selection.counts()
+attrs = margins.attrs
+c1, c2, c3, c4, c5 = st.columns(5)
+c1.metric("Pairs", f"{counts['total']:,}")
+c2.metric("Candidates", f"{counts['candidates']:,}", help="have the margins the metric needs and pass the filters")
+c3.metric("Selected (top-k)", f"{counts['selected']:,}")
+c4.metric("Missing margins", f"{counts['missing_margins']:,}")
+c5.metric("m_im < 0", f"{int((margins['m_im'] < 0).sum()):,}", help="the policy prefers the rejected response")
+st.caption(f"m_ex from `{attrs.get('m_ex_source')}` · m_im form `{attrs.get('m_im_form') or 'none'}`"
+           + (f" (beta {attrs.get('beta')})" if attrs.get("beta") else ""))
+for warning in view.selection.warnings:
+    st.warning(widgets.md_escape(warning))
+
+# ---- scatter + brush ------------------------------------------------------------------------------
+brush = explore_state.brush(dataset)
+has_both = np.isfinite(margins["m_ex"].to_numpy(np.float64, na_value=np.nan)) & np.isfinite(
+    margins["m_im"].to_numpy(np.float64, na_value=np.nan))
+if has_both.any():
+    generation = st.session_state.get("_scatter_generation", 0)
+    chart_key = f"_scatter_{generation}"
+    returning = chart_key not in st.session_state  # page (re-)entered: the chart has no selection of its own
+    # Ring the brushed points only for a brush the chart does not show itself (made on an earlier visit).
+    rings = brush_mask(margins, brush) if brush and returning else None
+    figure, drawn = scatter_figure(margins, view, controls, rings, explore_state.hover_for(ws, dataset, margins))
+    event = st.plotly_chart(figure, key=chart_key, on_select="rerun", selection_mode=("box", "lasso"),
+                            width="stretch", config={"displaylogo": False})
+    from_event = brush_from_event(event.selection if event else None)
+    if returning:
+        st.session_state["_scatter_last"] = brush_key(from_event)
+    elif brush_key(from_event) != st.session_state.get("_scatter_last"):
+        # only a change of the chart's own selection moves the brush (a double click clears it)
+        st.session_state["_scatter_last"] = brush_key(from_event)
+        brush = from_event
+        explore_state.set_brush(dataset, brush)
+    inside = brush_mask(margins, brush)
+    note = f"drawing {drawn:,} of {int(has_both.sum()):,} pairs" + (
+        " (a fixed sample; selections apply to all pairs)" if drawn < has_both.sum() else "")
+    left, right = st.columns([4, 1])
+    left.caption(note + " · drag a box or lasso to filter the table; quadrant lines at the medians")
+    if brush and right.button("Clear scatter selection", key="_clear_brush"):
+        explore_state.set_brush(dataset, None)
+        # a new chart key drops the chart's own selection state too
+        st.session_state["_scatter_generation"] = generation + 1
+        st.rerun()
+else:
+    inside = None
+    st.info("The scatter needs both margins: score the dataset with a policy (Score page) and make sure it has "
+            "explicit scores or a reward table.")
+
+# ---- table + pair viewer ---------------------------------------------------------------------------
+mask = shown & inside if inside is not None else shown
+if brush:
+    st.markdown(f"**Scatter selection:** {describe_brush(brush)} — {int(mask.sum()):,} pairs "
+                f"({int((mask & view.selected).sum()):,} in the top-k)")
+sort_cols = st.columns([2, 1, 1, 3])
+sort_by = sort_cols[0].selectbox("Sort by", TABLE_SORTS, key="_sort_by")
+ascending = sort_cols[1].toggle("Ascending", value=sort_by in ("rank", "source_row"), key="_sort_asc")
+only_selected = sort_cols[2].toggle("Top-k only", value=False, key="_only_selected")
+if only_selected:
+    mask = mask & view.selected
+table, matching = table_frame(margins, view, mask, sort_by, ascending)
+sort_cols[3].caption(f"{matching:,} matching pairs; showing {len(table):,} (sorted over all of them). "
+                     "Click a row to open the pair.")
+clicked = widgets.table_with_pick(table, key="_pairs_table")
+if clicked:
+    explore_state.set_open_pair(dataset, clicked)
+
+
+
+def show_pair(pair_id: str | None) -> None:
+    if pair_id is None:
+        st.info("No pair matches the current filters.")
+        return
+    try:
+        widgets.pair_viewer(pair_details(ws, dataset, margins, view, pair_id))
+    except MarginLensError as exc:
+        widgets.show_error(exc)
+        explore_state.set_open_pair(dataset, None)
+
+
+def histograms() -> None:
+    marks = histogram_marks(margins, view, controls)
+    h1, h2, h3 = st.columns(3)
+    h1.plotly_chart(histogram_figure(margins["m_ex"].to_numpy(np.float64, na_value=np.nan), view.selected,
+                                     "m_ex (explicit)", marks["m_ex"]), width="stretch", key="_hist_ex")
+    h2.plotly_chart(histogram_figure(margins["m_im"].to_numpy(np.float64, na_value=np.nan), view.selected,
+                                     "m_im (implicit, signed)", marks["m_im"]), width="stretch", key="_hist_im")
+    h3.plotly_chart(histogram_figure(view.scores, view.selected, f"{controls.metric} score", marks["score"]),
+                    width="stretch", key="_hist_score")
+
+
+def contradictions() -> None:
+    if not has_both.any():
+        st.info("Contradictions need both margins.")
+        return
+    report = explore_state.comparison_for(ws, dataset, picked, controls)
+    quads = report["quadrants"]
+    st.markdown(f"**Quadrants** (m_ex split {quads.ex_split:.3f}, "
+                f"{'|m_im|' if quads.im_axis == 'abs' else 'm_im'} split {quads.im_split:.3f}); "
+                f"top {report['k']:,} of {report['n']:,} pairs with both margins per metric")
+    st.dataframe(pd.DataFrame(quads.counts), hide_index=True, width="stretch")
+    left, right = st.columns(2)
+    with left:
+        st.markdown("**Top-k overlap** (pairs in both sets; diagonal = k)")
+        st.dataframe(overlap_matrix(report), width="stretch")
+    with right:
+        st.markdown("**Rank correlations**")
+        st.dataframe(pd.DataFrame(report["correlations"]), hide_index=True, width="stretch")
+    st.markdown("**Noise suspects** — large m_ex, but the policy prefers the rejected response (m_im < 0). "
+                "Click one to open it.")
+    suspects = pd.DataFrame(report["suspects"])
+    if suspects.empty:
+        st.write("No pair has a large explicit margin with a negative implicit margin.")
+        return
+    suspects["prompt_preview"] = suspects["prompt_preview"].str.slice(0, 80)
+    clicked_suspect = widgets.table_with_pick(
+        suspects[["pair_id", "rank", "source_row", "m_ex", "m_im", "suspicion", "prompt_preview"]],
+        key="_suspects", height=300)
+    if clicked_suspect:
+        explore_state.set_open_pair(dataset, clicked_suspect)
+    if explore_state.open_pair(dataset) in set(suspects["pair_id"]):
+        show_pair(explore_state.open_pair(dataset))
+
+
+def before_after() -> None:
+    compare = picked.get("compare")
+    if not compare:
+        st.info("Pick a second policy table under Score tables → \"Compare with\" (e.g. the one written by "
+                "\"Re-score with the trained model\" on the Train page) to compare implicit margins.")
+        return
+    try:
+        # the same reference and beta as the current m_im, so both sides use one margin form
+        after = explore_state.margins_for(ws, dataset, {**picked, "policy": compare})
+        shift = margin_shift(margins, after, mask)
+    except MarginLensError as exc:
+        widgets.show_error(exc)
+        return
+    n = shift.counts
+    st.markdown(f"**m_im before vs after** for the {n['pairs']:,} pairs the table shows (filters, scatter "
+                "selection and top-k toggle apply)" + (f"; {n['missing']:,} lack a margin in one table" if n["missing"]
+                                                        else ""))
+    b1, b2, b3, b4 = st.columns(4)
+    b1.metric("Pairs compared", f"{n['pairs']:,}")
+    b2.metric("Flipped to chosen", f"{n['to_chosen']:,}", help="m_im < 0 before, > 0 after")
+    b3.metric("Flipped to rejected", f"{n['to_rejected']:,}", help="m_im > 0 before, < 0 after")
+    b4.metric("Mean change", "—" if n["mean_change"] is None else f"{n['mean_change']:+.3f}",
+              help=f"{n['grew']:,} margins grew; median change "
+                   + ("—" if n["median_change"] is None else f"{n['median_change']:+.3f}"))
+    st.plotly_chart(shift_figure(shift, controls.max_points), width="stretch", key="_shift_scatter",
+                    config={"displaylogo": False})
+    st.caption("Above the diagonal: the second policy prefers the chosen response more than the first did.")
+
+
+# Lazy tabs: only the open one runs, so the contradiction report (four rankings and rank correlations)
+# and the before/after comparison are computed only while someone looks at them.
+pair_tab, hist_tab, contra_tab, shift_tab = st.tabs(["Pair", "Histograms", "Contradictions", "Before / after"],
+                                                    key="_explore_tab", on_change="rerun")
+if pair_tab.open:
+    with pair_tab:
+        show_pair(explore_state.open_pair(dataset) or (str(table.iloc[0]["pair_id"]) if len(table) else None))
+if hist_tab.open:
+    with hist_tab:
+        histograms()
+if contra_tab.open:
+    with contra_tab:
+        contradictions()
+if shift_tab.open:
+    with shift_tab:
+        before_after()
+
+st.caption(f"server time {time.perf_counter() - started:.2f} s")

@@ -1,0 +1,195 @@
+"""Train: DPO / SimPO on an export as a background job, live curves, stop/resume, and the M_AP loop."""
+
+from __future__ import annotations
+
+import streamlit as st
+from marginlens.app import navigation, widgets
+from marginlens.app import training_view as tv
+from marginlens.app.state import workspace
+from marginlens.core import jobs
+from marginlens.core.errors import MarginLensError
+from marginlens.core.scoring.models import DEFAULT_POLICY
+from marginlens.core.training.presets import (
+    DEFAULT_PRESET,
+    METHODS,
+    TRAINING_EXPLANATION,
+    describe_setting,
+    list_presets,
+)
+from marginlens.core.training.runs import final_model_path, rescore, resume_training, submit_training
+from marginlens.core.training.settings import resolve_settings
+from marginlens.core.training.train_data import list_exports
+
+JOB_KEY = "train_job"  # the run the page shows; kept across pages
+RESCORE_KEY = "train_rescore"  # {train job id: scoring job id} of re-scores started here
+
+ws = workspace()
+st.title("Train")
+
+# ---- a new run --------------------------------------------------------------------------------------
+st.subheader("New run")
+exports = list_exports(ws)
+if not exports:
+    st.info("No exports yet: write a curated subset on the Export page, then train on it here.")
+else:
+    c1, c2, c3, c4 = st.columns([3, 1, 2, 1])
+    paths = [e["path"] for e in exports]
+    by_path = {e["path"]: e for e in exports}
+    export = c1.selectbox("Export", paths, format_func=lambda p: tv.export_label(by_path[p]), key="_train_export")
+    method = c2.radio("Method", METHODS, format_func=str.upper, key="_train_method", horizontal=True)
+    presets = list(list_presets(method))
+    preset = c3.selectbox("Preset", presets, index=presets.index(DEFAULT_PRESET[method]), key=f"_train_preset_{method}",
+                          help="\n\n".join(f"**{n}**: {p['description']}" for n, p in list_presets(method).items()))
+    device = c4.selectbox("Device", ("auto", "cpu", "cuda"), key="_train_device",
+                          help="the defaults fit the device: no bf16 or gradient checkpointing on CPU")
+    model = st.text_input("Policy model to train (Hub id or folder)", value=DEFAULT_POLICY, key="_train_model")
+    try:
+        resolved = resolve_settings(method, preset, device=device)
+    except MarginLensError as exc:
+        widgets.show_error(exc)
+        st.stop()
+    prefilled = tv.form_values(resolved, method)
+    # Keys carry the choice the values came from, so picking another preset refills the form.
+    prefix = f"_train_f_{method}_{preset}_{resolved['device']}_"
+    with st.form("_train_form"):
+        st.caption(f"Parameters from preset `{preset}` fitted to {resolved['device']}; hover a field for its meaning.")
+        grid = st.columns(4)
+        edited = {}
+        for i, (key, value) in enumerate(prefilled.items()):
+            box, help_text = grid[i % 4], describe_setting(method, key)
+            if isinstance(value, bool):
+                edited[key] = box.checkbox(key, value=value, help=help_text, key=prefix + key)
+            elif isinstance(value, int):
+                edited[key] = box.number_input(key, value=value, step=1, help=help_text, key=prefix + key)
+            elif isinstance(value, float):
+                edited[key] = box.number_input(key, value=value, step=abs(value) / 10 or 0.1, format="%g",
+                                               help=help_text, key=prefix + key)
+            else:
+                edited[key] = box.text_input(key, value=tv.text_value(value), help=help_text, key=prefix + key)
+        extra = st.text_area("Other settings (one key=value per line: any DPOConfig / CPOConfig field)",
+                             key=prefix + "extra", placeholder="e.g. optim=sgd\nmax_prompt_length=512")
+        launch = st.form_submit_button("Launch training", type="primary")
+    derived = {k: resolved["trl"][k] for k in ("gradient_accumulation_steps", "simpo_gamma") if k in resolved["trl"]}
+    if derived:
+        st.caption("Derived: " + ", ".join(f"`{k}` = {v:g}" for k, v in derived.items())
+                   + " (from the effective batch and gamma/beta; recomputed from your values at launch)")
+    if launch:
+        try:
+            overrides = tv.overrides_from_form(prefilled, edited, extra)
+            with st.spinner("Checking the data and settings, hashing the model ..."):
+                job = submit_training(ws, export, method, preset=preset, model=model.strip() or None,
+                                      overrides=overrides, device=device)
+        except MarginLensError as exc:
+            widgets.show_error(exc)
+        else:
+            st.session_state[JOB_KEY] = st.session_state["_train_run"] = job.id  # show the new run below
+            changed = ", ".join(f"{k}={v}" for k, v in overrides.items()) or "none"
+            st.success(f"Training job {job.id} is {job.status()['state']} (changed from the preset: {changed})")
+
+# ---- runs -------------------------------------------------------------------------------------------
+st.subheader("Runs")
+rows = [tv.job_row(j) for j in tv.train_jobs(ws)]
+if not rows:
+    st.caption("No training run yet.")
+    st.stop()
+ids = [r["job_id"] for r in rows]
+by_id = {r["job_id"]: r for r in rows}
+current = st.session_state.get(JOB_KEY)
+job_id = st.selectbox("Run", ids, index=ids.index(current) if current in ids else 0,
+                      format_func=lambda i: tv.job_label(by_id[i]), key="_train_run")
+st.session_state[JOB_KEY] = job_id
+row = by_id[job_id]
+job = jobs.get_job(ws, job_id)
+st.caption(f"{row['method']} · preset `{row['preset']}` · model `{row['model']}` · data `{row['data']}` · "
+           f"changed: {', '.join(f'{k}={v}' for k, v in row['overrides'].items()) or 'nothing'}")
+
+
+@st.fragment(run_every=tv.POLL_SECONDS if row["state"] in tv.LIVE_STATES else None)
+def run_panel() -> None:
+    """Re-reads the job folder and metrics file every few seconds, without rerunning the page."""
+    now = tv.job_row(job)
+    if now["state"] != row["state"] and now["state"] not in tv.LIVE_STATES:
+        st.rerun()  # finished or stopped: rerun the page so it stops polling and shows the outcome
+    metrics = tv.metrics_for(job)
+    head, actions = st.columns([5, 1])
+    head.markdown(f"**{now['state']}** · `{job.id}`")
+    if now["total"]:
+        head.progress(min(1.0, now["done"] / now["total"]), text=tv.progress_text(now, metrics))
+    elif now["state"] in tv.LIVE_STATES:
+        head.caption(now["message"] or "starting the worker (loading the model) ...")
+    if now["state"] == "failed":
+        head.error(f"Training failed: {now['message']}")
+    if now["state"] in tv.LIVE_STATES:
+        if actions.button("Stop", key="_train_stop", help="saves a checkpoint at the next step; Resume continues"):
+            job.cancel()
+            st.toast("Stop requested: the run saves a checkpoint at its next step.")
+    elif now["state"] in ("cancelled", "interrupted", "failed"):
+        if actions.button("Resume", key="_train_resume", help="continues from the last complete checkpoint"):
+            resume_training(ws, job)
+            st.rerun()
+    curves, explanation = st.columns([3, 1])
+    with curves:
+        figures = tv.curve_figures(metrics)
+        if not figures:
+            st.caption("Curves appear after the first logged step.")
+        grid = st.columns(2)
+        for i, (key, figure) in enumerate(figures):
+            grid[i % 2].plotly_chart(figure, width="stretch", key=f"_curve_{key}", config={"displaylogo": False})
+    with explanation:
+        st.markdown(TRAINING_EXPLANATION)
+    with st.expander("Log"):
+        st.code(job.log_tail(30) or "(empty)", language=None)
+
+
+run_panel()
+
+# ---- the trained model and the M_AP loop -------------------------------------------------------------
+if row["state"] == "done":
+    try:
+        final = final_model_path(job)
+    except MarginLensError as exc:
+        st.warning(str(exc))
+        st.stop()
+    st.markdown("**Final model** (a full model folder: `from_pretrained` loads it)")
+    st.code(str(final), language=None)
+    st.markdown("**Re-score with the trained model**: the trained model becomes the policy of a new score "
+                "table beside the old one, so Explore can compare implicit margins before and after.")
+    names = ws.dataset_names()
+    if not names:
+        st.caption("No dataset in the workspace to re-score.")
+        st.stop()
+    source = row["source_dataset"]
+    r1, r2 = st.columns([3, 1])
+    dataset = r1.selectbox("Dataset to re-score", names, index=names.index(source) if source in names else 0,
+                           key="_train_rescore_dataset", help="default: the dataset the export was selected from")
+    started = st.session_state.setdefault(RESCORE_KEY, {})
+    if r2.button("Re-score with the trained model", key="_train_rescore"):
+        try:
+            handle = rescore(ws, dataset, job, device=job.spec["params"].get("device", "auto"))
+        except MarginLensError as exc:
+            widgets.show_error(exc)
+        else:
+            started[job.id] = {"job": handle.job.id if handle.job else None, "policy": handle.fingerprints["policy"],
+                               "dataset": dataset}
+    launched = started.get(job.id)
+    if launched:
+        if launched["job"] is None:
+            st.success(f"Already scored: table `{launched['policy']}` of {launched['dataset']} exists.")
+        else:
+            score_job = jobs.get_job(ws, launched["job"])
+            status = score_job.status()
+
+            @st.fragment(run_every=tv.POLL_SECONDS if status["state"] in tv.LIVE_STATES else None)
+            def rescore_panel() -> None:
+                now = score_job.status()
+                done, total = now.get("done") or 0, now.get("total")
+                text = f"scoring job `{score_job.id}`: {now['state']}" + (f", {done}/{total}" if total else "")
+                if total:
+                    st.progress(min(1.0, done / total), text=text)
+                else:
+                    st.caption(text)
+
+            rescore_panel()
+        st.caption(f"New policy table: `{launched['policy']}`. Pick it on Explore under \"compare with\".")
+        st.page_link(navigation.page("score"),
+                     label="Follow the scoring job on the Score page", icon=":material/speed:")
