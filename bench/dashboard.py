@@ -67,8 +67,8 @@ def bench_apptest(ws) -> dict[str, float]:
 
 
 def bench_browser(ws) -> dict[str, float]:
+    from helpers_browser import CHROMIUM, CHROMIUM_ARGS, drag_box, free_port, wait_healthy
     from playwright.sync_api import expect, sync_playwright
-    from test_browser_e2e import CHROMIUM, CHROMIUM_ARGS, drag_box, free_port, wait_healthy
 
     print("Browser (headless Chromium, wall clock incl. network and rendering):")
     r: dict[str, float] = {}

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import json
 import os
-import socket
 import subprocess
 import sys
 import time
@@ -12,6 +11,7 @@ import urllib.request
 from pathlib import Path
 
 import numpy as np
+from helpers_browser import free_port
 from marginlens.core.demo.build import DEMO_NAME, PAIRS_FILE, ensure_demo
 from marginlens.core.scoring.score_tables import load_score_table
 from marginlens.core.selection.contradictions import noise_suspects
@@ -56,12 +56,6 @@ def test_committed_scores_are_what_the_real_scorer_computes_now(ws, smollm2):  #
                                    rtol=1e-4, atol=1e-3)
 
 
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
 def _listening_addresses(port: int) -> set[str]:
     """Local addresses (kernel hex) of the sockets listening on `port`, from /proc/net/tcp{,6}."""
     found = set()
@@ -75,7 +69,7 @@ def _listening_addresses(port: int) -> set[str]:
 
 
 def test_marginlens_app_serves_the_demo_on_localhost(tmp_path):
-    port = _free_port()
+    port = free_port()
     marginlens = Path(sys.executable).parent / "marginlens"
     env = {**os.environ, "HF_HUB_OFFLINE": "1"}
     proc = subprocess.Popen([str(marginlens), "app", "--demo", "--port", str(port), "--workspace", str(tmp_path / "ws")],
@@ -99,7 +93,7 @@ def test_marginlens_app_serves_the_demo_on_localhost(tmp_path):
 
 
 def test_stopping_marginlens_app_stops_the_server(tmp_path):
-    port = _free_port()
+    port = free_port()
     proc = subprocess.Popen([str(Path(sys.executable).parent / "marginlens"), "app", "--port", str(port),
                              "--workspace", str(tmp_path / "ws")], stdout=subprocess.DEVNULL,
                             stderr=subprocess.STDOUT, env={**os.environ, "HF_HUB_OFFLINE": "1"})
