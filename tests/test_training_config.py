@@ -9,9 +9,15 @@ import json
 from pathlib import Path
 
 import pytest
+from marginlens.core import jobs
 from marginlens.core.errors import MarginLensError, RowError
-from marginlens.core.training import presets, runs, settings, train_data
+from marginlens.core.training import presets, settings, train_data
+from marginlens.core.training.train_spec import TrainSpec, build_spec
 from tiny_models import tiny_llama  # noqa: F401  (session fixture)
+
+# The keys a train job's params held before the spec was typed (spec.json of existing workspaces).
+UNTYPED_SPEC_KEYS = ("method", "preset", "model", "model_path", "model_revision", "model_fingerprint", "data",
+                     "data_fingerprint", "source_dataset", "device", "settings", "trl", "overrides")
 
 
 def write_jsonl(path: Path, rows: list[dict]) -> Path:
@@ -29,9 +35,9 @@ def data(tmp_path_factory) -> Path:
 
 
 def test_simpo_presets_follow_the_paper_and_fit_the_cpu(data, tiny_llama):  # noqa: F811
-    spec = runs.build_spec(data, "simpo", model=str(tiny_llama), device="cpu")
-    trl = spec["trl"]
-    assert spec["preset"] == "simpo-llama3-8b-instruct"
+    spec = build_spec(data, "simpo", model=str(tiny_llama), device="cpu")
+    trl = spec.trl
+    assert spec.preset == "simpo-llama3-8b-instruct"
     assert (trl["loss_type"], trl["cpo_alpha"], trl["beta"]) == ("simpo", 0.0, 10.0)
     assert trl["simpo_gamma"] == pytest.approx(3.0)  # gamma/beta 0.3 with beta 10
     assert trl["learning_rate"] == 1e-6
@@ -44,8 +50,8 @@ def test_simpo_presets_follow_the_paper_and_fit_the_cpu(data, tiny_llama):  # no
     assert config.bf16 is False and config.gradient_checkpointing is False
     assert config.simpo_gamma == pytest.approx(3.0) and config.loss_type == "simpo"
 
-    gemma = runs.build_spec(data, "simpo", preset="simpo-gemma2-9b-it", model=str(tiny_llama), device="cpu")
-    assert gemma["trl"]["simpo_gamma"] == pytest.approx(5.0) and gemma["trl"]["learning_rate"] == 8e-7
+    gemma = build_spec(data, "simpo", preset="simpo-gemma2-9b-it", model=str(tiny_llama), device="cpu")
+    assert gemma.trl["simpo_gamma"] == pytest.approx(5.0) and gemma.trl["learning_rate"] == 8e-7
 
 
 def test_dpo_preset_and_overrides(data, tiny_llama):  # noqa: F811
@@ -54,26 +60,31 @@ def test_dpo_preset_and_overrides(data, tiny_llama):  # noqa: F811
          "lr_scheduler_type=linear", "bf16=false"]
     )
     assert overrides["learning_rate"] == 5e-7 and overrides["bf16"] is False
-    spec = runs.build_spec(data, "dpo", model=str(tiny_llama), overrides=overrides, device="cpu")
-    trl = spec["trl"]
-    assert spec["preset"] == "dpo-paper" and "loss_type" not in trl
+    spec = build_spec(data, "dpo", model=str(tiny_llama), overrides=overrides, device="cpu")
+    trl = spec.trl
+    assert spec.preset == "dpo-paper" and "loss_type" not in trl
     assert trl["beta"] == 1.0 and isinstance(trl["beta"], float)  # widened: DPOConfig.beta is a float
     assert (trl["learning_rate"], trl["max_steps"], trl["lr_scheduler_type"]) == (5e-7, 10, "linear")
     assert trl["gradient_accumulation_steps"] == 2  # 8 pairs per step / 4 per device
-    assert spec["overrides"] == overrides
+    assert spec.overrides == overrides
     config = settings.make_trl_config(spec, output_dir="unused")
     assert type(config).__name__ == "DPOConfig" and config.beta == 1.0
     # accumulation set directly wins over the effective batch
-    direct = runs.build_spec(data, "dpo", model=str(tiny_llama), device="cpu",
+    direct = build_spec(data, "dpo", model=str(tiny_llama), device="cpu",
                                  overrides={"gradient_accumulation_steps": 3})
-    assert direct["trl"]["gradient_accumulation_steps"] == 3 and direct["settings"]["effective_batch_size"] is None
+    assert direct.trl["gradient_accumulation_steps"] == 3 and direct.settings["effective_batch_size"] is None
     # the pre-transformers-5 name still works (transformers 5 renamed it to activation_checkpointing)
-    legacy = runs.build_spec(data, "dpo", model=str(tiny_llama), device="cpu",
+    legacy = build_spec(data, "dpo", model=str(tiny_llama), device="cpu",
                                  overrides={"gradient_checkpointing": True})
     assert settings.make_trl_config(legacy, output_dir="unused").gradient_checkpointing is True
     # the same settings are the same spec (and so the same job); different data is a different one
-    again = runs.build_spec(data, "dpo", model=str(tiny_llama), overrides=overrides, device="cpu")
+    again = build_spec(data, "dpo", model=str(tiny_llama), overrides=overrides, device="cpu")
     assert again == spec
+    assert jobs.job_id_for("train", again.to_params()) == jobs.job_id_for("train", spec.to_params())
+    # the typed spec travels as the same JSON params the untyped spec did: old train jobs keep their ids
+    params = json.loads(json.dumps(spec.to_params()))
+    assert sorted(params) == sorted(UNTYPED_SPEC_KEYS)
+    assert TrainSpec.from_params(params) == spec
 
 
 @pytest.mark.parametrize(
@@ -91,16 +102,16 @@ def test_dpo_preset_and_overrides(data, tiny_llama):  # noqa: F811
 )
 def test_bad_settings_fail_before_launch(data, tiny_llama, method, overrides, message):  # noqa: F811
     with pytest.raises(MarginLensError, match=message):
-        runs.build_spec(data, method, model=str(tiny_llama), overrides=overrides, device="cpu")
+        build_spec(data, method, model=str(tiny_llama), overrides=overrides, device="cpu")
 
 
 def test_preset_and_method_must_match(data, tiny_llama):  # noqa: F811
     with pytest.raises(MarginLensError, match="is for simpo, not dpo"):
-        runs.build_spec(data, "dpo", preset="simpo-gemma2-9b-it", model=str(tiny_llama), device="cpu")
+        build_spec(data, "dpo", preset="simpo-gemma2-9b-it", model=str(tiny_llama), device="cpu")
     with pytest.raises(MarginLensError, match="unknown training preset"):
-        runs.build_spec(data, "dpo", preset="nope", model=str(tiny_llama), device="cpu")
+        build_spec(data, "dpo", preset="nope", model=str(tiny_llama), device="cpu")
     with pytest.raises(MarginLensError, match="unknown training method"):
-        runs.build_spec(data, "ppo", model=str(tiny_llama), device="cpu")
+        build_spec(data, "ppo", model=str(tiny_llama), device="cpu")
 
 
 def test_lora_is_an_option_that_needs_peft(data, tiny_llama):  # noqa: F811
@@ -108,11 +119,11 @@ def test_lora_is_an_option_that_needs_peft(data, tiny_llama):  # noqa: F811
         import peft  # noqa: F401
     except ImportError:
         with pytest.raises(MarginLensError, match="needs the 'peft' package"):
-            runs.build_spec(data, "dpo", model=str(tiny_llama), overrides={"lora": True}, device="cpu")
+            build_spec(data, "dpo", model=str(tiny_llama), overrides={"lora": True}, device="cpu")
     else:
-        spec = runs.build_spec(data, "dpo", model=str(tiny_llama), overrides={"lora": True, "lora_r": 4},
+        spec = build_spec(data, "dpo", model=str(tiny_llama), overrides={"lora": True, "lora_r": 4},
                                    device="cpu")
-        assert spec["settings"]["lora"] is True and spec["settings"]["lora_r"] == 4
+        assert spec.settings["lora"] is True and spec.settings["lora_r"] == 4
 
 
 def test_training_data_is_checked_with_row_and_field(tmp_path):
@@ -151,7 +162,7 @@ def test_trl_config_file_parses_with_trls_own_parsers(data, tiny_llama, tmp_path
     from trl.experimental.cpo import CPOConfig
     from trl.scripts.dpo import make_parser
 
-    dpo = runs.build_spec(data, "dpo", model=str(tiny_llama), device="cpu", overrides={"max_steps": 7})
+    dpo = build_spec(data, "dpo", model=str(tiny_llama), device="cpu", overrides={"max_steps": 7})
     path = tmp_path / "dpo.yaml"
     path.write_text(settings.trl_config_text(dpo, output_dir=str(tmp_path / "out")))
     # exactly what `trl dpo --config dpo.yaml` parses
@@ -164,7 +175,7 @@ def test_trl_config_file_parses_with_trls_own_parsers(data, tiny_llama, tmp_path
     loaded = get_dataset(dataset_args)["train"]
     assert loaded.column_names == ["prompt", "chosen", "rejected"] and loaded[0] == PAIRS[0]
 
-    simpo = runs.build_spec(data, "simpo", model=str(tiny_llama), device="cpu")
+    simpo = build_spec(data, "simpo", model=str(tiny_llama), device="cpu")
     path = tmp_path / "simpo.yaml"
     path.write_text(settings.trl_config_text(simpo, output_dir=str(tmp_path / "out")))
     parser = TrlParser((ScriptArguments, CPOConfig, ModelConfig, DatasetMixtureConfig))
@@ -175,16 +186,16 @@ def test_trl_config_file_parses_with_trls_own_parsers(data, tiny_llama, tmp_path
 
 
 def test_launcher_uses_accelerate_for_several_processes(data, tiny_llama):  # noqa: F811
-    single = runs.build_spec(data, "dpo", model=str(tiny_llama), device="cpu")
+    single = build_spec(data, "dpo", model=str(tiny_llama), device="cpu")
     assert settings.launcher_for(single) is None
-    multi = runs.build_spec(data, "dpo", model=str(tiny_llama), device="cpu",
+    multi = build_spec(data, "dpo", model=str(tiny_llama), device="cpu",
                                 overrides={"num_processes": 4, "accelerate_config": "zero3"})
     launcher = settings.launcher_for(multi)
     assert launcher[1:3] == ["-m", "accelerate.commands.launch"]
     assert launcher[launcher.index("--num_processes") + 1] == "4"
     assert Path(launcher[launcher.index("--config_file") + 1]).name == "zero3.yaml"  # TRL's shipped config
     # 128 pairs per step over 4 processes x 2 per device
-    assert multi["trl"]["gradient_accumulation_steps"] == 16
+    assert multi.trl["gradient_accumulation_steps"] == 16
 
 
 def test_resolve_settings_is_the_cheap_form_view():
@@ -198,9 +209,9 @@ def test_resolve_settings_is_the_cheap_form_view():
 
 def test_export_manifest_names_the_dataset_to_rescore(tmp_path, tiny_llama):  # noqa: F811
     data = write_jsonl(tmp_path / "sel.jsonl", PAIRS)
-    assert runs.build_spec(data, "dpo", model=str(tiny_llama), device="cpu")["source_dataset"] is None
+    assert build_spec(data, "dpo", model=str(tiny_llama), device="cpu").source_dataset is None
     (tmp_path / "sel.jsonl.manifest.json").write_text(json.dumps({"source": {"dataset": "uf"}}))
-    assert runs.build_spec(data, "dpo", model=str(tiny_llama), device="cpu")["source_dataset"] == "uf"
+    assert build_spec(data, "dpo", model=str(tiny_llama), device="cpu").source_dataset == "uf"
 
 
 def test_cli_dry_run_and_errors(data, tiny_llama, tmp_path, capsys):  # noqa: F811

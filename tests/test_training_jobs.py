@@ -15,6 +15,7 @@ from marginlens.core import jobs
 from marginlens.core.atomic import read_json
 from marginlens.core.errors import MarginLensError
 from marginlens.core.training import runs, settings
+from marginlens.core.training.train_spec import build_spec
 from marginlens.core.workspace import Workspace
 from tiny_models import tiny_llama  # noqa: F401  (session fixture)
 
@@ -217,10 +218,10 @@ def test_kill_resumes_from_checkpoint_and_stop_checkpoints(ws, data, tiny_llama)
 
 
 def test_final_model_path_needs_a_finished_training_job(ws, data, tiny_llama):  # noqa: F811
-    spec = runs.build_spec(data, "dpo", model=str(tiny_llama), device="cpu", overrides={"max_steps": 1})
-    job = jobs.Job(ws.jobs_dir / jobs.job_id_for("train", spec))  # never started
+    spec = build_spec(data, "dpo", model=str(tiny_llama), device="cpu", overrides={"max_steps": 1})
+    job = jobs.Job(ws.jobs_dir / jobs.job_id_for("train", spec.to_params()))  # never started
     job.dir.mkdir(parents=True)
-    (job.dir / "spec.json").write_text(json.dumps({"kind": "train", "params": spec}))
+    (job.dir / "spec.json").write_text(json.dumps({"kind": "train", "params": spec.to_params()}))
     with pytest.raises(MarginLensError, match="has no final model yet"):
         runs.final_model_path(job)
     other = jobs.Job(ws.jobs_dir / "audit-x")

@@ -93,6 +93,7 @@ def _follow(job: Any) -> int:
 def cmd_train(args: argparse.Namespace) -> int:
     from marginlens.core import jobs
     from marginlens.core.training import presets, runs, settings
+    from marginlens.core.training.train_spec import build_spec
 
     if args.list_presets:
         for name, preset in presets.list_presets().items():
@@ -111,13 +112,13 @@ def cmd_train(args: argparse.Namespace) -> int:
     if not export.exists() and not export.is_absolute() and (ws.exports_dir / export).exists():
         export = ws.exports_dir / export  # the name `marginlens select --out` gave, inside the workspace
     overrides = settings.parse_overrides(args.overrides)
-    spec = runs.build_spec(str(export), args.method, preset=args.preset, model=args.model,
+    spec = build_spec(str(export), args.method, preset=args.preset, model=args.model,
                                overrides=overrides, device=args.device)
     if args.dry_run:
-        print(json.dumps(spec, indent=2, sort_keys=True))
+        print(json.dumps(spec.to_params(), indent=2, sort_keys=True))
         print(settings.trl_config_text(spec, output_dir="OUTPUT_DIR"))
         return 0
-    job = jobs.submit(ws, "train", spec, launcher=settings.launcher_for(spec))
+    job = jobs.submit(ws, "train", spec.to_params(), launcher=settings.launcher_for(spec))
     print(f"training job {job.id}: {job.dir / 'results'}", flush=True)
     if args.detach:
         return 0

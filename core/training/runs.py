@@ -7,21 +7,7 @@ DPO runs through `trl.DPOTrainer`; SimPO through `trl.experimental.cpo.CPOTraine
 `loss_type="simpo"` and `cpo_alpha=0` (SimPO is CPO's sigmoid loss on length-normalised log-probs
 with a target margin and no NLL term).
 
-A run is described by a *spec*, a JSON-able dict built once, when the run is submitted:
-
-  method, preset        "dpo" | "simpo", and the preset the values started from
-  model, model_path     the user's model spec and what from_pretrained loads (core.scoring.models)
-  model_revision, model_fingerprint
-  data, data_fingerprint  the TRL-format file or save_to_disk folder, and a hash of its content
-  device                "cpu" | "cuda" -- the device the defaults were fitted to
-  settings              MarginLens-level knobs (SETTINGS_KEYS): effective batch, SimPO gamma/beta,
-                        model dtype, LoRA, number of processes, accelerate config
-  trl                   the DPOConfig / CPOConfig fields, fully resolved (output_dir excluded)
-  overrides             what the user changed on top of the preset (shown in the UI)
-
-The spec is the train job's params (core.training.train_job), so submitting the same run twice gives the same
-job, and a changed export or model gives a new one. Values are layered: preset, then the defaults
-that fit the device, then the user's overrides; every field of the TRL config class is overridable.
+A run is described by a TrainSpec (core.training.train_spec), built once, when it is submitted.
 """
 
 from __future__ import annotations
@@ -33,8 +19,8 @@ from typing import Any
 
 from marginlens.core.atomic import read_json
 from marginlens.core.errors import MarginLensError
-from marginlens.core.training.settings import launcher_for, make_trl_config, require_peft, resolve_settings
-from marginlens.core.training.train_data import data_fingerprint, export_manifest, load_training_data
+from marginlens.core.training.settings import launcher_for, make_trl_config, require_peft
+from marginlens.core.training.train_spec import TrainSpec, build_spec
 from marginlens.core.workspace import Workspace
 
 # Files inside a train job's results folder (core.training.train_job writes them; the page reads them).
@@ -52,52 +38,6 @@ CURVE_KEYS = (
     "learning_rate",
     "tokens_per_s",
 )
-
-
-# ------------------------------------------------------------------------------------------------
-# The run spec
-# ------------------------------------------------------------------------------------------------
-def build_spec(
-    data: str | os.PathLike,
-    method: str,
-    preset: str | None = None,
-    model: str | None = None,
-    overrides: dict[str, Any] | None = None,
-    device: str | None = None,
-) -> dict[str, Any]:
-    """Resolve a training run: preset -> device defaults -> overrides, checked against TRL's config class.
-
-    `model` is any core.scoring.models spec (a local folder, a Hub id, default: SmolLM2-135M-Instruct). Raises
-    MarginLensError for an unknown preset or setting, a wrong-typed value, unreadable data, a missing
-    peft for LoRA, or a combination TRL rejects -- before anything is launched.
-    """
-    from marginlens.core.scoring import models
-
-    overrides = dict(overrides or {})
-    resolved = resolve_settings(method, preset, overrides, device)
-    source = models.resolve_model(model)
-    data_path = Path(data).expanduser().resolve()
-    load_training_data(data_path)  # fail now, with the row and field, not inside a worker
-    manifest = export_manifest(data_path)
-    spec = {
-        "method": method,
-        "preset": resolved["preset"],
-        "model": source.spec,
-        "model_path": source.path,
-        "model_revision": source.revision,
-        "model_fingerprint": models.model_fingerprint(source),
-        "data": str(data_path),
-        "data_fingerprint": data_fingerprint(data_path),
-        # the dataset the export was selected from: where the M_AP loop re-scores by default
-        "source_dataset": ((manifest or {}).get("source") or {}).get("dataset"),
-        "device": resolved["device"],
-        "settings": resolved["settings"],
-        "trl": resolved["trl"],
-        "overrides": overrides,
-    }
-    # Built and dropped only to let TRL validate the combination; nothing is written to output_dir.
-    make_trl_config(spec, output_dir="marginlens-validation-only")
-    return spec
 
 
 # ------------------------------------------------------------------------------------------------
@@ -140,23 +80,23 @@ def _lora_config(settings: dict[str, Any]) -> Any:
     )
 
 
-def build_trainer(spec: dict[str, Any], train_dataset: Any, output_dir: str | os.PathLike,
+def build_trainer(spec: TrainSpec, train_dataset: Any, output_dir: str | os.PathLike,
                   callbacks: list[Any] | None = None) -> Any:
     """A ready DPOTrainer / CPOTrainer for the spec, with `tokens_seen` counting trained tokens."""
     import torch
     from marginlens.core.scoring import models
     from transformers import AutoModelForCausalLM
 
-    source = models.ModelSource(spec["model"], spec["model_path"], spec.get("model_revision"))
+    source = models.ModelSource(spec.model, spec.model_path, spec.model_revision)
     # The config first: under DeepSpeed ZeRO-3 it must exist before from_pretrained to shard the load.
     args = make_trl_config(spec, str(output_dir))
-    dtype = spec["settings"].get("model_dtype", "float32")
+    dtype = spec.settings.get("model_dtype", "float32")
     tokenizer = models.load_tokenizer(source)
     model = AutoModelForCausalLM.from_pretrained(
         source.path, revision=source.revision, dtype="auto" if dtype == "auto" else getattr(torch, dtype)
     )
-    peft_config = _lora_config(spec["settings"]) if spec["settings"].get("lora") else None
-    if spec["method"] == "dpo":
+    peft_config = _lora_config(spec.settings) if spec.settings.get("lora") else None
+    if spec.method == "dpo":
         from trl import DPOTrainer as base
     else:
         from trl.experimental.cpo import CPOTrainer as base
@@ -248,7 +188,7 @@ def submit_training(
     from marginlens.core import jobs
 
     spec = build_spec(data, method, preset=preset, model=model, overrides=overrides, device=device)
-    return jobs.submit(ws, "train", spec, launcher=launcher_for(spec))
+    return jobs.submit(ws, "train", spec.to_params(), launcher=launcher_for(spec))
 
 
 def resume_training(ws: Workspace, job: Any) -> Any:

@@ -13,7 +13,7 @@ import sys
 import types
 import typing
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from marginlens.core.errors import MarginLensError
 from marginlens.core.training.presets import (
@@ -27,6 +27,9 @@ from marginlens.core.training.presets import (
     trl_fields,
 )
 from marginlens.core.training.train_data import RESPONSE_COLUMNS
+
+if TYPE_CHECKING:  # the spec module builds on this one
+    from marginlens.core.training.train_spec import TrainSpec
 
 # The TRL config file a train job writes beside its results (core.training.train_job).
 TRL_CONFIG_FILE = "trl_config.yaml"
@@ -233,14 +236,14 @@ def resolve_settings(
     return {"preset": preset, "device": device, "settings": settings, "trl": trl}
 
 
-def make_trl_config(spec: dict[str, Any], output_dir: str) -> Any:
+def make_trl_config(spec: TrainSpec, output_dir: str) -> Any:
     """The DPOConfig / CPOConfig for a spec; TRL's own validation errors become one-line errors."""
-    cls = config_class(spec["method"])
+    cls = config_class(spec.method)
     try:
-        return cls(output_dir=output_dir, **spec["trl"])
+        return cls(output_dir=output_dir, **spec.trl)
     except (ValueError, TypeError) as exc:
         first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
-        raise MarginLensError(f"invalid {spec['method']} training settings: {first}") from None
+        raise MarginLensError(f"invalid {spec.method} training settings: {first}") from None
 
 
 def require_peft() -> None:
@@ -253,12 +256,12 @@ def require_peft() -> None:
         ) from None
 
 
-def launcher_for(spec: dict[str, Any]) -> list[str] | None:
+def launcher_for(spec: TrainSpec) -> list[str] | None:
     """The job launcher: plain python for one process, `accelerate launch` for several or a config.
 
     TRL's preset names (zero3, fsdp2, ...) resolve to the files TRL ships, as `trl dpo` does.
     """
-    settings = spec["settings"]
+    settings = spec.settings
     processes, config = int(settings.get("num_processes") or 1), settings.get("accelerate_config")
     if processes <= 1 and not config:
         return None
@@ -296,12 +299,12 @@ def _dataset_entry(data: Path) -> dict[str, Any]:
     return {**entry, "split": "train", "columns": [c for c in RESPONSE_COLUMNS if c in names]}
 
 
-def trl_config_document(spec: dict[str, Any], output_dir: str) -> dict[str, Any]:
+def trl_config_document(spec: TrainSpec, output_dir: str) -> dict[str, Any]:
     """The YAML mapping TRL's `TrlParser` reads: ModelConfig + config-class fields + a dataset mixture."""
-    settings = spec["settings"]
-    doc: dict[str, Any] = {"model_name_or_path": spec["model_path"]}
-    if spec.get("model_revision"):
-        doc["model_revision"] = spec["model_revision"]
+    settings = spec.settings
+    doc: dict[str, Any] = {"model_name_or_path": spec.model_path}
+    if spec.model_revision:
+        doc["model_revision"] = spec.model_revision
     if settings.get("model_dtype"):
         doc["dtype"] = settings["model_dtype"]
     if settings.get("lora"):
@@ -312,8 +315,8 @@ def trl_config_document(spec: dict[str, Any], output_dir: str) -> dict[str, Any]
             lora_dropout=settings["lora_dropout"],
             lora_target_modules=settings["lora_target_modules"],
         )
-    doc["datasets"] = [_dataset_entry(Path(spec["data"]))]
-    doc.update(spec["trl"])
+    doc["datasets"] = [_dataset_entry(Path(spec.data))]
+    doc.update(spec.trl)
     doc["output_dir"] = output_dir
     if int(settings.get("num_processes") or 1) > 1:
         doc["num_processes"] = int(settings["num_processes"])  # passed through to accelerate launch
@@ -322,10 +325,10 @@ def trl_config_document(spec: dict[str, Any], output_dir: str) -> dict[str, Any]
     return doc
 
 
-def trl_config_text(spec: dict[str, Any], output_dir: str, job_id: str = "") -> str:
+def trl_config_text(spec: TrainSpec, output_dir: str, job_id: str = "") -> str:
     import yaml
 
-    if spec["method"] == "dpo":
+    if spec.method == "dpo":
         how = f"#   trl dpo --config {TRL_CONFIG_FILE}\n"
     else:
         how = (
@@ -334,8 +337,8 @@ def trl_config_text(spec: dict[str, Any], output_dir: str, job_id: str = "") -> 
             "#   parsed config to trl.experimental.cpo.CPOTrainer in your own script.\n"
         )
     header = (
-        f"# TRL config written by MarginLens{' for job ' + job_id if job_id else ''}: {spec['method']} "
-        f"(preset {spec['preset']}) on {spec['data']}\n"
+        f"# TRL config written by MarginLens{' for job ' + job_id if job_id else ''}: {spec.method} "
+        f"(preset {spec.preset}) on {spec.data}\n"
         "# Start the same run outside MarginLens with:\n" + how +
         "# Its output_dir is a folder of its own, so it never overwrites this job's checkpoints.\n"
     )

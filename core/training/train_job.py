@@ -1,6 +1,6 @@
 """The "train" job kind: one TRL preference-training run in a background worker.
 
-Its params are a spec from core.training.runs.build_spec. In the job's results folder:
+Its params are a TrainSpec (core.training.train_spec.build_spec). In the job's results folder:
 
   trl_config.yaml      the same run for TRL's own CLI (`trl dpo --config trl_config.yaml`)
   metrics.jsonl        one JSON line per optimizer step: step, epoch, time, loss, rewards/chosen,
@@ -27,6 +27,7 @@ from marginlens.core.atomic import write_text
 from marginlens.core.errors import MarginLensError
 from marginlens.core.jobs import JobCancelled, JobContext
 from marginlens.core.training import runs, settings, train_data
+from marginlens.core.training.train_spec import TrainSpec
 
 
 def _prepare_resume(ctx: JobContext, results: Path) -> Path | None:
@@ -148,21 +149,21 @@ def _save_final(ctx: JobContext, trainer: Any, results: Path) -> Path:
 
 
 def run(ctx: JobContext) -> dict[str, Any]:
-    spec = ctx.params
+    spec = TrainSpec.from_params(ctx.params)
     results = ctx.results_dir
     checkpoints = results / runs.CHECKPOINTS_DIR
     metrics = results / runs.METRICS_FILE
     if ctx.is_main:
         text = settings.trl_config_text(spec, output_dir=str(results / "trl-cli-output"), job_id=ctx.job.id)
         write_text(results / settings.TRL_CONFIG_FILE, text)
-    if train_data.data_fingerprint(spec["data"]) != spec["data_fingerprint"]:
+    if train_data.data_fingerprint(spec.data) != spec.data_fingerprint:
         raise MarginLensError(
-            f"{spec['data']} changed since this run was submitted; submit it again to train on the new content"
+            f"{spec.data} changed since this run was submitted; submit it again to train on the new content"
         )
     resume = _prepare_resume(ctx, results)
     ctx.check_cancel()
-    ctx.log(f"{spec['method']} on {spec['data']} with {spec['model']} ({spec['device']}), preset {spec['preset']}")
-    dataset = train_data.load_training_data(spec["data"])
+    ctx.log(f"{spec.method} on {spec.data} with {spec.model} ({spec.device}), preset {spec.preset}")
+    dataset = train_data.load_training_data(spec.data)
     callback = _callback(ctx, metrics)
     trainer = runs.build_trainer(spec, dataset, checkpoints, callbacks=[callback])
     callback.trainer = trainer
