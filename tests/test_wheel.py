@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import os
 import re
+import shutil
 import subprocess
 import sys
 import sysconfig
@@ -33,8 +34,12 @@ OUTPUT = REPO / "test-output" / "wheel"
 def installed(tmp_path_factory) -> Path:
     """A fresh venv holding the wheel built from this checkout; returns its bin/ folder."""
     root = tmp_path_factory.mktemp("wheel")
+    # from a copy: setuptools reuses a build/ folder it finds, and a stale one would ship deleted modules
+    source = root / "source"
+    shutil.copytree(REPO, source, ignore=shutil.ignore_patterns(
+        ".git", ".venv", "build", "*.egg-info", "__pycache__", "test-output", "marginlens-workspace"))
     build = subprocess.run([sys.executable, "-m", "pip", "wheel", "--no-deps", "-v", "-w", str(root / "dist"),
-                            str(REPO)], capture_output=True, text=True, timeout=600)
+                            str(source)], capture_output=True, text=True, timeout=600)
     assert build.returncode == 0, build.stdout[-3000:] + build.stderr[-3000:]
     # setuptools reports configuration problems as Python warnings ("...Warning: ..."); pip's own
     # upper-case "WARNING:" lines are about this machine's package index, not the project
