@@ -11,6 +11,7 @@ from typing import Any
 import streamlit as st
 from marginlens.app import readers
 from marginlens.app.explore_view import ExploreControls
+from marginlens.core.selection.compare import CompareReport
 from marginlens.core.selection.margins import DEFAULT_BETA, default_scorers
 from marginlens.core.workspace import Workspace
 
@@ -73,7 +74,7 @@ def margins_for(ws: Workspace, dataset: str, picked: dict[str, Any]):
                            readers.scorer_stamp(ws, dataset, fps))
 
 
-def comparison_for(ws: Workspace, dataset: str, picked: dict[str, Any], c: ExploreControls) -> dict[str, Any]:
+def comparison_for(ws: Workspace, dataset: str, picked: dict[str, Any], c: ExploreControls) -> CompareReport:
     fps = (picked.get("policy"), picked.get("reference"), picked.get("reward"))
     manifest = ws.dataset_manifest(dataset)
     return readers.comparison(str(ws.root), dataset, manifest["fingerprint"], *fps,

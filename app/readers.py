@@ -6,11 +6,12 @@ from typing import Any
 
 import pandas as pd
 import streamlit as st
-from marginlens.app import explore_view
+from marginlens.app import explore_figures
 from marginlens.core.data.pairs import prompt_text
 from marginlens.core.scoring.score_tables import score_manifest
-from marginlens.core.selection.contradictions import compare_metrics
+from marginlens.core.selection.compare import CompareReport, compare_metrics
 from marginlens.core.selection.margins import load_margins, load_texts
+from marginlens.core.selection.metrics import MetricParams
 from marginlens.core.workspace import Workspace
 
 PREVIEW_CHARS = 200
@@ -82,14 +83,15 @@ def texts(root: str, dataset: str, fingerprint: str):
 @st.cache_resource(max_entries=16, show_spinner="Comparing metrics ...")
 def comparison(root: str, dataset: str, fingerprint: str, policy: str | None, reference: str | None,
                reward: str | None, beta: float, stamp: str, ratio: float, weight: float, signed: bool,
-               seed: int, im_axis: str) -> dict[str, Any]:
-    """marginlens.core.selection.contradictions.compare_metrics over the cached frame; keyed only by what changes its result."""
+               seed: int, im_axis: str) -> CompareReport:
+    """core.selection.compare.compare_metrics over the cached frame; keyed only by what changes its result
+    (plain arguments, which Streamlit can hash)."""
     frame = margins(root, dataset, fingerprint, policy, reference, reward, beta, stamp)
-    return compare_metrics(frame, ratio=ratio, weight=weight, signed=signed, seed=seed, im_axis=im_axis,
+    return compare_metrics(frame, ratio=ratio, params=MetricParams(weight, signed, seed), im_axis=im_axis,
                            suspects=25)
 
 
 @st.cache_resource(max_entries=8, show_spinner=False)
 def hover_texts(root: str, dataset: str, fingerprint: str, _frame: pd.DataFrame):
     """Escaped first prompt lines for the scatter's hover labels, once per dataset version."""
-    return explore_view.hover_texts(_frame["prompt_preview"])
+    return explore_figures.hover_texts(_frame["prompt_preview"])

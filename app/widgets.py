@@ -10,10 +10,10 @@ import streamlit as st
 from marginlens.app import explore_state
 from marginlens.app.explore_view import COLOR_BY, ExploreControls
 from marginlens.core.scoring.score_tables import list_score_tables
-from marginlens.core.selection.contradictions import IM_AXES
 from marginlens.core.selection.filters import parse_filter
 from marginlens.core.selection.margins import DEFAULT_BETA
-from marginlens.core.selection.metrics import METRICS
+from marginlens.core.selection.metrics import get_metric, metric_names
+from marginlens.core.selection.quadrants import IM_AXES
 from marginlens.core.selection.select import FILTER_STAGES
 from marginlens.core.workspace import Workspace
 
@@ -30,14 +30,6 @@ def md_escape(text: object) -> str:
 def show_error(exc: object) -> None:
     """An error message: it may quote untrusted data (a row's value, a role), so it is escaped."""
     st.error(md_escape(exc))
-
-
-METRIC_LABELS = {
-    "map": "M_AP = z(m_ex) - w·z(|m_im|)",
-    "explicit": "explicit: z(m_ex)",
-    "implicit": "implicit: -z(|m_im|)",
-    "random": "random (seeded)",
-}
 
 
 def scorer_picker(ws: Workspace, dataset: str, compare: bool = False) -> dict[str, Any]:
@@ -91,13 +83,16 @@ def selection_controls(current: ExploreControls, container: Any = None) -> Explo
     """Metric, weight, ratio, signed, filters, colouring. Widget keys start with "_" (page-local)."""
     box = container or st.sidebar
     c = ExploreControls.from_dict(current.to_dict())
-    c.metric = box.selectbox("Metric", METRICS, index=METRICS.index(c.metric), format_func=METRIC_LABELS.get,
-                             key="_ctl_metric")
+    names = metric_names()
+    c.metric = box.selectbox("Metric", names, index=names.index(c.metric) if c.metric in names else 0,
+                             format_func=lambda name: get_metric(name).label or name, key="_ctl_metric",
+                             help="\n\n".join(f"**{name}**: {md_escape(get_metric(name).description)}" for name in names))
+    uses = get_metric(c.metric).uses
     c.weight = box.slider("Weight w", 0.0, 5.0, float(c.weight), 0.1, key="_ctl_weight",
-                          disabled=c.metric != "map", help="1.0 offline (paper), 2.5 in the self-play scripts")
+                          disabled="weight" not in uses, help="1.0 offline (paper), 2.5 in the self-play scripts")
     c.ratio = box.slider("Ratio (k = int(ratio·N))", 0.01, 1.0, float(c.ratio), 0.01, key="_ctl_ratio")
     c.signed = box.toggle("Signed m_im (instead of |m_im|)", value=bool(c.signed), key="_ctl_signed",
-                          disabled=c.metric not in ("map", "implicit"))
+                          disabled="signed" not in uses)
     c.im_axis = box.radio("Quadrant split on", IM_AXES, index=IM_AXES.index(c.im_axis), horizontal=True,
                           format_func={"abs": "|m_im|", "signed": "m_im"}.get, key="_ctl_axis")
     c.color_by = box.radio("Colour by", COLOR_BY, index=COLOR_BY.index(c.color_by), horizontal=True,
@@ -123,7 +118,7 @@ def selection_controls(current: ExploreControls, container: Any = None) -> Explo
                                format_func={"before": "choose candidates", "after": "prune the top-k"}.get,
                                horizontal=True, key="_ctl_stage")
     c.seed = int(box.number_input("Random seed", value=int(c.seed), step=1, key="_ctl_seed",
-                                  disabled=c.metric != "random"))
+                                  disabled="seed" not in uses))
     c.max_points = int(box.number_input("Max points drawn", min_value=1000, max_value=200_000,
                                         value=int(c.max_points), step=5000, key="_ctl_points",
                                         help="above this the scatter draws a fixed sample; selections still "

@@ -17,8 +17,9 @@ import pandas as pd
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from marginlens.core.selection.contradictions import overlap_table, quadrant_labels, rank_correlations  # noqa: E402
-from marginlens.core.selection.metrics import METRICS, metric_scores  # noqa: E402
+from marginlens.core.selection.compare import overlap_table, rank_correlations  # noqa: E402
+from marginlens.core.selection.metrics import metric_names, metric_scores  # noqa: E402
+from marginlens.core.selection.quadrants import quadrant_labels  # noqa: E402
 from marginlens.core.selection.select import SelectionSpec, k_for, select, top_k  # noqa: E402
 
 
@@ -34,7 +35,7 @@ def main() -> int:
     k = k_for(args.n, args.ratio)
     print(f"{args.n:,} pairs, top {k:,} ({args.ratio:.0%})")
     selected, scores, worst = {}, {}, 0.0
-    for metric in METRICS:
+    for metric in metric_names():
         t0 = time.perf_counter()
         result = metric_scores(m_ex, m_im, metric)
         t1 = time.perf_counter()

@@ -1,6 +1,6 @@
 """Audit: does an LLM judge (any OpenAI-compatible endpoint) agree with the dataset's labels, per
 selection subset? Plan and estimate an audit, run it as a background job, read the paper-style chart
-and the verdicts, and flag the pairs the judge shows to be noisy. All work is core.audit.audit_job / core.data.flags.
+and the verdicts, and flag the pairs the judge shows to be noisy. All work is core.audit / core.data.flags.
 
 The API key lives only in this session's widget state and reaches only the worker's environment
 (core.audit.audit_job.submit_audit): never a job spec, a verdict, a log or a file. Judge answers and pair texts
@@ -12,33 +12,33 @@ from __future__ import annotations
 import pandas as pd
 import streamlit as st
 from marginlens.app import explore_state, widgets
+from marginlens.app.job_panel import job_panel
 from marginlens.app.state import page_with_dataset
 from marginlens.core.audit.agreement_chart import agreement_figure, chart_frame
-from marginlens.core.audit.audit_job import (
-    DEFAULT_CONCURRENCY,
-    DEFAULT_N,
-    DEFAULT_SEED,
-    SUBSETS,
-    audit_params,
+from marginlens.core.audit.audit_job import list_audits, submit_audit
+from marginlens.core.audit.audit_params import DEFAULT_CONCURRENCY, AuditParams, audit_params
+from marginlens.core.audit.audit_report import (
     audit_report,
-    build_subsets,
     disagreements,
     estimate_cost,
     flag_disagreements,
-    list_audits,
-    sample_subsets,
-    submit_audit,
-    unique_pairs,
     verdict_rows,
     verdicts_for_pair,
 )
 from marginlens.core.audit.judge_client import Endpoint
+from marginlens.core.audit.subsets import (
+    DEFAULT_N,
+    DEFAULT_SAMPLE_SEED,
+    build_subsets,
+    sample_subsets,
+    unique_pairs,
+)
 from marginlens.core.data.flags import FLAG_ACTIONS, flag_pairs, flags_summary, load_flags, unflag_pairs
 from marginlens.core.errors import MarginLensError
 from marginlens.core.jobs import get_job
 from marginlens.core.selection.margins import pair_texts
+from marginlens.core.selection.metrics import MetricParams, metric_names
 
-POLL_SECONDS = 2.0
 KEY = "_audit_api_key"
 PLAN = "_audit_plan"
 NOTICE = "_audit_notice"
@@ -59,7 +59,8 @@ with st.form("_audit_form"):
                              help="Any OpenAI-compatible server; empty: api.openai.com")
     model = c2.text_input("Judge model", key="_audit_model", placeholder="gpt-4o")
     s = st.columns(4)
-    subsets = s[0].multiselect("Subsets (top-k of each metric)", SUBSETS, default=list(SUBSETS), key="_audit_subsets")
+    subsets = s[0].multiselect("Subsets (top-k of each metric)", metric_names(), default=list(metric_names()),
+                               key="_audit_subsets")
     n = s[1].number_input("Pairs per subset", min_value=1, value=DEFAULT_N, step=10, key="_audit_n")
     ratio = s[2].number_input("Top-k ratio", min_value=0.01, max_value=1.0, value=float(defaults.ratio), step=0.05,
                               key="_audit_ratio")
@@ -74,7 +75,7 @@ with st.form("_audit_form"):
     timeout = b[3].number_input("Timeout per request (s)", min_value=1.0, value=60.0, step=10.0, key="_audit_timeout")
     p = st.columns(4)
     max_output = p[0].number_input("Max answer tokens", min_value=1, value=128, step=32, key="_audit_max_output")
-    seed = p[1].number_input("Sampling seed", value=DEFAULT_SEED, step=1, key="_audit_seed")
+    seed = p[1].number_input("Sampling seed", value=DEFAULT_SAMPLE_SEED, step=1, key="_audit_seed")
     price_in = p[2].number_input("USD per 1M input tokens", min_value=0.0, value=0.0, key="_audit_price_in",
                                  help="optional: for the cost estimate")
     price_out = p[3].number_input("USD per 1M output tokens", min_value=0.0, value=0.0, key="_audit_price_out")
@@ -82,8 +83,9 @@ with st.form("_audit_form"):
 
 if estimate_clicked:
     try:
-        picked = build_subsets(ws, dataset, metrics=tuple(subsets), ratio=float(ratio), weight=float(weight),
-                               policy_fp=scorers["policy"], reward_fp=scorers["reward"])
+        picked = build_subsets(ws, dataset, metrics=tuple(subsets), ratio=float(ratio),
+                               params=MetricParams(weight=float(weight)), policy_fp=scorers["policy"],
+                               reward_fp=scorers["reward"])
         endpoint = Endpoint(model.strip(), base_url.strip() or None, timeout=float(timeout),
                             max_output_tokens=int(max_output))
         params = audit_params(dataset, sample_subsets(picked, int(n), int(seed)), endpoint,
@@ -99,12 +101,12 @@ plan = st.session_state.get(PLAN)
 if plan and plan["dataset"] == dataset:
     est = plan["estimate"]
     m = st.columns(4)
-    m[0].metric("Calls to make", f"{est['calls']:,}", help=f"{est['calls_stored']:,} of {est['calls_total']:,} "
+    m[0].metric("Calls to make", f"{est.calls:,}", help=f"{est.calls_stored:,} of {est.calls_total:,} "
                 "judgments are already stored (from earlier audits) and are not paid again")
-    m[1].metric("Pairs", f"{est['pairs']:,}", help="each is judged twice, once in each order")
-    m[2].metric("Tokens (worst case)", f"{est['tokens']:,}")
-    m[3].metric("Cost", "—" if est["usd"] is None else f"${est['usd']:.4f}")
-    if not est["fits_budget"]:
+    m[1].metric("Pairs", f"{est.pairs:,}", help="each is judged twice, once in each order")
+    m[2].metric("Tokens (worst case)", f"{est.tokens:,}")
+    m[3].metric("Cost", "—" if est.usd is None else f"${est.usd:.4f}")
+    if not est.fits_budget:
         st.warning("The budget stops the audit before every call is made: the report will be partial.")
     if st.button("Start audit", type="primary", key="_audit_start"):
         try:
@@ -113,62 +115,33 @@ if plan and plan["dataset"] == dataset:
             widgets.show_error(exc)
         else:
             st.session_state["_audit_job"] = job.id
-            st.success(f"Audit job {job.id} is {job.status()['state']}.")
+            st.success(f"Audit job {job.id} is {job.status().state}.")
 
 audits = list_audits(ws, dataset)
 if not audits:
     st.info("No audit of this dataset yet: fill in the endpoint, estimate the cost, then start one.")
     st.stop()
-labels = {}
+titles, labels = {}, {}
 for job in audits:
     spec_params = job.spec.get("params", {})
-    labels[job.id] = (f"{spec_params.get('endpoint', {}).get('model')} · {len(unique_pairs(spec_params['samples']))} "
-                      f"pairs · {job.spec.get('created', '')} · {job.status().get('state')}")
+    titles[job.id] = (f"judge {spec_params.get('endpoint', {}).get('model')} · "
+                      f"{len(unique_pairs(spec_params['samples']))} pairs · {job.spec.get('created', '')}")
+    labels[job.id] = f"{titles[job.id]} · {job.status().state}"
 if st.session_state.get("_audit_job") not in labels:
     st.session_state["_audit_job"] = audits[0].id
 st.subheader("Audits")
 job_id = st.selectbox("Audit", list(labels), format_func=labels.get, key="_audit_job")
 
 
-@st.fragment(run_every=POLL_SECONDS)
-def progress_panel(job_id: str) -> None:
-    """Re-reads the job folder every few seconds without rerunning the page; any tab sees the same job."""
-    job = get_job(ws, job_id)
-    status = job.status()
-    state = status.get("state")
-    seen = st.session_state.setdefault("_audit_states", {})
-    previous, seen[job_id] = seen.get(job_id), state
-    if previous in ("queued", "running") and state not in ("queued", "running"):
-        st.rerun()  # it just stopped: rerun the page so the report below shows the final numbers
-    extra = status.get("extra") or {}
-    done, total = int(status.get("done") or 0), status.get("total")
-    head, actions = st.columns([4, 1])
-    head.text(f"{state}: {done:,} of {total or '?'} judgments · {extra.get('calls', 0):,} requests · "
-              f"{extra.get('tokens', 0):,} tokens · {extra.get('invalid', 0)} invalid · "
-              f"{extra.get('failed', 0)} failed")
-    if total:
-        head.progress(min(1.0, done / total))
-    if state == "failed":
-        head.error("The audit failed:")
-        head.code(status.get("message", ""), language=None, wrap_lines=True)  # server text: untrusted
-    if extra.get("budget_stop"):
-        head.warning("Stopped at the budget. Raise max calls / tokens and start again: stored verdicts are reused.")
-    if state in ("running", "queued"):
-        if actions.button("Cancel", key="_audit_cancel"):
-            job.cancel()
-            st.rerun()
-    elif state in ("cancelled", "interrupted", "failed"):
-        if actions.button("Resume", key="_audit_resume", help="uses the API key field above"):
-            submit_audit(ws, job.spec["params"], api_key=st.session_state.get(KEY) or None)
-            st.rerun()
-    with head.expander("Log"):
-        st.code(job.log_tail(15) or "(empty)", language=None)
+job = get_job(ws, job_id)
+status = job_panel(job, title=titles[job_id],
+                   on_resume=lambda: submit_audit(ws, AuditParams.from_dict(job.spec["params"]),
+                                                 api_key=st.session_state.get(KEY) or None))
+if status.extra.get("budget_stop"):
+    st.warning("Stopped at the budget. Raise max calls / tokens and start again: stored verdicts are reused.")
 
-
-progress_panel(job_id)
-
-params = get_job(ws, job_id).spec["params"]
-judge = params["endpoint"]["model"]
+params = AuditParams.from_dict(job.spec["params"])
+judge = params.judge_model
 report = audit_report(ws, params)
 overall = report["overall"]
 if overall["pending"]:
@@ -199,7 +172,7 @@ pair_id = st.selectbox("Pair", pair_ids, key="_audit_pair", help="or click a row
 flags = load_flags(ws, dataset)
 current = flags.get(pair_id)
 action = st.radio("Flag action", FLAG_ACTIONS, horizontal=True, key="_audit_action", format_func=ACTION_LABELS.get)
-reversed_here = disagreements(ws, dataset, judge, params["prompt_version"], unique_pairs(params["samples"]))
+reversed_here = disagreements(ws, dataset, judge, params.prompt_version, params.pair_ids)
 f1, f2, f3 = st.columns(3)
 if f1.button("Flag as noisy", key="_audit_flag", type="primary"):
     flag_pairs(ws, dataset, [pair_id], action=action, reason=f"flagged on the Audit page (judge {judge})",
@@ -211,8 +184,8 @@ if f2.button("Remove flag", key="_audit_unflag", disabled=current is None):
     st.session_state[NOTICE] = f"Removed the flag of {pair_id}."
     st.rerun()
 if f3.button(f"Flag all {len(reversed_here)} disagreements", key="_audit_flag_all", disabled=not reversed_here):
-    ids = flag_disagreements(ws, dataset, judge, action=action, prompt_version=params["prompt_version"],
-                             pair_ids=unique_pairs(params["samples"]))
+    ids = flag_disagreements(ws, dataset, judge, action=action, prompt_version=params.prompt_version,
+                             pair_ids=params.pair_ids)
     st.session_state[NOTICE] = f"Flagged {len(ids)} pairs the judge reverses ({action})."
     st.rerun()
 summary = flags_summary(ws, dataset)

@@ -8,25 +8,11 @@ import numpy as np
 import pandas as pd
 import streamlit as st
 from marginlens.app import explore_state, widgets
-from marginlens.app.explore_view import (
-    TABLE_SORTS,
-    brush_from_event,
-    brush_key,
-    brush_mask,
-    compute_view,
-    describe_brush,
-    effective_controls,
-    filtered_mask,
-    histogram_figure,
-    histogram_marks,
-    margin_shift,
-    needs_texts,
-    overlap_matrix,
-    pair_details,
-    scatter_figure,
-    shift_figure,
-    table_frame,
-)
+from marginlens.app.explore_brush import brush_from_event, brush_key, brush_mask, describe_brush
+from marginlens.app.explore_figures import histogram_figure, histogram_marks, scatter_figure
+from marginlens.app.explore_shift import margin_shift, shift_figure
+from marginlens.app.explore_tables import TABLE_SORTS, overlap_matrix, pair_details, table_frame
+from marginlens.app.explore_view import compute_view, effective_controls, filtered_mask, needs_texts
 from marginlens.app.state import page_with_dataset
 from marginlens.core.errors import MarginLensError
 
@@ -151,10 +137,10 @@ def contradictions() -> None:
         st.info("Contradictions need both margins.")
         return
     report = explore_state.comparison_for(ws, dataset, picked, controls)
-    quads = report["quadrants"]
+    quads = report.quadrants
     st.markdown(f"**Quadrants** (m_ex split {quads.ex_split:.3f}, "
                 f"{'|m_im|' if quads.im_axis == 'abs' else 'm_im'} split {quads.im_split:.3f}); "
-                f"top {report['k']:,} of {report['n']:,} pairs with both margins per metric")
+                f"top {report.k:,} of {report.n:,} pairs with both margins per metric")
     st.dataframe(pd.DataFrame(quads.counts), hide_index=True, width="stretch")
     left, right = st.columns(2)
     with left:
@@ -162,10 +148,10 @@ def contradictions() -> None:
         st.dataframe(overlap_matrix(report), width="stretch")
     with right:
         st.markdown("**Rank correlations**")
-        st.dataframe(pd.DataFrame(report["correlations"]), hide_index=True, width="stretch")
+        st.dataframe(pd.DataFrame(report.correlations), hide_index=True, width="stretch")
     st.markdown("**Noise suspects** — large m_ex, but the policy prefers the rejected response (m_im < 0). "
                 "Click one to open it.")
-    suspects = pd.DataFrame(report["suspects"])
+    suspects = pd.DataFrame(report.suspects)
     if suspects.empty:
         st.write("No pair has a large explicit margin with a negative implicit margin.")
         return

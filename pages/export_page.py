@@ -8,14 +8,8 @@ import numpy as np
 import pandas as pd
 import streamlit as st
 from marginlens.app import explore_state, widgets
-from marginlens.app.explore_view import (
-    brush_mask,
-    compute_view,
-    describe_brush,
-    effective_controls,
-    needs_texts,
-    restrict_selection,
-)
+from marginlens.app.explore_brush import brush_mask, describe_brush, restrict_selection
+from marginlens.app.explore_view import compute_view, effective_controls, needs_texts
 from marginlens.app.state import page_with_dataset
 from marginlens.core.errors import MarginLensError
 from marginlens.core.selection.export import FORMATS, LAYOUTS, export_selection

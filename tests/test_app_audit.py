@@ -11,7 +11,8 @@ from pathlib import Path
 import pytest
 from helpers_app import DATASET, app_test, build_workspace, metrics, no_errors
 from judge_server import Request, ScriptedJudge
-from marginlens.core.audit.audit_job import disagreements, list_audits
+from marginlens.core.audit.audit_job import list_audits
+from marginlens.core.audit.audit_report import disagreements
 from marginlens.core.data.flags import load_flags
 
 KEY = "sk-audit-page-SECRET-77f3a1"
@@ -30,7 +31,7 @@ def button(at, label: str):
 
 def wait_state(job, states: tuple[str, ...], timeout: float = 60) -> str:
     deadline = time.monotonic() + timeout
-    while (state := job.status()["state"]) not in states:
+    while (state := job.status().state) not in states:
         assert time.monotonic() < deadline, f"job stayed {state}; log:\n{job.log_tail()}"
         time.sleep(0.1)
     return state
@@ -88,7 +89,7 @@ def test_estimate_start_cancel_resume_report_and_flags(ws):
         button(at, "Resume").click().run()
         no_errors(at)
         assert wait_state(job, ("done", "failed")) == "done", job.log_tail()
-        assert job.status()["resumed"] is True
+        assert job.status().resumed is True
         assert judge.requests and {r.authorization for r in judge.requests} == {f"Bearer {KEY}"}
 
     at.run()

@@ -7,20 +7,12 @@ import json
 import numpy as np
 import pytest
 from helpers_app import DATASET, POLICY_FP, XSS_PROMPT, app_test, build_workspace, metrics, no_errors
-from marginlens.app.explore_view import (
-    ExploreControls,
-    brush_from_event,
-    brush_mask,
-    compute_view,
-    hover_texts,
-    margin_shift,
-    overlap_matrix,
-    restrict_selection,
-    scatter_figure,
-    shift_figure,
-    table_frame,
-)
-from marginlens.core.selection.contradictions import compare_metrics
+from marginlens.app.explore_brush import brush_from_event, brush_mask, restrict_selection
+from marginlens.app.explore_figures import hover_texts, scatter_figure
+from marginlens.app.explore_shift import margin_shift, shift_figure
+from marginlens.app.explore_tables import overlap_matrix, table_frame
+from marginlens.app.explore_view import ExploreControls, compute_view
+from marginlens.core.selection.compare import compare_metrics
 from marginlens.core.selection.margins import load_margins
 
 N = 201  # 200 ordinary pairs + the adversarial one
@@ -188,7 +180,7 @@ def test_overlap_matrix_is_symmetric(margins):
     report = compare_metrics(margins, ratio=0.3)
     matrix = overlap_matrix(report)
     assert (matrix.to_numpy() == matrix.to_numpy().T).all()
-    assert matrix.loc["explicit", "explicit"] == report["k"]
+    assert matrix.loc["explicit", "explicit"] == report.k
 
 
 def test_dataset_without_policy_scores_falls_back_to_explicit(tmp_path):

@@ -6,7 +6,8 @@ import json
 
 import pytest
 from helpers_app import DATASET, POLICY_FP, app_test, build_workspace, metrics, no_errors
-from marginlens.app.explore_view import ExploreControls, brush_mask, compute_view
+from marginlens.app.explore_brush import brush_mask
+from marginlens.app.explore_view import ExploreControls, compute_view
 from marginlens.core.selection.margins import load_margins
 
 N = 121

@@ -13,13 +13,13 @@ import pytest
 from helpers_data import make_dataset, random_logprobs, standard_records
 from judge_server import Request, ScriptedJudge
 from marginlens.core.audit.agreement_chart import agreement_figure
-from marginlens.core.audit.audit_job import (
-    audit_params,
+from marginlens.core.audit.audit_job import submit_audit
+from marginlens.core.audit.audit_params import audit_params
+from marginlens.core.audit.audit_report import (
     audit_report,
     disagreements,
     estimate_cost,
     flag_disagreements,
-    submit_audit,
     verdict_rows,
     verdicts_for_pair,
 )
@@ -78,14 +78,14 @@ def test_audit_job_end_to_end(ws, tmp_path):
                           fault_for=fault_for, retry_after=0.1)
     with judge:
         params = params_for("e2e", samples, judge, concurrency=3)
-        assert "key" not in json.dumps(params).lower()
+        assert "key" not in json.dumps(params.to_dict()).lower()
         estimate = estimate_cost(ws, params, usd_per_million_input=1.0, usd_per_million_output=2.0)
-        assert (estimate["pairs"], estimate["calls"], estimate["calls_stored"]) == (10, 20, 0)
-        assert estimate["input_tokens"] > 0 and estimate["output_tokens"] == 20 * 32 and estimate["usd"] > 0
+        assert (estimate.pairs, estimate.calls, estimate.calls_stored) == (10, 20, 0)
+        assert estimate.input_tokens > 0 and estimate.output_tokens == 20 * 32 and estimate.usd > 0
 
         job = submit_audit(ws, params, api_key=KEY)
         status = job.wait(timeout=90)
-        assert status["state"] == "done", job.log_tail()
+        assert status.state == "done", job.log_tail()
         assert {r.authorization for r in judge.requests} == {f"Bearer {KEY}"}
         assert judge.faults_seen()[:4] == ["429", "500", "drop", "malformed"]
         # exactly once: every presentation (pair x order) was answered once and stored once
@@ -109,9 +109,9 @@ def test_audit_job_end_to_end(ws, tmp_path):
         before = len(judge.requests)
         assert submit_audit(ws, params, api_key=KEY).id == job.id
         again = submit_audit(ws, params_for("e2e", samples, judge, concurrency=1), api_key=KEY)
-        assert again.id != job.id and again.wait(timeout=60)["state"] == "done"
+        assert again.id != job.id and again.wait(timeout=60).state == "done"
         assert len(judge.requests) == before
-        assert estimate_cost(ws, params)["calls"] == 0
+        assert estimate_cost(ws, params).calls == 0
 
     rows = {row["pair_id"]: row for row in verdict_rows(ws, params)}
     assert rows[ids[5]]["agrees"] is False and rows[ids[5]]["ab_rationale"] == "B is right"
@@ -128,7 +128,7 @@ def test_audit_job_end_to_end(ws, tmp_path):
         denied = params_for("e2e", samples, denying, model="judge-denied", concurrency=2)
         failed = submit_audit(ws, denied, api_key=KEY)
         status = failed.wait(timeout=60)
-        assert status["state"] == "failed" and "401" in status["message"] and "***" in status["message"]
+        assert status.state == "failed" and "401" in status.message and "***" in status.message
         assert 1 <= len(denying.requests) <= 2  # the first refusal stops the job; only calls in flight finish
     assert files_containing(ws.root, KEY) == []
 
@@ -149,20 +149,20 @@ def test_cancel_then_kill_then_resume_pays_at_most_the_calls_in_flight(ws, tmp_p
         job = submit_audit(ws, params, api_key=KEY)
         _wait_for(lambda: len(store.records()) >= 2)
         job.cancel()
-        assert job.wait(timeout=30)["state"] == "cancelled"
+        assert job.wait(timeout=30).state == "cancelled"
         after_cancel = len(store.records())
         assert 2 <= after_cancel < 12
 
         assert submit_audit(ws, params, api_key=KEY).id == job.id  # resumes the same job
         _wait_for(lambda: len(store.records()) >= after_cancel + 2)
-        os.kill(job.status()["pid"], signal.SIGKILL)
-        _wait_for(lambda: job.status()["state"] == "interrupted", timeout=10)
+        os.kill(job.status().pid, signal.SIGKILL)
+        _wait_for(lambda: job.status().state == "interrupted", timeout=10)
         killed_at = len(store.records())
         assert killed_at < 12
 
         submit_audit(ws, params, api_key=KEY)
-        assert job.wait(timeout=60)["state"] == "done", job.log_tail()
-        assert job.status()["resumed"] is True
+        assert job.wait(timeout=60).state == "done", job.log_tail()
+        assert job.status().resumed is True
     answered = judge.answered()
     assert len(answered) == 12 and len(store.records()) == 12
     # At most one call was in flight at the kill (concurrency 1), so at most one answer was paid twice.
@@ -178,9 +178,9 @@ def test_budget_stops_before_the_limit_and_a_larger_budget_pays_only_the_rest(ws
     ids, texts = dataset(ws, "budget", 4, tmp_path)
     with ScriptedJudge(answer=judge_preferring(texts, set())) as judge:
         small = params_for("budget", {"random": ids}, judge, concurrency=2, max_calls=5)
-        assert not estimate_cost(ws, small)["fits_budget"]
+        assert not estimate_cost(ws, small).fits_budget
         job = submit_audit(ws, small, api_key=KEY)
-        assert job.wait(timeout=60)["state"] == "done", job.log_tail()
+        assert job.wait(timeout=60).state == "done", job.log_tail()
         result = job.result()
         assert len(judge.requests) == 5 and result["requests"] == 5
         assert "call budget of 5" in result["budget_stop"] and not result["complete"]
@@ -188,7 +188,7 @@ def test_budget_stops_before_the_limit_and_a_larger_budget_pays_only_the_rest(ws
         assert result["report"]["overall"]["pending"] >= 1
 
         bigger = submit_audit(ws, params_for("budget", {"random": ids}, judge, concurrency=2), api_key=KEY)
-        assert bigger.wait(timeout=60)["state"] == "done"
+        assert bigger.wait(timeout=60).state == "done"
         assert len(judge.requests) == 8 and bigger.result()["complete"]
 
 

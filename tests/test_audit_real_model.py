@@ -14,7 +14,9 @@ from pathlib import Path
 
 import pytest
 from helpers_data import make_dataset, standard_records
-from marginlens.core.audit.audit_job import audit_params, audit_report, submit_audit
+from marginlens.core.audit.audit_job import submit_audit
+from marginlens.core.audit.audit_params import audit_params
+from marginlens.core.audit.audit_report import audit_report
 from marginlens.core.audit.judge_client import Endpoint, RetryPolicy
 from marginlens.core.audit.verdicts import VerdictStore
 from marginlens.core.scoring.models import smollm2_folder
@@ -72,7 +74,7 @@ def test_audit_against_smollm2_behind_transformers_serve(smollm2_server, ws, tmp
                           retry=RetryPolicy(max_attempts=2, base_delay=1))
     job = submit_audit(ws, params, api_key=KEY)
     status = job.wait(timeout=420)
-    assert status["state"] == "done", job.log_tail()
+    assert status.state == "done", job.log_tail()
 
     records = VerdictStore.for_dataset(ws, "real").records()
     assert len(records) == 2 and {r["order"] for r in records} == {"AB", "BA"}

@@ -12,9 +12,12 @@ import pytest
 from helpers_data import make_dataset, standard_records
 from marginlens.core.audit.agreement import cohen_kappa, wilson_interval
 from marginlens.core.audit.agreement_chart import agreement_figure, chart_frame
-from marginlens.core.audit.audit_job import audit_params, audit_report, sample_subsets, verdict_record
+from marginlens.core.audit.audit_job import verdict_record
+from marginlens.core.audit.audit_params import AuditParams, audit_params
+from marginlens.core.audit.audit_report import audit_report
 from marginlens.core.audit.judge_client import Completion, Endpoint
 from marginlens.core.audit.judge_prompt import PROMPT_VERSION, template_text
+from marginlens.core.audit.subsets import sample_subsets
 from marginlens.core.audit.verdicts import VerdictStore, verdicts_path
 from marginlens.core.data.flags import flag_pairs, flags_summary, load_flags, unflag_pairs
 from marginlens.core.errors import MarginLensError
@@ -41,8 +44,8 @@ def test_statistics_match_a_hand_computed_case(ws):
     store = VerdictStore.for_dataset(ws, "hand")
     for (pid, order), text in HAND_CASE.items():
         assert store.append(verdict_record(pid, order, answer(text), ENDPOINT, PROMPT_VERSION, None))
-    params = {"dataset": "hand", "samples": {"subset": ["p1", "p2", "p3", "p4", "p5", "p6"]},
-              "endpoint": {"model": "judge-h"}, "prompt_version": PROMPT_VERSION}
+    params = AuditParams.from_dict({"dataset": "hand", "samples": {"subset": ["p1", "p2", "p3", "p4", "p5", "p6"]},
+                                    "endpoint": {"model": "judge-h"}, "prompt_version": PROMPT_VERSION})
     s = audit_report(ws, params)["subsets"]["subset"]
     # By hand: p6 is pending; valid pairs p1,p2,p3,p5; decisive (consistent) p1,p3,p5; agree p1,p5.
     assert (s["n"], s["judged"], s["pending"], s["valid_pairs"], s["decisive"], s["agree"]) == (6, 5, 1, 4, 3, 2)
@@ -155,3 +158,25 @@ def test_flags_are_stored_atomically_and_validated(ws, tmp_path):
     assert list(load_flags(ws, "flagged")) == [ids[1]]
     assert unflag_pairs(ws, "flagged") == 1 and load_flags(ws, "flagged") == {}
     assert not [p for p in os.listdir(verdicts_path(ws, "flagged").parent) if p.endswith(".tmp")]
+
+
+def test_audit_params_keep_the_stored_spec_and_the_job_id():
+    """spec.json "params" and the job id are what earlier versions wrote for the same settings, so an
+    existing workspace's audit resumes as the same job; a stored spec reads back to the same params."""
+    from marginlens.core.jobs import job_id_for
+
+    endpoint = Endpoint("judge", "http://127.0.0.1:1/v1", timeout=5.0, max_output_tokens=32)
+    params = audit_params("ds", {"random": ["b", "a"], "map": ["x", "y", "z"]}, endpoint)
+    stored = params.to_dict()
+    assert stored == {
+        "dataset": "ds", "samples": {"random": ["b", "a"], "map": ["x", "y", "z"]},
+        "endpoint": {"model": "judge", "base_url": "http://127.0.0.1:1/v1", "timeout": 5.0, "max_output_tokens": 32,
+                     "temperature": 0.0},
+        "max_calls": None, "max_tokens": None, "concurrency": 4,
+        "retry": {"max_attempts": 6, "base_delay": 1.0, "max_delay": 60.0, "max_retry_after": 300.0},
+        "prompt_version": PROMPT_VERSION,
+    }
+    assert job_id_for("audit", stored) == "audit-69a17ef2d122bca7"  # computed by the dict-based audit_params
+    again = AuditParams.from_dict(json.loads(json.dumps(stored)))
+    assert again == params and again.to_dict() == stored
+    assert params.pair_ids == ["b", "a", "x", "y", "z"]

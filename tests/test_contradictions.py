@@ -5,13 +5,13 @@ from __future__ import annotations
 import numpy as np
 import pandas as pd
 import pytest
-from marginlens.core.selection.contradictions import (
+from marginlens.core.selection.compare import (
     compare_metrics,
     noise_suspects,
     overlap_table,
-    quadrant_labels,
     rank_correlations,
 )
+from marginlens.core.selection.quadrants import quadrant_labels
 from scipy import stats
 
 
@@ -65,9 +65,9 @@ def test_compare_metrics_report():
                        "m_ex": rng.normal(size=n), "m_im": rng.normal(size=n)})
     df.loc[5, "m_im"] = np.nan
     report = compare_metrics(df, ratio=0.4)
-    assert report["n"] == 199 and report["k"] == 79
-    assert set(report["selected"]) == {"map", "explicit", "implicit", "random"}
-    assert all(len(v) == 79 and 5 not in v for v in report["selected"].values())
-    assert len(report["overlap"]) == 6 and len(report["correlations"]) == 6
-    explicit_vs_map = next(r for r in report["correlations"] if {r["metric_a"], r["metric_b"]} == {"map", "explicit"})
+    assert report.n == 199 and report.k == 79
+    assert set(report.selected) == {"map", "explicit", "implicit", "random"}
+    assert all(len(v) == 79 and 5 not in v for v in report.selected.values())
+    assert len(report.overlap) == 6 and len(report.correlations) == 6
+    explicit_vs_map = next(r for r in report.correlations if {r["metric_a"], r["metric_b"]} == {"map", "explicit"})
     assert explicit_vs_map["spearman"] > 0.3  # M_AP contains z(m_ex)

@@ -1,8 +1,9 @@
-"""Margins from score tables and the metric formulas of DESIGN.md section 1."""
+"""Margins from score tables and the metric formulas of the README's "The metric, exactly"."""
 
 from __future__ import annotations
 
 import numpy as np
+import pandas as pd
 import pytest
 from helpers_data import (
     hh_records,
@@ -123,3 +124,29 @@ def test_pair_texts_for_a_few_ids(ws_std):
     rows = pair_texts(ws_std, "std", wanted)
     assert [r["pair_id"] for r in rows] == wanted[:2]
     assert rows[0]["chosen"] == "It is 14." and rows[0]["prompt"][0]["content"].startswith("Question 7")
+
+
+def test_worked_example_of_the_docstrings():
+    """The 5-pair example written out in core.selection.metrics.zscore and core.selection.select.top_k."""
+    from marginlens.core.selection.select import k_for, top_k
+
+    m_ex = np.array([6.0, 4.0, 3.0, 2.0, 0.0])
+    m_im = np.array([0.0, -1.5, 1.0, 2.0, -3.0])
+    assert (m_ex.mean(), m_ex.std(), np.abs(m_im).mean(), np.abs(m_im).std()) == (3.0, 2.0, 1.5, 1.0)
+    z_ex, _ = zscore(m_ex, "m_ex")
+    z_im, _ = zscore(np.abs(m_im), "|m_im|")
+    assert z_ex.tolist() == [1.5, 0.5, 0.0, -0.5, -1.5]  # exact: these are binary fractions
+    assert z_im.tolist() == [-1.5, 0.0, -0.5, 0.5, 1.5]
+    score = metric_scores(m_ex, m_im, "map").scores
+    assert score.tolist() == [3.0, 0.5, 0.5, -1.0, -3.0]  # pairs 1 and 2 tie exactly
+    k = k_for(5, ratio=0.4)
+    assert k == 2
+    assert np.argsort(score, kind="stable").tolist() == [4, 3, 1, 2, 0]
+    assert top_k(score, k).tolist() == [0, 2]  # the tie goes to the larger index
+    sel = select(pd.DataFrame({"pair_id": [f"p{i}" for i in range(5)], "m_ex": m_ex, "m_im": m_im}),
+                 SelectionSpec(metric="map", ratio=0.4))
+    assert sel.positions.tolist() == [0, 2] and sel.pair_ids == ["p0", "p2"]
+    assert metric_scores(m_ex, m_im, "explicit").scores.tolist() == [1.5, 0.5, 0.0, -0.5, -1.5]
+    assert top_k(metric_scores(m_ex, m_im, "explicit").scores, k).tolist() == [0, 1]
+    assert metric_scores(m_ex, m_im, "implicit").scores.tolist() == [1.5, -0.0, 0.5, -0.5, -1.5]
+    assert top_k(metric_scores(m_ex, m_im, "implicit").scores, k).tolist() == [0, 2]

@@ -1,4 +1,4 @@
-"""Audit statistics: pure functions of verdicts, no I/O (core.audit.audit_job assembles them into reports).
+"""Audit statistics: pure functions of verdicts, no I/O (core.audit.audit_report assembles them into reports).
 
 Per subset, over its sampled pairs (each judged in both orders):
   agreement        among decisive pairs (both orders valid and naming the same response): the share

@@ -1,7 +1,7 @@
 """The audit's chart: judge agreement per subset with Wilson 95% intervals, the paper's figure style.
 
-Pure functions of an audit report (core.audit.audit_job.audit_report); plotly and pandas are imported lazily so
-that the CLI's text report does not pay for them.
+Pure functions of an audit report (core.audit.audit_report.audit_report); plotly is imported lazily so that
+the CLI's text report does not pay for it.
 """
 
 from __future__ import annotations
@@ -9,13 +9,12 @@ from __future__ import annotations
 import math
 from typing import Any
 
-from marginlens.core.audit.audit_job import ordered
+import pandas as pd
+from marginlens.core.audit.subsets import ordered
 
 
-def chart_frame(report: dict[str, Any]):
-    """One row per subset: agreement and its interval, as a pandas DataFrame (the chart's data)."""
-    import pandas as pd
-
+def chart_frame(report: dict[str, Any]) -> pd.DataFrame:
+    """One row per subset: agreement and its interval (the chart's data)."""
     rows = [{"subset": name, **{k: s[k] for k in ("agreement", "ci_low", "ci_high", "decisive", "n", "kappa",
                                                     "position_consistency", "invalid")}}
             for name, s in ordered(report["subsets"]).items()]

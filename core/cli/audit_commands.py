@@ -9,9 +9,21 @@ from __future__ import annotations
 import argparse
 import json
 import sys
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
+from marginlens.core.audit.audit_params import DEFAULT_CONCURRENCY, AuditParams, audit_params
+from marginlens.core.audit.subsets import (
+    DEFAULT_N,
+    DEFAULT_SAMPLE_SEED,
+    build_subsets,
+    ordered,
+    sample_subsets,
+)
+from marginlens.core.selection.metrics import DEFAULT_PARAMS, MetricParams, metric_names
 from marginlens.core.workspace import Workspace
+
+if TYPE_CHECKING:
+    from marginlens.core.jobs import Job
 
 
 def register(sub: argparse._SubParsersAction, common: argparse.ArgumentParser) -> None:
@@ -21,17 +33,19 @@ def register(sub: argparse._SubParsersAction, common: argparse.ArgumentParser) -
     p.add_argument("--judge-model", required=True, help="model name at the endpoint, e.g. gpt-4o")
     p.add_argument("--base-url", default=None, help="OpenAI-compatible endpoint (default: api.openai.com); "
                                                      "key from $OPENAI_API_KEY")
-    p.add_argument("--n", type=int, default=50, help="pairs sampled per subset (default 50)")
-    p.add_argument("--subsets", default="map,explicit,implicit,random",
-                   help="comma-separated metrics whose top-k is sampled (default: all four)")
+    p.add_argument("--n", type=int, default=DEFAULT_N, help=f"pairs sampled per subset (default {DEFAULT_N})")
+    p.add_argument("--subsets", default=",".join(metric_names()),
+                   help=f"comma-separated metrics whose top-k is sampled (default: all, {','.join(metric_names())})")
     p.add_argument("--ratio", type=float, default=None, help="top-k ratio of each subset (default 0.4)")
-    p.add_argument("--weight", type=float, default=None, help="M_AP weight w (default 1.0)")
+    p.add_argument("--weight", type=float, default=DEFAULT_PARAMS.weight,
+                   help=f"M_AP weight w (default {DEFAULT_PARAMS.weight})")
     p.add_argument("--policy", default=None, help="logprob score table fingerprint (default: newest)")
     p.add_argument("--reward", default=None, help="reward score table fingerprint (default: dataset scores)")
-    p.add_argument("--seed", type=int, default=42, help="sampling seed (default 42)")
+    p.add_argument("--seed", type=int, default=DEFAULT_SAMPLE_SEED, help=f"sampling seed (default {DEFAULT_SAMPLE_SEED})")
     p.add_argument("--max-calls", type=int, default=None, help="stop before sending more requests than this")
     p.add_argument("--max-tokens", type=int, default=None, help="stop before using more tokens than this")
-    p.add_argument("--concurrency", type=int, default=4, help="requests in flight at once (default 4)")
+    p.add_argument("--concurrency", type=int, default=DEFAULT_CONCURRENCY,
+                   help=f"requests in flight at once (default {DEFAULT_CONCURRENCY})")
     p.add_argument("--timeout", type=float, default=60.0, help="seconds per request (default 60)")
     p.add_argument("--max-output-tokens", type=int, default=128, help="judge answer length cap (default 128)")
     p.add_argument("--price-in", type=float, default=None, help="USD per million input tokens, for the estimate")
@@ -65,12 +79,11 @@ def register(sub: argparse._SubParsersAction, common: argparse.ArgumentParser) -
     p.set_defaults(func=cmd_unflag)
 
 
-def _params(args: argparse.Namespace, ws: Workspace) -> dict[str, Any]:
-    from marginlens.core.audit.audit_job import audit_params, build_subsets, sample_subsets
+def _params(args: argparse.Namespace, ws: Workspace) -> AuditParams:
     from marginlens.core.audit.judge_client import Endpoint
 
     metrics = tuple(m.strip() for m in args.subsets.split(",") if m.strip())
-    subsets = build_subsets(ws, args.name, metrics=metrics, ratio=args.ratio, weight=args.weight,
+    subsets = build_subsets(ws, args.name, metrics=metrics, ratio=args.ratio, params=MetricParams(weight=args.weight),
                             policy_fp=args.policy, reward_fp=args.reward)
     endpoint = Endpoint(model=args.judge_model, base_url=args.base_url, timeout=args.timeout,
                         max_output_tokens=args.max_output_tokens)
@@ -84,8 +97,6 @@ def _print_report(report: dict[str, Any]) -> None:
 
     print(f"judge {report['judge_model']} ({report['prompt_version']}) on {report['dataset']}")
     print(f"{'subset':<10} {'n':>4} {'judged':>6} {'agree':>7} {'95% CI':>15} {'kappa':>6} {'consist':>7} {'invalid':>7}")
-    from marginlens.core.audit.audit_job import ordered
-
     for name, s in {**ordered(report["subsets"]), "overall": report["overall"]}.items():
         ci = "-" if s["ci_low"] is None else f"{100 * s['ci_low']:.0f}-{100 * s['ci_high']:.0f}%"
         kappa = "-" if s["kappa"] is None else f"{s['kappa']:.2f}"
@@ -94,63 +105,57 @@ def _print_report(report: dict[str, Any]) -> None:
 
 
 def cmd_audit(args: argparse.Namespace) -> int:
-    from marginlens.core.audit.audit_job import audit_report, estimate_cost, submit_audit
+    from marginlens.core.audit.audit_job import submit_audit
+    from marginlens.core.audit.audit_report import estimate_cost
     from marginlens.core.jobs import Job, job_id_for
 
     ws = Workspace.resolve(args.workspace)
     params = _params(args, ws)
     if args.cancel:
-        job = Job(ws.jobs_dir / job_id_for("audit", params))
+        job = Job(ws.jobs_dir / job_id_for("audit", params.to_dict()))
         job.cancel()
         print(f"cancel requested for {job.id}")
         return 0
     estimate = estimate_cost(ws, params, args.price_in, args.price_out)
-    usd = "" if estimate["usd"] is None else f", about ${estimate['usd']:.4f}"
-    print(f"estimate: {estimate['calls']} calls to make ({estimate['calls_stored']} of {estimate['calls_total']} "
-          f"already stored), up to {estimate['tokens']:,} tokens{usd}"
-          + ("" if estimate["fits_budget"] else "; the budget will stop it early"))
+    usd = "" if estimate.usd is None else f", about ${estimate.usd:.4f}"
+    print(f"estimate: {estimate.calls} calls to make ({estimate.calls_stored} of {estimate.calls_total} "
+          f"already stored), up to {estimate.tokens:,} tokens{usd}"
+          + ("" if estimate.fits_budget else "; the budget will stop it early"))
     if args.estimate:
         return 0
     job = submit_audit(ws, params)
     print(f"job {job.id}")
     if args.detach:
         return 0
+    return follow_job(job, as_json=args.json)
 
-    def show(status: dict[str, Any]) -> None:
-        if sys.stderr.isatty():
-            extra = status.get("extra") or {}
-            print(f"\r{status.get('done', 0)}/{status.get('total') or '?'} judgments, "
-                  f"{extra.get('calls', 0)} requests", end="", file=sys.stderr)
 
-    try:
-        status = job.wait(on_status=show)
-    except KeyboardInterrupt:
-        print("\nthe audit keeps running in the background; stop it with the same command plus --cancel",
-              file=sys.stderr)
-        return 130
-    if sys.stderr.isatty():
-        print(file=sys.stderr)
-    report = audit_report(ws, params)
-    if args.json:
+def follow_job(job: Job, as_json: bool = False) -> int:
+    """Follow an audit job, then print its report (partial when it stopped early)."""
+    from marginlens.core.audit.audit_report import audit_report
+    from marginlens.core.cli.follow import DETACHED, follow
+
+    code = follow(job)
+    if code == DETACHED:
+        return code
+    report = audit_report(job.workspace, AuditParams.from_dict(job.spec["params"]))
+    if as_json:
         print(json.dumps(report, indent=2))
     else:
         _print_report(report)
     result = job.result() or {}
     if result.get("budget_stop"):
         print(f"stopped early: {result['budget_stop']}; raise --max-calls/--max-tokens to go on", file=sys.stderr)
-    if status["state"] != "done":
-        print(f"audit {status['state']}: {status.get('message', '')} (log: {job.log_path})", file=sys.stderr)
-        return 1
-    return 0
+    return code
 
 
 def cmd_audit_report(args: argparse.Namespace) -> int:
-    from marginlens.core.audit.audit_job import audit_report
+    from marginlens.core.audit.audit_report import audit_report
     from marginlens.core.jobs import get_job
 
     ws = Workspace.resolve(args.workspace)
     job = get_job(ws, args.job_id)
-    report = audit_report(ws, job.spec["params"])
+    report = audit_report(ws, AuditParams.from_dict(job.spec["params"]))
     if args.json:
         print(json.dumps(report, indent=2))
     else:
@@ -159,7 +164,7 @@ def cmd_audit_report(args: argparse.Namespace) -> int:
 
 
 def cmd_flag(args: argparse.Namespace) -> int:
-    from marginlens.core.audit.audit_job import flag_disagreements
+    from marginlens.core.audit.audit_report import flag_disagreements
     from marginlens.core.data.flags import flag_pairs, load_flags
     from marginlens.core.errors import MarginLensError
 

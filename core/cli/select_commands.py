@@ -7,6 +7,14 @@ import json
 from typing import Any
 
 from marginlens.core.selection.margins import DEFAULT_BETA
+from marginlens.core.selection.metrics import (
+    DEFAULT_METRIC,
+    DEFAULT_PARAMS,
+    MetricParams,
+    get_metric,
+    metric_names,
+)
+from marginlens.core.selection.select import FILTER_STAGES
 from marginlens.core.workspace import Workspace
 
 
@@ -20,15 +28,21 @@ def _scorer_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--reward", default=None,
                    help="reward score table for the explicit margin (default: the dataset's own scores, "
                         "else the newest reward table)")
-    p.add_argument("--weight", type=float, default=1.0, help="w in M_AP = z(m_ex) - w*z(|m_im|) (default 1.0)")
+    p.add_argument("--weight", type=float, default=DEFAULT_PARAMS.weight,
+                   help=f"w in M_AP = z(m_ex) - w*z(|m_im|) (default {DEFAULT_PARAMS.weight})")
     p.add_argument("--signed", action="store_true", help="use m_im instead of |m_im| (signed variant)")
-    p.add_argument("--seed", type=int, default=42, help="seed of the random baseline (default 42)")
+    p.add_argument("--seed", type=int, default=DEFAULT_PARAMS.seed,
+                   help=f"seed of the random baseline (default {DEFAULT_PARAMS.seed})")
+
+
+def _metric_help() -> str:
+    return "; ".join(f"{name}: {get_metric(name).description}" for name in metric_names())
 
 
 def register(sub: argparse._SubParsersAction, common: argparse.ArgumentParser) -> None:
     p = sub.add_parser("select", parents=[common], help="select the top pairs by a metric and export them")
     p.add_argument("name", help="dataset name")
-    p.add_argument("--metric", choices=("map", "explicit", "implicit", "random"), default="map")
+    p.add_argument("--metric", choices=metric_names(), default=DEFAULT_METRIC, help=_metric_help())
     size = p.add_mutually_exclusive_group()
     size.add_argument("--ratio", type=float, default=None, help="select int(ratio*N) pairs (default 0.4)")
     size.add_argument("--count", type=int, default=None, help="select this many pairs")
@@ -36,7 +50,7 @@ def register(sub: argparse._SubParsersAction, common: argparse.ArgumentParser) -
     p.add_argument("--filter", action="append", default=[], metavar="EXPR",
                    help="repeatable: 'm_ex>=0.5', 'abs_m_im<0.1', 'chosen_chars<=2000', 'flagged=false', "
                         "'quadrant=high_potential,ambiguous', 'text~paris', 'prompt~capital'")
-    p.add_argument("--filter-stage", choices=("before", "after"), default="before",
+    p.add_argument("--filter-stage", choices=FILTER_STAGES, default="before",
                    help="before: filters choose the candidates that are ranked; after: they prune the top-k")
     p.add_argument("--out", required=True,
                    help="output path; a relative path goes under the workspace's exports/ folder")
@@ -123,29 +137,26 @@ def _table(rows: list[dict[str, Any]], columns: list[str]) -> str:
 
 
 def cmd_compare(args: argparse.Namespace) -> int:
-    from marginlens.core.selection.contradictions import compare_metrics
+    from marginlens.core.selection.compare import compare_metrics
 
     ws = Workspace.resolve(args.workspace)
     margins = _margins(args, ws)
-    report = compare_metrics(margins, ratio=args.ratio, count=args.count, weight=args.weight, signed=args.signed,
-                             seed=args.seed, suspects=args.suspects)
-    quads = report["quadrants"]
+    report = compare_metrics(margins, ratio=args.ratio, count=args.count,
+                             params=MetricParams(args.weight, args.signed, args.seed), suspects=args.suspects)
+    quads = report.quadrants
     if args.json:
-        out = {k: v for k, v in report.items() if k not in ("selected", "quadrants")}
-        out["quadrants"] = {"ex_split": quads.ex_split, "im_split": quads.im_split, "im_axis": quads.im_axis,
-                            "counts": quads.counts}
-        print(json.dumps(out, indent=2))
+        print(json.dumps(report.to_dict(), indent=2))
         return 0
-    for warning in report["warnings"]:
+    for warning in report.warnings:
         print(f"warning: {warning}")
-    print(f"{args.name}: top {report['k']} of {report['n']} pairs with both margins "
+    print(f"{args.name}: top {report.k} of {report.n} pairs with both margins "
           f"(m_im: {margins.attrs.get('m_im_form')}, m_ex: {margins.attrs.get('m_ex_source')})\n")
     print("overlap of the top-k sets")
-    print(_table(report["overlap"], ["metric_a", "metric_b", "intersection", "jaccard"]) + "\n")
+    print(_table(report.overlap, ["metric_a", "metric_b", "intersection", "jaccard"]) + "\n")
     print("rank correlation of the scores")
-    print(_table(report["correlations"], ["metric_a", "metric_b", "spearman", "kendall"]) + "\n")
+    print(_table(report.correlations, ["metric_a", "metric_b", "spearman", "kendall"]) + "\n")
     print(f"quadrants (m_ex split {quads.ex_split:.3f}, |m_im| split {quads.im_split:.3f})")
     print(_table(quads.counts, ["quadrant", "n", "share", "n_negative_im", "mean_m_ex", "mean_m_im"]) + "\n")
     print("noise suspects (large m_ex, negative m_im)")
-    print(_table(report["suspects"], ["rank", "source_row", "m_ex", "m_im", "suspicion", "prompt_preview"]))
+    print(_table(report.suspects, ["rank", "source_row", "m_ex", "m_im", "suspicion", "prompt_preview"]))
     return 0

@@ -4,7 +4,7 @@ A flag says what exports do with a pair the user (usually after an LLM-judge aud
 mislabeled: "exclude" drops it, "swap" exchanges chosen and rejected (core.selection.export applies them
 unless told not to, and records flags_summary in its manifest). These are not the ingest warnings
 in the pair table's `flags` column (core.selection.margins' `flagged`), which only describe how a row was read.
-The judge-driven helpers (disagreements, flag_disagreements) are in core.audit.audit_job.
+The judge-driven helpers (disagreements, flag_disagreements) are in core.audit.audit_report.
 """
 
 from __future__ import annotations

@@ -3,7 +3,7 @@
 A filter is `Filter(field, op, value)`; all filters of a list must hold (AND). Kinds:
   numeric range  field: any numeric frame column (m_ex, m_im, score_*, *_chars, ...) or "abs_m_im";
                  op: ">=", "<=", ">", "<", "=="; value: number
-  quadrant       field "quadrant", op "in", value: list of core.selection.contradictions.QUADRANTS;
+  quadrant       field "quadrant", op "in", value: list of core.selection.quadrants.QUADRANTS;
                  thresholds ex_split / im_split (None = medians of the whole frame, fixed by
                  `resolve_filters` so the manifest records the numbers actually used), im_axis
   flags          field "flagged" (the pair has ingest flags) or "truncated"; op "==", value: bool
@@ -25,7 +25,7 @@ import pandas as pd
 import pyarrow as pa
 import pyarrow.compute as pc
 from marginlens.core.errors import MarginLensError
-from marginlens.core.selection.contradictions import IM_AXES, QUADRANTS, default_splits, quadrant_labels
+from marginlens.core.selection.quadrants import IM_AXES, QUADRANTS, default_splits, quadrant_labels
 
 TEXT_FIELDS = ("prompt", "chosen", "rejected", "any")
 BOOL_FIELDS = ("flagged", "truncated")

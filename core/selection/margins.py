@@ -33,7 +33,7 @@ from marginlens.core.scoring.score_tables import list_score_tables, load_score_t
 from marginlens.core.workspace import Workspace
 from numpy.typing import ArrayLike
 
-DEFAULT_BETA = 0.01  # DPO beta of the DPO-form implicit margin: the paper's DPO recipe (DESIGN.md)
+DEFAULT_BETA = 0.01  # DPO beta of the DPO-form implicit margin: the paper's DPO recipe
 PREVIEW_CHARS = 160
 
 

@@ -14,14 +14,20 @@ first: score descending, then original index descending.
 
 from __future__ import annotations
 
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, replace
 from typing import Any
 
 import numpy as np
 import pandas as pd
 from marginlens.core.errors import MarginLensError
 from marginlens.core.selection.filters import Filter, filter_mask, resolve_filters
-from marginlens.core.selection.metrics import DEFAULT_SEED, DEFAULT_WEIGHT, METRICS, metric_scores
+from marginlens.core.selection.metrics import (
+    DEFAULT_METRIC,
+    DEFAULT_PARAMS,
+    MARGIN_COLUMNS,
+    MetricParams,
+    get_metric,
+)
 
 DEFAULT_RATIO = 0.4
 TIE_BREAK = "score desc, then original index desc (= np.argsort(score, kind='stable')[-k:])"
@@ -43,7 +49,18 @@ def k_for(n: int, ratio: float | None = None, count: int | None = None) -> int:
 
 
 def top_k(scores: np.ndarray, k: int) -> np.ndarray:
-    """Positions of the k best scores, best first, ties by larger position first (see module doc)."""
+    """Positions of the k best scores, best first, ties by larger position first (see module doc).
+
+    Worked example, the 5 pairs of core.selection.metrics.zscore (repeated exactly by tests/test_metrics.py):
+    M_AP scores [3.0, 0.5, 0.5, -1.0, -3.0], k = int(0.4 * 5) = 2. Pair 0 is first; pairs 1 and 2 tie
+    for the second place.
+      reference   np.argsort(score)[-2:]: numpy's default sort may order the tied 1 and 2 either way
+                  (on this project's machine it returns [4 3 2 1 0], so the reference keeps {0, 1});
+      MarginLens  np.argsort(score, kind="stable") = [4 3 1 2 0], last two [2 0]: the tie goes to the
+                  larger index, so top_k returns [0, 2] (best first) on every machine.
+    The explicit baseline z(m_ex) = [1.5, 0.5, 0, -0.5, -1.5] keeps [0, 1], the implicit one
+    -z(|m_im|) = [1.5, 0, 0.5, -0.5, -1.5] keeps [0, 2]: no tie at the boundary, so every sort agrees.
+    """
     scores = np.asarray(scores, dtype=np.float64)
     n = scores.size
     k = max(0, min(int(k), n))
@@ -64,14 +81,18 @@ def top_k(scores: np.ndarray, k: int) -> np.ndarray:
 class SelectionSpec:
     """Everything that decides which pairs are selected; recorded verbatim in export manifests."""
 
-    metric: str = "map"
-    weight: float = DEFAULT_WEIGHT
-    signed: bool = False
+    metric: str = DEFAULT_METRIC  # a name in the metric registry (core.selection.metrics)
+    weight: float = DEFAULT_PARAMS.weight
+    signed: bool = DEFAULT_PARAMS.signed
     ratio: float | None = None  # None with count None means DEFAULT_RATIO
     count: int | None = None
-    seed: int = DEFAULT_SEED
+    seed: int = DEFAULT_PARAMS.seed
     filters: list[Filter] = field(default_factory=list)
     filter_stage: str = "before"  # "before": filters pick the candidate set; "after": they prune the top-k
+
+    @property
+    def params(self) -> MetricParams:
+        return MetricParams(self.weight, self.signed, self.seed)
 
     def to_dict(self) -> dict[str, Any]:
         out = asdict(self)
@@ -110,10 +131,6 @@ class Selection:
         return np.sort(self.positions)
 
 
-def _needed_columns(metric: str) -> list[str]:
-    return {"map": ["m_ex", "m_im"], "explicit": ["m_ex"], "implicit": ["m_im"], "random": []}[metric]
-
-
 def select(margins: pd.DataFrame, spec: SelectionSpec, texts: Any = None) -> Selection:
     """Score and select pairs of a margin frame (core.selection.margins.load_margins) according to `spec`.
 
@@ -121,25 +138,23 @@ def select(margins: pd.DataFrame, spec: SelectionSpec, texts: Any = None) -> Sel
     Filters with stage "before" restrict the candidate set (z-scores and k are computed over it);
     with stage "after" the whole frame is ranked and the filters then prune the top-k.
     """
-    if spec.metric not in METRICS:
-        raise MarginLensError(f"unknown metric {spec.metric!r} (expected one of {', '.join(METRICS)})")
+    metric = get_metric(spec.metric)
     if spec.filter_stage not in FILTER_STAGES:
         raise MarginLensError(f"filter stage must be 'before' or 'after', got {spec.filter_stage!r}")
     n_total = len(margins)
     filters = resolve_filters(margins, spec.filters)
-    spec = SelectionSpec(**{**spec.__dict__, "filters": filters})
+    spec = replace(spec, filters=filters)
     warnings: list[str] = []
 
     have = np.ones(n_total, dtype=bool)
-    for column in _needed_columns(spec.metric):
+    for column in metric.needs:
         values = margins[column].to_numpy(dtype=np.float64, na_value=np.nan) if column in margins else None
         if values is None or np.isnan(values).all():
-            what = "explicit (m_ex)" if column == "m_ex" else "implicit (m_im)"
+            kind, hint = MARGIN_COLUMNS.get(column, (None, None))
+            what = f"{kind} ({column}) margin" if kind else f"{column} column"
             name = margins.attrs.get("dataset", "this dataset")
-            raise MarginLensError(
-                f"metric {spec.metric!r} needs the {what} margin, which {name!r} does not have"
-                + (" (score it with a policy model first)" if column == "m_im" else " (add a reward score table)")
-            )
+            raise MarginLensError(f"metric {spec.metric!r} needs the {what}, which {name!r} does not have"
+                                  + (f" ({hint})" if hint else ""))
         have &= np.isfinite(values)
     n_missing = int((~have).sum())
     if n_missing:
@@ -150,14 +165,8 @@ def select(margins: pd.DataFrame, spec: SelectionSpec, texts: Any = None) -> Sel
         candidates &= filter_mask(margins, filters, texts)
     cand_pos = np.flatnonzero(candidates)
 
-    def col(name: str) -> np.ndarray | None:
-        if name not in margins:
-            return None
-        return margins[name].to_numpy(dtype=np.float64, na_value=np.nan)[cand_pos]
-
-    result = metric_scores(
-        col("m_ex"), col("m_im"), spec.metric, spec.weight, spec.signed, spec.seed, n=int(cand_pos.size)
-    )
+    columns = {c: margins[c].to_numpy(dtype=np.float64, na_value=np.nan)[cand_pos] for c in metric.needs}
+    result = metric.score(columns, spec.params, n=int(cand_pos.size))
     warnings += result.warnings
     k = k_for(cand_pos.size, spec.ratio, spec.count)
     if spec.count is not None and spec.count > cand_pos.size:

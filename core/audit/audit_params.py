@@ -1,0 +1,107 @@
+"""The parameters of one audit job: what is judged (the sampled pair ids per subset), by which endpoint and
+prompt version, within which budget.
+
+`to_dict` is the job's spec.json "params" and what core.jobs.job_id_for hashes, so it must stay exactly
+the dict earlier versions wrote: the same settings then give the same job id, and a resubmission resumes
+the job instead of paying for a second one. `from_dict` reads any stored spec back, also one whose
+prompt version is no longer current (its report must stay readable); only `audit_params`, which builds a
+new audit, validates.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping, Sequence
+from dataclasses import asdict, dataclass, field
+from typing import Any
+
+from marginlens.core.audit.judge_client import Endpoint, RetryPolicy, public_url
+from marginlens.core.audit.judge_prompt import ORDERS, PROMPT_VERSION
+from marginlens.core.audit.subsets import unique_pairs
+from marginlens.core.audit.verdicts import VerdictStore
+from marginlens.core.errors import MarginLensError
+
+DEFAULT_CONCURRENCY = 4
+
+Judgment = tuple[str, str]  # (pair_id, order)
+
+
+@dataclass(frozen=True)
+class AuditParams:
+    """The job spec of an audit. Holds no key (the key travels in the worker's environment only)."""
+
+    dataset: str
+    samples: Mapping[str, tuple[str, ...]]  # subset name -> sampled pair ids
+    endpoint: Endpoint
+    max_calls: int | None = None
+    max_tokens: int | None = None
+    concurrency: int = DEFAULT_CONCURRENCY
+    retry: RetryPolicy = field(default_factory=RetryPolicy)
+    prompt_version: str = PROMPT_VERSION
+
+    def __post_init__(self) -> None:
+        object.__setattr__(self, "samples", {name: tuple(ids) for name, ids in self.samples.items()})
+
+    @property
+    def judge_model(self) -> str:
+        return self.endpoint.model
+
+    @property
+    def pair_ids(self) -> list[str]:
+        return unique_pairs(self.samples)
+
+    def pending(self, store: VerdictStore) -> list[Judgment]:
+        """The (pair, order) judgments of this audit that the verdict store does not hold yet."""
+        done = store.keys()
+        model, version = self.endpoint.model, self.prompt_version
+        return [(pid, order) for pid in self.pair_ids for order in ORDERS if (pid, model, version, order) not in done]
+
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            "dataset": self.dataset,
+            "samples": {name: list(ids) for name, ids in self.samples.items()},
+            "endpoint": asdict(self.endpoint),
+            "max_calls": self.max_calls,
+            "max_tokens": self.max_tokens,
+            "concurrency": self.concurrency,
+            "retry": asdict(self.retry),
+            "prompt_version": self.prompt_version,
+        }
+
+    @classmethod
+    def from_dict(cls, data: Mapping[str, Any]) -> AuditParams:
+        """A stored spec's params; keys it lacks take the defaults `audit_params` gives them."""
+        return cls(
+            dataset=data["dataset"],
+            samples=data["samples"],
+            endpoint=Endpoint(**data["endpoint"]),
+            max_calls=data.get("max_calls"),
+            max_tokens=data.get("max_tokens"),
+            concurrency=data.get("concurrency", DEFAULT_CONCURRENCY),
+            retry=RetryPolicy(**data.get("retry", {})),
+            prompt_version=data.get("prompt_version", PROMPT_VERSION),
+        )
+
+
+def audit_params(
+    dataset: str,
+    samples: Mapping[str, Sequence[str]],
+    endpoint: Endpoint,
+    max_calls: int | None = None,
+    max_tokens: int | None = None,
+    concurrency: int = DEFAULT_CONCURRENCY,
+    retry: RetryPolicy | None = None,
+    prompt_version: str = PROMPT_VERSION,
+) -> AuditParams:
+    """The parameters of a new audit, checked before anything is stored or paid for."""
+    if prompt_version != PROMPT_VERSION:
+        raise MarginLensError(f"prompt version {prompt_version!r} is not available (current: {PROMPT_VERSION})")
+    if concurrency < 1:
+        raise MarginLensError(f"concurrency must be at least 1, got {concurrency}")
+    if not endpoint.model:
+        raise MarginLensError("the judge model name is empty")
+    if endpoint.base_url and public_url(endpoint.base_url) != endpoint.base_url:
+        raise MarginLensError("put the API key in OPENAI_API_KEY, not in the base URL (it would be stored)")
+    if not unique_pairs(samples):
+        raise MarginLensError("nothing to audit: every subset is empty")
+    return AuditParams(dataset, {name: tuple(ids) for name, ids in samples.items()}, endpoint, max_calls,
+                       max_tokens, int(concurrency), retry or RetryPolicy(), prompt_version)

@@ -1,0 +1,174 @@
+"""Where single-margin metrics disagree (the paper's motivating contradictions): top-k overlap, rank
+correlations and noise suspects, assembled by `compare_metrics` into the report that `marginlens compare`
+and the Explore page's Contradictions tab show.
+
+Every function takes plain numpy arrays or a margin frame (core.selection.margins.load_margins); table
+rows are plain dicts, so the dashboard (a DataFrame per table) and the CLI (text or JSON) render the
+same data. Quadrants are core.selection.quadrants.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from itertools import combinations
+from typing import Any
+
+import numpy as np
+import pandas as pd
+from marginlens.core.errors import MarginLensError
+from marginlens.core.selection.metrics import DEFAULT_PARAMS, MetricParams, get_metric, metric_names
+from marginlens.core.selection.quadrants import Quadrants, quadrant_labels
+from marginlens.core.selection.select import k_for, top_k
+
+
+@dataclass
+class CompareReport:
+    """Every metric ranked on the same candidate set (pairs having both margins), and how they disagree."""
+
+    n: int  # candidates
+    k: int
+    selected: dict[str, np.ndarray]  # metric -> top-k frame positions, best first
+    overlap: list[dict[str, Any]]  # overlap_table rows
+    correlations: list[dict[str, Any]]  # rank_correlations rows
+    quadrants: Quadrants
+    suspects: list[dict[str, Any]]  # noise_suspects rows
+    warnings: list[str]
+
+    def to_dict(self) -> dict[str, Any]:
+        """The JSON form (`marginlens compare --json`): no positions, no per-pair quadrant labels."""
+        return {"n": self.n, "k": self.k, "overlap": self.overlap, "correlations": self.correlations,
+                "suspects": self.suspects, "warnings": self.warnings, "quadrants": self.quadrants.summary()}
+
+
+def overlap_table(selected: dict[str, np.ndarray]) -> list[dict[str, Any]]:
+    """Intersection size and Jaccard index of the selected sets of every pair of metrics."""
+    arrays = {name: np.asarray(idx, dtype=np.int64) for name, idx in selected.items()}
+    n = max((int(a.max()) + 1 for a in arrays.values() if a.size), default=0)
+    sets = {}
+    for name, idx in arrays.items():  # boolean masks: set algebra in O(n), vectorised
+        sets[name] = np.zeros(n, dtype=bool)
+        sets[name][idx] = True
+    rows = []
+    for a, b in combinations(sets, 2):
+        inter = int(np.count_nonzero(sets[a] & sets[b]))
+        union = int(np.count_nonzero(sets[a] | sets[b]))
+        rows.append(
+            {
+                "metric_a": a,
+                "metric_b": b,
+                "size_a": int(np.count_nonzero(sets[a])),
+                "size_b": int(np.count_nonzero(sets[b])),
+                "intersection": inter,
+                "jaccard": inter / union if union else 1.0,
+            }
+        )
+    return rows
+
+
+def _rank_corr(a: np.ndarray, b: np.ndarray) -> tuple[float | None, float | None]:
+    from scipy import stats  # here, not at the top: `marginlens select` never pays scipy's import time
+
+    if a.size < 2 or np.ptp(a) == 0 or np.ptp(b) == 0:
+        return None, None  # undefined for a constant column; None instead of NaN
+    rho = stats.spearmanr(a, b).statistic
+    tau = stats.kendalltau(a, b).statistic
+    return float(rho), float(tau)
+
+
+def rank_correlations(scores: dict[str, np.ndarray]) -> list[dict[str, Any]]:
+    """Spearman rho and Kendall tau-b between every pair of metric score arrays (same candidates).
+
+    None where a correlation is undefined (a constant score column).
+    """
+    arrays = {name: np.asarray(v, dtype=np.float64) for name, v in scores.items()}
+    rows = []
+    for a, b in combinations(arrays, 2):
+        ok = np.isfinite(arrays[a]) & np.isfinite(arrays[b])
+        rho, tau = _rank_corr(arrays[a][ok], arrays[b][ok])
+        rows.append({"metric_a": a, "metric_b": b, "n": int(ok.sum()), "spearman": rho, "kendall": tau})
+    return rows
+
+
+def noise_suspects(margins: pd.DataFrame, top: int = 50, ex_split: float | None = None) -> list[dict[str, Any]]:
+    """Pairs with a large explicit margin the policy strongly disagrees with, most suspicious first.
+
+    Candidates: m_ex above `ex_split` (median by default) and m_im < 0. Suspicion is
+    z(m_ex) - z(m_im) over all pairs with both margins: high reward gap, strongly negative implicit.
+    Ties: source order.
+    """
+    m_ex = margins["m_ex"].to_numpy(dtype=np.float64, na_value=np.nan)
+    m_im = margins["m_im"].to_numpy(dtype=np.float64, na_value=np.nan)
+    ok = np.isfinite(m_ex) & np.isfinite(m_im)
+    if not ok.any():
+        return []
+    split = float(np.median(m_ex[ok])) if ex_split is None else ex_split
+
+    def z(v: np.ndarray) -> np.ndarray:
+        std = v[ok].std()
+        return (v - v[ok].mean()) / std if std > 0 else np.zeros_like(v)
+
+    suspicion = z(m_ex) - z(m_im)
+    pos = np.flatnonzero(ok & (m_ex > split) & (m_im < 0))
+    pos = pos[np.argsort(-suspicion[pos], kind="stable")][:top]
+    preview = margins["prompt_preview"] if "prompt_preview" in margins else None
+    out = []
+    for rank, p in enumerate(pos, start=1):
+        out.append(
+            {
+                "rank": rank,
+                "position": int(p),
+                "pair_id": str(margins["pair_id"].iat[p]),
+                "source_row": int(margins["source_row"].iat[p]) if "source_row" in margins else int(p),
+                "m_ex": float(m_ex[p]),
+                "m_im": float(m_im[p]),
+                "suspicion": float(suspicion[p]),
+                "prompt_preview": str(preview.iat[p]) if preview is not None else "",
+            }
+        )
+    return out
+
+
+def compare_metrics(
+    margins: pd.DataFrame,
+    ratio: float | None = None,
+    count: int | None = None,
+    params: MetricParams = DEFAULT_PARAMS,
+    metrics: tuple[str, ...] | None = None,
+    ex_split: float | None = None,
+    im_split: float | None = None,
+    im_axis: str = "abs",
+    suspects: int = 20,
+) -> CompareReport:
+    """The whole contradiction report for `marginlens compare` and the dashboard.
+
+    Every metric (default: all registered) is scored on the same candidate set: pairs having both
+    margins and whatever other column a compared metric needs. Positions index frame rows.
+    """
+    names = metric_names() if metrics is None else metrics
+    chosen = [get_metric(name) for name in names]
+    columns = list(dict.fromkeys(["m_ex", "m_im", *(c for metric in chosen for c in metric.needs)]))
+    values = {c: margins[c].to_numpy(dtype=np.float64, na_value=np.nan) if c in margins else np.full(len(margins), np.nan)
+              for c in columns}
+    cand = np.flatnonzero(np.logical_and.reduce([np.isfinite(v) for v in values.values()]))
+    if cand.size == 0:
+        name = margins.attrs.get("dataset", "this dataset")
+        raise MarginLensError(f"{name!r} has no pair with both an explicit and an implicit margin to compare")
+    k = k_for(cand.size, ratio, count)
+    selected: dict[str, np.ndarray] = {}
+    scores: dict[str, np.ndarray] = {}
+    warnings: list[str] = []
+    for metric in chosen:
+        result = metric.score({c: values[c][cand] for c in metric.needs}, params, n=int(cand.size))
+        warnings += [w for w in result.warnings if w not in warnings]
+        scores[metric.name] = result.scores
+        selected[metric.name] = cand[top_k(result.scores, k)]
+    return CompareReport(
+        n=int(cand.size),
+        k=k,
+        selected=selected,
+        overlap=overlap_table(selected),
+        correlations=rank_correlations(scores),
+        quadrants=quadrant_labels(values["m_ex"], values["m_im"], ex_split, im_split, im_axis),
+        suspects=noise_suspects(margins, top=suspects),
+        warnings=warnings,
+    )
