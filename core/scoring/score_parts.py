@@ -1,0 +1,89 @@
+"""A score job's part files: results/FINGERPRINT/part-rankR-SEQ-NS.parquet, written as batches finish,
+and their merge into one table in dataset order.
+
+Parts are written atomically, at most every FLUSH_SECONDS, and never overwritten (the nanosecond
+timestamp in the name), so a killed worker leaves whole parts only and a resumed one adds to them.
+"""
+
+from __future__ import annotations
+
+import os
+import time
+from collections.abc import Iterable, Sequence
+from pathlib import Path
+from typing import Any
+
+from marginlens.core.atomic import write_with
+
+FLUSH_SECONDS = float(os.environ.get("MARGINLENS_SCORE_FLUSH_SECONDS", "5"))
+
+
+def written_ids(folder: Path) -> set[str]:
+    """Pair ids already in the folder's parts (all ranks')."""
+    import pyarrow.parquet as pq
+
+    ids: set[str] = set()
+    for part in folder.glob("part-*.parquet"):
+        ids.update(pq.read_table(part, columns=["pair_id"]).column("pair_id").to_pylist())
+    return ids
+
+
+class PartWriter:
+    """Buffers result rows and writes them as atomic parquet parts (at most every FLUSH_SECONDS)."""
+
+    def __init__(self, folder: Path, rank: int, schema: Any):
+        self.folder, self.rank, self.schema = folder, rank, schema
+        self.rows: list[dict[str, Any]] = []
+        self.last = time.monotonic()
+        self.seq = len(list(folder.glob(f"part-rank{rank}-*.parquet")))
+
+    def add(self, rows: Iterable[dict[str, Any]]) -> None:
+        self.rows.extend(rows)
+        if time.monotonic() - self.last >= FLUSH_SECONDS:
+            self.flush()
+
+    def flush(self) -> None:
+        import pyarrow as pa
+        import pyarrow.parquet as pq
+
+        if self.rows:
+            table = pa.Table.from_pylist(self.rows, schema=self.schema)
+            # A timestamp in the name: a resumed run never overwrites the parts of an earlier one.
+            name = f"part-rank{self.rank}-{self.seq:06d}-{time.time_ns()}.parquet"
+            write_with(self.folder / name, lambda p: pq.write_table(table, p))
+            self.seq += 1
+            self.rows = []
+        self.last = time.monotonic()
+
+
+def unique_by_pair_id(table: Any) -> Any:
+    """One row per pair_id, the first (a dataset can hold the same pair twice; both score the same)."""
+    import pyarrow.compute as pc
+
+    ids = table.column("pair_id").to_pylist()
+    first = {pid: i for i, pid in reversed(list(enumerate(ids)))}
+    keep = sorted(first.values())
+    return table.take(pc.cast(keep, "int64")) if len(keep) != len(ids) else table
+
+
+def in_dataset_order(table: Any, pair_ids: Sequence[str]) -> Any:
+    """`table`'s rows (one per pair_id) ordered as `pair_ids`, the dataset's order."""
+    import pyarrow.compute as pc
+
+    order = {pid: i for i, pid in enumerate(pair_ids)}
+    positions = [order[pid] for pid in table.column("pair_id").to_pylist()]
+    return table.take(pc.cast(sorted(range(len(positions)), key=positions.__getitem__), "int64"))
+
+
+def merge_parts(folder: Path, schema: Any, pair_ids: Sequence[str]) -> tuple[Any, int]:
+    """All ranks' parts as one table in dataset order, and how many of `pair_ids` it lacks."""
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    parts = sorted(folder.glob("part-*.parquet"))
+    table = pa.concat_tables([pq.read_table(p) for p in parts]) if parts else schema.empty_table()
+    table = unique_by_pair_id(table.cast(schema))
+    missing = set(pair_ids) - set(table.column("pair_id").to_pylist())
+    if missing:
+        return table, len(missing)
+    return in_dataset_order(table, pair_ids), 0
