@@ -18,8 +18,6 @@ from marginlens.core.training.runs import CURVE_KEYS, read_metrics
 from marginlens.core.training.settings import parse_overrides, parse_value
 from marginlens.core.workspace import Workspace
 
-POLL_SECONDS = 2.0
-LIVE_STATES = ("queued", "running")
 # The knobs most runs touch, in form order; anything else goes through the "other settings" lines.
 # Derived values (gradient_accumulation_steps from the effective batch, simpo_gamma from gamma/beta)
 # are left out so that the form never contradicts itself.
@@ -105,13 +103,9 @@ def job_row(job: jobs.Job) -> dict[str, Any]:
     """One train job as the page lists it."""
     spec = job.spec
     params = spec.get("params", {})
-    status = job.status()
     return {
         "job_id": job.id,
-        "state": status.get("state"),
-        "done": status.get("done") or 0,
-        "total": status.get("total"),
-        "message": status.get("message", ""),
+        "status": job.status(),
         "method": params.get("method"),
         "preset": params.get("preset"),
         "model": params.get("model"),
@@ -124,17 +118,7 @@ def job_row(job: jobs.Job) -> dict[str, Any]:
 
 def job_label(row: dict[str, Any]) -> str:
     data = Path(row["data"]).name if row.get("data") else "?"
-    return f"{row['state']} · {row['method']} on {data} · {row['job_id']}"
-
-
-def progress_text(row: dict[str, Any], metrics: list[dict[str, Any]]) -> str:
-    text = f"step {row['done']}/{row['total'] or '?'}"
-    if metrics:
-        last = metrics[-1]
-        parts = [f"{k} {last[k]:.4g}" for k in ("loss", "rewards/margins", "rewards/accuracies")
-                 if isinstance(last.get(k), (int, float))]
-        text += " · " + " · ".join(parts) if parts else ""
-    return text
+    return f"{row['status'].state} · {row['method']} on {data} · {row['job_id']}"
 
 
 def curve_figures(metrics: list[dict[str, Any]]) -> list[tuple[str, dict[str, Any]]]:

@@ -2,7 +2,7 @@
 
   jobs/JOB_ID/spec.json     {"kind", "params", "job_id", "created"}  (never secrets)
   jobs/JOB_ID/status.json   {"state", "done", "total", "heartbeat", "pid", "message", "extra", ...}
-                            written atomically; states: queued, running, done, failed, cancelled
+                            written atomically; read as a typed JobStatus (core.job_status)
   jobs/JOB_ID/log.txt       the worker's output
   jobs/JOB_ID/cancel        flag file: the worker stops at its next check
   jobs/JOB_ID/results/      whatever the job kind appends as it goes (so a killed job resumes)
@@ -33,12 +33,21 @@ from typing import Any
 
 from marginlens.core.atomic import read_json, write_json
 from marginlens.core.errors import MarginLensError
+from marginlens.core.job_status import FINISHED, LIVE, RESUMABLE, JobState, JobStatus
 from marginlens.core.workspace import Workspace
 
-# kind -> "module:function"; the function takes a JobContext and returns a JSON-able result dict.
-KINDS: dict[str, str] = {"audit": "marginlens.core.audit.audit_job:run", "train": "marginlens.core.training.train_job:run", "score": "marginlens.core.scoring.score_job:run"}
+__all__ = ["FINISHED", "KINDS", "LIVE", "RESUMABLE", "Job", "JobCancelled", "JobContext", "JobState", "JobStatus",
+           "get_job", "job_id_for", "list_jobs", "resume", "submit"]
 
-FINISHED = ("done", "failed", "cancelled")
+# kind -> "module:function"; the function takes a JobContext and returns a JSON-able result dict.
+KINDS: dict[str, str] = {
+    "audit": "marginlens.core.audit.audit_job:run",
+    "import": "marginlens.core.data.import_job:run",
+    "push": "marginlens.core.selection.push_job:run",
+    "score": "marginlens.core.scoring.score_job:run",
+    "train": "marginlens.core.training.train_job:run",
+}
+
 HEARTBEAT_SECONDS = 5.0
 
 
@@ -97,6 +106,14 @@ class Job:
         return read_json(self.dir / "spec.json") or {}
 
     @property
+    def kind(self) -> str | None:
+        return self.spec.get("kind")
+
+    @property
+    def workspace(self) -> Workspace:
+        return Workspace(self.dir.parent.parent)
+
+    @property
     def results_dir(self) -> Path:
         path = self.dir / "results"
         path.mkdir(parents=True, exist_ok=True)
@@ -111,12 +128,12 @@ class Job:
         with _flock(self.dir / "worker.lock", blocking=False) as fd:
             return fd is None
 
-    def status(self) -> dict[str, Any]:
-        status = read_json(self.dir / "status.json") or {"state": "queued", "done": 0, "total": None}
-        if status.get("state") in ("running", "queued") and not self.is_alive():
-            # The worker died without writing a final state (killed, machine restart).
-            status = {**status, "state": "interrupted"}
-        return status
+    def status(self) -> JobStatus:
+        raw = read_json(self.dir / "status.json")
+        raw = raw if isinstance(raw, dict) else {}
+        live = JobState.parse(raw.get("state", JobState.QUEUED)).live
+        # A live state without a worker holding the lock: it died without writing its outcome.
+        return JobStatus.from_dict(raw, alive=not live or self.is_alive())
 
     def cancel(self) -> None:
         (self.dir / "cancel").touch()
@@ -128,18 +145,18 @@ class Job:
             return ""
         return "\n".join(text.splitlines()[-lines:])
 
-    def wait(self, poll: float = 0.5, on_status: Callable[[dict[str, Any]], None] | None = None,
-             timeout: float | None = None) -> dict[str, Any]:
-        """Block until the job finishes (or stops running); returns the final status."""
+    def wait(self, poll: float = 0.5, on_status: Callable[[JobStatus], None] | None = None,
+             timeout: float | None = None) -> JobStatus:
+        """Block until the job is no longer live (finished or interrupted); returns that status."""
         deadline = None if timeout is None else time.monotonic() + timeout
         while True:
             status = self.status()
             if on_status:
                 on_status(status)
-            if status["state"] in FINISHED or status["state"] == "interrupted":
+            if not status.live:
                 return status
             if deadline is not None and time.monotonic() > deadline:
-                raise TimeoutError(f"job {self.id} still {status['state']} after {timeout}s")
+                raise TimeoutError(f"job {self.id} still {status.state} after {timeout}s")
             time.sleep(poll)
 
     def result(self) -> dict[str, Any] | None:
@@ -157,8 +174,8 @@ def _wait_for_exiting_worker(job: Job, fd: int, timeout: float = 30.0) -> bool:
     def stopping() -> bool:
         # A cancel flag not yet seen by the worker counts too: otherwise a resume right after a cancel
         # would return the still-running job, which then ends cancelled, and the resume did nothing.
-        state = (read_json(job.dir / "status.json") or {}).get("state")
-        return state in ("cancelled", "failed") or (job.dir / "cancel").exists()
+        state = JobState.parse((read_json(job.dir / "status.json") or {}).get("state"))
+        return state in (JobState.CANCELLED, JobState.FAILED) or (job.dir / "cancel").exists()
 
     while stopping():
         if _try_lock(fd, attempts=1):
@@ -192,7 +209,7 @@ def submit(
             write_json(job.dir / "spec.json", {"kind": kind, "params": params, "job_id": job.id, "created": _now(),
                                                "launcher": launcher})
         launcher = launcher or job.spec.get("launcher")
-        if job.status()["state"] == "done":
+        if job.status().state is JobState.DONE:
             return job
         lock_fd = os.open(job.dir / "worker.lock", os.O_RDWR | os.O_CREAT, 0o644)
         try:
@@ -200,7 +217,8 @@ def submit(
                 return job  # a worker is running it now
             (job.dir / "cancel").unlink(missing_ok=True)
             previous = read_json(job.dir / "status.json") or {}
-            write_json(job.dir / "status.json", {**previous, "state": "queued", "message": "starting", "heartbeat": _now()})
+            write_json(job.dir / "status.json",
+                       {**previous, "state": JobState.QUEUED.value, "message": "starting", "heartbeat": _now()})
             command = [*(launcher or [sys.executable]), "-m", "marginlens.core.jobs", "run", str(job.dir)]
             child_env = {**os.environ, **(env or {}), "MARGINLENS_JOB_LOCK_FD": str(lock_fd)}
             with open(job.log_path, "ab") as log:
@@ -212,6 +230,15 @@ def submit(
         finally:
             os.close(lock_fd)  # the child keeps its inherited copy, and with it the lock
     return job
+
+
+def resume(ws: Workspace, job: Job, env: dict[str, str] | None = None) -> Job:
+    """Resubmit the job's own spec: the same id, continuing from what its results folder holds, under the
+    launcher it first ran with. A live or done job is returned as it is."""
+    spec = job.spec
+    if not spec:
+        raise MarginLensError(f"job {job.id} has no spec.json")
+    return submit(ws, spec["kind"], spec["params"], env=env)
 
 
 def list_jobs(ws: Workspace, kind: str | None = None) -> list[Job]:
@@ -260,17 +287,37 @@ class JobContext:
         if self.cancelled():
             raise JobCancelled()
 
-    def progress(self, done: int, total: int | None = None, force: bool = False, **extra: Any) -> None:
-        """Record progress; throttled to a write every 0.5 s unless `force`."""
+    def progress(self, done: int, total: int | None = None, force: bool = False, *, done_before: int | None = None,
+                 **extra: Any) -> None:
+        """Record progress; throttled to a write every 0.5 s unless `force`.
+
+        `done_before`: how much of `done` this run did not compute (skipped as already written), left out
+        of the rate. Without it, what was done when the worker started is left out, and a job that
+        restarts its count lower (from a checkpoint) is measured from there.
+        """
         with self._lock:
-            self._status.update(done=done, **({"total": total} if total is not None else {}))
+            if done_before is not None:
+                self._status["rate_base"] = done_before
+            elif done < self._status.get("rate_base", 0):
+                self._status["rate_base"] = done
+            self._status.update(done=done, progress_at=time.time(), **({"total": total} if total is not None else {}))
             self._status.setdefault("extra", {}).update(extra)
             if force or time.monotonic() - self._last_write > 0.5:
                 self._write()
 
-    def set_state(self, state: str, message: str = "", **fields: Any) -> None:
+    def start(self) -> None:
+        """Mark the job running in this worker, keeping the progress a previous run recorded; the rate
+        is measured from here, over what this run adds."""
+        previous = read_json(self.job.dir / "status.json") or {}
+        now = time.time()
         with self._lock:
-            self._status.update(state=state, message=message, **fields)
+            self._status = {k: v for k, v in previous.items() if k in ("done", "total", "extra")}
+        self.set_state(JobState.RUNNING, "running", started=_now(), finished=None, resumed=bool(previous.get("started")),
+                       rate_since=now, rate_base=int(previous.get("done") or 0), progress_at=now)
+
+    def set_state(self, state: JobState | str, message: str = "", **fields: Any) -> None:
+        with self._lock:
+            self._status.update(state=JobState(state).value, message=message, **fields)
             self._write()
 
     def _write(self) -> None:
@@ -284,7 +331,7 @@ class JobContext:
         while True:
             time.sleep(HEARTBEAT_SECONDS)
             with self._lock:
-                if self._status.get("state") in FINISHED:
+                if JobState.parse(self._status.get("state")).finished:
                     return
                 self._write()
 
@@ -293,29 +340,27 @@ def run_worker(job_dir: Path) -> int:
     """Worker entry point: run the job's function, record the outcome. Exit code 0 unless it failed."""
     job = Job(Path(job_dir))
     spec = job.spec
-    workspace = Workspace(job.dir.parent.parent)
+    workspace = job.workspace
     rank = int(os.environ.get("RANK", 0))
     world = int(os.environ.get("WORLD_SIZE", 1))
     ctx = JobContext(job, workspace, rank=rank, world_size=world)
-    previous = read_json(job.dir / "status.json") or {}
-    ctx._status = {k: v for k, v in previous.items() if k in ("done", "total", "extra")}
-    ctx.set_state("running", "running", started=_now(), finished=None, resumed=bool(previous.get("started")))
+    ctx.start()
     threading.Thread(target=ctx.heartbeat_forever, daemon=True).start()
     module_name, func_name = KINDS[spec["kind"]].split(":")
     try:
         result = getattr(importlib.import_module(module_name), func_name)(ctx)
     except JobCancelled:
         ctx.log("cancelled")
-        ctx.set_state("cancelled", "cancelled by user", finished=_now())
+        ctx.set_state(JobState.CANCELLED, "cancelled by user", finished=_now())
         return 0
     except Exception as exc:  # the job's error becomes its status; the traceback goes to the log
         traceback.print_exc()
         message = str(exc) if isinstance(exc, MarginLensError) else f"{type(exc).__name__}: {exc}"
-        ctx.set_state("failed", message, finished=_now())
+        ctx.set_state(JobState.FAILED, message, finished=_now())
         return 1
     if ctx.is_main:
         write_json(job.dir / "result.json", result or {})
-    ctx.set_state("done", "done", finished=_now())
+    ctx.set_state(JobState.DONE, "done", finished=_now())
     return 0
 
 

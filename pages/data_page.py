@@ -1,4 +1,4 @@
-"""Data: import a preference dataset, read its validation report, browse its pairs."""
+"""Data: import a preference dataset (as a background "import" job), read its validation report, browse its pairs."""
 
 from __future__ import annotations
 
@@ -7,10 +7,16 @@ from pathlib import Path
 import pandas as pd
 import streamlit as st
 from marginlens.app import readers, widgets
+from marginlens.app.job_panel import job_panel
 from marginlens.app.state import dataset_picker, workspace
+from marginlens.core import jobs
 from marginlens.core.data.formats import FORMATS
-from marginlens.core.data.ingest import import_dataset, parse_mapping
+from marginlens.core.data.import_job import import_spec, submit_import
+from marginlens.core.data.ingest import parse_mapping
 from marginlens.core.errors import MarginLensError
+from marginlens.core.job_status import JobState
+
+IMPORT_JOB = "_data_import_job"  # the import this session started
 
 ws = workspace()
 st.title("Data")
@@ -39,18 +45,23 @@ with st.expander("Import a dataset", expanded=not ws.dataset_names()):
         else:
             source = server_path.strip() or hub_id.strip()
         try:
-            if not source:
-                raise MarginLensError("choose a file, a path or a Hub id first")
-            with st.spinner(f"Importing {source} ..."):
-                report = import_dataset(
-                    source, name.strip(), ws, format=fmt, mapping=parse_mapping(mapping_text), policy=policy,
-                    max_prompt_chars=max_prompt or None, replace=replace,
-                )
+            request = import_spec(source, name.strip(), format=fmt, mapping=parse_mapping(mapping_text),
+                                  policy=policy, max_prompt_chars=max_prompt or None, replace=replace)
+            st.session_state[IMPORT_JOB] = submit_import(ws, request).id
         except MarginLensError as exc:
             widgets.show_error(exc)
-        else:
-            st.session_state["dataset"] = report.name
-            st.success(report.summary())
+
+
+# The import this session started, and any other one still running (from another tab).
+mine = st.session_state.get(IMPORT_JOB)
+for job in jobs.list_jobs(ws, "import"):
+    if job.id != mine and not job.status().live:
+        continue
+    spec = job.spec.get("params", {})
+    status = job_panel(job, title=f"import of {spec.get('source')} as {spec.get('name')}",
+                       on_done=lambda _, job=job: st.session_state.update(dataset=(job.result() or {}).get("name")))
+    if job.id == mine and status.state is JobState.DONE:
+        st.success(widgets.md_escape((job.result() or {}).get("summary", "imported")))
 
 names = ws.dataset_names()
 if not names:

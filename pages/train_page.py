@@ -5,9 +5,11 @@ from __future__ import annotations
 import streamlit as st
 from marginlens.app import navigation, widgets
 from marginlens.app import training_view as tv
+from marginlens.app.job_panel import job_panel
 from marginlens.app.state import workspace
 from marginlens.core import jobs
 from marginlens.core.errors import MarginLensError
+from marginlens.core.job_status import POLL_SECONDS, JobState
 from marginlens.core.scoring.models import DEFAULT_POLICY
 from marginlens.core.training.presets import (
     DEFAULT_PRESET,
@@ -16,7 +18,7 @@ from marginlens.core.training.presets import (
     describe_setting,
     list_presets,
 )
-from marginlens.core.training.runs import final_model_path, rescore, resume_training, submit_training
+from marginlens.core.training.runs import final_model_path, rescore, submit_training
 from marginlens.core.training.settings import resolve_settings
 from marginlens.core.training.train_data import list_exports
 
@@ -84,7 +86,7 @@ else:
         else:
             st.session_state[JOB_KEY] = st.session_state["_train_run"] = job.id  # show the new run below
             changed = ", ".join(f"{k}={v}" for k, v in overrides.items()) or "none"
-            st.success(f"Training job {job.id} is {job.status()['state']} (changed from the preset: {changed})")
+            st.success(f"Training job {job.id} is {job.status().state} (changed from the preset: {changed})")
 
 # ---- runs -------------------------------------------------------------------------------------------
 st.subheader("Runs")
@@ -104,32 +106,16 @@ st.caption(f"{row['method']} · preset `{row['preset']}` · model `{row['model']
            f"changed: {', '.join(f'{k}={v}' for k, v in row['overrides'].items()) or 'nothing'}")
 
 
-@st.fragment(run_every=tv.POLL_SECONDS if row["state"] in tv.LIVE_STATES else None)
-def run_panel() -> None:
-    """Re-reads the job folder and metrics file every few seconds, without rerunning the page."""
-    now = tv.job_row(job)
-    if now["state"] != row["state"] and now["state"] not in tv.LIVE_STATES:
-        st.rerun()  # finished or stopped: rerun the page so it stops polling and shows the outcome
-    metrics = tv.metrics_for(job)
-    head, actions = st.columns([5, 1])
-    head.markdown(f"**{now['state']}** · `{job.id}`")
-    if now["total"]:
-        head.progress(min(1.0, now["done"] / now["total"]), text=tv.progress_text(now, metrics))
-    elif now["state"] in tv.LIVE_STATES:
-        head.caption(now["message"] or "starting the worker (loading the model) ...")
-    if now["state"] == "failed":
-        head.error(f"Training failed: {now['message']}")
-    if now["state"] in tv.LIVE_STATES:
-        if actions.button("Stop", key="_train_stop", help="saves a checkpoint at the next step; Resume continues"):
-            job.cancel()
-            st.toast("Stop requested: the run saves a checkpoint at its next step.")
-    elif now["state"] in ("cancelled", "interrupted", "failed"):
-        if actions.button("Resume", key="_train_resume", help="continues from the last complete checkpoint"):
-            resume_training(ws, job)
-            st.rerun()
+status = job_panel(job, title=f"{row['method']} run",
+                   cancel_help="saves a checkpoint at the next step; Resume continues from it")
+
+
+@st.fragment(run_every=POLL_SECONDS if status.live else None)
+def run_curves() -> None:
+    """Re-reads the metrics file while the run is live, without rerunning the page."""
     curves, explanation = st.columns([3, 1])
     with curves:
-        figures = tv.curve_figures(metrics)
+        figures = tv.curve_figures(tv.metrics_for(job))
         if not figures:
             st.caption("Curves appear after the first logged step.")
         grid = st.columns(2)
@@ -137,14 +123,12 @@ def run_panel() -> None:
             grid[i % 2].plotly_chart(figure, width="stretch", key=f"_curve_{key}", config={"displaylogo": False})
     with explanation:
         st.markdown(TRAINING_EXPLANATION)
-    with st.expander("Log"):
-        st.code(job.log_tail(30) or "(empty)", language=None)
 
 
-run_panel()
+run_curves()
 
 # ---- the trained model and the M_AP loop -------------------------------------------------------------
-if row["state"] == "done":
+if status.state is JobState.DONE:
     try:
         final = final_model_path(job)
     except MarginLensError as exc:
@@ -177,19 +161,7 @@ if row["state"] == "done":
             st.success(f"Already scored: table `{launched['policy']}` of {launched['dataset']} exists.")
         else:
             score_job = jobs.get_job(ws, launched["job"])
-            status = score_job.status()
-
-            @st.fragment(run_every=tv.POLL_SECONDS if status["state"] in tv.LIVE_STATES else None)
-            def rescore_panel() -> None:
-                now = score_job.status()
-                done, total = now.get("done") or 0, now.get("total")
-                text = f"scoring job `{score_job.id}`: {now['state']}" + (f", {done}/{total}" if total else "")
-                if total:
-                    st.progress(min(1.0, done / total), text=text)
-                else:
-                    st.caption(text)
-
-            rescore_panel()
+            job_panel(score_job, title=f"re-score of {launched['dataset']} with the trained model")
         st.caption(f"New policy table: `{launched['policy']}`. Pick it on Explore under \"compare with\".")
         st.page_link(navigation.page("score"),
                      label="Follow the scoring job on the Score page", icon=":material/speed:")

@@ -6,7 +6,16 @@ import json
 import re
 
 from helpers_app import app_test, metrics, no_errors, records
+from marginlens.core import jobs
+from marginlens.core.job_status import JobState
 from marginlens.core.workspace import Workspace
+
+
+def finish_import(at, ws, state: JobState = JobState.DONE) -> None:
+    """The Import button submits a background "import" job; wait for it, then rerun as the panel's poll would."""
+    (job,) = jobs.list_jobs(ws, "import")
+    assert job.wait(poll=0.1, timeout=60).state is state, job.log_tail()
+    at.run()
 
 
 def test_import_report_list_and_preview(tmp_path):
@@ -25,6 +34,8 @@ def test_import_report_list_and_preview(tmp_path):
     name = next(t for t in at.text_input if t.label == "Name")
     name.input("mine")
     at.button[0].click().run()
+    no_errors(at)
+    finish_import(at, ws)
     no_errors(at)
     assert at.success, "no import summary"
     m = metrics(at)
@@ -58,6 +69,7 @@ def test_an_import_error_quoting_untrusted_text_is_shown_as_text(tmp_path):
     next(t for t in at.text_input if t.label == "Name").input("evil")
     next(s for s in at.selectbox if s.label == "Bad rows").set_value("strict")
     at.button[0].click().run()
+    finish_import(at, ws, JobState.FAILED)
     assert len(at.error) == 1
     body = at.error[0].value
     assert evil not in body and r"\!\[x\]\(http" in body  # escaped markdown: no image, no link

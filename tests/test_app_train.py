@@ -34,7 +34,7 @@ def trained(tmp_path_factory, tiny_llama):  # noqa: F811
     job = submit_training(ws, export, "dpo", model=str(tiny_llama), device="cpu",
                           overrides={**FAST, "max_steps": 4, "save_steps": 100})
     status = job.wait(poll=0.2, timeout=150)
-    assert status["state"] == "done", f"{status}\n{job.log_tail(30)}"
+    assert status.state == "done", f"{status}\n{job.log_tail(30)}"
     return ws, export, job
 
 
@@ -72,9 +72,8 @@ def test_finished_run_curves_explanation_final_model_and_rescore(trained):
     at.button(key="_train_rescore").click().run()
     no_errors(at)
     (score_job,) = jobs.list_jobs(ws, kind="score")
-    assert any(score_job.id in p.proto.text for p in at.get("progress")) or \
-        any(score_job.id in c.value for c in at.caption)
-    assert score_job.wait(poll=0.2, timeout=120)["state"] == "done", score_job.log_tail(30)
+    assert any(score_job.id in m.value for m in at.markdown)  # its job panel, on this page
+    assert score_job.wait(poll=0.2, timeout=120).state == "done", score_job.log_tail(30)
     models = {m.get("model") for m in list_score_tables(ws, DATASET, "logprob")}
     assert str(final_model_path(job)) in models
 

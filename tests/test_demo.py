@@ -14,7 +14,7 @@ import numpy as np
 from helpers_browser import free_port
 from marginlens.core.demo.build import DEMO_NAME, PAIRS_FILE, ensure_demo
 from marginlens.core.scoring.score_tables import load_score_table
-from marginlens.core.selection.contradictions import noise_suspects
+from marginlens.core.selection.compare import noise_suspects
 from marginlens.core.selection.margins import default_scorers, load_margins
 from tiny_models import smollm2  # noqa: F401  (session fixture)
 
@@ -40,7 +40,8 @@ def test_demo_installs_once_and_its_noise_is_findable(ws):
 def test_committed_scores_are_what_the_real_scorer_computes_now(ws, smollm2):  # noqa: F811
     from marginlens.core.scoring.logprobs import ImplicitScorer
     from marginlens.core.scoring.models import load_causal_lm
-    from marginlens.core.scoring.score_job import ScoreSpec, submit_scoring
+    from marginlens.core.scoring.score_spec import ScoreSpec
+    from marginlens.core.scoring.score_submit import submit_scoring
 
     ensure_demo(ws)
     handle = submit_scoring(ws, ScoreSpec(dataset=DEMO_NAME, device="cpu"))

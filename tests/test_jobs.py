@@ -10,7 +10,8 @@ import time
 import pytest
 from helpers_data import make_dataset
 from marginlens.core import jobs
-from marginlens.core.scoring.score_job import ScoreSpec, submit_scoring
+from marginlens.core.scoring.score_spec import ScoreSpec
+from marginlens.core.scoring.score_submit import submit_scoring
 from marginlens.core.scoring.score_tables import load_score_table
 from marginlens.core.workspace import Workspace
 from tiny_models import conversational_records, single_thread, smollm2, tiny_llama  # noqa: F401
@@ -27,7 +28,7 @@ def wait_for(job: jobs.Job, predicate, timeout: float = 120.0) -> dict:
         status = job.status()
         if predicate(status):
             return status
-        assert status["state"] not in jobs.FINISHED, (status, job.log_tail())
+        assert status.state not in jobs.FINISHED, (status, job.log_tail())
         time.sleep(0.1)
     raise AssertionError(f"timed out; last status {job.status()}\n{job.log_tail()}")
 
@@ -43,11 +44,11 @@ def test_duplicate_submission_is_one_job_and_one_worker(ws, tmp_path, tiny_llama
         t.join()
     assert len({h.job.id for h in handles}) == 1
     job = handles[0].job
-    assert job.wait(timeout=120)["state"] == "done", job.log_tail()
+    assert job.wait(timeout=120).state == "done", job.log_tail()
     assert job.log_path.read_text().count("loading policy model") == 1  # one worker ran it
     assert len(jobs.list_jobs(ws, kind="score")) == 1
     again = jobs.submit(ws, "score", job.spec["params"])  # a done job is returned, not rerun
-    assert again.id == job.id and again.status()["state"] == "done"
+    assert again.id == job.id and again.status().state == "done"
     assert job.log_path.read_text().count("loading policy model") == 1
 
 
@@ -57,17 +58,17 @@ def test_cancel_then_resume(ws, tmp_path, tiny_llama):  # noqa: F811
     handle = submit_scoring(ws, ScoreSpec("d", policy=str(tiny_llama), device="cpu", token_budget=32),
                             env=EVERY_BATCH)
     job = handle.job
-    wait_for(job, lambda s: s["state"] == "running" and s.get("done", 0) >= 5)
+    wait_for(job, lambda s: s.state == "running" and s.done >= 5)
     job.cancel()
     status = job.wait(timeout=60)
-    assert status["state"] == "cancelled" and 5 <= status["done"] < 600
+    assert status.state == "cancelled" and 5 <= status.done < 600
     assert "cancelled" in job.log_tail()
     with pytest.raises(Exception, match="no finished score table"):
         load_score_table(ws, "d", handle.fingerprints["policy"])
     resumed = submit_scoring(ws, ScoreSpec("d", policy=str(tiny_llama), device="cpu", token_budget=32),
                              env=EVERY_BATCH)
     assert resumed.job.id == job.id
-    assert resumed.job.wait(timeout=180)["state"] == "done", job.log_tail()
+    assert resumed.job.wait(timeout=180).state == "done", job.log_tail()
     assert load_score_table(ws, "d", handle.fingerprints["policy"]).num_rows == 600
 
 
@@ -76,11 +77,11 @@ def test_resume_right_after_cancel_restarts_the_job(ws, tmp_path, tiny_llama):  
     make_dataset(ws, "d", conversational_records(400, seed=6), tmp_path)
     spec = ScoreSpec("d", policy=str(tiny_llama), device="cpu", token_budget=32)
     job = submit_scoring(ws, spec, env=EVERY_BATCH).job
-    wait_for(job, lambda s: s["state"] == "running" and s.get("done", 0) >= 2)
+    wait_for(job, lambda s: s.state == "running" and s.done >= 2)
     job.cancel()
     resumed = jobs.submit(ws, "score", job.spec["params"], env=EVERY_BATCH)  # before the worker sees the flag
     assert resumed.id == job.id
-    assert resumed.wait(timeout=180)["state"] == "done", job.log_tail()
+    assert resumed.wait(timeout=180).state == "done", job.log_tail()
     assert not (job.dir / "cancel").exists()
 
 
@@ -99,25 +100,25 @@ def test_kill_9_then_resume_gives_identical_results(tmp_path, smollm2):  # noqa:
     handle = submit_scoring(interrupted_ws, spec, env=EVERY_BATCH)
     job = handle.job
     folder = job.results_dir / handle.fingerprints["policy"]
-    status = wait_for(job, lambda s: s["state"] == "running" and len(list(folder.glob("part-*.parquet"))) >= 3,
+    status = wait_for(job, lambda s: s.state == "running" and len(list(folder.glob("part-*.parquet"))) >= 3,
                       timeout=180)
-    os.kill(status["pid"], signal.SIGKILL)
+    os.kill(status.pid, signal.SIGKILL)
     deadline = time.monotonic() + 10
-    while job.status()["state"] != "interrupted" and time.monotonic() < deadline:
+    while job.status().state != "interrupted" and time.monotonic() < deadline:
         time.sleep(0.05)
-    assert job.status()["state"] == "interrupted"
+    assert job.status().state == "interrupted"
     before = {p.name: p.read_bytes() for p in folder.glob("part-*.parquet")}
     assert 0 < len(before)
 
     resumed = submit_scoring(interrupted_ws, spec, env=EVERY_BATCH)
     assert resumed.job.id == job.id
     final = resumed.job.wait(timeout=180)
-    assert final["state"] == "done" and final["resumed"] is True, job.log_tail()
+    assert final.state == "done" and final.resumed is True, job.log_tail()
     # What was written before the kill was kept, not recomputed or rewritten.
     assert {n: (folder / n).read_bytes() for n in before} == before
 
     clean = submit_scoring(clean_ws, spec)
-    assert clean.job.wait(timeout=180)["state"] == "done", clean.job.log_tail()
+    assert clean.job.wait(timeout=180).state == "done", clean.job.log_tail()
     got = load_score_table(interrupted_ws, "d", handle.fingerprints["policy"]).to_pylist()
     expected = load_score_table(clean_ws, "d", clean.fingerprints["policy"]).to_pylist()
     assert got == expected  # identical, not merely close
@@ -137,9 +138,9 @@ def test_a_resume_relaunches_with_the_jobs_own_launcher(ws, tmp_path, tiny_llama
     make_dataset(ws, "d", conversational_records(400, seed=7), tmp_path)
     spec = ScoreSpec("d", policy=str(tiny_llama), device="cpu", token_budget=32)
     job = submit_scoring(ws, spec, env=EVERY_BATCH, launcher=[str(launcher)]).job
-    wait_for(job, lambda s: s["state"] == "running" and s.get("done", 0) >= 2)
+    wait_for(job, lambda s: s.state == "running" and s.done >= 2)
     job.cancel()
-    assert job.wait(timeout=60)["state"] == "cancelled"
+    assert job.wait(timeout=60).state == "cancelled"
     resumed = jobs.submit(ws, "score", job.spec["params"], env=EVERY_BATCH)  # as `jobs resume` does
-    assert resumed.wait(timeout=180)["state"] == "done", job.log_tail()
+    assert resumed.wait(timeout=180).state == "done", job.log_tail()
     assert marks.read_text().splitlines() == ["launched", "launched"]

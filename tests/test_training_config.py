@@ -12,7 +12,8 @@ import pytest
 from marginlens.core import jobs
 from marginlens.core.errors import MarginLensError, RowError
 from marginlens.core.training import presets, settings, train_data
-from marginlens.core.training.train_spec import TrainSpec, build_spec
+from marginlens.core.training.runs import build_spec
+from marginlens.core.training.train_spec import TrainSpec
 from tiny_models import tiny_llama  # noqa: F401  (session fixture)
 
 # The keys a train job's params held before the spec was typed (spec.json of existing workspaces).

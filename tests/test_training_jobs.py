@@ -15,7 +15,7 @@ from marginlens.core import jobs
 from marginlens.core.atomic import read_json
 from marginlens.core.errors import MarginLensError
 from marginlens.core.training import runs, settings
-from marginlens.core.training.train_spec import build_spec
+from marginlens.core.training.runs import build_spec
 from marginlens.core.workspace import Workspace
 from tiny_models import tiny_llama  # noqa: F401  (session fixture)
 
@@ -68,7 +68,7 @@ def dpo_run(tmp_path_factory, tiny_llama):  # noqa: F811
 
 def _finished(job: jobs.Job, timeout: float = 150) -> dict:
     status = job.wait(poll=0.2, timeout=timeout)
-    assert status["state"] == "done", f"{status}\n{job.log_tail(30)}"
+    assert status.state == "done", f"{status}\n{job.log_tail(30)}"
     return status
 
 
@@ -87,7 +87,7 @@ def test_dpo_job_loss_falls_metrics_checkpoints_and_trl_config(dpo_run, tiny_lla
 
     ws, job, data = dpo_run
     status = job.status()
-    assert (status["state"], status["done"], status["total"]) == ("done", 8, 8)
+    assert (status.state, status.done, status.total) == ("done", 8, 8)
 
     rows = runs.read_metrics(job)
     assert [r["step"] for r in rows] == list(range(1, 9))
@@ -134,7 +134,7 @@ def test_rescore_with_the_trained_model_moves_the_implicit_margins(dpo_run, tiny
     # the model before training as the reference: both tables come from one scoring job
     handle = runs.rescore(ws, None, job, reference=str(tiny_llama), device="cpu")  # None: from the export
     status = handle.job.wait(poll=0.2, timeout=150)
-    assert status["state"] == "done", f"{status}\n{handle.job.log_tail(30)}"
+    assert status.state == "done", f"{status}\n{handle.job.log_tail(30)}"
     after_fp, before_fp = handle.fingerprints["policy"], handle.fingerprints["reference"]
     assert score_manifest(ws, "pairs", after_fp)["model"] == str(runs.final_model_path(job))
 
@@ -169,7 +169,7 @@ def _wait_for(predicate, timeout: float, what: str, job: jobs.Job):
         value = predicate()
         if value:
             return value
-        assert job.status()["state"] in ("queued", "running"), f"{what}: {job.status()}\n{job.log_tail(30)}"
+        assert job.status().state in ("queued", "running"), f"{what}: {job.status()}\n{job.log_tail(30)}"
         time.sleep(0.05)
     raise AssertionError(f"timed out waiting for {what}\n{job.log_tail(30)}")
 
@@ -183,9 +183,9 @@ def test_kill_resumes_from_checkpoint_and_stop_checkpoints(ws, data, tiny_llama)
     _wait_for(lambda: runs.checkpoints(job), 120, "a first checkpoint", job)
     os.kill(read_json(job.dir / "status.json")["pid"], signal.SIGKILL)
     deadline = time.monotonic() + 10
-    while job.status()["state"] != "interrupted" and time.monotonic() < deadline:
+    while job.status().state != "interrupted" and time.monotonic() < deadline:
         time.sleep(0.05)
-    assert job.status()["state"] == "interrupted"
+    assert job.status().state == "interrupted"
     killed_at = runs.checkpoint_step(runs.latest_checkpoint(job))
     assert killed_at < steps, "the run finished before the kill: make it longer"
     before = {r["step"]: r for r in runs.read_metrics(job)}
@@ -198,7 +198,7 @@ def test_kill_resumes_from_checkpoint_and_stop_checkpoints(ws, data, tiny_llama)
               and any(r["step"] > killed_at + 2 for r in runs.read_metrics(job)), 120, "steps after the resume", job)
     job.cancel()
     status = job.wait(poll=0.1, timeout=60)
-    assert status["state"] == "cancelled", status
+    assert status.state == "cancelled", status
     rows = runs.read_metrics(job)
     stopped_at = rows[-1]["step"]
     assert killed_at + 2 < stopped_at < steps, "the run finished before the stop: make it longer"

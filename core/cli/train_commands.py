@@ -1,8 +1,9 @@
 """`marginlens train EXPORT --method dpo|simpo [--preset NAME] [--model M] [--set key=value ...]`.
 
 Runs as a background "train" job (core.training.train_job) and follows it, printing one line per step.
-Ctrl-C while following stops the run at the next step with a checkpoint; running the same command
-again resumes it from there (the same settings are the same job). `--detach` returns at once.
+Ctrl-C leaves the run going in the background (`marginlens jobs follow JOB_ID` comes back to it);
+`--stop JOB_ID` or `marginlens jobs cancel JOB_ID` stops it at the next step with a checkpoint, and running
+the same command again resumes it from there (the same settings are the same job). `--detach` returns at once.
 """
 
 from __future__ import annotations
@@ -10,13 +11,14 @@ from __future__ import annotations
 import argparse
 import json
 import math
-import sys
-import time
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from marginlens.core.errors import MarginLensError
 from marginlens.core.workspace import Workspace
+
+if TYPE_CHECKING:
+    from marginlens.core.jobs import Job, JobStatus
 
 
 def register(sub: argparse._SubParsersAction, common: argparse.ArgumentParser) -> None:
@@ -60,40 +62,29 @@ def _step_line(row: dict[str, Any], total: int | None) -> str:
     )
 
 
-def _follow(job: Any) -> int:
+def follow_job(job: Job) -> int:
+    """Follow a train job: one stdout line per logged step, and the final model's folder at the end."""
+    from marginlens.core.cli.follow import follow
     from marginlens.core.training import runs
 
     printed = 0
-    try:
-        while True:
-            status = job.status()
-            rows = runs.read_metrics(job)
-            for row in rows[printed:]:
-                print(_step_line(row, status.get("total")), flush=True)
-            printed = len(rows)
-            if status["state"] in ("done", "failed", "cancelled", "interrupted"):
-                break
-            time.sleep(1.0)
-    except KeyboardInterrupt:
-        job.cancel()
-        print(f"stopping {job.id} at its next step (a checkpoint is saved); run the same command to resume",
-              file=sys.stderr)
-        job.wait(poll=1.0)
-        return 130
-    state = status["state"]
-    if state == "done":
+
+    def steps(status: JobStatus) -> list[str]:
+        nonlocal printed
+        rows = runs.read_metrics(job)[printed:]
+        printed += len(rows)
+        return [_step_line(row, status.total) for row in rows]
+
+    code = follow(job, lines=steps)
+    if code == 0:
         print(f"done: final model in {runs.final_model_path(job)}")
-        return 0
-    print(f"training job {job.id} {state}: {status.get('message', '')}", file=sys.stderr)
-    if state == "failed":
-        print(job.log_tail(20), file=sys.stderr)
-    return 1
+    return code
 
 
 def cmd_train(args: argparse.Namespace) -> int:
     from marginlens.core import jobs
     from marginlens.core.training import presets, runs, settings
-    from marginlens.core.training.train_spec import build_spec
+    from marginlens.core.training.runs import build_spec
 
     if args.list_presets:
         for name, preset in presets.list_presets().items():
@@ -122,4 +113,4 @@ def cmd_train(args: argparse.Namespace) -> int:
     print(f"training job {job.id}: {job.dir / 'results'}", flush=True)
     if args.detach:
         return 0
-    return _follow(job)
+    return follow_job(job)

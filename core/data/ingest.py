@@ -16,6 +16,7 @@ import tempfile
 import time
 import uuid
 from collections import Counter
+from collections.abc import Callable, Iterable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -39,6 +40,7 @@ from marginlens.core.workspace import Workspace, check_name
 
 Policy = Literal["strict", "skip"]
 BATCH_ROWS = 2048
+PROGRESS_ROWS = 1000
 REJECTS_FILE = "rejects.jsonl"
 MAX_WARNINGS_KEPT = 1000
 
@@ -139,9 +141,12 @@ def import_dataset(
     allow_empty_responses: bool = False,
     split: str | None = None,
     replace: bool = False,
-    progress: bool = False,
+    progress: bool | Callable[[int, int | None], None] = False,
 ) -> ImportReport:
-    """Import `source` (file, save_to_disk folder or Hub id) as dataset `name` in `workspace`."""
+    """Import `source` (file, save_to_disk folder or Hub id) as dataset `name` in `workspace`.
+
+    `progress`: True draws a terminal bar; a function is called with (rows read, rows in the source or
+    None) every PROGRESS_ROWS rows, and may raise to stop the import (nothing is switched in then)."""
     check_name(name)
     if format in (None, "auto"):
         format = None
@@ -214,7 +219,8 @@ def _import_lock(dataset_dir: Path):
 
 
 def _import_into(folder: Path, opened: Source, name: str, format: str | None, mapping: dict[str, str],
-                 policy: Policy, max_prompt_chars: int | None, allow_empty: bool, progress: bool) -> ImportReport:
+                 policy: Policy, max_prompt_chars: int | None, allow_empty: bool,
+                 progress: bool | Callable[[int, int | None], None]) -> ImportReport:
     """Read, validate and write pairs.arrow (and rejects.jsonl) into `folder`; the manifest is the caller's."""
     validator = _Validator(opened, format, mapping, max_prompt_chars, allow_empty)
     rejects: list[dict[str, Any]] = []
@@ -265,10 +271,23 @@ def _import_into(folder: Path, opened: Source, name: str, format: str | None, ma
     return ImportReport(name, validator.format, rows_read, imported, counts, len(warnings), None, False, manifest)
 
 
-def _progress(records, source: Source, enabled: bool):
+def _progress(records: Iterable[Record], source: Source, enabled: bool | Callable[[int, int | None], None]):
+    if callable(enabled):
+        return _reporting(records, source, enabled)
     if not enabled:
         return records
     from tqdm import tqdm
 
     # delay: only draw a bar for imports that take more than a second
     return tqdm(records, total=source.total, unit=" rows", delay=1.0, desc=f"import {Path(source.label).name}")
+
+
+def _reporting(records: Iterable[Record], source: Source, report: Callable[[int, int | None], None]) -> Iterator[Record]:
+    count = 0
+    report(count, source.total)
+    for record in records:
+        yield record
+        count += 1
+        if count % PROGRESS_ROWS == 0:
+            report(count, source.total)
+    report(count, source.total)

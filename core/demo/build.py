@@ -163,17 +163,18 @@ def score_demo(pairs_file: Path, scores_out: Path) -> None:
     """Score the demo pairs under the default policy in a scratch workspace; keep the score table."""
     import tempfile
 
-    from marginlens.core.scoring.score_job import ScoreSpec, submit_scoring
+    from marginlens.core.jobs import JobState
+    from marginlens.core.scoring.score_spec import ScoreSpec
+    from marginlens.core.scoring.score_submit import submit_scoring
 
     with tempfile.TemporaryDirectory() as scratch:
         ws = Workspace(scratch)
         import_dataset(pairs_file, DEMO_NAME, ws)
         handle = submit_scoring(ws, ScoreSpec(dataset=DEMO_NAME, device="cpu"))
         if handle.job is not None:
-            status = handle.job.wait(poll=2.0, on_status=lambda s: print(f"scoring {s.get('done')}/{s.get('total')}",
-                                                                        flush=True))
-            if status["state"] != "done":
-                raise RuntimeError(f"demo scoring ended {status['state']}: {handle.job.log_tail()}")
+            status = handle.job.wait(poll=2.0, on_status=lambda s: print(f"scoring {s.done}/{s.total}", flush=True))
+            if status.state is not JobState.DONE:
+                raise RuntimeError(f"demo scoring ended {status.state}: {handle.job.log_tail()}")
         shutil.rmtree(scores_out, ignore_errors=True)
         for fingerprint in handle.fingerprints.values():
             write_with(scores_out / fingerprint, lambda tmp, fp=fingerprint: shutil.copytree(ws.scores_dir / DEMO_NAME / fp, tmp))

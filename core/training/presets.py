@@ -61,7 +61,7 @@ SETTINGS_DEFAULTS: dict[str, Any] = {
     "accelerate_config": None,
 }
 
-# The paper's recipe (DESIGN.md section 1): 1 epoch, cosine, warmup 0.1, max length 2048, batch 128.
+# The paper's recipe (SimPO's, which the paper trains with): 1 epoch, cosine, warmup 0.1, max length 2048, batch 128.
 _RECIPE: dict[str, Any] = {
     "num_train_epochs": 1,
     "lr_scheduler_type": "cosine",

@@ -19,8 +19,9 @@ from typing import Any
 
 from marginlens.core.atomic import read_json
 from marginlens.core.errors import MarginLensError
-from marginlens.core.training.settings import launcher_for, make_trl_config, require_peft
-from marginlens.core.training.train_spec import TrainSpec, build_spec
+from marginlens.core.training.settings import launcher_for, make_trl_config, require_peft, resolve_settings
+from marginlens.core.training.train_data import data_fingerprint, export_manifest, load_training_data
+from marginlens.core.training.train_spec import TrainSpec
 from marginlens.core.workspace import Workspace
 
 # Files inside a train job's results folder (core.training.train_job writes them; the page reads them).
@@ -38,6 +39,52 @@ CURVE_KEYS = (
     "learning_rate",
     "tokens_per_s",
 )
+
+
+# ------------------------------------------------------------------------------------------------
+# The run spec
+# ------------------------------------------------------------------------------------------------
+def build_spec(
+    data: str | os.PathLike,
+    method: str,
+    preset: str | None = None,
+    model: str | None = None,
+    overrides: dict[str, Any] | None = None,
+    device: str | None = None,
+) -> TrainSpec:
+    """Resolve a training run: preset -> device defaults -> overrides, checked against TRL's config class.
+
+    `model` is any core.scoring.models spec (a local folder, a Hub id, default: SmolLM2-135M-Instruct). Raises
+    MarginLensError for an unknown preset or setting, a wrong-typed value, unreadable data, a missing
+    peft for LoRA, or a combination TRL rejects -- before anything is launched.
+    """
+    from marginlens.core.scoring import models
+
+    overrides = dict(overrides or {})
+    resolved = resolve_settings(method, preset, overrides, device)
+    source = models.resolve_model(model)
+    data_path = Path(data).expanduser().resolve()
+    load_training_data(data_path)  # fail now, with the row and field, not inside a worker
+    manifest = export_manifest(data_path)
+    spec = TrainSpec(
+        method=method,
+        preset=resolved["preset"],
+        model=source.spec,
+        model_path=source.path,
+        model_revision=source.revision,
+        model_fingerprint=models.model_fingerprint(source),
+        data=str(data_path),
+        data_fingerprint=data_fingerprint(data_path),
+        # the dataset the export was selected from: where the M_AP loop re-scores by default
+        source_dataset=((manifest or {}).get("source") or {}).get("dataset"),
+        device=resolved["device"],
+        settings=resolved["settings"],
+        trl=resolved["trl"],
+        overrides=overrides,
+    )
+    # Built and dropped only to let TRL validate the combination; nothing is written to output_dir.
+    make_trl_config(spec, output_dir="marginlens-validation-only")
+    return spec
 
 
 # ------------------------------------------------------------------------------------------------
@@ -169,8 +216,10 @@ def latest_checkpoint(job: Any) -> Path | None:
 def final_model_path(job: Any) -> Path:
     """The trained model folder of a finished train job (a full model: from_pretrained loads it)."""
     path = _results(job) / FINAL_DIR
-    state = job.status().get("state")
-    if state != "done" or not (path / "config.json").is_file():
+    from marginlens.core.jobs import JobState
+
+    state = job.status().state
+    if state is not JobState.DONE or not (path / "config.json").is_file():
         raise MarginLensError(f"training job {job.id} has no final model yet (state: {state})")
     return path
 
@@ -196,7 +245,7 @@ def resume_training(ws: Workspace, job: Any) -> Any:
     from marginlens.core import jobs
 
     _results(job)
-    return jobs.submit(ws, "train", job.spec["params"])  # the job's own launcher is kept in its spec
+    return jobs.resume(ws, job)
 
 
 def rescore(ws: Workspace, dataset: str | None, train_job: Any, checkpoint: str | os.PathLike | None = None,
@@ -206,11 +255,12 @@ def rescore(ws: Workspace, dataset: str | None, train_job: Any, checkpoint: str 
     `dataset=None` means the dataset the training export was selected from (its export manifest).
 
     Uses the final model, or `checkpoint` (e.g. latest_checkpoint(job)) while a run is still going.
-    `score_options` are core.scoring.score_job.ScoreSpec fields (device, mode, reference=the model before
-    training for the DPO-form margin, ...). Returns score_job's ScoringHandle; its fingerprints["policy"]
+    `score_options` are core.scoring.score_spec.ScoreSpec fields (device, mode, reference=the model before
+    training for the DPO-form margin, ...). Returns score_submit's ScoringHandle; its fingerprints["policy"]
     names the new logprob table, which sits beside the old one, so margins before and after compare.
     """
-    from marginlens.core.scoring.score_job import ScoreSpec, submit_scoring
+    from marginlens.core.scoring.score_spec import ScoreSpec
+    from marginlens.core.scoring.score_submit import submit_scoring
 
     model = Path(checkpoint) if checkpoint is not None else final_model_path(train_job)
     dataset = dataset or train_job.spec["params"].get("source_dataset")

@@ -1,6 +1,6 @@
 """The "train" job kind: one TRL preference-training run in a background worker.
 
-Its params are a TrainSpec (core.training.train_spec.build_spec). In the job's results folder:
+Its params are a TrainSpec (core.training.runs.build_spec). In the job's results folder:
 
   trl_config.yaml      the same run for TRL's own CLI (`trl dpo --config trl_config.yaml`)
   metrics.jsonl        one JSON line per optimizer step: step, epoch, time, loss, rewards/chosen,

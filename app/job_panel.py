@@ -1,0 +1,79 @@
+"""One panel for a background job, on every page that runs one: state, progress and ETA, the last
+error, the log, Cancel and Resume.
+
+It reads the job folder only (core.jobs), so a refresh or a second tab shows the same job, and it polls
+(a fragment re-run every POLL_SECONDS, not the page) only while the job is live. When the job stops,
+the whole page reruns once: polling ends, and whatever the page draws from the outcome (a new score
+table, an imported dataset, a report) appears.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+
+import streamlit as st
+from marginlens.app.widgets import md_escape, show_error
+from marginlens.core.job_status import POLL_SECONDS, JobState, JobStatus, details, progress_line, unit_of
+from marginlens.core.jobs import Job, resume
+
+_SEEN = "_job_panel_states"  # job id -> the state this session last drew
+
+
+def job_panel(
+    job: Job,
+    *,
+    title: str,
+    on_done: Callable[[JobStatus], None] | None = None,
+    on_resume: Callable[[], object] | None = None,
+    cancel_help: str | None = None,
+) -> JobStatus:
+    """Draw `job`'s panel; returns its status as of this page run.
+
+    `on_done`: called once, when this session sees the job finish done (e.g. to select what it made).
+    `on_resume`: how to resubmit it when the job's own spec is not enough (an API key for the worker's
+    environment); by default core.jobs.resume.
+    """
+    status = job.status()
+
+    @st.fragment(run_every=POLL_SECONDS if status.live else None)
+    def panel() -> None:
+        now = job.status()
+        seen = st.session_state.setdefault(_SEEN, {})
+        previous, seen[job.id] = seen.get(job.id), now.state.value
+        if previous is not None and JobState(previous).live and not now.live:
+            if on_done is not None and now.state is JobState.DONE:
+                on_done(now)
+            st.rerun()
+        _draw(job, now, title, on_resume, cancel_help)
+
+    panel()
+    return status
+
+
+def _draw(job: Job, status: JobStatus, title: str, on_resume: Callable[[], object] | None, cancel_help: str | None) -> None:
+    with st.container(border=True):
+        head, actions = st.columns([5, 1])
+        head.markdown(f"**{status.state}** · `{job.id}` · {md_escape(title)}")
+        if status.total:
+            head.progress(status.fraction or 0.0, text=progress_line(status, unit_of(job.kind)))
+        elif status.live:
+            head.caption(md_escape(status.message or "waiting for the worker"))
+        figures = details(job.kind, status)  # the kind's own numbers: tokens/s, requests, loss, ...
+        if figures:
+            head.text(figures)
+        if status.error:
+            with head:
+                show_error(status.error)  # may quote a row or a server's answer: escaped
+        if status.live:
+            if actions.button("Cancel", key=f"_job_cancel_{job.id}", help=cancel_help):
+                job.cancel()
+                st.toast(f"Cancel requested: {job.id} stops at its next check.")
+        elif status.resumable:
+            if actions.button("Resume", key=f"_job_resume_{job.id}", help="continues from what it already wrote"):
+                if on_resume is not None:
+                    on_resume()
+                else:
+                    resume(job.workspace, job)
+                st.rerun()
+        with head.expander("Log"):
+            st.code(job.log_tail(15) or "(empty)", language=None)
