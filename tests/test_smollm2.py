@@ -32,7 +32,7 @@ def test_default_policy_offline_scores_sensibly(smollm2):  # noqa: F811
     prompt = [{"role": "user", "content": "What is the capital of France?"}]
     right, wrong = ImplicitScorer(model, tokenizer).score(
         [prompt, prompt], ["The capital of France is Paris.", "Berlin."], ["The capital of France is Berlin.", "Paris."])
-    # DESIGN.md's sanity check: "...Paris." about -2.6, "...Berlin." about -12.1 (summed log-prob).
+    # The known sanity check for this model: "...Paris." about -2.6, "...Berlin." about -12.1 (summed log-prob).
     assert -4.5 < right.chosen_logp < -1.5 and -14.5 < right.rejected_logp < -10.0
     assert right.chosen_ntok == right.rejected_ntok == 8  # 7 content tokens + <|im_end|>
     assert simpo_margin(right.chosen_logp, right.chosen_ntok, right.rejected_logp, right.rejected_ntok) > 1.0
