@@ -22,6 +22,12 @@ def current_dataset(names: list[str]) -> str | None:
     return name
 
 
+def select_dataset(name: str) -> None:
+    """Make `name` the dataset every page works on, the picker included (a keyed widget keeps its own value)."""
+    st.session_state["dataset"] = name
+    st.session_state["_dataset_picker"] = name
+
+
 def dataset_picker(names: list[str], label: str = "Dataset") -> str | None:
     if not names:
         return None

@@ -8,7 +8,7 @@ import pandas as pd
 import streamlit as st
 from marginlens.app import readers, widgets
 from marginlens.app.job_panel import job_panel
-from marginlens.app.state import dataset_picker, workspace
+from marginlens.app.state import dataset_picker, select_dataset, workspace
 from marginlens.core import jobs
 from marginlens.core.data.formats import FORMATS
 from marginlens.core.data.import_job import import_spec, submit_import
@@ -17,6 +17,7 @@ from marginlens.core.errors import MarginLensError
 from marginlens.core.job_status import JobState
 
 IMPORT_JOB = "_data_import_job"  # the import this session started
+IMPORT_SHOWN = "_data_import_shown"  # the finished import whose dataset the picker moved to
 
 ws = workspace()
 st.title("Data")
@@ -58,10 +59,15 @@ for job in jobs.list_jobs(ws, "import"):
     if job.id != mine and not job.status().live:
         continue
     spec = job.spec.get("params", {})
-    status = job_panel(job, title=f"import of {spec.get('source')} as {spec.get('name')}",
-                       on_done=lambda _, job=job: st.session_state.update(dataset=(job.result() or {}).get("name")))
+    status = job_panel(job, title=f"import of {spec.get('source')} as {spec.get('name')}")
     if job.id == mine and status.state is JobState.DONE:
-        st.success(widgets.md_escape((job.result() or {}).get("summary", "imported")))
+        result = job.result() or {}
+        if st.session_state.get(IMPORT_SHOWN) != job.id:
+            # once: the picker moves to what was just imported, however fast the job finished
+            st.session_state[IMPORT_SHOWN] = job.id
+            select_dataset(result.get("name"))
+        # the summary is one line per fact: keep its line breaks in markdown
+        st.success(widgets.md_escape(result.get("summary", "imported")).replace("\n", "  \n"))
 
 names = ws.dataset_names()
 if not names:

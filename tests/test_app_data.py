@@ -75,3 +75,25 @@ def test_an_import_error_quoting_untrusted_text_is_shown_as_text(tmp_path):
     assert evil not in body and r"\!\[x\]\(http" in body  # escaped markdown: no image, no link
     as_read = re.sub(r"\\(.)", r"\1", body)  # what the reader sees: the literal message
     assert "last_turn_not_assistant" in as_read and f"the last turn is '{evil}'" in as_read
+
+
+def test_after_an_import_the_page_shows_the_new_dataset(tmp_path):
+    """With a dataset already there, importing a second one moves the picker to it (not the old one)."""
+    from marginlens.core.data.ingest import import_dataset
+
+    ws = Workspace(tmp_path / "workspace")
+    first, second = tmp_path / "first.jsonl", tmp_path / "second.jsonl"
+    first.write_text("".join(json.dumps(r) + "\n" for r in records(30)), encoding="utf-8")
+    second.write_text("".join(json.dumps(r) + "\n" for r in records(12)), encoding="utf-8")
+    import_dataset(first, "aaa-first", ws)
+    at = app_test("data_page.py", ws)
+    at.run()
+    assert metrics(at)["Pairs"] == "30"
+    at.text_input[0].input(str(second))
+    next(t for t in at.text_input if t.label == "Name").input("zzz-second")
+    at.button[0].click().run()
+    finish_import(at, ws)
+    no_errors(at)
+    assert next(s for s in at.selectbox if s.label == "Dataset").value == "zzz-second"
+    assert metrics(at)["Pairs"] == "12"
+    assert "zzz-second: imported 12 of 12 rows" in re.sub(r"\\(.)", r"\1", at.success[0].value)  # as read
