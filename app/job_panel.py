@@ -23,13 +23,11 @@ def job_panel(
     job: Job,
     *,
     title: str,
-    on_done: Callable[[JobStatus], None] | None = None,
     on_resume: Callable[[], object] | None = None,
     cancel_help: str | None = None,
 ) -> JobStatus:
     """Draw `job`'s panel; returns its status as of this page run.
 
-    `on_done`: called once, when this session sees the job finish done (e.g. to select what it made).
     `on_resume`: how to resubmit it when the job's own spec is not enough (an API key for the worker's
     environment); by default core.jobs.resume.
     """
@@ -41,9 +39,7 @@ def job_panel(
         seen = st.session_state.setdefault(_SEEN, {})
         previous, seen[job.id] = seen.get(job.id), now.state.value
         if previous is not None and JobState(previous).live and not now.live:
-            if on_done is not None and now.state is JobState.DONE:
-                on_done(now)
-            st.rerun()
+            st.rerun()  # the page draws what the job made
         _draw(job, now, title, on_resume, cancel_help)
 
     panel()

@@ -7,10 +7,10 @@ from typing import Any
 import pandas as pd
 import streamlit as st
 from marginlens.app import explore_figures
-from marginlens.core.data.pairs import prompt_text
+from marginlens.core.data.pairs import load_texts, prompt_text
 from marginlens.core.scoring.score_tables import score_manifest
 from marginlens.core.selection.compare import CompareReport, compare_metrics
-from marginlens.core.selection.margins import load_margins, load_texts
+from marginlens.core.selection.margins import load_margins
 from marginlens.core.selection.metrics import MetricParams
 from marginlens.core.workspace import Workspace
 

@@ -129,11 +129,17 @@ class Job:
             return fd is None
 
     def status(self) -> JobStatus:
+        raw = self._read_status()
+        if JobState.parse(raw.get("state", JobState.QUEUED)).live and not self.is_alive():
+            # No worker holds the lock: it died without writing its outcome -- or it wrote "done" and
+            # exited between the read above and the lock probe. A second read tells the two apart.
+            raw = self._read_status()
+            return JobStatus.from_dict(raw, alive=not JobState.parse(raw.get("state", JobState.QUEUED)).live)
+        return JobStatus.from_dict(raw)
+
+    def _read_status(self) -> dict[str, Any]:
         raw = read_json(self.dir / "status.json")
-        raw = raw if isinstance(raw, dict) else {}
-        live = JobState.parse(raw.get("state", JobState.QUEUED)).live
-        # A live state without a worker holding the lock: it died without writing its outcome.
-        return JobStatus.from_dict(raw, alive=not live or self.is_alive())
+        return raw if isinstance(raw, dict) else {}
 
     def cancel(self) -> None:
         (self.dir / "cancel").touch()
@@ -232,13 +238,13 @@ def submit(
     return job
 
 
-def resume(ws: Workspace, job: Job, env: dict[str, str] | None = None) -> Job:
+def resume(ws: Workspace, job: Job) -> Job:
     """Resubmit the job's own spec: the same id, continuing from what its results folder holds, under the
     launcher it first ran with. A live or done job is returned as it is."""
     spec = job.spec
     if not spec:
         raise MarginLensError(f"job {job.id} has no spec.json")
-    return submit(ws, spec["kind"], spec["params"], env=env)
+    return submit(ws, spec["kind"], spec["params"])
 
 
 def list_jobs(ws: Workspace, kind: str | None = None) -> list[Job]:
@@ -304,6 +310,13 @@ class JobContext:
             self._status.setdefault("extra", {}).update(extra)
             if force or time.monotonic() - self._last_write > 0.5:
                 self._write()
+
+    def restart_rate(self) -> None:
+        """The rate (and so the ETA) counts from now: called when the real work begins, after a model load
+        that would otherwise drag the first minutes' rate down."""
+        with self._lock:
+            self._status["rate_since"] = time.time()
+            self._status["rate_base"] = int(self._status.get("done") or 0)
 
     def start(self) -> None:
         """Mark the job running in this worker, keeping the progress a previous run recorded; the rate

@@ -68,22 +68,42 @@ def test_the_graph_is_read():
     assert any(m.startswith("marginlens.app.") for m in GRAPH["marginlens.pages.explore_page"])
 
 
-def test_no_import_cycle():
+def _cycles(graph: dict[str, set[str]]) -> list[str]:
     seen: dict[str, int] = {}  # 1 = on the current path, 2 = finished
     cycles = []
 
-    def visit(module: str, path: list[str]) -> None:
-        seen[module] = 1
-        for target in sorted(GRAPH[module]):
+    def visit(node: str, path: list[str]) -> None:
+        seen[node] = 1
+        for target in sorted(graph.get(node, ())):
             if seen.get(target) == 1:
                 cycles.append(" -> ".join([*path[path.index(target):], target]))
             elif target not in seen:
                 visit(target, [*path, target])
-        seen[module] = 2
+        seen[node] = 2
 
-    for module in sorted(GRAPH):
-        if module not in seen:
-            visit(module, [module])
+    for node in sorted(graph):
+        if node not in seen:
+            visit(node, [node])
+    return cycles
+
+
+def test_no_import_cycle():
+    cycles = _cycles(GRAPH)
+    assert not cycles, "\n".join(cycles)
+
+
+def test_core_subpackages_form_no_cycle():
+    """Capabilities stack: data at the bottom, then scoring, selection, audit and training, the CLI on top.
+    A module-level graph can be acyclic while two subpackages import each other; this catches that."""
+    packages: dict[str, set[str]] = {}
+    for module, targets in GRAPH.items():
+        if module.startswith("marginlens.core.") and module.count(".") >= 3:
+            own = module.split(".")[2]
+            packages.setdefault(own, set()).update(
+                t.split(".")[2] for t in targets
+                if t.startswith("marginlens.core.") and t.count(".") >= 3 and t.split(".")[2] != own)
+    assert packages["selection"] >= {"data"} and "cli" not in set().union(*packages.values())
+    cycles = _cycles(packages)
     assert not cycles, "\n".join(cycles)
 
 

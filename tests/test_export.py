@@ -126,8 +126,13 @@ def test_no_overwrite_outside_workspace_and_offline_push(ws, tmp_path):
         export_selection(ws, "std", sel, margins, outside)
     assert not outside.exists()
     assert export_selection(ws, "std", sel, margins, outside, allow_outside=True).path == outside
-    with pytest.raises(MarginLensError, match="HF_HUB_OFFLINE"):
-        export_selection(ws, "std", sel, margins, "pushed.jsonl", push_to_hub="me/subset", token="x")
+
+
+
+def test_select_with_push_to_hub_offline_refuses_before_writing(ws, capsys):
+    code = main(["--workspace", str(ws.root), "select", "std", "--metric", "implicit", "--out", "pushed.jsonl",
+                 "--push-to-hub", "me/subset", "--token", "x"])
+    assert code == 2 and "HF_HUB_OFFLINE" in capsys.readouterr().err
     assert not (ws.exports_dir / "pushed.jsonl").exists()
 
 

@@ -6,9 +6,10 @@ import numpy as np
 import pandas as pd
 import pytest
 from helpers_data import conversational_records, make_dataset, random_logprobs
+from marginlens.core.data.pairs import load_texts
 from marginlens.core.errors import MarginLensError
 from marginlens.core.selection.filters import Filter, filter_mask, parse_filter
-from marginlens.core.selection.margins import load_margins, load_texts
+from marginlens.core.selection.margins import load_margins
 from marginlens.core.selection.select import SelectionSpec, select
 from marginlens.core.workspace import Workspace
 

@@ -1,5 +1,5 @@
 """Dataset import and Hub push as background jobs (real worker processes, real files): an import job
-imports and reports, a changed file is a new job while the same one joins, a cancelled import switches
+imports and reports, every request is a job of its own, a cancelled import switches
 nothing in, and a push job runs through the export code (offline here, so it fails the way a user sees)."""
 
 from __future__ import annotations
@@ -32,12 +32,25 @@ def test_import_job_imports_and_reports(ws, tmp_path):
     assert "prefs: imported 30 of 31 rows" in result["summary"]
     assert ws.load_pairs("prefs").num_rows == 30
 
-    # the same file again joins the finished job; a changed file is a new job that re-imports
-    assert submit_import(ws, import_spec(source, "prefs", policy="skip")).id == job.id
+    # every request is a job of its own: the same file again is a no-op import, a changed file re-imports
+    same = submit_import(ws, import_spec(source, "prefs", policy="skip"))
+    assert same.id != job.id and same.wait(poll=0.1, timeout=60).state is JobState.DONE, same.log_tail()
+    assert "no-op" in same.result()["summary"]
     write(source, records(40))
     again = submit_import(ws, import_spec(source, "prefs", policy="skip", replace=True))
-    assert again.id != job.id and again.wait(poll=0.1, timeout=60).state is JobState.DONE, again.log_tail()
+    assert again.wait(poll=0.1, timeout=60).state is JobState.DONE, again.log_tail()
     assert ws.load_pairs("prefs").num_rows == 40
+
+
+def test_importing_a_file_again_after_another_replaced_it_imports_it_again(ws, tmp_path):
+    """X, then Y in its place, then X again: the dataset is X's pairs (a finished job must not stand in)."""
+    x, y = tmp_path / "x.jsonl", tmp_path / "y.jsonl"
+    write(x, records(7))
+    write(y, records(9, seed=1))
+    for source in (x, y, x):
+        job = submit_import(ws, import_spec(source, "prefs", replace=True))
+        assert job.wait(poll=0.1, timeout=60).state is JobState.DONE, job.log_tail()
+    assert ws.load_pairs("prefs").num_rows == 7 and ws.dataset_manifest("prefs")["source"] == str(x)
 
 
 def test_a_cancelled_import_switches_nothing_in(ws, tmp_path):

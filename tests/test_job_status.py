@@ -116,6 +116,23 @@ def test_rate_and_eta_count_only_the_resumed_runs_work(ws):
     assert JobStatus.from_dict(raw).rate == pytest.approx(50 / (raw["progress_at"] - raw["rate_since"]))
 
 
+def test_a_model_load_before_the_work_does_not_count_in_the_rate(ws):
+    """A worker that spends 1.5 s loading a model, then does 100 pairs in ~0.5 s, reports ~200/s."""
+    job = make_job(ws, "score-slow-load", None)
+    ctx = jobs.JobContext(job, ws)
+    ctx.start()
+    with open(job.dir / "worker.lock", "w") as lock:
+        fcntl.flock(lock, fcntl.LOCK_EX)
+        time.sleep(1.5)  # the model load
+        ctx.restart_rate()
+        time.sleep(0.5)
+        ctx.progress(100, 1000, force=True)
+        status = job.status()
+    raw = json.loads((job.dir / "status.json").read_text())
+    assert raw["progress_at"] - raw["rate_since"] < 1.2  # measured from the restart, not the start
+    assert status.rate > 100 / 1.5  # counting the load would give at most 100 / 2.0 = 50/s
+
+
 def test_kind_details_come_from_what_the_job_reports():
     score = JobStatus(JobState.RUNNING, done=1500, total=10000, eta_s=3725.0,
                       extra={"tokens_per_s": 2345.6, "task": "policy"})

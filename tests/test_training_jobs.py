@@ -191,7 +191,7 @@ def test_kill_resumes_from_checkpoint_and_stop_checkpoints(ws, data, tiny_llama)
     before = {r["step"]: r for r in runs.read_metrics(job)}
 
     # 2. resubmitting resumes from that checkpoint; stop it partway
-    assert runs.resume_training(ws, job).id == job.id
+    assert jobs.resume(ws, job).id == job.id
     resumed = f"resuming from checkpoint-{killed_at} (step {killed_at})"
     # the worker logs the resume after dropping the rows the kill left past the checkpoint: newer rows are new
     _wait_for(lambda: resumed in job.log_path.read_text()
@@ -209,7 +209,7 @@ def test_kill_resumes_from_checkpoint_and_stop_checkpoints(ws, data, tiny_llama)
     assert all(rows[s - 1]["time"] == before[s]["time"] for s in range(1, killed_at + 1))
 
     # 3. and the next submission continues from the stop to the end
-    runs.resume_training(ws, job)
+    jobs.resume(ws, job)
     _finished(job)
     rows = runs.read_metrics(job)
     assert [r["step"] for r in rows] == list(range(1, steps + 1))

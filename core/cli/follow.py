@@ -82,28 +82,26 @@ class _Plain:
         pass
 
 
-def follow(job: Job, *, describe: Callable[[JobStatus], str] | None = None,
-           lines: Callable[[JobStatus], Iterable[str]] | None = None, poll: float = POLL_SECONDS) -> int:
+def follow(job: Job, *, lines: Callable[[JobStatus], Iterable[str]] | None = None) -> int:
     """Show `job` until it is no longer live.
 
-    `describe`: the kind's own part of the progress line (default: core.job_status.details, e.g. tokens/s
-    of a scoring job); `lines`: lines to keep on stdout as they appear (a training step each). Returns 0 when the job is done; 1 when it
-    failed, was cancelled or was interrupted (its message on stderr, the log tail when it failed);
-    DETACHED after Ctrl-C, with the job still running.
+    The line carries the kind's own figures (core.job_status.details: tokens/s of a scoring job, ...);
+    `lines`: lines to keep on stdout as they appear (a training step each). Returns 0 when the job is
+    done; 1 when it failed, was cancelled or was interrupted (its message on stderr, the log tail when
+    it failed); DETACHED after Ctrl-C, with the job still running.
     """
     kind = job.kind
     unit = unit_of(kind)
-    describe = describe or (lambda status: details(kind, status))
     line = _Bar(sys.stderr) if sys.stderr.isatty() else _Plain(sys.stderr)
     try:
         while True:
             status = job.status()
             for text in lines(status) if lines else ():
                 line.write(text)
-            line.update(status, status_text(status, unit, describe(status)))
+            line.update(status, status_text(status, unit, details(kind, status)))
             if not status.live:
                 break
-            time.sleep(poll)
+            time.sleep(POLL_SECONDS)
     except KeyboardInterrupt:
         line.close()
         print(f"\n{detach_message(job)}", file=sys.stderr)

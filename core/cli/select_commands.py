@@ -63,7 +63,7 @@ def register(sub: argparse._SubParsersAction, common: argparse.ArgumentParser) -
                         "pairs flagged 'swap' are label-swapped; see `marginlens flag`)")
     p.add_argument("--overwrite", action="store_true", help="replace an existing export")
     p.add_argument("--outside-workspace", action="store_true", help="allow an output path outside the workspace")
-    p.add_argument("--push-to-hub", default=None, metavar="REPO_ID", help="also push to the Hub (needs network)")
+    p.add_argument("--push-to-hub", default=None, metavar="REPO_ID", help="then push the export to the Hub as a background job (needs network)")
     p.add_argument("--token", default=None, help="Hub token (default: $HF_TOKEN)")
     p.set_defaults(func=cmd_select)
 
@@ -94,20 +94,25 @@ def cmd_select(args: argparse.Namespace) -> int:
     from marginlens.core.selection.select import SelectionSpec, select
 
     ws = Workspace.resolve(args.workspace)
+    token = None
+    if args.push_to_hub:
+        from marginlens.core.selection.push_job import hub_token
+
+        token = hub_token(args.push_to_hub, args.token)  # offline or no token: refuse before writing anything
     filters = [parse_filter(f) for f in args.filter]
     margins = _margins(args, ws)
     spec = SelectionSpec(metric=args.metric, weight=args.weight, signed=args.signed, ratio=args.ratio,
                          count=args.count, seed=args.seed, filters=filters, filter_stage=args.filter_stage)
     texts = None
     if any(f.op == "~" for f in filters):
-        from marginlens.core.selection.margins import load_texts
+        from marginlens.core.data.pairs import load_texts
 
         texts = load_texts(ws, args.name)
     selection = select(margins, spec, texts)
     result = export_selection(
         ws, args.name, selection, margins, args.out, args.format, layout=args.layout,
         include_metrics=args.with_metrics, overwrite=args.overwrite, allow_outside=args.outside_workspace,
-        push_to_hub=args.push_to_hub, token=args.token, apply_flags=not args.ignore_flags,
+        apply_flags=not args.ignore_flags,
     )
     for warning in selection.warnings:
         print(f"warning: {warning}")
@@ -121,6 +126,16 @@ def cmd_select(args: argparse.Namespace) -> int:
     elif not flags["applied"] and (flags["excluded"] or flags["swapped"]):
         print(f"flags ignored: {len(flags['excluded']) + len(flags['swapped'])} flagged pairs exported as they are")
     print(f"manifest: {result.manifest_path}")
+    if args.push_to_hub:
+        from marginlens.core.cli.follow import follow
+        from marginlens.core.selection.push_job import submit_push
+
+        job = submit_push(ws, result.path, args.push_to_hub, token=token)
+        print(f"push job {job.id}", flush=True)
+        code = follow(job)
+        if code == 0:
+            print((job.result() or {}).get("summary", "pushed"))
+        return code
     return 0
 
 

@@ -20,8 +20,8 @@ from typing import Any
 import pyarrow as pa
 import pyarrow.compute as pc
 from marginlens.core.atomic import read_json, write_json
+from marginlens.core.data.pairs import load_texts
 from marginlens.core.errors import MarginLensError
-from marginlens.core.selection.margins import load_texts
 from marginlens.core.workspace import Workspace
 
 FLAG_ACTIONS = ("exclude", "swap")

@@ -4,9 +4,10 @@ A large file or a Hub download takes minutes; run inside a dashboard script it w
 (and die with the tab). As a job it survives a refresh, shows progress, and can be cancelled: a
 cancelled import switches nothing in, as any failed import.
 
-The params name the source's current version (size and modification time of a file, or of every file
-of a folder): importing a file again after it changed is a new job, while a double click joins the
-running one. A Hub id has no version to read before loading, so each request is its own job.
+Each request is its own job (its params carry the time it was made): importing the same file again,
+say after another import replaced the dataset, must import it again, not return the finished job of
+the first time. Two requests at once are safe: imports of one dataset take turns (a per-dataset lock),
+and import_dataset is a no-op when the source and the options are unchanged.
 """
 
 from __future__ import annotations
@@ -24,18 +25,12 @@ from marginlens.core.errors import MarginLensError
 from marginlens.core.workspace import Workspace, check_name
 
 
-def _version(path: Path) -> list[Any]:
-    files = sorted(p for p in path.rglob("*") if p.is_file()) if path.is_dir() else [path]
-    return [[str(p.relative_to(path)) if path.is_dir() else p.name, p.stat().st_size, p.stat().st_mtime_ns]
-            for p in files]
-
-
 @dataclass(frozen=True)
 class ImportSpec:
-    """An import job's params: what import_dataset is called with, and the source's version."""
+    """An import job's params: what import_dataset is called with, and when it was asked for."""
 
     source: str
-    source_version: list[Any]
+    requested_at: float
     name: str
     format: str
     mapping: dict[str, str]
@@ -76,10 +71,8 @@ def import_spec(
         raise MarginLensError("choose a file, a path or a Hub id first")
     path = Path(text).expanduser()
     if path.exists():
-        text, version = str(path.resolve()), _version(path)
-    else:
-        version = [time.time()]  # a Hub id (or a path that open_source will report as missing)
-    return ImportSpec(source=text, source_version=version, name=name, format=format, mapping=dict(mapping or {}),
+        text = str(path.resolve())  # a worker resolves nothing against its own working folder
+    return ImportSpec(source=text, requested_at=time.time(), name=name, format=format, mapping=dict(mapping or {}),
                       policy=policy, max_prompt_chars=max_prompt_chars, allow_empty_responses=allow_empty_responses,
                       split=split, replace=replace)
 

@@ -19,6 +19,7 @@ import json
 from typing import Any, TypedDict
 
 import pyarrow as pa
+from marginlens.core.workspace import Workspace
 
 
 class Message(TypedDict):
@@ -82,3 +83,8 @@ def make_row(
         "flags": list(flags or []),
         "source_json": json.dumps(source_record, ensure_ascii=False, default=str),
     }
+
+
+def load_texts(ws: Workspace, dataset: str) -> pa.Table:
+    """The canonical pair table (memory-mapped Arrow, SCHEMA) of a dataset."""
+    return ws.load_pairs(dataset).data.table

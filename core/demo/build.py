@@ -4,8 +4,8 @@ Each prompt gets several sampled responses; a transparent verifier rule scores t
 +1.0, brevity up to +0.3), the best and worst form a pair, and a seeded 12% of pairs get their
 labels deliberately flipped (chosen = the worse response, still carrying the higher score), so the
 noise-suspect and audit views have real label noise to find. Implicit margins come from the real
-scorer. `python -m core.demo.build` regenerates the committed files in core/demo_data/ (a few minutes on
-a CPU); `ensure_demo` installs them into a workspace in about a second.
+scorer. `python -m marginlens.core.demo.build` regenerates the committed files in core/demo/demo_data/
+(a few minutes on a CPU); `ensure_demo` installs them into a workspace in about a second.
 """
 
 from __future__ import annotations

@@ -1,4 +1,4 @@
-"""A score job's progress: pairs done across tasks and ranks, pairs/s, tokens/s, through the job context."""
+"""A score job's progress: pairs done across tasks and ranks, and tokens/s, through the job context."""
 
 from __future__ import annotations
 
@@ -10,7 +10,8 @@ from marginlens.core.atomic import read_json, write_json
 
 
 class ShardProgress:
-    """Pairs done across tasks and ranks, throughput and ETA, reported through the job context.
+    """Pairs done across tasks and ranks, and tokens/s, reported through the job context (which derives
+    the pairs/s and the ETA from the counts: core.job_status).
 
     Every rank writes its own count to results/progress-rankR.json; rank 0 adds them up, so the
     status shows the whole job's progress under scale-out too.
@@ -28,6 +29,7 @@ class ShardProgress:
         """Throughput counts from when scoring starts, not from the model load."""
         if self.first is None:
             self.first = time.monotonic()
+            self.ctx.restart_rate()
 
     def add(self, pairs: int, tokens: int = 0, computed: bool = True, **extra: Any) -> None:
         self.done += pairs
@@ -44,9 +46,7 @@ class ShardProgress:
             done = sum((read_json(p) or {}).get("done", 0) for p in self.ctx.results_dir.glob("progress-rank*.json"))
             done = max(done, self.done)
         elapsed = max(now - self.first, 1e-6) if self.first is not None else 0.0
-        rate = (self.done - self.done_at_start) / elapsed * self.ctx.world_size if elapsed else 0.0
         grand_total = self.total * self.ctx.world_size if self.ctx.world_size > 1 else self.total
         self.ctx.progress(done, grand_total, done_before=self.done_at_start * self.ctx.world_size,
-                          pairs_per_s=round(rate, 3),
                           tokens_per_s=round(self.tokens / elapsed * self.ctx.world_size, 1) if elapsed else 0.0,
                           **extra)

@@ -47,7 +47,6 @@ response keeps its first max_length - max_prompt_length tokens. Any cut marks th
 
 from __future__ import annotations
 
-import hashlib
 import warnings
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -103,14 +102,6 @@ class TokenizedPair:
 
 def has_chat_template(tokenizer: Any) -> bool:
     return bool(getattr(tokenizer, "chat_template", None))
-
-
-def template_id(tokenizer: Any) -> str:
-    """Short hash of the chat template in use, for fingerprints (a changed template changes scores)."""
-    template = tokenizer.chat_template if has_chat_template(tokenizer) else PLAIN_TEMPLATE
-    if isinstance(template, dict):
-        template = repr(sorted(template.items()))
-    return hashlib.sha256(str(template).encode()).hexdigest()[:12]
 
 
 def _render_plain(tokenizer: Any, messages: Sequence[Message], add_generation_prompt: bool) -> str:

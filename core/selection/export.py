@@ -43,11 +43,10 @@ from marginlens.core import __version__
 from marginlens.core.atomic import atomic_path, write_bytes, write_json
 from marginlens.core.data.flags import flags_summary
 from marginlens.core.data.formats import HH_ASSISTANT, hh_prompt_cut
-from marginlens.core.data.pairs import MESSAGE_TYPE
+from marginlens.core.data.pairs import MESSAGE_TYPE, load_texts
 from marginlens.core.data.sources import file_sha256
 from marginlens.core.errors import MarginLensError
 from marginlens.core.scoring.score_tables import score_manifest
-from marginlens.core.selection.margins import load_texts
 from marginlens.core.selection.select import Selection
 from marginlens.core.workspace import Workspace
 
@@ -262,16 +261,11 @@ def export_selection(
     include_metrics: bool = False,
     overwrite: bool = False,
     allow_outside: bool = False,
-    push_to_hub: str | None = None,
-    token: str | None = None,
-    private: bool = True,
     apply_flags: bool = True,
 ) -> ExportResult:
     """Write the selected pairs of `margins` (the frame `selection` was computed on) and a manifest.
     Noisy-pair flags are applied unless `apply_flags` is False (see the module docstring)."""
     path = resolve_output(ws, out, fmt, allow_outside, overwrite)
-    if push_to_hub:
-        token = _hub_token(push_to_hub, token)  # fail before writing anything
     selected = selection  # what the metric picked; from here on `selection` is what gets written
     selection, swapped, flags = apply_flags_to(ws, dataset, selected, apply_flags)
     table, shape = build_records(ws, dataset, selection, margins, layout, include_metrics, swapped, ranked=selected)
@@ -313,9 +307,6 @@ def export_selection(
                 pq.write_table(table, tmp)
         manifest["output"]["sha256"] = file_sha256(path)
         write_json(manifest_path, manifest)  # written last: its presence marks a finished export
-    if push_to_hub:
-        manifest["pushed_to"] = _push(table, push_to_hub, token, private)
-        write_json(manifest_path, manifest)
     return ExportResult(path, manifest_path, table.num_rows, manifest)
 
 
@@ -329,22 +320,3 @@ def _write_hf(path: Path, table: pa.Table, manifest: dict[str, Any]) -> None:
         datasets.Dataset(table, fingerprint=digest).save_to_disk(str(tmp))
         manifest["output"]["sha256"] = digest
         write_json(tmp / HF_MANIFEST, manifest)  # inside the folder, renamed into place with it
-
-
-def _hub_token(repo_id: str, token: str | None) -> str:
-    if os.environ.get("HF_HUB_OFFLINE", "0").lower() not in ("", "0", "false", "no"):
-        raise MarginLensError(f"cannot push to {repo_id!r}: HF_HUB_OFFLINE is set (no network); export locally instead")
-    token = token or os.environ.get("HF_TOKEN")
-    if not token:
-        raise MarginLensError(f"cannot push to {repo_id!r}: no Hub token (pass --token or set HF_TOKEN)")
-    return token
-
-
-def _push(table: pa.Table, repo_id: str, token: str, private: bool) -> str:
-    import datasets
-
-    try:
-        datasets.Dataset(table).push_to_hub(repo_id, token=token, private=private)
-    except Exception as exc:  # network, auth, permissions: one line for the user
-        raise MarginLensError(f"push to {repo_id!r} failed: {exc}") from exc
-    return repo_id

@@ -171,7 +171,7 @@ def _text_hits(texts: pa.Table, field: str, needle: str) -> np.ndarray:
 def filter_mask(margins: pd.DataFrame, filters: list[Filter], texts: pa.Table | None = None) -> np.ndarray:
     """Boolean mask over the frame's rows: True where every filter holds. Missing values never match.
 
-    `texts` is the pair table (core.selection.margins.load_texts) and is only read for text filters; the
+    `texts` is the pair table (core.data.pairs.load_texts) and is only read for text filters; the
     frame's "row" column maps frame rows to table rows.
     """
     mask = np.ones(len(margins), dtype=bool)
@@ -185,7 +185,7 @@ def filter_mask(margins: pd.DataFrame, filters: list[Filter], texts: pa.Table | 
             mask &= np.isin(labels, list(f.value))
         elif f.op == "~":
             if texts is None:
-                raise MarginLensError("text filters need the pair texts: pass texts=core.selection.margins.load_texts(...)")
+                raise MarginLensError("text filters need the pair texts: pass texts=core.data.pairs.load_texts(...)")
             rows = margins["row"].to_numpy() if "row" in margins else np.arange(len(margins))
             mask &= _text_hits(texts, f.field, str(f.value))[rows]
         elif f.field in BOOL_FIELDS:

@@ -28,6 +28,7 @@ import numpy as np
 import pandas as pd
 import pyarrow as pa
 import pyarrow.compute as pc
+from marginlens.core.data.pairs import load_texts
 from marginlens.core.errors import MarginLensError
 from marginlens.core.scoring.score_tables import list_score_tables, load_score_table, score_manifest
 from marginlens.core.workspace import Workspace
@@ -54,11 +55,6 @@ def dpo_margin(policy_chosen: ArrayLike, policy_rejected: ArrayLike, ref_chosen:
     Identically 0 when the policy is the reference."""
     as_array = lambda v: np.asarray(v, dtype=np.float64)  # noqa: E731
     return beta * ((as_array(policy_chosen) - as_array(ref_chosen)) - (as_array(policy_rejected) - as_array(ref_rejected)))
-
-
-def load_texts(ws: Workspace, dataset: str) -> pa.Table:
-    """The canonical pair table (memory-mapped Arrow, core.data.pairs.SCHEMA) of a dataset."""
-    return ws.load_pairs(dataset).data.table
 
 
 def pair_texts(ws: Workspace, dataset: str, pair_ids: Sequence[str]) -> list[dict[str, Any]]:

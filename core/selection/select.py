@@ -134,7 +134,7 @@ class Selection:
 def select(margins: pd.DataFrame, spec: SelectionSpec, texts: Any = None) -> Selection:
     """Score and select pairs of a margin frame (core.selection.margins.load_margins) according to `spec`.
 
-    `texts` is the pair table (core.selection.margins.load_texts) and is only needed for text filters.
+    `texts` is the pair table (core.data.pairs.load_texts) and is only needed for text filters.
     Filters with stage "before" restrict the candidate set (z-scores and k are computed over it);
     with stage "after" the whole frame is ranked and the filters then prune the top-k.
     """

@@ -240,14 +240,6 @@ def submit_training(
     return jobs.submit(ws, "train", spec.to_params(), launcher=launcher_for(spec))
 
 
-def resume_training(ws: Workspace, job: Any) -> Any:
-    """Restart a stopped, failed or killed run from its last checkpoint (a running or done one is left be)."""
-    from marginlens.core import jobs
-
-    _results(job)
-    return jobs.resume(ws, job)
-
-
 def rescore(ws: Workspace, dataset: str | None, train_job: Any, checkpoint: str | os.PathLike | None = None,
             **score_options: Any) -> Any:
     """The M_AP loop: score `dataset` with the trained model as the new policy (a background job).

@@ -13,7 +13,7 @@ import sys
 import types
 import typing
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 from marginlens.core.errors import MarginLensError
 from marginlens.core.training.presets import (
@@ -27,9 +27,7 @@ from marginlens.core.training.presets import (
     trl_fields,
 )
 from marginlens.core.training.train_data import RESPONSE_COLUMNS
-
-if TYPE_CHECKING:  # the spec module builds on this one
-    from marginlens.core.training.train_spec import TrainSpec
+from marginlens.core.training.train_spec import TrainSpec
 
 # The TRL config file a train job writes beside its results (core.training.train_job).
 TRL_CONFIG_FILE = "trl_config.yaml"

@@ -70,6 +70,7 @@ class _JobCallback:
         self._last_time = time.monotonic()
         self._last_tokens = self.trainer.tokens_seen if self.trainer is not None else 0
         self.ctx.progress(state.global_step, state.max_steps, force=True)
+        self.ctx.restart_rate()  # steps/s from the first step, not from the model load
 
     def on_log(self, args, state, control, logs=None, **kwargs):
         logs = logs or {}
