@@ -109,7 +109,6 @@ if clicked:
     explore_state.set_open_pair(dataset, clicked)
 
 
-
 def show_pair(pair_id: str | None) -> None:
     if pair_id is None:
         st.info("No pair matches the current filters.")

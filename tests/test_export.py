@@ -128,7 +128,6 @@ def test_no_overwrite_outside_workspace_and_offline_push(ws, tmp_path):
     assert export_selection(ws, "std", sel, margins, outside, allow_outside=True).path == outside
 
 
-
 def test_select_with_push_to_hub_offline_refuses_before_writing(ws, capsys):
     code = main(["--workspace", str(ws.root), "select", "std", "--metric", "implicit", "--out", "pushed.jsonl",
                  "--push-to-hub", "me/subset", "--token", "x"])

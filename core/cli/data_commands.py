@@ -37,7 +37,6 @@ def register(sub: argparse._SubParsersAction, common: argparse.ArgumentParser) -
     p.set_defaults(func=cmd_info)
 
 
-
 def cmd_import(args: argparse.Namespace) -> int:
     from marginlens.core.data.ingest import import_dataset, parse_mapping
 
