@@ -16,6 +16,7 @@ from marginlens.core.errors import MarginLensError
 from marginlens.core.training.presets import trl_fields
 from marginlens.core.training.runs import CURVE_KEYS, read_metrics
 from marginlens.core.training.settings import parse_overrides, parse_value
+from marginlens.core.training.train_spec import TrainSpec
 from marginlens.core.workspace import Workspace
 
 # The knobs most runs touch, in form order; anything else goes through the "other settings" lines.
@@ -99,26 +100,15 @@ def train_jobs(ws: Workspace) -> list[jobs.Job]:
     return jobs.list_jobs(ws, kind="train")
 
 
-def job_row(job: jobs.Job) -> dict[str, Any]:
-    """One train job as the page lists it."""
-    spec = job.spec
-    params = spec.get("params", {})
-    return {
-        "job_id": job.id,
-        "status": job.status(),
-        "method": params.get("method"),
-        "preset": params.get("preset"),
-        "model": params.get("model"),
-        "data": params.get("data"),
-        "source_dataset": params.get("source_dataset"),
-        "overrides": params.get("overrides", {}),
-        "created": spec.get("created", ""),
-    }
+def run_spec(job: jobs.Job) -> TrainSpec:
+    """The run a train job was submitted with (its params, typed)."""
+    return TrainSpec.from_params(job.spec.get("params", {}))
 
 
-def job_label(row: dict[str, Any]) -> str:
-    data = Path(row["data"]).name if row.get("data") else "?"
-    return f"{row['status'].state} · {row['method']} on {data} · {row['job_id']}"
+def job_label(job: jobs.Job) -> str:
+    spec = run_spec(job)
+    data = Path(spec.data).name if spec.data else "?"
+    return f"{job.status().state} · {spec.method} on {data} · {job.id}"
 
 
 def curve_figures(metrics: list[dict[str, Any]]) -> list[tuple[str, dict[str, Any]]]:

@@ -35,7 +35,7 @@ with st.form("score_form"):
 if submitted:
     try:
         spec = score_form.build_spec(dataset, policy, reference, source, explicit_value, device, int(max_length),
-                                  int(max_prompt), mode)
+                                     int(max_prompt), mode)
         with st.spinner("Planning (hashing model files) ..."):
             message = score_form.submit(ws, spec)
     except MarginLensError as exc:

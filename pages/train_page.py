@@ -90,23 +90,21 @@ else:
 
 # ---- runs -------------------------------------------------------------------------------------------
 st.subheader("Runs")
-rows = [tv.job_row(j) for j in tv.train_jobs(ws)]
-if not rows:
+runs = {j.id: j for j in tv.train_jobs(ws)}
+if not runs:
     st.caption("No training run yet.")
     st.stop()
-ids = [r["job_id"] for r in rows]
-by_id = {r["job_id"]: r for r in rows}
+ids = list(runs)
 current = st.session_state.get(JOB_KEY)
 job_id = st.selectbox("Run", ids, index=ids.index(current) if current in ids else 0,
-                      format_func=lambda i: tv.job_label(by_id[i]), key="_train_run")
+                      format_func=lambda i: tv.job_label(runs[i]), key="_train_run")
 st.session_state[JOB_KEY] = job_id
-row = by_id[job_id]
-job = jobs.get_job(ws, job_id)
-st.caption(f"{row['method']} · preset `{row['preset']}` · model `{row['model']}` · data `{row['data']}` · "
-           f"changed: {', '.join(f'{k}={v}' for k, v in row['overrides'].items()) or 'nothing'}")
+job = runs[job_id]
+spec = tv.run_spec(job)
+st.caption(f"{spec.method} · preset `{spec.preset}` · model `{spec.model}` · data `{spec.data}` · "
+           f"changed: {', '.join(f'{k}={v}' for k, v in (spec.overrides or {}).items()) or 'nothing'}")
 
-
-status = job_panel(job, title=f"{row['method']} run",
+status = job_panel(job, title=f"{spec.method} run",
                    cancel_help="saves a checkpoint at the next step; Resume continues from it")
 
 
@@ -142,14 +140,14 @@ if status.state is JobState.DONE:
     if not names:
         st.caption("No dataset in the workspace to re-score.")
         st.stop()
-    source = row["source_dataset"]
+    source = spec.source_dataset
     r1, r2 = st.columns([3, 1])
     dataset = r1.selectbox("Dataset to re-score", names, index=names.index(source) if source in names else 0,
                            key="_train_rescore_dataset", help="default: the dataset the export was selected from")
     started = st.session_state.setdefault(RESCORE_KEY, {})
     if r2.button("Re-score with the trained model", key="_train_rescore"):
         try:
-            handle = rescore(ws, dataset, job, device=job.spec["params"].get("device", "auto"))
+            handle = rescore(ws, dataset, job, device=spec.device or "auto")
         except MarginLensError as exc:
             widgets.show_error(exc)
         else:
