@@ -36,6 +36,9 @@ with st.expander("Import a dataset", expanded=not ws.dataset_names()):
     policy = cols[2].selectbox("Bad rows", ("skip", "strict"), help="skip: import the rest and keep a rejects file")
     max_prompt = cols[3].number_input("Max prompt characters (0 = no limit)", min_value=0, value=0, step=1000)
     mapping_text = st.text_input("Column mapping (unknown layouts)", placeholder="prompt=question,chosen=good,rejected=bad")
+    empty = st.radio("Empty responses", ("keep", "reject"), horizontal=True, key="_data_empty_responses",
+                     format_func={"keep": "keep and flag (empty_response)", "reject": "reject as bad rows"}.get,
+                     help="HH-RLHF prefers an empty answer to some harmful requests: a legitimate preference")
     replace = st.checkbox("Replace a dataset with the same name")
     if st.button("Import", type="primary"):
         if uploaded is not None:
@@ -47,7 +50,8 @@ with st.expander("Import a dataset", expanded=not ws.dataset_names()):
             source = server_path.strip() or hub_id.strip()
         try:
             request = import_spec(source, name.strip(), format=fmt, mapping=parse_mapping(mapping_text),
-                                  policy=policy, max_prompt_chars=max_prompt or None, replace=replace)
+                                  policy=policy, max_prompt_chars=max_prompt or None, replace=replace,
+                                  allow_empty_responses=empty == "keep")
             st.session_state[IMPORT_JOB] = submit_import(ws, request).id
         except MarginLensError as exc:
             widgets.show_error(exc)
@@ -109,6 +113,8 @@ if manifest.get("rejects"):
     st.dataframe(readers.rejects(str(ws.root), name, manifest["fingerprint"]), hide_index=True, width="stretch")
 else:
     st.write("Every row was imported.")
+if manifest.get("flagged"):
+    st.caption("Kept with flags: " + ", ".join(f"{n:,} {flag}" for flag, n in manifest["flagged"].items()))
 if manifest.get("warnings"):
     st.dataframe(pd.DataFrame(manifest["warnings"]), hide_index=True, width="stretch")
 

@@ -39,8 +39,8 @@ def test_every_hh_pair_parses_with_the_prompt_before_the_final_assistant_turn(ws
     assert sum("multi_turn_response" in f for f in pairs["flags"]) == 5
 
 
-def test_hh_default_policy_rejects_the_four_empty_responses_by_line(ws):
-    report = import_dataset(HH, "hh", ws, policy="skip")
+def test_hh_rejecting_empty_responses_skips_the_four_by_line(ws):
+    report = import_dataset(HH, "hh", ws, policy="skip", allow_empty_responses=False)
     assert report.imported == 2308 and report.rejected == {"empty_content": 4}
     rejects = [json.loads(line) for line in report.rejects_path.read_text().splitlines()]
     assert [r["line"] for r in rejects] == [87, 517, 926, 1104]

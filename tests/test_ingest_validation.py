@@ -26,7 +26,6 @@ BAD_ROWS = [
     ('{"prompt": "Q?", "chosen": "yes", ', "<json>", "malformed_json"),
     ({"prompt": "Q?", "chosen": "yes"}, "rejected", "missing_column"),
     ({"prompt": "Q?", "chosen": 42, "rejected": "no"}, "chosen", "bad_type"),
-    ({"prompt": "Q?", "chosen": "   ", "rejected": "no"}, "chosen", "empty_content"),
     ({"prompt": "", "chosen": "a", "rejected": "b"}, "prompt", "empty_content"),
     ({"prompt": "Q?", "chosen": "same", "rejected": "same"}, "rejected", "identical_responses"),
     ({**OK, "score_chosen": float("nan"), "score_rejected": 1.0}, "score_chosen", "bad_score"),
@@ -55,7 +54,7 @@ def test_skip_policy_imports_the_rest_counts_reasons_and_writes_every_reject(ws,
     src = jsonl(tmp_path / "mixed.jsonl", lines)
     report = import_dataset(src, "mixed", ws, policy="skip")
     assert report.imported == 2 and report.rows_read == len(lines)
-    expected = {"malformed_json": 1, "missing_column": 1, "bad_type": 1, "empty_content": 2,
+    expected = {"malformed_json": 1, "missing_column": 1, "bad_type": 1, "empty_content": 1,
                 "identical_responses": 1, "duplicate_pair": 1}
     assert report.rejected == expected
     assert sum(expected.values()) + report.imported == report.rows_read  # nothing lost
@@ -64,7 +63,7 @@ def test_skip_policy_imports_the_rest_counts_reasons_and_writes_every_reject(ws,
     assert [r["line"] for r in rejects] == list(range(2, 2 + len(rejects)))
     assert rejects[0]["record"].startswith('{"prompt": "Q?"')  # the undecodable line itself is kept
     assert rejects[1]["record"] == {"prompt": "Q?", "chosen": "yes"}
-    assert "skipped      2  empty_content" in report.summary()
+    assert "skipped      1  empty_content" in report.summary()
 
 
 def test_prompt_length_limit(ws, tmp_path):

@@ -28,6 +28,7 @@ FORMATS = (
 )
 CANONICAL_FIELDS = ("prompt", "chosen", "rejected", "score_chosen", "score_rejected")
 HH_ASSISTANT = "\n\nAssistant:"
+EMPTY_RESPONSE = "empty_response"  # the flag of a kept pair whose chosen or rejected response is empty
 _HH_TURN = re.compile(r"\n\n(Human|Assistant):")
 
 
@@ -207,9 +208,16 @@ def _parse_hh(record: dict[str, Any], allow_empty: bool) -> ParsedPair:
 
 
 def parse_record(fmt: str, record: dict[str, Any], allow_empty: bool = False) -> ParsedPair:
-    """Parse one (already column-mapped) record in layout `fmt`; raise FieldError on any problem."""
-    if fmt == "hh-rlhf":
-        return _parse_hh(record, allow_empty)
+    """Parse one (already column-mapped) record in layout `fmt`; raise FieldError on any problem.
+    With `allow_empty`, a pair with an empty response is kept and flagged EMPTY_RESPONSE: in HH-RLHF a
+    silent answer to a harmful request is a legitimate preference, and a flag lets filters find it."""
+    pair = _parse_hh(record, allow_empty) if fmt == "hh-rlhf" else _parse_other(fmt, record, allow_empty)
+    if not (pair.chosen.strip() and pair.rejected.strip()):
+        pair.flags.append(EMPTY_RESPONSE)
+    return pair
+
+
+def _parse_other(fmt: str, record: dict[str, Any], allow_empty: bool) -> ParsedPair:
     if fmt == "trl-standard":
         prompt_value = record.get("prompt")
         if _is_messages(prompt_value):

@@ -56,7 +56,7 @@ def import_spec(
     mapping: dict[str, str] | None = None,
     policy: str = "strict",
     max_prompt_chars: int | None = None,
-    allow_empty_responses: bool = False,
+    allow_empty_responses: bool = True,
     split: str | None = None,
     replace: bool = False,
 ) -> ImportSpec:
@@ -99,4 +99,5 @@ def run(ctx: jobs.JobContext) -> dict[str, Any]:
     ctx.log(summary)
     ctx.progress(report.rows_read, report.rows_read, force=True)
     return {"name": report.name, "summary": summary, "format": report.format, "rows_read": report.rows_read,
-            "imported": report.imported, "rejected": report.rejected, "unchanged": report.unchanged}
+            "imported": report.imported, "rejected": report.rejected, "flagged": report.flagged,
+            "unchanged": report.unchanged}

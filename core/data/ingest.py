@@ -56,6 +56,7 @@ class ImportReport:
     rejects_path: Path | None = None
     unchanged: bool = False
     manifest: dict[str, Any] = field(default_factory=dict)
+    flagged: dict[str, int] = field(default_factory=dict)  # kept pairs per ingest flag (empty_response, ...)
 
     def summary(self) -> str:
         if self.unchanged:
@@ -63,6 +64,8 @@ class ImportReport:
         lines = [f"{self.name}: imported {self.imported} of {self.rows_read} rows as {self.format}"]
         for reason, count in sorted(self.rejected.items()):
             lines.append(f"  skipped {count:>6}  {reason}")
+        for flag, count in sorted(self.flagged.items()):
+            lines.append(f"  kept    {count:>6}  flagged {flag}")
         if self.rejects_path:
             lines.append(f"  skipped rows written to {self.rejects_path}")
         if self.warnings:
@@ -138,7 +141,7 @@ def import_dataset(
     mapping: dict[str, str] | None = None,
     policy: Policy = "strict",
     max_prompt_chars: int | None = None,
-    allow_empty_responses: bool = False,
+    allow_empty_responses: bool = True,
     split: str | None = None,
     replace: bool = False,
     progress: bool | Callable[[int, int | None], None] = False,
@@ -207,7 +210,7 @@ def _unchanged(old: dict[str, Any], source_fingerprint: str, options: dict[str, 
 
 def _unchanged_report(name: str, old: dict[str, Any]) -> ImportReport:
     return ImportReport(name, old["format"], old["rows"]["read"], old["rows"]["imported"], old.get("rejects", {}),
-                        old.get("warnings_total", 0), None, True, old)
+                        old.get("warnings_total", 0), None, True, old, old.get("flagged", {}))
 
 
 @contextmanager
@@ -226,6 +229,7 @@ def _import_into(folder: Path, opened: Source, name: str, format: str | None, ma
     rejects: list[dict[str, Any]] = []
     warnings: list[dict[str, Any]] = []
     rows_read = imported = 0
+    flagged: Counter[str] = Counter()
     has_scores = False
     batch: list[dict[str, Any]] = []
     with pa.OSFile(str(folder / "pairs.arrow"), "wb") as sink, pa.ipc.new_stream(sink, SCHEMA) as writer:
@@ -235,12 +239,14 @@ def _import_into(folder: Path, opened: Source, name: str, format: str | None, ma
                 row, warning = validator.row(record)
             except RowError as exc:
                 if policy == "strict":
-                    raise
-                rejects.append({**exc.to_dict(), "record": record.data if record.data is not None else record.raw})
+                    raise _with_hint(exc, allow_empty) from None
+                rejects.append({**exc.to_dict(), "record": record.data if record.data is not None else record.raw,
+                                **({"raw_base64": record.raw_base64} if record.raw_base64 else {})})
                 continue
             if warning:
                 warnings.append({"row": record.row, "line": record.line, "message": warning})
             batch.append(row)
+            flagged.update(row["flags"])
             has_scores = has_scores or row["score_chosen"] is not None
             imported += 1
             if len(batch) >= BATCH_ROWS:
@@ -267,8 +273,23 @@ def _import_into(folder: Path, opened: Source, name: str, format: str | None, ma
         "has_scores": has_scores,
         "warnings": warnings[:MAX_WARNINGS_KEPT],
         "warnings_total": len(warnings),
+        "flagged": dict(sorted(flagged.items())),
     }
-    return ImportReport(name, validator.format, rows_read, imported, counts, len(warnings), None, False, manifest)
+    return ImportReport(name, validator.format, rows_read, imported, counts, len(warnings), None, False, manifest,
+                        dict(sorted(flagged.items())))
+
+
+def _with_hint(error: RowError, allow_empty: bool) -> RowError:
+    """The strict policy's error, naming the option that would let the row in (or past)."""
+    hints = []
+    if error.reason == "empty_content" and error.field != "prompt" and not allow_empty:
+        hints.append("empty responses are kept and flagged empty_response with --empty-responses keep "
+                     "(the default; Data page: Empty responses 'keep and flag')")
+    elif error.reason == "prompt_too_long":
+        hints.append("--max-prompt-chars sets the limit")
+    hints.append("--policy skip imports the other rows and writes this one to the rejects file")
+    return RowError(error.source, error.row, error.field, error.reason, f"{error.message} ({'; '.join(hints)})",
+                    line=error.line)
 
 
 def _progress(records: Iterable[Record], source: Source, enabled: bool | Callable[[int, int | None], None]):

@@ -6,6 +6,8 @@ place, so the caller decides whether to stop or to skip it -- nothing is dropped
 
 from __future__ import annotations
 
+import base64
+import codecs
 import csv
 import gzip
 import hashlib
@@ -29,6 +31,7 @@ class Record:
     data: dict[str, Any] | None
     error: RowError | None = None
     raw: str | None = None  # the undecodable text, kept for the rejects file
+    raw_base64: str | None = None  # a line that is not UTF-8: its exact bytes, for the rejects file
 
 
 @dataclass
@@ -71,13 +74,16 @@ def _kind_from_name(path: Path) -> str | None:
     return None
 
 
+def _open_binary(path: Path) -> io.BufferedIOBase:
+    return gzip.open(path, "rb") if path.name.lower().endswith(".gz") else open(path, "rb")
+
+
 def _open_text(path: Path) -> io.TextIOBase:
-    if path.name.lower().endswith(".gz"):
-        return io.TextIOWrapper(gzip.open(path, "rb"), encoding="utf-8", newline="")
-    return open(path, encoding="utf-8", newline="")
+    # utf-8-sig: a byte-order mark (Excel and Notepad write one) is not part of the first field
+    return io.TextIOWrapper(_open_binary(path), encoding="utf-8-sig", newline="")
 
 
-def _check_text_file(path: Path) -> None:
+def _check_text_file(path: Path, kind: str) -> None:
     """Reject empty and binary files up front with one message instead of a decoder traceback."""
     try:
         opener = gzip.open if path.name.lower().endswith(".gz") else open
@@ -89,6 +95,8 @@ def _check_text_file(path: Path) -> None:
         raise NotADatasetError(f"{path}: the file is empty")
     if b"\x00" in head:
         raise NotADatasetError(f"{path}: binary content in a text file; not a {_kind_from_name(path)} dataset")
+    if kind == "jsonl":
+        return  # decoded line by line: a line in another encoding is that row's error, not the file's
     try:
         head.decode("utf-8")
     except UnicodeDecodeError as exc:
@@ -112,7 +120,7 @@ def open_source(src: str | os.PathLike, split: str | None = None) -> Source:
         if path.stat().st_size == 0:
             raise NotADatasetError(f"{path}: the file is empty")
         if kind != "parquet":
-            _check_text_file(path)
+            _check_text_file(path, kind)
         return Source(str(path), kind, file_sha256(path), path=path)
     if "/" in str(src) and not str(src).startswith((".", "/", "~")) and str(src).count("/") == 1:
         return Source(str(src), "hub", f"hub:{src}:{split or 'train'}", hub_id=str(src), split=split or "train")
@@ -132,28 +140,44 @@ def _row_error(source: Source, row: int, line: int | None, field: str, reason: s
 
 
 def _iter_jsonl(source: Source) -> Iterator[Record]:
+    """Lines are split as bytes and decoded one by one, so one line in another encoding is one bad row."""
     row = 0
-    with _open_text(source.path) as fh:
-        for line_no, line in enumerate(fh, start=1):
-            if not line.strip():
+    with _open_binary(source.path) as fh:
+        for line_no, raw_line in enumerate(fh, start=1):
+            if line_no == 1 and raw_line.startswith(codecs.BOM_UTF8):
+                raw_line = raw_line[len(codecs.BOM_UTF8):]
+            if not raw_line.strip():
+                continue
+            try:
+                line = raw_line.decode("utf-8")
+            except UnicodeDecodeError as exc:
+                record = _row_error(source, row, line_no, "<line>", "bad_encoding",
+                                    f"not UTF-8 (byte {exc.start} of the line: {raw_line[exc.start:exc.start + 1]!r})",
+                                    raw=raw_line.rstrip(b"\r\n").decode("utf-8", "backslashreplace"))
+                record.raw_base64 = base64.b64encode(raw_line.rstrip(b"\r\n")).decode("ascii")
+                yield record
+                row += 1
                 continue
             try:
                 data = json.loads(line)
             except json.JSONDecodeError as exc:
                 yield _row_error(source, row, line_no, "<json>", "malformed_json", f"{exc.msg} at column {exc.colno}",
-                                 raw=line.rstrip("\n"))
+                                 raw=line.rstrip("\r\n"))
             else:
                 if isinstance(data, dict):
                     yield Record(row, line_no, data)
                 else:
                     yield _row_error(source, row, line_no, "<json>", "malformed_json",
-                                     f"expected a JSON object, got {type(data).__name__}", raw=line.rstrip("\n"))
+                                     f"expected a JSON object, got {type(data).__name__}", raw=line.rstrip("\r\n"))
             row += 1
 
 
 def _iter_json(source: Source) -> Iterator[Record]:
-    with _open_text(source.path) as fh:
-        text = fh.read()
+    try:
+        with _open_text(source.path) as fh:
+            text = fh.read()
+    except UnicodeDecodeError as exc:
+        raise NotADatasetError(f"{source.label}: not UTF-8 text (byte {exc.start}); not a dataset") from None
     try:
         data = json.loads(text)
     except json.JSONDecodeError as exc:
@@ -222,6 +246,9 @@ def _iter_csv(source: Source) -> Iterator[Record]:
                 item = next(reader)
             except StopIteration:
                 break
+            except UnicodeDecodeError:
+                raise NotADatasetError(f"{source.label}: not UTF-8 text after line {reader.line_num} "
+                                       "(a CSV file is decoded as a whole; save it as UTF-8)") from None
             except csv.Error as exc:
                 yield _row_error(source, row, reader.line_num, "<csv>", "malformed_csv", str(exc))
                 row += 1

@@ -137,7 +137,9 @@ def build_pairs(questions: list[dict[str, str]], samples: list[list[str]], seed:
 
 def ensure_demo(ws: Workspace) -> str:
     """Install the demo dataset and its committed score tables into `ws` (a no-op when present)."""
-    report = import_dataset(PAIRS_FILE, DEMO_NAME, ws, replace=True)
+    # The shipped score tables are keyed to the fingerprint of this import, options included: the demo
+    # has no empty responses, and it is imported with the options it was built with.
+    report = import_dataset(PAIRS_FILE, DEMO_NAME, ws, replace=True, allow_empty_responses=False)
     copied = 0
     for folder in sorted(SCORES_DIR.glob("*")) if SCORES_DIR.exists() else []:
         target = ws.scores_dir / DEMO_NAME / folder.name
@@ -169,7 +171,7 @@ def score_demo(pairs_file: Path, scores_out: Path) -> None:
 
     with tempfile.TemporaryDirectory() as scratch:
         ws = Workspace(scratch)
-        import_dataset(pairs_file, DEMO_NAME, ws)
+        import_dataset(pairs_file, DEMO_NAME, ws, allow_empty_responses=False)
         handle = submit_scoring(ws, ScoreSpec(dataset=DEMO_NAME, device="cpu"))
         if handle.job is not None:
             status = handle.job.wait(poll=2.0, on_status=lambda s: print(f"scoring {s.done}/{s.total}", flush=True))
