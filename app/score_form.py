@@ -6,11 +6,12 @@ submitting the same spec twice joins it (core.jobs ids are hashes of the spec).
 
 from __future__ import annotations
 
+import dataclasses
 from typing import Any
 
 from marginlens.core import jobs
 from marginlens.core.errors import MarginLensError
-from marginlens.core.scoring.models import DEFAULT_POLICY
+from marginlens.core.scoring.models import DEFAULT_POLICY, DTYPES
 from marginlens.core.scoring.scorers import explicit_scorers
 from marginlens.core.scoring.tokenization import DEFAULT_MAX_LENGTH, DEFAULT_MAX_PROMPT_LENGTH, MODES
 from marginlens.core.workspace import Workspace
@@ -22,7 +23,7 @@ EXPLICIT_LABELS = {DATASET_SOURCE: "dataset scores (as imported)",
                    **{s.name: s.option.label for s in explicit_scorers() if s.option}}
 EXPLICIT_VALUE_HELP = "; ".join(f"{s.option.label}: {s.option.hint}" for s in explicit_scorers() if s.option)
 
-__all__ = ["DEFAULT_MAX_LENGTH", "DEFAULT_MAX_PROMPT_LENGTH", "DEFAULT_POLICY", "MODES"]
+__all__ = ["DEFAULT_MAX_LENGTH", "DEFAULT_MAX_PROMPT_LENGTH", "DEFAULT_POLICY", "DTYPES", "MODES"]
 
 
 def build_spec(dataset: str, policy: str, reference: str, source: str, explicit_value: str, device: str,
@@ -39,15 +40,63 @@ def build_spec(dataset: str, policy: str, reference: str, source: str, explicit_
     )
 
 
-def submit(ws: Workspace, spec: Any) -> str:
-    """Start or join the job for `spec`; a one-line summary of what happened."""
+DTYPE_HELP = ("what the models run in; auto: bfloat16 on CUDA and on CPUs with native bf16 matrix units (AMX, "
+              "AVX512-BF16), else float32. Log-probs are summed in float32 either way; the dtype is part of each "
+              "table's fingerprint")
+
+
+def with_dtype(spec: Any, dtype: str) -> Any:
+    """The spec with the models' dtype (auto, float32, bfloat16)."""
+    if dtype not in DTYPES:
+        raise MarginLensError(f"unknown dtype {dtype!r} (expected one of {', '.join(DTYPES)})")
+    return dataclasses.replace(spec, dtype=dtype)
+
+
+def with_sample(spec: Any, sample: int, seed: int) -> Any:
+    """The spec scoring a seeded sample of `sample` pairs (0: all of them)."""
+    return dataclasses.replace(spec, sample=int(sample) or None, seed=int(seed))
+
+
+def explicit_note(ws: Workspace, dataset: str) -> str | None:
+    """The plain sentence for a dataset with no explicit margin yet (None when it has one, or cannot tell)."""
+    from marginlens.core.selection.margin_sources import dataset_margin_sources
+
+    try:
+        note = dataset_margin_sources(ws, dataset).note
+    except MarginLensError:
+        return None
+    return note
+
+
+def reward_model_note(dataset: str) -> str:
+    from marginlens.core.scoring.rewards import reward_model_note as note
+
+    return note(dataset)
+
+
+def with_rating(spec: Any, base_url: str, max_calls: int) -> Any:
+    """The spec with the LLM rater's endpoint and call budget (0: none); only for the LLM-rating source."""
+    if spec.explicit != "llm_rating":
+        return spec
+    options = {"base_url": base_url.strip() or None, "max_calls": int(max_calls) or None}
+    return dataclasses.replace(spec, scorer_options={k: v for k, v in options.items() if v is not None})
+
+
+def submit(ws: Workspace, spec: Any, api_key: str | None = None) -> str:
+    """Start or join the job for `spec`; a one-line summary of what happened. `api_key` reaches only the
+    worker's environment (core.jobs.submit), never a file."""
+    from marginlens.core.chat_client import KEY_ENV
     from marginlens.core.scoring.score_submit import submit_scoring
 
-    handle = submit_scoring(ws, spec)
+    handle = submit_scoring(ws, spec, env={KEY_ENV: api_key} if api_key else None)
     cached = ", ".join(handle.cached)
+    part = ""
+    if handle.targeted is not None and handle.targeted < (handle.total or 0):
+        part = f" (a sample of {handle.targeted:,} of {handle.total:,} pairs)"
     if handle.job is None:
-        return f"Nothing to compute: every table is already there ({cached})."
-    return f"Scoring job {handle.job.id} is {handle.job.status().state}" + (f"; cached: {cached}" if cached else "")
+        return f"Nothing to compute{part}: every table is already there ({cached})."
+    return (f"Scoring job {handle.job.id}{part} is {handle.job.status().state}"
+            + (f"; cached: {cached}" if cached else ""))
 
 
 def score_jobs(ws: Workspace, dataset: str) -> list[jobs.Job]:
@@ -64,6 +113,7 @@ def models_label(job: jobs.Job) -> str:
 def table_rows(manifests: list[dict[str, Any]]) -> list[dict[str, Any]]:
     return [{
         "fingerprint": m["fingerprint"], "kind": m["kind"], "model": m.get("model"), "rows": m.get("rows"),
-        "role": (m.get("spec") or {}).get("role"), "truncated": (m.get("spec") or {}).get("truncated_pairs"),
+        "role": (m.get("spec") or {}).get("role"), "dtype": (m.get("spec") or {}).get("dtype"),
+        "truncated": (m.get("spec") or {}).get("truncated_pairs"),
         "created": m.get("created"),
     } for m in manifests]

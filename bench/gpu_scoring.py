@@ -5,7 +5,8 @@
 
 Builds the model from a config (random init directly on the device), scores a synthetic set with
 bench/scoring.py's length mix, and prints tokens/s and model-FLOPs utilisation (MFU) against the
-card's *measured* bf16 matmul rate. Target: MFU >= 45%.
+card's *measured* bf16 matmul rate. Target: MFU >= 45%. bench/gpu_check.py runs the same functions
+as one section of its report.
 """
 
 from __future__ import annotations
@@ -60,7 +61,7 @@ def build_model(config_dict: dict, device: str, dtype):
     return model.eval()
 
 
-class _StubTokenizer:
+class StubTokenizer:
     """The scorer only needs the pad id here: the pairs below are already token ids."""
 
     pad_token_id = 0
@@ -70,9 +71,46 @@ class _StubTokenizer:
     name_or_path = "synthetic"
 
 
+def time_scoring(model, pairs, peak: float, device: str, token_budget: int | None = None,
+                 packing: bool | None = None, deadline: float | None = None) -> dict:
+    """Score `pairs` once (after a warm-up on a sixteenth of them) and measure: tokens/s, pairs/s and MFU.
+
+    MFU counts the tokens the chosen path really computes (a prompt once padded, twice packed, no
+    padding) against the measured matmul `peak`; pairs/s is the number to compare paths by. Stops
+    at `deadline` (time.monotonic) and reports what it scored by then.
+    """
+    from marginlens.core.scoring.logprobs import ImplicitScorer, forward_flops
+    from marginlens.core.scoring.packing import packed_cost
+
+    scorer = ImplicitScorer(model, StubTokenizer(), token_budget=token_budget, packing=packing)
+    for _ in scorer.iter_scored(pairs[: max(1, len(pairs) // 16)]):
+        pass
+    sync(device)
+    start = time.perf_counter()
+    done: list[int] = []
+    results: dict[int, object] = {}
+    for indices, batch in scorer.iter_scored(pairs):
+        done += indices
+        for i, r in zip(indices, batch, strict=True):
+            # the numbers exist and are finite: the run is real
+            assert r.chosen_logp == r.chosen_logp and r.rejected_logp == r.rejected_logp
+            results[i] = r
+        if deadline is not None and time.monotonic() > deadline:
+            break
+    sync(device)
+    seconds = time.perf_counter() - start
+    scored = [pairs[i] for i in done]
+    computed = sum(packed_cost(p) if scorer.packing else p.n_tokens for p in scored)
+    context = sum((len(p.prompt) + max(len(p.chosen), len(p.rejected))) / 2 for p in scored) / max(1, len(scored))
+    flops = forward_flops(model, computed, context)
+    return {"packing": scorer.packing, "token_budget": scorer.token_budget, "pairs": len(scored),
+            "complete": len(scored) == len(pairs), "seconds": seconds, "computed_tokens": computed,
+            "tokens_per_s": computed / seconds, "pairs_per_s": len(scored) / seconds,
+            "mfu": flops / seconds / peak, "results": results}
+
+
 def main() -> None:
     import torch
-    from marginlens.core.scoring.logprobs import ImplicitScorer, forward_flops
 
     from bench.scoring import synthetic_pairs
 
@@ -80,6 +118,8 @@ def main() -> None:
     parser.add_argument("--tiny", "--dry-run", action="store_true", help="tiny config on CPU: checks the logic only")
     parser.add_argument("--pairs", type=int, default=512)
     parser.add_argument("--token-budget", type=int, default=None, help="default: chosen from free GPU memory")
+    parser.add_argument("--packing", choices=("auto", "on", "off"), default="auto",
+                        help="padding-free packing (default: on for CUDA, off on CPU)")
     args = parser.parse_args()
 
     if args.tiny:
@@ -95,28 +135,12 @@ def main() -> None:
     model = build_model(config, device, dtype)
     print(f"model: {sum(p.numel() for p in model.parameters()) / 1e9:.2f}B parameters, {dtype}")
     pairs = synthetic_pairs(pairs_n, config["vocab_size"])
-    scorer = ImplicitScorer(model, _StubTokenizer(), token_budget=args.token_budget)
-    print(f"token budget {scorer.token_budget} padded tokens per batch")
-    warm = pairs[: max(1, len(pairs) // 16)]
-    for _ in scorer.iter_scored(warm):
-        pass
-    sync(device)
-    start = time.perf_counter()
-    n_results = 0
-    for _indices, results in scorer.iter_scored(pairs):
-        n_results += len(results)
-        for r in results:  # the numbers exist and are finite: the run is real
-            assert r.chosen_logp == r.chosen_logp and r.rejected_logp == r.rejected_logp
-    sync(device)
-    seconds = time.perf_counter() - start
-    assert n_results == len(pairs)
-    # Tokens actually computed (shared prompt once); FLOPs count attention over the mean context.
-    tokens = sum(p.n_tokens for p in pairs)
-    context = sum((len(p.prompt) + max(len(p.chosen), len(p.rejected))) / 2 for p in pairs) / len(pairs)
-    flops = forward_flops(model, tokens, context)
-    print(f"{len(pairs)} pairs, {tokens} tokens in {seconds:.2f} s: {tokens / seconds:,.0f} tokens/s, "
-          f"{len(pairs) / seconds:.1f} pairs/s")
-    print(f"MFU {100 * flops / seconds / peak:.1f}% of the measured matmul rate (target >= 45% on a GPU)")
+    packing = {"auto": None, "on": True, "off": False}[args.packing]
+    r = time_scoring(model, pairs, peak, device, args.token_budget, packing)
+    print(f"{'packed' if r['packing'] else 'padded'}, token budget {r['token_budget']}: {r['pairs']} pairs, "
+          f"{r['computed_tokens']} computed tokens in {r['seconds']:.2f} s: {r['tokens_per_s']:,.0f} tokens/s, "
+          f"{r['pairs_per_s']:.1f} pairs/s")
+    print(f"MFU {100 * r['mfu']:.1f}% of the measured matmul rate (target >= 45% on a GPU)")
     if device == "cuda":
         print(f"peak GPU memory {torch.cuda.max_memory_allocated() / 2**30:.1f} GiB")
 

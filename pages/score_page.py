@@ -11,6 +11,9 @@ from marginlens.core.errors import MarginLensError
 from marginlens.core.scoring.score_tables import list_score_tables
 
 ws, dataset = page_with_dataset("Score")
+missing = score_form.explicit_note(ws, dataset)
+if missing:
+    st.info(missing)
 
 with st.form("score_form"):
     st.markdown("**Implicit margin** (log-probs under a causal LM)")
@@ -23,21 +26,39 @@ with st.form("score_form"):
     source = e1.radio("Source", score_form.EXPLICIT_SOURCES, format_func=score_form.EXPLICIT_LABELS.get)
     explicit_value = e2.text_input(
         "Columns or model", value="", help=score_form.EXPLICIT_VALUE_HELP)
-    s1, s2, s3, s4 = st.columns(4)
+    st.caption(score_form.reward_model_note(dataset))
+    r1, r2, r3 = st.columns(3)
+    rating_url = r1.text_input("LLM rating: endpoint", value="", placeholder="http://127.0.0.1:8000/v1",
+                               help="any OpenAI-compatible server; empty: api.openai.com. The model name goes in "
+                                    "'Columns or model'.")
+    rating_calls = r2.number_input("LLM rating: max calls (0: no limit)", min_value=0, value=0, step=100)
+    rating_key = r3.text_input("LLM rating: API key", type="password", value="",
+                               help="kept in this browser session and handed to the job's environment only, never "
+                                    "written to disk; empty: the server's OPENAI_API_KEY")
+    s1, s2, s3, s4, s5 = st.columns(5)
     device = s1.selectbox("Device", ("auto", "cpu", "cuda"))
+    dtype = s5.selectbox("Dtype", score_form.DTYPES, help=score_form.DTYPE_HELP)
     max_length = s2.number_input("Max length (tokens)", min_value=16, value=score_form.DEFAULT_MAX_LENGTH, step=128)
     max_prompt = s3.number_input("Max prompt length", min_value=8, value=score_form.DEFAULT_MAX_PROMPT_LENGTH,
                                  step=128)
     mode = s4.selectbox("Tokenisation", score_form.MODES,
                         help="clean: generation prompt in the prompt; reference: the paper's exact preprocessing")
+    p1, p2 = st.columns(2)
+    sample = p1.number_input("Sample (pairs; 0 = all)", min_value=0, value=0, step=100,
+                             help="score a seeded sample: the same pairs every time, and a larger sample "
+                                  "reuses the pairs already scored")
+    seed = p2.number_input("Sample seed", min_value=0, value=0, step=1)
     submitted = st.form_submit_button("Start scoring", type="primary")
 
 if submitted:
     try:
         spec = score_form.build_spec(dataset, policy, reference, source, explicit_value, device, int(max_length),
                                      int(max_prompt), mode)
+        spec = score_form.with_dtype(spec, dtype)
+        spec = score_form.with_sample(spec, int(sample), int(seed))
+        spec = score_form.with_rating(spec, rating_url, int(rating_calls))
         with st.spinner("Planning (hashing model files) ..."):
-            message = score_form.submit(ws, spec)
+            message = score_form.submit(ws, spec, api_key=rating_key or None)
     except MarginLensError as exc:
         widgets.show_error(exc)
     else:

@@ -70,19 +70,22 @@ def loaded(request, tiny_llama, tiny_gpt2):  # noqa: F811
 
 @pytest.mark.parametrize("padding_side", ["left", "right"])
 @pytest.mark.parametrize("limits", [(2048, 1800), (40, 24)], ids=["no-truncation", "truncation"])
-@pytest.mark.parametrize("max_pairs", [None, 256], ids=["cpu-one-pair-path", "padded-batch-path"])
-def test_batched_equals_naive(loaded, padding_side, limits, max_pairs):
+@pytest.mark.parametrize(("max_pairs", "packing"), [(None, False), (256, False), (None, True)],
+                         ids=["cpu-tree-path", "padded-batch-path", "packed-path"])
+def test_batched_equals_naive(loaded, padding_side, limits, max_pairs, packing):
     model, tokenizer = loaded
     tokenizer.padding_side = padding_side
     max_length, max_prompt_length = limits
     data = pairs_of_mixed_lengths(14, seed=3)
     # A small token budget forces several batches of different shapes (on the padded-batch path).
     scorer = ImplicitScorer(model, tokenizer, max_length=max_length, max_prompt_length=max_prompt_length,
-                            token_budget=300, max_pairs=max_pairs)
-    assert scorer.max_pairs == (1 if max_pairs is None else 256)  # on this CPU
+                            token_budget=300, max_pairs=max_pairs, packing=packing, tree=None if max_pairs is None else False)
+    assert scorer.max_pairs == 256  # on this CPU: tree rows, padded or packed batches
+    assert scorer.tree == (max_pairs is None and not packing)
+    assert scorer.packing == packing
     got = scorer.score([d["prompt"] for d in data], [d["chosen"] for d in data], [d["rejected"] for d in data])
-    assert len(plan_batches(scorer.tokenize([d["prompt"] for d in data], [d["chosen"] for d in data],
-                                            [d["rejected"] for d in data]), 300)) > 2
+    assert len(scorer.plan(scorer.tokenize([d["prompt"] for d in data], [d["chosen"] for d in data],
+                                           [d["rejected"] for d in data]))) > 2
     truncated = 0
     for d, g in zip(data, got, strict=True):
         p, c = naive_clean_ids(tokenizer, d["prompt"], d["chosen"])

@@ -21,9 +21,9 @@ def test_reward_model_batched_equals_one_at_a_time(tiny_reward):  # noqa: F811
     got = scorer.score([d["prompt"] for d in data], [d["chosen"] for d in data], [d["rejected"] for d in data])
     for d, g in zip(data, got, strict=True):
         for response, value in ((d["chosen"], g.chosen_reward), (d["rejected"], g.rejected_reward)):
-            # The reward model's own template, exactly as rendered: the whole conversation, no extra EOS.
+            # The reward model's own template, exactly as rendered (its trailing newline too), no extra EOS.
             text = tokenizer.apply_chat_template(d["prompt"] + [{"role": "assistant", "content": response}],
-                                                 tokenize=False).rstrip()
+                                                 tokenize=False)
             ids = torch.tensor([tokenizer(text, add_special_tokens=False)["input_ids"]])
             with torch.no_grad():
                 expected = model(input_ids=ids).logits[0, 0].item()

@@ -119,7 +119,8 @@ def test_a_new_scorer_runs_through_the_real_worker(ws, tmp_path):
     manifest = score_manifest(ws, "d", fingerprint)
     assert manifest["kind"] == "reward" and manifest["model"] == "test_length"
     assert manifest["spec"] == {"version": 1, "kind": "reward", "unit": "words", "role": "length",
-                                "dataset_fingerprint": ws.dataset_manifest("d")["fingerprint"], "truncated_pairs": 0}
+                                "dataset_fingerprint": ws.dataset_manifest("d")["fingerprint"], "truncated_pairs": 0,
+                                "dataset_pairs": 10, "scored_pairs": 10}
     assert read_json(handle.job.results_dir / fingerprint / "plan-rank0.json") == {"max_pairs": 3}  # kept for resumes
     # The readers take it like any explicit-margin table; submitting again is a cache hit.
     assert default_scorers(ws, "d")["reward"] == fingerprint

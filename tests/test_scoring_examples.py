@@ -128,6 +128,11 @@ def test_implicit_margin_of_two_token_responses():
     # One pair alone takes the unpadded path: the same numbers.
     (alone,) = scorer.score_batch(PAIRS[:1])
     assert (alone.chosen_logp, alone.rejected_logp) == pytest.approx((-2 * LOG2, -4 * LOG2), abs=1e-5)
+    # Packed (core.scoring.packing): the pairs as four documents [Q A EOS][Q B EOS][Q B EOS][Q A EOS] in one row.
+    packed = ImplicitScorer(bigram_llama(), STUB_TOKENIZER, packing=True).score_batch(PAIRS)
+    for g, e in zip(packed, expected, strict=True):
+        assert (g.chosen_ntok, g.rejected_ntok) == (2, 2)
+        assert (g.chosen_logp, g.rejected_logp) == pytest.approx((e.chosen_logp, e.rejected_logp), abs=1e-5)
 
 
 def test_logprob_scorer_compute_rows():

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import sys
 from typing import TYPE_CHECKING
 
@@ -10,10 +11,11 @@ from marginlens.core.workspace import Workspace
 
 if TYPE_CHECKING:
     from marginlens.core.jobs import Job
+    from marginlens.core.scoring.score_submit import ScoringHandle
 
 
 def register(sub: argparse._SubParsersAction, common: argparse.ArgumentParser) -> None:
-    from marginlens.core.scoring.models import DEFAULT_POLICY
+    from marginlens.core.scoring.models import DEFAULT_POLICY, DTYPES
     from marginlens.core.scoring.scorers import explicit_scorers
     from marginlens.core.scoring.tokenization import DEFAULT_MAX_LENGTH, DEFAULT_MAX_PROMPT_LENGTH, MODES
 
@@ -35,8 +37,24 @@ def register(sub: argparse._SubParsersAction, common: argparse.ArgumentParser) -
     p.add_argument("--mode", choices=MODES, default="clean",
                    help="tokenisation: clean (default) or reference (SimPO's preprocessing, to match the paper)")
     p.add_argument("--device", default="auto", help="auto, cpu, cuda or cuda:N")
+    p.add_argument("--dtype", choices=DTYPES, default="auto",
+                   help="what the models run in; auto (default): bfloat16 on CUDA and on CPUs with native bf16 "
+                        "matmul (AMX, AVX512-BF16), else float32; log-probs are summed in float32 either way")
     p.add_argument("--trust-remote-code", action="append", default=[], metavar="MODEL",
                    help="allow this one model's own code (e.g. ArmoRM); repeat per model; off by default")
+    p.add_argument("--chat-template", default=None, metavar="FILE",
+                   help="Jinja chat template replacing the policy's and reference's own (SimPO's Gemma configs "
+                        "do this); its text is part of the tables' fingerprints")
+    rating = p.add_argument_group("LLM rating (--llm-rating MODEL)")
+    rating.add_argument("--rating-url", default=None, metavar="URL",
+                        help="OpenAI-compatible endpoint, e.g. http://127.0.0.1:8000/v1 (default: api.openai.com); "
+                             "the key comes from OPENAI_API_KEY")
+    rating.add_argument("--rating-max-calls", type=int, default=None, metavar="N",
+                        help="most requests this job may send (retries count); ratings already paid for are free")
+    rating.add_argument("--rating-max-tokens", type=int, default=None, metavar="N", help="token budget of this job")
+    p.add_argument("--sample", type=int, default=None, metavar="N",
+                   help="score a seeded sample of N pairs (the same N every time; a larger N adds to them)")
+    p.add_argument("--seed", type=int, default=0, help="seed of --sample (default 0)")
     p.add_argument("--processes", type=int, default=1,
                    help="data-parallel worker processes (one per GPU) under accelerate launch")
     p.add_argument("--detach", action="store_true", help="return at once; follow later with `marginlens jobs follow JOB_ID`")
@@ -45,6 +63,7 @@ def register(sub: argparse._SubParsersAction, common: argparse.ArgumentParser) -
 
 def _spec(args: argparse.Namespace):
     from marginlens.core.errors import MarginLensError
+    from marginlens.core.scoring.chat_templates import read_chat_template
     from marginlens.core.scoring.score_spec import ScoreSpec
     from marginlens.core.scoring.scorers import explicit_scorers
 
@@ -63,28 +82,59 @@ def _spec(args: argparse.Namespace):
     return ScoreSpec(dataset=args.name, policy=policy, reference=args.reference, explicit=explicit,
                      explicit_value=value, device=args.device, max_length=args.max_length,
                      max_prompt_length=args.max_prompt_length, mode=args.mode, batch_size=batch,
-                     token_budget=args.token_budget, trust_remote_code=list(args.trust_remote_code))
+                     token_budget=args.token_budget, trust_remote_code=list(args.trust_remote_code),
+                     chat_template=read_chat_template(args.chat_template) if args.chat_template else None,
+                     scorer_options=_rating_options(args, explicit))
+
+
+def _rating_options(args: argparse.Namespace, explicit: str | None) -> dict[str, object]:
+    from marginlens.core.errors import MarginLensError
+
+    options = {"base_url": args.rating_url, "max_calls": args.rating_max_calls, "max_tokens": args.rating_max_tokens}
+    options = {k: v for k, v in options.items() if v is not None}
+    if options and explicit != "llm_rating":
+        raise MarginLensError("--rating-url and --rating-max-* go with --llm-rating MODEL")
+    return options
 
 
 def _launcher(processes: int) -> list[str] | None:
     if processes <= 1:
         return None
-    return [sys.executable, "-m", "accelerate.commands.launch", "--num_processes", str(processes)]
+    # --multi_gpu: without it accelerate starts ONE process when it sees fewer than two GPUs.
+    return [sys.executable, "-m", "accelerate.commands.launch", "--multi_gpu", "--num_processes", str(processes)]
 
 
 def cmd_score(args: argparse.Namespace) -> int:
     from marginlens.core.scoring.score_submit import submit_scoring
 
     ws = Workspace.resolve(args.workspace)
-    handle = submit_scoring(ws, _spec(args), launcher=_launcher(args.processes))
+    spec = dataclasses.replace(_spec(args), sample=args.sample, seed=args.seed)
+    spec = dataclasses.replace(spec, dtype=args.dtype)
+    handle = submit_scoring(ws, spec, launcher=_launcher(args.processes))
+    if handle.targeted is not None and handle.targeted < (handle.total or 0):
+        print(f"   sample: {handle.targeted} of {handle.total} pairs (seed {args.seed})")
+    dtypes = _dtypes(ws, handle)
     for role, fingerprint in handle.fingerprints.items():
-        print(f"{role:>9}: {fingerprint}{'  (cached)' if role in handle.cached else ''}")
+        dtype = f"  {dtypes[role]}" if role in dtypes else ""
+        print(f"{role:>9}: {fingerprint}{dtype}{'  (cached)' if role in handle.cached else ''}")
     if handle.job is None:
         return 0
     print(f"job {handle.job.id}  (log: {handle.job.log_path})")
     if args.detach:
         return 0
     return follow_job(handle.job)
+
+
+def _dtypes(ws: Workspace, handle: ScoringHandle) -> dict[str, str]:
+    """Each model role's dtype, from the job's task or, for a cached table, its manifest."""
+    from marginlens.core.scoring.score_tables import score_manifest
+
+    tasks = handle.job.spec.get("params", {}).get("tasks", []) if handle.job is not None else []
+    inputs = {t["role"]: t.get("scorer") or {} for t in tasks}
+    for role, fingerprint in handle.fingerprints.items():
+        if role not in inputs:
+            inputs[role] = (score_manifest(ws, handle.dataset, fingerprint) or {}).get("spec") or {}
+    return {role: str(found["dtype"]) for role, found in inputs.items() if found.get("dtype")}
 
 
 def follow_job(job: Job) -> int:

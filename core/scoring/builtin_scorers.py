@@ -45,11 +45,19 @@ class ModelScorer(Scorer[ConfigT]):
     @staticmethod
     def model_fields(spec: ScoringSettings, model: str) -> dict[str, Any]:
         """The config fields every model scorer shares, from the user's spec (hashes the model's files)."""
-        from marginlens.core.scoring.models import dtype_for, model_identity, resolve_device
+        from marginlens.core.scoring.models import canonical_spec, dtype_for, model_identity, resolve_device
 
-        return {"model": model, "identity": model_identity(model, model in spec.trust_remote_code),
-                "dtype": dtype_for(resolve_device(spec.device)), "max_length": spec.max_length,
+        model = canonical_spec(model)
+        return {"model": model, "identity": model_identity(model, ModelScorer.trusted(spec, model)),
+                "dtype": dtype_for(resolve_device(spec.device), spec.dtype), "max_length": spec.max_length,
                 "max_prompt_length": spec.max_prompt_length}
+
+    @staticmethod
+    def trusted(spec: ScoringSettings, model: str) -> bool:
+        """Whether the user allowed `model` to run its own code, however either side spelled the folder."""
+        from marginlens.core.scoring.models import canonical_spec
+
+        return canonical_spec(model) in {canonical_spec(m) for m in spec.trust_remote_code}
 
     def engine_options(self) -> dict[str, Any]:
         config: Any = self.config
@@ -102,6 +110,7 @@ class LogprobConfig:
     mode: str  # tokenisation: clean or reference (core.scoring.tokenization)
     max_length: int
     max_prompt_length: int
+    chat_template: str | None = None  # Jinja text replacing the tokenizer's template (--chat-template)
 
 
 @register
@@ -116,12 +125,21 @@ class LogprobScorer(ModelScorer[LogprobConfig]):
 
     @classmethod
     def configure(cls, spec: ScoringSettings, value: str) -> LogprobScorer:
-        return cls(LogprobConfig(**cls.model_fields(spec, value), mode=spec.mode))
+        return cls(LogprobConfig(**cls.model_fields(spec, value), mode=spec.mode,
+                                 chat_template=getattr(spec, "chat_template", None)))
+
+    def fingerprint_inputs(self) -> dict[str, Any]:
+        inputs = super().fingerprint_inputs()
+        if inputs["chat_template"] is None:
+            del inputs["chat_template"]  # the tokenizer's own: fingerprints from before the option stay valid
+        return inputs
 
     def load_engine(self) -> ImplicitScorer:
         from marginlens.core.scoring.models import load_causal_lm
 
         model, tokenizer, _ = load_causal_lm(self.config.model, device=self.run.device, dtype=self.config.dtype)
+        if self.config.chat_template is not None:
+            tokenizer.chat_template = self.config.chat_template
         return ImplicitScorer(model, tokenizer, mode=self.config.mode, **self.engine_options())
 
 
@@ -151,7 +169,7 @@ class RewardModelScorer(ModelScorer[RewardModelConfig]):
 
     @classmethod
     def configure(cls, spec: ScoringSettings, value: str) -> RewardModelScorer:
-        return cls(RewardModelConfig(**cls.model_fields(spec, value), trust_remote_code=value in spec.trust_remote_code))
+        return cls(RewardModelConfig(**cls.model_fields(spec, value), trust_remote_code=cls.trusted(spec, value)))
 
     @classmethod
     def from_fingerprint_inputs(cls, inputs: Mapping[str, Any], trusted: Collection[str] = ()) -> RewardModelScorer:
@@ -161,8 +179,9 @@ class RewardModelScorer(ModelScorer[RewardModelConfig]):
     def fingerprint_inputs(self) -> dict[str, Any]:
         inputs = super().fingerprint_inputs()
         del inputs["trust_remote_code"]  # in `identity` already
-        # A mode of its own: the reward model's template as rendered, no EOS appended.
-        return {**inputs, "mode": "clean-no-eos"}
+        # A mode of its own: the reward model's template exactly as rendered (trailing newline kept), no EOS
+        # appended. ("clean-no-eos" tables dropped the trailing whitespace: a sequence classifier read another token.)
+        return {**inputs, "mode": "rendered-exact"}
 
     def load_engine(self) -> RewardScorer:
         from marginlens.core.scoring.models import load_reward_model

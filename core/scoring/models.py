@@ -153,6 +153,14 @@ def resolve_model(spec: str | None) -> ModelSource:
     return ModelSource(spec, repo_id, revision or None)
 
 
+def canonical_spec(spec: str) -> str:
+    """A model spec as job specs and fingerprints store it: a local folder as its absolute path (a relative
+    one would be resolved from whichever folder a resumed worker starts in, and one folder typed two ways
+    would be scored twice), anything else as given."""
+    local = Path(spec.strip()).expanduser()
+    return str(local.resolve()) if local.is_dir() else spec.strip()
+
+
 def _file_digest(path: Path, hasher: Any) -> None:
     """Feed a weight file's identity to `hasher`: whole small files, sampled slices of big ones.
 
@@ -239,9 +247,40 @@ def resolve_device(device: str | None) -> str:
     return device
 
 
-def dtype_for(device: str) -> str:
-    """bf16 on CUDA (tensor cores, half the memory); float32 on CPU, where bf16 is slow and lossy."""
-    return "bfloat16" if device.startswith("cuda") else "float32"
+DTYPES = ("auto", "float32", "bfloat16")
+# "1" or "0" overrides what the CPU is detected to have (tests; a machine whose flags mislead).
+CPU_BF16_ENV = "MARGINLENS_CPU_BF16"
+# Flags of CPUs that multiply bf16 matrices in hardware: x86 AMX and AVX512-BF16, Arm's BF16 extension.
+# Without them oneDNN emulates bf16 and it is slower than float32 (2-3x on an AVX2 machine).
+_BF16_FLAGS = frozenset({"amx_bf16", "avx512_bf16", "bf16"})
+
+
+def cpu_has_native_bf16(cpuinfo: str | None = None) -> bool:
+    """Whether this CPU multiplies bf16 matrices natively; `cpuinfo` is /proc/cpuinfo's text (read if None)."""
+    override = os.environ.get(CPU_BF16_ENV, "").strip()
+    if override in ("0", "1"):
+        return override == "1"
+    if cpuinfo is None:
+        try:
+            cpuinfo = Path("/proc/cpuinfo").read_text()
+        except OSError:
+            return False  # not Linux: no flags to trust, and float32 is never wrong
+    for line in cpuinfo.splitlines():
+        key, _, value = line.partition(":")
+        if key.strip().lower() in ("flags", "features") and _BF16_FLAGS & set(value.split()):
+            return True
+    return False
+
+
+def dtype_for(device: str, requested: str | None = "auto") -> str:
+    """The dtype a model runs in: `requested`, or for "auto" bf16 on CUDA and on CPUs with native bf16
+    matrix units (2-3x the tokens/s, bench/scoring.py), float32 elsewhere. Log-probs are float32 either way."""
+    requested = (requested or "auto").lower()
+    if requested not in DTYPES:
+        raise MarginLensError(f"unknown dtype {requested!r} (expected one of {', '.join(DTYPES)})")
+    if requested != "auto":
+        return requested
+    return "bfloat16" if device.startswith("cuda") or cpu_has_native_bf16() else "float32"
 
 
 def _load_config(source: ModelSource, trust_remote_code: bool) -> Any:

@@ -23,6 +23,23 @@ from marginlens.core.scoring.tokenization import TokenizedPair
 # The canonical columns ingest fills (for all_rm_scores datasets: max and min of the candidates).
 DEFAULT_COLUMNS = "score_chosen,score_rejected"
 
+# The paper's reward model: an 8B Llama-3 with its own scoring head (remote code), GPU-sized.
+PAPER_REWARD_MODEL = "RLHFlow/ArmoRM-Llama3-8B-v0.1"
+
+
+def reward_model_command(dataset: str, model: str = PAPER_REWARD_MODEL, remote_code: bool = True) -> str:
+    """The command that scores `dataset` with a sequence-classification reward model on a GPU."""
+    trust = f" --trust-remote-code {model}" if remote_code else ""
+    return f"marginlens score {dataset} --policy none --reward-model {model}{trust} --device cuda"
+
+
+def reward_model_note(dataset: str) -> str:
+    """What the Score page and the README say about the real thing."""
+    return (f"The paper's explicit margins came from {PAPER_REWARD_MODEL} (8B; it runs its own code, so it needs "
+            f"--trust-remote-code). On a GPU: `{reward_model_command(dataset)}`. Any sequence-classification "
+            "reward model works the same way (its own chat template, one score per response); without a GPU, "
+            "LLM rating asks any OpenAI-compatible model instead.")
+
 
 @dataclass(frozen=True)
 class PairRewards:

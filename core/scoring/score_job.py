@@ -16,26 +16,39 @@ from __future__ import annotations
 import dataclasses
 import os
 import time
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
 from marginlens.core import jobs
 from marginlens.core.atomic import read_json, write_json
+from marginlens.core.data.pair_sample import sample_positions
 from marginlens.core.errors import MarginLensError
-from marginlens.core.scoring.score_parts import PartWriter, merge_parts, written_ids
+from marginlens.core.scoring.score_parts import (
+    PartWriter,
+    in_dataset_order,
+    merge_parts,
+    unique_by_pair_id,
+    written_ids,
+)
 from marginlens.core.scoring.score_progress import ShardProgress
 from marginlens.core.scoring.score_spec import ScoreJobParams, Task
-from marginlens.core.scoring.score_submit import save_task_table, table_current
-from marginlens.core.scoring.score_tables import score_manifest
+from marginlens.core.scoring.score_submit import save_task_table, scored_ids, table_current
+from marginlens.core.scoring.score_tables import load_score_table, score_manifest
 from marginlens.core.scoring.scorers import PairBatch, RunOptions, scored_rows
+from marginlens.core.workspace import Workspace
 
 CHUNK_PAIRS = 1024
 
 
 def _rank_device(device: str, ctx: jobs.JobContext) -> str:
-    """Under scale-out each rank takes its own GPU."""
+    """Under scale-out each rank takes its own GPU; with more ranks than GPUs, ranks share them round-robin
+    (two ranks on one GPU overlap one's host work with the other's kernels)."""
     if device.startswith("cuda") and ctx.world_size > 1:
-        return f"cuda:{int(os.environ.get('LOCAL_RANK', ctx.rank))}"
+        import torch
+
+        local = int(os.environ.get("LOCAL_RANK", ctx.rank))
+        return f"cuda:{local % max(1, torch.cuda.device_count())}"
     return device
 
 
@@ -46,26 +59,35 @@ def run(ctx: jobs.JobContext) -> dict[str, Any]:
     if ws.dataset_manifest(dataset).get("fingerprint") != params.dataset_fingerprint:
         raise MarginLensError(f"dataset {dataset!r} was re-imported after this job was submitted; submit again")
     pairs = ws.load_pairs(dataset)
-    shard = list(range(ctx.rank, len(pairs), ctx.world_size))
+    pair_ids = list(pairs["pair_id"])
+    targets = sample_positions(pair_ids, params.sample, params.seed)
+    todo = {t.fingerprint: _unscored(ws, params, t, pair_ids, targets) for t in params.tasks}
     options = params.run_options(_rank_device(params.device, ctx))
-    progress = ShardProgress(ctx, len(shard) * len(params.tasks))
+    progress = ShardProgress(ctx, sum(len(t[ctx.rank::ctx.world_size]) for t in todo.values()))
     progress.add(0)
     summary: dict[str, Any] = {"dataset": dataset, "tables": {}, "truncated": {}}
     for task in params.tasks:
         folder = ctx.results_dir / task.fingerprint
         folder.mkdir(parents=True, exist_ok=True)
-        if table_current(ws, dataset, task.fingerprint, params.dataset_fingerprint):
-            progress.add(len(shard), computed=False)
-        else:
+        shard = todo[task.fingerprint][ctx.rank::ctx.world_size]
+        if todo[task.fingerprint]:
             _score_shard(ctx, task, options, pairs, shard, folder, progress)
             write_json(folder / f"finished-rank{ctx.rank}.json", {"pairs": len(shard)})
             if ctx.is_main:
-                _merge(ctx, params, task, pairs, folder)
+                _merge(ctx, params, task, pair_ids, [pair_ids[i] for i in todo[task.fingerprint]], folder)
                 progress.add(0, computed=False)  # all ranks finished: report their final counts
         manifest = score_manifest(ws, dataset, task.fingerprint) or {}
         summary["tables"][task.role] = task.fingerprint
         summary["truncated"][task.role] = manifest.get("spec", {}).get("truncated_pairs")
     return summary
+
+
+def _unscored(ws: Workspace, params: ScoreJobParams, task: Task, pair_ids: list[str],
+              targets: Sequence[int]) -> list[int]:
+    """Positions of the targeted pairs the task's current table lacks: a larger sample after a smaller one,
+    or the whole dataset after a sample, scores only the pairs not scored yet."""
+    held = scored_ids(ws, params.dataset, task.fingerprint, params.dataset_fingerprint)
+    return [int(i) for i in targets if pair_ids[i] not in held]
 
 
 def _set_up(ctx: jobs.JobContext, task: Task, options: RunOptions, folder: Path, n_pairs: int) -> None:
@@ -75,6 +97,7 @@ def _set_up(ctx: jobs.JobContext, task: Task, options: RunOptions, folder: Path,
     # The batch plan must be the same on every resume for identical numbers: keep the first run's settings.
     plan_path = folder / f"plan-rank{ctx.rank}.json"
     settings = read_json(plan_path)
+    options = dataclasses.replace(options, workspace=str(ctx.workspace.root), state_dir=str(folder))
     scorer.setup(dataclasses.replace(options, **settings) if settings else options)
     if settings is None:
         settings = scorer.plan_settings()
@@ -103,13 +126,14 @@ def _score_shard(ctx: jobs.JobContext, task: Task, options: RunOptions, pairs: A
             ready = True
         rows = chunk.select_columns(columns).to_list()
         prepared = scorer.prepare(rows)
+        progress.planned(len(ids), scorer.n_tokens(PairBatch(ids, rows, prepared)))
         for indices in scorer.plan(prepared):
             ctx.check_cancel()
-            if all(ids[i] in written for i in indices):
-                progress.add(len(indices), computed=False)
-                continue
             batch = PairBatch.take(indices, ids, rows, prepared)
             tokens = scorer.n_tokens(batch)
+            if all(ids[i] in written for i in indices):
+                progress.add(len(indices), tokens, computed=False)
+                continue
             new = [row for row in scored_rows(scorer, batch) if row["pair_id"] not in written]
             writer.add(new)
             written.update(row["pair_id"] for row in new)
@@ -120,17 +144,26 @@ def _score_shard(ctx: jobs.JobContext, task: Task, options: RunOptions, pairs: A
         ctx.log(f"{task.role}: scored this rank's shard ({truncated} newly scored pairs truncated)")
 
 
-def _merge(ctx: jobs.JobContext, params: ScoreJobParams, task: Task, pairs: Any, folder: Path) -> None:
-    """Rank 0: wait until every rank finished this task, then join the parts into the score table."""
+def _merge(ctx: jobs.JobContext, params: ScoreJobParams, task: Task, pair_ids: list[str], todo_ids: list[str],
+           folder: Path) -> None:
+    """Rank 0: wait until every rank finished this task, then join the parts, and the pairs the current
+    table already held, into the score table."""
+    import pyarrow as pa
     import pyarrow.compute as pc
 
     while len(list(folder.glob("finished-rank*.json"))) < ctx.world_size:
         ctx.check_cancel()
         time.sleep(0.2)
-    table, missing = merge_parts(folder, task.scorer.output_schema(), pairs["pair_id"])
+    schema = task.scorer.output_schema()
+    table, missing = merge_parts(folder, schema, todo_ids)
     if missing:
         raise MarginLensError(f"{missing} pairs have no {task.role} scores after all ranks finished")
+    ws = ctx.workspace
+    if table_current(ws, params.dataset, task.fingerprint, params.dataset_fingerprint):
+        held = load_score_table(ws, params.dataset, task.fingerprint).select(schema.names).cast(schema)
+        table = in_dataset_order(unique_by_pair_id(pa.concat_tables([held, table])), pair_ids)
     n_truncated = int(pc.sum(table.column("truncated")).as_py() or 0)
-    save_task_table(ctx.workspace, params.dataset, params.dataset_fingerprint, task, table,
-                    truncated_pairs=n_truncated)
-    ctx.log(f"{task.role}: wrote score table {task.fingerprint} ({table.num_rows} pairs, {n_truncated} truncated)")
+    save_task_table(ws, params.dataset, params.dataset_fingerprint, task, table, truncated_pairs=n_truncated,
+                    scored_pairs=table.num_rows, dataset_pairs=len(pair_ids))
+    ctx.log(f"{task.role}: wrote score table {task.fingerprint} ({table.num_rows} of {len(pair_ids)} pairs, "
+            f"{n_truncated} truncated)")

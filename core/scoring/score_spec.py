@@ -16,6 +16,7 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
+from marginlens.core.data.pair_sample import DEFAULT_SEED
 from marginlens.core.errors import MarginLensError
 from marginlens.core.scoring.models import DEFAULT_POLICY
 from marginlens.core.scoring.scorers import RunOptions, Scorer, scorer_class, scorer_for_role
@@ -44,12 +45,19 @@ class ScoreSpec:
     max_length: int = DEFAULT_MAX_LENGTH
     max_prompt_length: int = DEFAULT_MAX_PROMPT_LENGTH
     mode: str = "clean"
+    dtype: str = "auto"  # auto, float32 or bfloat16 (core.scoring.models.dtype_for); in each table's fingerprint
     batch_size: int | str = "auto"  # most pairs per batch; "auto": as many as the token budget allows
     token_budget: int | None = None  # padded tokens per batch; None: chosen from the device
     trust_remote_code: list[str] = field(default_factory=list)  # model specs the user opted in for
+    sample: int | None = None  # score only this many pairs (core.data.pair_sample); None: all of them
+    seed: int = DEFAULT_SEED  # of the sample
+    chat_template: str | None = None  # Jinja text replacing the policy/reference tokenizer's template (--chat-template)
+    scorer_options: dict[str, Any] = field(default_factory=dict)  # the explicit scorer's own (LLM rating's endpoint)
 
     def __post_init__(self) -> None:
         # Checked here, not at submit: a form or a flag parser gets its one-line error before any work.
+        if self.sample is not None and self.sample < 1:
+            raise MarginLensError(f"the sample size must be at least 1 pair, got {self.sample}")
         if self.explicit is None:
             return
         cls = scorer_class(self.explicit)
@@ -127,22 +135,26 @@ class ScoreJobParams:
     batch_size: int | str
     token_budget: int | None
     trust_remote_code: tuple[str, ...]  # of the tasks' models, those the user allowed to run their own code
+    sample: int | None = None  # score only the seeded sample of this many pairs (core.data.pair_sample)
+    seed: int = DEFAULT_SEED
 
     @classmethod
     def for_tasks(cls, spec: ScoreSpec, dataset_fingerprint: str | None, tasks: list[Task]) -> ScoreJobParams:
-        from marginlens.core.scoring.models import resolve_device
+        from marginlens.core.scoring.models import canonical_spec, resolve_device
 
         models = {t.scorer.model for t in tasks}
         return cls(spec.dataset, dataset_fingerprint, tuple(tasks), resolve_device(spec.device), spec.mode,
                    spec.max_length, spec.max_prompt_length, spec.batch_size, spec.token_budget,
-                   tuple(sorted(m for m in spec.trust_remote_code if m in models)))
+                   tuple(sorted(m for m in map(canonical_spec, spec.trust_remote_code) if m in models)))
 
     def to_json(self) -> dict[str, Any]:
         return {"dataset": self.dataset, "dataset_fingerprint": self.dataset_fingerprint,
                 "tasks": [t.to_json() for t in self.tasks], "device": self.device, "mode": self.mode,
                 "max_length": self.max_length, "max_prompt_length": self.max_prompt_length,
                 "batch_size": self.batch_size, "token_budget": self.token_budget,
-                "trust_remote_code": list(self.trust_remote_code)}
+                "trust_remote_code": list(self.trust_remote_code),
+                # only when sampling, so a whole-dataset job keeps its JSON and so its job id
+                **({"sample": self.sample, "seed": self.seed} if self.sample is not None else {})}
 
     @classmethod
     def from_json(cls, data: Mapping[str, Any]) -> ScoreJobParams:
@@ -150,7 +162,7 @@ class ScoreJobParams:
         return cls(data["dataset"], data.get("dataset_fingerprint"),
                    tuple(Task.from_json(t, trusted) for t in data["tasks"]), data["device"], data["mode"],
                    data["max_length"], data["max_prompt_length"], data["batch_size"], data.get("token_budget"),
-                   trusted)
+                   trusted, sample=data.get("sample"), seed=data.get("seed", DEFAULT_SEED))
 
     def run_options(self, device: str) -> RunOptions:
         max_pairs = self.batch_size if isinstance(self.batch_size, int) else None  # None: chosen per device

@@ -8,14 +8,16 @@ numbers per row needs no job) are computed right here. The rest go to one "score
 
 from __future__ import annotations
 
+import dataclasses
 from dataclasses import dataclass
 from typing import Any
 
 from marginlens.core import jobs
+from marginlens.core.data.pair_sample import DEFAULT_SEED, sample_positions
 from marginlens.core.errors import MarginLensError
 from marginlens.core.scoring.score_parts import unique_by_pair_id
 from marginlens.core.scoring.score_spec import ScoreJobParams, ScoreSpec, Task, plan_tasks
-from marginlens.core.scoring.score_tables import save_score_table, score_manifest
+from marginlens.core.scoring.score_tables import save_score_table, score_manifest, table_dir
 from marginlens.core.scoring.scorers import PairBatch, RunOptions, scored_rows
 from marginlens.core.workspace import Workspace
 
@@ -24,6 +26,16 @@ def table_current(ws: Workspace, dataset: str, fingerprint: str, dataset_fp: str
     """A finished table under `fingerprint`, computed on the dataset's current import."""
     manifest = score_manifest(ws, dataset, fingerprint)
     return bool(manifest) and manifest.get("spec", {}).get("dataset_fingerprint") == dataset_fp
+
+
+def scored_ids(ws: Workspace, dataset: str, fingerprint: str, dataset_fp: str | None) -> set[str]:
+    """Pair ids the current table under `fingerprint` holds (a sampled scoring holds some of the pairs)."""
+    if not table_current(ws, dataset, fingerprint, dataset_fp):
+        return set()
+    import pyarrow.parquet as pq
+
+    return set(pq.read_table(table_dir(ws, dataset, fingerprint) / "scores.parquet",
+                             columns=["pair_id"]).column("pair_id").to_pylist())
 
 
 def save_task_table(ws: Workspace, dataset: str, dataset_fp: str | None, task: Task, table: Any,
@@ -43,6 +55,8 @@ class ScoringHandle:
     fingerprints: dict[str, str]
     cached: list[str]
     job: jobs.Job | None
+    targeted: int | None = None  # pairs this scoring covers: the sample's size, or the whole dataset's
+    total: int | None = None  # pairs in the dataset
 
     def progress(self) -> jobs.JobStatus:
         """The job's status (pairs done of total, rate, ETA; extra: tokens_per_s, task); done when all cached."""
@@ -58,7 +72,9 @@ def submit_scoring(ws: Workspace, spec: ScoreSpec, launcher: list[str] | None = 
     dataset_fp = manifest.get("fingerprint")
     tasks = plan_tasks(spec)
     fingerprints = {t.role: t.fingerprint for t in tasks}
-    cached = [t.role for t in tasks if table_current(ws, spec.dataset, t.fingerprint, dataset_fp)]
+    pair_ids = list(ws.load_pairs(spec.dataset)["pair_id"])
+    targets = {pair_ids[i] for i in sample_positions(pair_ids, spec.sample, spec.seed)}
+    cached = [t.role for t in tasks if _covers(ws, spec.dataset, t.fingerprint, dataset_fp, targets, len(pair_ids))]
     todo = [t for t in tasks if t.role not in cached]
     for task in [t for t in todo if t.scorer.inline]:
         _score_inline(ws, spec.dataset, dataset_fp, task)
@@ -66,9 +82,20 @@ def submit_scoring(ws: Workspace, spec: ScoreSpec, launcher: list[str] | None = 
     todo = [t for t in todo if not t.scorer.inline]
     job = None
     if todo:
-        params = ScoreJobParams.for_tasks(spec, dataset_fp, todo)
+        params = dataclasses.replace(ScoreJobParams.for_tasks(spec, dataset_fp, todo),
+                                     sample=spec.sample if spec.sample and spec.sample < len(pair_ids) else None,
+                                     seed=spec.seed if spec.sample and spec.sample < len(pair_ids) else DEFAULT_SEED)
         job = jobs.submit(ws, "score", params.to_json(), env=env, launcher=launcher)
-    return ScoringHandle(ws, spec.dataset, fingerprints, cached, job)
+    return ScoringHandle(ws, spec.dataset, fingerprints, cached, job, len(targets), len(pair_ids))
+
+
+def _covers(ws: Workspace, dataset: str, fingerprint: str, dataset_fp: str | None, targets: set[str],
+            n_pairs: int) -> bool:
+    """The current table holds every targeted pair; one row per pair, so a full-size table holds all."""
+    manifest = score_manifest(ws, dataset, fingerprint)
+    if table_current(ws, dataset, fingerprint, dataset_fp) and manifest.get("rows") == n_pairs:
+        return True
+    return targets <= scored_ids(ws, dataset, fingerprint, dataset_fp)
 
 
 def _score_inline(ws: Workspace, dataset: str, dataset_fp: str | None, task: Task) -> None:

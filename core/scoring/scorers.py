@@ -55,7 +55,7 @@ if TYPE_CHECKING:
     import pyarrow as pa
 
 SCORER_VERSION = 1  # bump when a change to the scorers changes their numbers (it is in every fingerprint)
-SCORER_MODULES = ("marginlens.core.scoring.builtin_scorers",)
+SCORER_MODULES = ("marginlens.core.scoring.builtin_scorers", "marginlens.core.scoring.llm_rating")
 PLUGINS_ENV = "MARGINLENS_SCORER_MODULES"
 
 ConfigT = TypeVar("ConfigT")
@@ -69,6 +69,7 @@ class ScoringSettings(Protocol):
     max_length: int
     max_prompt_length: int
     mode: str
+    dtype: str  # "auto", "float32" or "bfloat16": what model scorers run in
     trust_remote_code: list[str]  # model specs the user allowed to run their own code
 
 
@@ -80,6 +81,8 @@ class RunOptions:
     max_pairs: int | None = None  # most pairs per batch; None: chosen per device
     token_budget: int | None = None  # padded tokens per batch; None: chosen from the device
     dataset: str = "dataset"  # for messages about a row
+    workspace: str | None = None  # the workspace root, for caches shared between jobs (LLM ratings)
+    state_dir: str | None = None  # this task's folder in the job, for state a resume must keep (budget ledger)
 
 
 @dataclass(frozen=True)

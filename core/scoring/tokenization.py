@@ -6,12 +6,16 @@ clean (default)
     prompt   = chat template over the prompt messages *with* the generation prompt
     response = what the template adds for the assistant turn after that (content + end-of-turn,
                trailing whitespace dropped), tokenized on its own, EOS appended unless it is
-               already the last token.
+               already the last token. Reward models (append_eos=False) get exactly what the
+               template renders, trailing whitespace included: a sequence classifier reads the last
+               token, and Gemma's or ChatML's turn ends "<end_of_turn>\n" / "<|im_end|>\n".
 reference
     SimPO's preprocessing, reproduced so users can match the paper's numbers: the prompt is
     rendered *without* the generation prompt; the assistant message is rendered alone through the
     template (its header and end-of-turn count as response tokens), a leading BOS string is
-    stripped; prompt+response is tokenized jointly and split at the prompt's length, one token
+    stripped (a template that refuses a lone assistant turn, as Gemma's do, is an error naming
+    --chat-template: SimPO's Gemma config swaps the template, core.scoring.chat_templates);
+    prompt+response is tokenized jointly and split at the prompt's length, one token
     earlier when the tokenizer merged across the boundary; BOS is prepended to the prompt if
     missing and EOS appended to the response if missing.
 
@@ -116,12 +120,24 @@ class Renderer:
     def __init__(self, tokenizer: Any):
         self.tokenizer = tokenizer
         self.templated = has_chat_template(tokenizer)
+        self._accepts: dict[tuple[str, ...], bool] = {}
         if not self.templated:
             warnings.warn(
                 f"tokenizer {getattr(tokenizer, 'name_or_path', '')!r} has no chat template; using the plain "
                 "'Role: content' template (core.scoring.tokenization.PLAIN_TEMPLATE)",
                 stacklevel=3,
             )
+
+    def accepts(self, messages: Sequence[Message]) -> bool:
+        """Whether the template renders `messages` without raising (asked once per role sequence)."""
+        roles = tuple(m["role"] for m in messages)
+        if roles not in self._accepts:
+            try:
+                self.render(messages, add_generation_prompt=False)
+                self._accepts[roles] = True
+            except MarginLensError:
+                self._accepts[roles] = False
+        return self._accepts[roles]
 
     def render(self, messages: Sequence[Message], add_generation_prompt: bool) -> str:
         if not self.templated:
@@ -134,14 +150,17 @@ class Renderer:
             roles = ",".join(m["role"] for m in messages)
             raise MarginLensError(f"the chat template rejected messages with roles [{roles}]: {exc}") from None
 
-    def response_suffix(self, messages: Sequence[Message], prompt_text: str, content: str) -> str:
-        """What the template appends for an assistant turn after the generation prompt."""
+    def response_suffix(self, messages: Sequence[Message], prompt_text: str, content: str, exact: bool = False
+                        ) -> str:
+        """What the template appends for an assistant turn after the generation prompt (`exact`: trailing
+        whitespace kept)."""
         if not self.templated:
             return " " + content
         full = self.render([*messages, {"role": "assistant", "content": content}], add_generation_prompt=False)
         if full.startswith(prompt_text):
-            # Whitespace after the end-of-turn token is the next turn's business, not this response's.
-            return full[len(prompt_text):].rstrip()
+            suffix = full[len(prompt_text):]
+            # For the policy, whitespace after the end-of-turn token is the next turn's business.
+            return suffix if exact else suffix.rstrip()
         # Templates that rewrite earlier turns once an answer follows (rare): score the content alone.
         return content
 
@@ -198,18 +217,19 @@ def tokenize_pairs(
     renderer = renderer or Renderer(tokenizer)
     eos = tokenizer.eos_token_id if append_eos else None
     if mode == "clean":
-        pairs = _clean(renderer, prompts, chosen, rejected, eos)
+        pairs = _clean(renderer, prompts, chosen, rejected, eos, exact=not append_eos)
     else:
         pairs = _reference(renderer, prompts, chosen, rejected, eos)
     return [_truncate(p, max_length, max_prompt_length) for p in pairs]
 
 
-def _clean(renderer: Renderer, prompts, chosen, rejected, eos: int | None) -> list[TokenizedPair]:
+def _clean(renderer: Renderer, prompts, chosen, rejected, eos: int | None, exact: bool = False
+           ) -> list[TokenizedPair]:
     tokenizer = renderer.tokenizer
     prompt_texts = [renderer.render(m, add_generation_prompt=True) for m in prompts]
     suffixes: list[str] = []
     for messages, text, c, r in zip(prompts, prompt_texts, chosen, rejected, strict=True):
-        suffixes += [renderer.response_suffix(messages, text, c), renderer.response_suffix(messages, text, r)]
+        suffixes += [renderer.response_suffix(messages, text, c, exact), renderer.response_suffix(messages, text, r, exact)]
     prompt_ids = _ids(tokenizer, prompt_texts)
     response_ids = _ids(tokenizer, suffixes)
     return [
@@ -218,26 +238,35 @@ def _clean(renderer: Renderer, prompts, chosen, rejected, eos: int | None) -> li
     ]
 
 
-def _with_empty_system(tokenizer: Any, messages: Sequence[Message]) -> list[Message]:
+def _with_empty_system(renderer: Renderer, messages: Sequence[Message]) -> list[Message]:
     """SimPO's preprocessing (auto_insert_empty_system_msg, on by default) gives the prompt an empty system
     turn when it has none and the template mentions "system" or "<|im_start|>": templates with a default
-    system prompt (SmolLM2's, for one) then render an empty one instead."""
-    template = tokenizer.chat_template or ""
+    system prompt (SmolLM2's, for one) then render an empty one instead. A template that mentions "system"
+    only to refuse it (Gemma 2's error message) would fail there; it gets no system turn."""
+    template = renderer.tokenizer.chat_template or ""
     if messages and messages[0]["role"] != "system" and ("system" in template or "<|im_start|>" in template):
-        return [{"role": "system", "content": ""}, *messages]
+        with_system = [{"role": "system", "content": ""}, *messages]
+        if renderer.accepts(with_system):
+            return with_system
     return list(messages)
 
 
 def _reference(renderer: Renderer, prompts, chosen, rejected, eos: int | None) -> list[TokenizedPair]:
     tokenizer = renderer.tokenizer
     bos_text, bos = tokenizer.bos_token, tokenizer.bos_token_id
-    prompt_texts = [renderer.render(_with_empty_system(tokenizer, m) if renderer.templated else m,
+    prompt_texts = [renderer.render(_with_empty_system(renderer, m) if renderer.templated else m,
                                     add_generation_prompt=False) for m in prompts]
 
     def answer_text(content: str) -> str:
         if not renderer.templated:
             return " " + content
-        text = renderer.render([{"role": "assistant", "content": content}], add_generation_prompt=False)
+        try:
+            text = renderer.render([{"role": "assistant", "content": content}], add_generation_prompt=False)
+        except MarginLensError as exc:
+            raise MarginLensError(
+                f"--mode reference renders the assistant turn on its own, as SimPO does, and this tokenizer's chat "
+                f"template refuses that ({exc}). SimPO's Gemma config replaces the template: pass --chat-template "
+                "gemma-simpo, or --chat-template FILE with a template that accepts it") from None
         return text[len(bos_text):] if bos_text and text.startswith(bos_text) else text
 
     answers = [answer_text(x) for pair in zip(chosen, rejected, strict=True) for x in pair]

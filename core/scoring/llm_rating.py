@@ -1,0 +1,240 @@
+"""LLM rating as reward: every response rated on a fixed, versioned rubric (core.scoring.rating_rubric) by
+any OpenAI-compatible model, the way UltraFeedback's scores were made. The explicit margin is then
+rating(chosen) - rating(rejected), with no reward model on this machine.
+
+    marginlens score hh --policy none --llm-rating gpt-4o-mini                  # OPENAI_API_KEY from the env
+    marginlens score hh --llm-rating ./SmolLM2 --rating-url http://127.0.0.1:8000/v1 --rating-max-calls 500
+
+Asking goes through the audit's client (core.chat_client: retries with backoff, a call and token
+budget, the key only in memory). What is paid for is kept:
+  ratings  workspace/ratings/FINGERPRINT/ratings.jsonl, one fsynced line per rated response, keyed by
+           the request's hash; shared by every job, dataset and resume under the same model and rubric,
+           so a response is paid for once. Appends happen under an exclusive flock and re-read what
+           other processes wrote first, so two jobs never both pay for one response.
+  ledger   the job's results folder, requests.ledger: every request sent, so a killed and resumed job
+           keeps counting its budget from what it really spent.
+An answer with no rating on the scale is stored as invalid (its raw text kept) and never asked again;
+its reward is NaN (the pair has no explicit margin) and the table's `invalid_ratings` column counts it.
+
+The table's fingerprint holds the model, the rubric version and the answer length; the endpoint URL,
+timeout and budget change how it is asked, not what, and stay out of it (they are in the job's JSON).
+"""
+
+from __future__ import annotations
+
+import fcntl
+import hashlib
+import json
+import math
+import os
+import time
+from collections.abc import Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+from urllib.parse import urlsplit
+
+from marginlens.core.chat_client import (
+    KEY_ENV,
+    Budget,
+    BudgetExhausted,
+    Endpoint,
+    JudgeClient,
+    RequestLedger,
+    RetryPolicy,
+    public_url,
+)
+from marginlens.core.errors import MarginLensError
+from marginlens.core.scoring.rating_rubric import RUBRIC_VERSION, parse_rating, rating_messages, rubric_sha256
+from marginlens.core.scoring.scorers import (
+    SCORER_VERSION,
+    ExplicitOption,
+    PairBatch,
+    RunOptions,
+    Scorer,
+    ScoringSettings,
+    _slug,
+    register,
+)
+
+DEFAULT_PAIRS_PER_BATCH = 8  # a batch is written to the job's parts when done: keep progress visible
+OPTION_KEYS = ("base_url", "max_calls", "max_tokens", "timeout", "max_output_tokens")
+
+
+def check_base_url(base_url: str | None) -> str | None:
+    """An http(s) URL without credentials in it (the key travels in OPENAI_API_KEY, never in a URL that
+    a job's JSON would store)."""
+    if not base_url:
+        return None
+    parts = urlsplit(base_url)
+    if parts.scheme not in ("http", "https") or not parts.netloc:
+        raise MarginLensError(f"rating endpoint {base_url!r}: expected an http(s) URL such as http://127.0.0.1:8000/v1")
+    if "@" in parts.netloc or parts.query:
+        raise MarginLensError(f"rating endpoint {public_url(base_url)!r}: put the key in ${KEY_ENV}, not in the URL")
+    return base_url.rstrip("/")
+
+
+class RatingStore:
+    """Append-only ratings of one (model, rubric): exactly one stored answer per request key."""
+
+    def __init__(self, folder: str | os.PathLike):
+        self.folder = Path(folder)
+        self.path = self.folder / "ratings.jsonl"
+        self._records: dict[str, dict[str, Any]] = {}
+        self._offset = 0
+
+    def refresh(self) -> None:
+        """Read complete lines appended since the last read, by any process (a torn last line waits)."""
+        try:
+            with open(self.path, "rb") as fh:
+                fh.seek(self._offset)
+                chunk = fh.read()
+        except FileNotFoundError:
+            return
+        end = chunk.rfind(b"\n") + 1
+        for line in chunk[:end].splitlines():
+            try:
+                record = json.loads(line)
+            except ValueError:
+                continue  # a line torn by a crash; the writer after it started a fresh line
+            self._records.setdefault(record["key"], record)
+        self._offset += end
+
+    def get(self, key: str) -> dict[str, Any] | None:
+        return self._records.get(key)
+
+    def __len__(self) -> int:
+        return len(self._records)
+
+    @contextmanager
+    def locked(self) -> Iterator[None]:
+        """Exclusive across processes; re-reads the file on entry so the caller sees every stored rating."""
+        self.folder.mkdir(parents=True, exist_ok=True)
+        fd = os.open(self.folder / ".lock", os.O_RDWR | os.O_CREAT, 0o644)
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX)
+            self.refresh()
+            yield
+        finally:
+            os.close(fd)
+
+    def append(self, record: dict[str, Any]) -> None:
+        """Store one rating durably (call inside `locked`)."""
+        data = b"\n" + json.dumps(record, sort_keys=True).encode() + b"\n"  # leading newline ends a torn line
+        fd = os.open(self.path, os.O_WRONLY | os.O_CREAT | os.O_APPEND, 0o644)
+        try:
+            os.write(fd, data)
+            os.fsync(fd)
+        finally:
+            os.close(fd)
+        self._records.setdefault(record["key"], record)
+
+
+def request_key(messages: list[dict[str, str]]) -> str:
+    return hashlib.sha256(json.dumps(messages, sort_keys=True).encode()).hexdigest()
+
+
+@dataclass(frozen=True)
+class LLMRatingConfig:
+    model: str  # the rater's model name at the endpoint
+    rubric_version: str = RUBRIC_VERSION
+    max_output_tokens: int = 32
+    base_url: str | None = None  # None: the openai package's default (api.openai.com)
+    timeout: float = 60.0
+    max_calls: int | None = None  # the job's request budget (retries count)
+    max_tokens: int | None = None  # the job's token budget
+
+
+@register
+class LLMRatingScorer(Scorer[LLMRatingConfig]):
+    """r(x, y) = an LLM's rating of y on the rubric; rewards NaN where the answer had no valid rating."""
+
+    name = "llm_rating"
+    roles = ("llm_rating",)
+    table_kind = "reward"
+    config_type = LLMRatingConfig
+    option = ExplicitOption("--llm-rating", "MODEL",
+                            f"explicit margin: each response rated 1-10 by MODEL on rubric {RUBRIC_VERSION} at any "
+                            f"OpenAI-compatible endpoint (--rating-url; key from ${KEY_ENV})",
+                            "LLM rating", "the rater's model name at the endpoint")
+
+    @classmethod
+    def configure(cls, spec: ScoringSettings, value: str) -> LLMRatingScorer:
+        options = dict(getattr(spec, "scorer_options", None) or {})
+        unknown = sorted(set(options) - set(OPTION_KEYS))
+        if unknown:
+            raise MarginLensError(f"LLM rating: unknown option(s) {', '.join(unknown)} (known: {', '.join(OPTION_KEYS)})")
+        for name in ("max_calls", "max_tokens", "max_output_tokens"):
+            if options.get(name) is not None and int(options[name]) < 1:
+                raise MarginLensError(f"LLM rating: {name.replace('_', '-')} must be a positive number")
+        if not value.strip():
+            raise MarginLensError("LLM rating: give the rater's model name")
+        options["base_url"] = check_base_url(options.get("base_url"))
+        return cls(LLMRatingConfig(model=value.strip(), **{k: v for k, v in options.items() if v is not None}))
+
+    def fingerprint(self) -> str:
+        # What the numbers depend on only: the same ratings wherever and however patiently they were asked.
+        what = {"version": SCORER_VERSION, "kind": self.table_kind, "scorer": self.name, "model": self.config.model,
+                "rubric_version": self.config.rubric_version, "max_output_tokens": self.config.max_output_tokens}
+        digest = hashlib.sha256(json.dumps(what, sort_keys=True).encode()).hexdigest()[:12]
+        return f"{self.table_kind}-rating-{_slug(self.config.model)}-{digest}"
+
+    @property
+    def source(self) -> str:
+        return f"llm_rating:{self.config.model}@{self.config.rubric_version}"
+
+    @classmethod
+    def output_schema(cls) -> Any:
+        import pyarrow as pa
+        from marginlens.core.scoring.score_tables import KIND_SCHEMAS
+
+        return KIND_SCHEMAS["reward"].append(pa.field("invalid_ratings", pa.int64()))
+
+    # -- running ----------------------------------------------------------------------------------
+    def setup(self, run: RunOptions) -> None:
+        super().setup(run)
+        if not run.workspace:
+            raise MarginLensError("LLM rating needs a workspace to keep its ratings in")
+        self.store = RatingStore(Path(run.workspace) / "ratings" / self.fingerprint())
+        ledger = RequestLedger(Path(run.state_dir) / "requests.ledger") if run.state_dir else None
+        budget = Budget(self.config.max_calls, self.config.max_tokens)
+        if ledger is not None:
+            budget.spent = ledger.spent()
+        endpoint = Endpoint(self.config.model, self.config.base_url, timeout=self.config.timeout,
+                            max_output_tokens=self.config.max_output_tokens)
+        self.client = JudgeClient(endpoint, os.environ.get(KEY_ENV), budget, RetryPolicy(), ledger)
+
+    def plan(self, prepared: list[Any]) -> list[list[int]]:
+        size = self.run.max_pairs or DEFAULT_PAIRS_PER_BATCH
+        return [list(range(i, min(i + size, len(prepared)))) for i in range(0, len(prepared), size)]
+
+    def _rate(self, messages: list[dict[str, str]]) -> dict[str, Any]:
+        key = request_key(messages)
+        stored = self.store.get(key)
+        if stored is not None:
+            return stored
+        try:
+            completion = self.client.complete(messages)
+        except BudgetExhausted as exc:
+            raise MarginLensError(f"LLM rating stopped: {exc}; {len(self.store)} ratings are stored and will not be "
+                                  "asked again: submit with a larger budget to go on") from None
+        rating = None if completion.malformed else parse_rating(completion.text)
+        record = {"key": key, "rating": rating, "valid": rating is not None, "raw": completion.raw,
+                  "model": self.config.model, "rubric_version": self.config.rubric_version,
+                  "rubric_sha256": rubric_sha256(), "base_url": public_url(self.config.base_url),
+                  "prompt_tokens": completion.prompt_tokens, "completion_tokens": completion.completion_tokens,
+                  "attempts": completion.attempts, "time": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())}
+        self.store.append(record)
+        return record
+
+    def compute(self, batch: PairBatch) -> list[dict[str, Any]]:
+        out = []
+        with self.store.locked():  # another job rating the same responses waits, then finds them stored
+            for row in batch.rows:
+                chosen, rejected = (self._rate(rating_messages(row["prompt"], text))
+                                    for text in (row["chosen"], row["rejected"]))
+                value = lambda r: r["rating"] if r["valid"] else math.nan  # noqa: E731
+                out.append({"chosen_reward": value(chosen), "rejected_reward": value(rejected),
+                            "invalid_ratings": int(not chosen["valid"]) + int(not rejected["valid"])})
+        return out
