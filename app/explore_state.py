@@ -85,6 +85,3 @@ def comparison_for(ws: Workspace, dataset: str, picked: dict[str, Any], c: Explo
 def texts_for(ws: Workspace, dataset: str):
     return readers.texts(str(ws.root), dataset, ws.dataset_manifest(dataset)["fingerprint"])
 
-
-def hover_for(ws: Workspace, dataset: str, frame):
-    return readers.hover_texts(str(ws.root), dataset, ws.dataset_manifest(dataset)["fingerprint"], frame)

@@ -7,7 +7,9 @@ from typing import Any
 
 import numpy as np
 import pandas as pd
+from marginlens.app.explore_frame import frame_columns
 from marginlens.app.explore_view import ExploreView
+from marginlens.core.data.pairs import load_texts
 from marginlens.core.errors import MarginLensError
 from marginlens.core.selection.compare import CompareReport
 from marginlens.core.selection.margins import pair_texts
@@ -18,54 +20,88 @@ TABLE_LIMIT = 500
 TABLE_SORTS = ("score", "m_ex", "m_im", "abs_m_im", "rank", "source_row", "chosen_chars", "rejected_chars")
 
 
+def _sort_key(margins: pd.DataFrame, view: ExploreView, sort_by: str) -> np.ndarray:
+    """The one column the table is sorted by, as floats (NaN = missing)."""
+    if sort_by == "score":
+        return view.scores
+    if sort_by in ("m_ex", "m_im"):
+        cols = frame_columns(margins)
+        return cols.m_ex if sort_by == "m_ex" else cols.m_im
+    if sort_by == "abs_m_im":
+        return np.abs(frame_columns(margins).m_im)
+    if sort_by == "rank":
+        key = np.full(len(margins), np.inf)
+        key[view.selection.positions] = np.arange(1, view.selection.positions.size + 1)
+        return key
+    if sort_by in ("source_row", "chosen_chars", "rejected_chars"):
+        return margins[sort_by].to_numpy(np.float64)
+    raise MarginLensError(f"cannot sort by {sort_by!r} (expected one of {', '.join(TABLE_SORTS)})")
+
+
+def first_rows(key: np.ndarray, rows: np.ndarray, ascending: bool, limit: int) -> np.ndarray:
+    """The first `limit` of `rows` (ascending positions) sorted by key[rows], missing values last in
+    either direction, equal keys in row order: what a stable full sort would give, but only the rows
+    that can reach the first `limit` places are sorted (a partition finds them in O(n)).
+
+    Worked example: key [3, nan, 1, 3, 2], all rows, descending, limit 2 -> rows [0, 3] (the two 3s,
+    in row order); limit 5 -> [0, 3, 4, 2, 1].
+    """
+    values = key[rows]
+    present = ~np.isnan(values)
+    signed = np.where(present, values if ascending else -values, 0.0)
+    ok = np.flatnonzero(present)
+    if limit < ok.size:
+        cut = np.partition(signed[ok], limit - 1)[limit - 1]
+        ok = ok[signed[ok] <= cut]  # the whole tie group at the cut, so the stable order decides it
+    ok = ok[np.argsort(signed[ok], kind="stable")][:limit]
+    missing = np.flatnonzero(~present)[: max(0, limit - ok.size)]
+    return rows[np.concatenate([ok, missing])]
+
+
 def table_frame(
     margins: pd.DataFrame, view: ExploreView, mask: np.ndarray | None, sort_by: str = "score",
     ascending: bool = False, limit: int = TABLE_LIMIT,
 ) -> tuple[pd.DataFrame, int]:
     """Up to `limit` rows (previews only, cut to TABLE_CHARS) of the pairs in `mask`, sorted server-side
-    so every metric can be sorted over all matching pairs, not only over the rows shipped."""
+    so every metric can be sorted over all matching pairs, not only over the rows shipped. Strings are
+    read for the picked rows only."""
     rows = np.flatnonzero(mask) if mask is not None else np.arange(len(margins))
-    rank = np.zeros(len(margins), dtype=np.int64)
-    rank[view.selection.positions] = np.arange(1, view.selection.positions.size + 1)
-    keys = {
-        "score": view.scores, "m_ex": margins["m_ex"].to_numpy(np.float64, na_value=np.nan),
-        "m_im": margins["m_im"].to_numpy(np.float64, na_value=np.nan),
-        "abs_m_im": np.abs(margins["m_im"].to_numpy(np.float64, na_value=np.nan)),
-        "rank": np.where(rank > 0, rank, np.iinfo(np.int64).max).astype(np.float64),
-        "source_row": margins["source_row"].to_numpy(np.float64),
-        "chosen_chars": margins["chosen_chars"].to_numpy(np.float64),
-        "rejected_chars": margins["rejected_chars"].to_numpy(np.float64),
-    }
-    if sort_by not in keys:
-        raise MarginLensError(f"cannot sort by {sort_by!r} (expected one of {', '.join(TABLE_SORTS)})")
-    key = keys[sort_by][rows]
-    # missing values last in either direction; stable so equal keys keep source order
-    order = np.lexsort((np.where(np.isnan(key), 0, key if ascending else -key), np.isnan(key)))
-    picked = rows[order[:limit]]
+    picked = first_rows(_sort_key(margins, view, sort_by), rows, ascending, limit)
+    ranks = np.zeros(len(margins), dtype=np.int64)
+    ranks[view.selection.positions] = np.arange(1, view.selection.positions.size + 1)
+    rank = ranks[picked]
+    cols = frame_columns(margins)
     frame = pd.DataFrame({
-        "pair_id": margins["pair_id"].to_numpy()[picked],
+        "pair_id": margins["pair_id"].iloc[picked].to_numpy(dtype=object),
         "row": margins["source_row"].to_numpy()[picked],
-        "prompt": margins["prompt_preview"].str.slice(0, TABLE_CHARS).to_numpy()[picked],
+        "prompt": margins["prompt_preview"].iloc[picked].str.slice(0, TABLE_CHARS).to_numpy(dtype=object),
         "selected": view.selected[picked],
-        "rank": pd.Series(rank[picked], dtype="Int64").mask(rank[picked] == 0),
+        "rank": pd.Series(rank, dtype="Int64").mask(rank == 0),
         "score": view.scores[picked],
-        "m_ex": keys["m_ex"][picked],
-        "m_im": keys["m_im"][picked],
+        "m_ex": cols.m_ex[picked],
+        "m_im": cols.m_im[picked],
         "quadrant": view.quadrants[picked],
-        "flags": margins["flags"].to_numpy()[picked],
+        "flags": margins["flags"].iloc[picked].to_numpy(dtype=object),
     })
     return frame, int(rows.size)
 
 
-def pair_details(ws: Workspace, dataset: str, margins: pd.DataFrame, view: ExploreView, pair_id: str) -> dict[str, Any]:
-    """Numbers from the frame plus the full texts of one pair, read on demand from the pair table."""
-    where = np.flatnonzero(margins["pair_id"].to_numpy() == pair_id)
+def pair_details(ws: Workspace, dataset: str, margins: pd.DataFrame, view: ExploreView, pair_id: str,
+                 texts: Any = None) -> dict[str, Any]:
+    """Numbers from the frame plus the full texts of one pair, read on demand from the pair table
+    (`texts`, the memory-mapped table when the caller holds it open, else opened here)."""
+    where = np.flatnonzero((margins["pair_id"] == pair_id).to_numpy(dtype=bool))
     if where.size == 0:
         raise MarginLensError(f"pair {pair_id!r} is not in dataset {dataset!r}")
     pos = int(where[0])
     row = margins.iloc[pos]
-    texts = pair_texts(ws, dataset, [pair_id])
-    if not texts:
+    # the frame's "row" is the pair's place in the pair table: a zero-copy slice of one row, no search over
+    # every id (and no take, which would first concatenate the memory-mapped table's chunks)
+    table = load_texts(ws, dataset) if texts is None else texts
+    found = table.slice(int(row["row"]), 1).to_pylist() if "row" in margins else []
+    if not found or found[0]["pair_id"] != pair_id:  # re-imported since the frame was read: look it up
+        found = pair_texts(ws, dataset, [pair_id])
+    if not found:
         raise MarginLensError(f"pair {pair_id!r} has no row in the pair table of {dataset!r}")
     rank = np.flatnonzero(view.selection.positions == pos)
 
@@ -76,10 +112,10 @@ def pair_details(ws: Workspace, dataset: str, margins: pd.DataFrame, view: Explo
     return {
         "pair_id": pair_id,
         "source_row": int(row["source_row"]),
-        "prompt": texts[0]["prompt"],
-        "chosen": texts[0]["chosen"],
-        "rejected": texts[0]["rejected"],
-        "flags": list(texts[0]["flags"] or []),
+        "prompt": found[0]["prompt"],
+        "chosen": found[0]["chosen"],
+        "rejected": found[0]["rejected"],
+        "flags": list(found[0]["flags"] or []),
         "numbers": {
             "chosen": {"logp": num("chosen_logp"), "tokens": num("chosen_ntok"), "reward": num("chosen_reward"),
                        "score": num("score_chosen")},

@@ -4,7 +4,7 @@ Kept free of `streamlit` so the page logic is tested directly and the bench can 
 here reads the margin frame (core.selection.margins.load_margins) and never the full texts. The rest of
 Explore is split by concern: explore_brush (box / lasso selections), explore_figures (scatter,
 histograms), explore_tables (pair table, pair viewer data, overlap matrix), explore_shift (m_im before
-vs after a re-score).
+vs after a re-score), explore_frame (what is computed once per margin frame and reused by every rerun).
 """
 
 from __future__ import annotations
@@ -15,15 +15,14 @@ from typing import Any
 
 import numpy as np
 import pandas as pd
+from marginlens.app.explore_frame import frame_columns
 from marginlens.core.selection.filters import filter_mask, parse_filter
+from marginlens.core.selection.margin_sources import MarginSources, margin_sources
 from marginlens.core.selection.metrics import DEFAULT_METRIC, DEFAULT_PARAMS, get_metric, metric_names
-from marginlens.core.selection.quadrants import quadrant_labels
 from marginlens.core.selection.select import DEFAULT_RATIO, Selection, SelectionSpec, select
 
 COLOR_BY = ("score", "selection", "quadrant")
-DEFAULT_MAX_POINTS = 20_000
-# ranks by m_ex alone, so it still works before any policy has been scored
-FALLBACK_METRIC = "explicit"
+DEFAULT_MAX_POINTS = 2_000  # points drawn on top of the density view; selections apply to every pair
 
 
 @dataclass
@@ -75,31 +74,56 @@ class ExploreView:
 
 
 def compute_view(margins: pd.DataFrame, controls: ExploreControls, texts: Any = None) -> ExploreView:
-    """Selection, membership and quadrants for the controls; MarginLensError for bad controls or data."""
+    """Selection, membership and quadrants for the controls; MarginLensError for bad controls or data.
+
+    Kept for the last few control settings of each frame: a rerun that changes no selection control
+    (a box selection, a sort, an opened pair, another tab) reuses the view instead of ranking 1M pairs
+    again. Callers never mutate a view."""
+    spec = controls.spec()
+    key = ("view", spec.metric, spec.weight, spec.signed, spec.ratio, spec.seed, tuple(controls.filters),
+           spec.filter_stage, controls.im_axis, metric_names())
+    return frame_columns(margins).recent(key, lambda: _compute_view(margins, controls, texts))
+
+
+def _compute_view(margins: pd.DataFrame, controls: ExploreControls, texts: Any) -> ExploreView:
     selection = select(margins, controls.spec(), texts)
     n = len(margins)
     selected = np.zeros(n, dtype=bool)
     selected[selection.positions] = True
     candidates = np.isfinite(selection.scores)
-    m_ex = margins["m_ex"].to_numpy(np.float64, na_value=np.nan)
-    m_im = margins["m_im"].to_numpy(np.float64, na_value=np.nan)
-    if (np.isfinite(m_ex) & np.isfinite(m_im)).any():
-        quads = quadrant_labels(m_ex, m_im, im_axis=controls.im_axis)
+    quads = frame_columns(margins).quadrants(controls.im_axis)  # the same for every other control: cached
+    if quads is not None:
         labels, ex_split, im_split = quads.labels, quads.ex_split, quads.im_split
     else:
         labels, ex_split, im_split = np.full(n, "", dtype=object), None, None
-    threshold = float(selection.scores[selection.positions].min()) if selection.positions.size else None
+    threshold = float(selection.scores[selection.positions[-1]]) if selection.positions.size else None
     return ExploreView(selection, selected, candidates, labels, ex_split, im_split, threshold)
 
 
+def sources_of(margins: pd.DataFrame) -> MarginSources:
+    """Which margins the frame has and which metrics run on them (core.selection.margin_sources), once per frame."""
+    # keyed by the registry too: a metric registered later (a plug-in, a test) is offered at once
+    return frame_columns(margins).memo(("sources", metric_names()), lambda: margin_sources(margins))
+
+
+def available_metrics(margins: pd.DataFrame) -> tuple[str, ...]:
+    """The registered metrics whose margins the frame has (every one of them can rank it)."""
+    return sources_of(margins).runnable
+
+
+def margin_note(margins: pd.DataFrame) -> str | None:
+    """The plain sentences on a missing margin and what still works; None when the frame has both."""
+    return " ".join(sources_of(margins).notes) or None
+
+
 def effective_controls(margins: pd.DataFrame, controls: ExploreControls) -> tuple[ExploreControls, str | None]:
-    """Without any implicit margin (no policy scored yet) a metric that needs it cannot rank: fall back to
-    the explicit metric, and say so, rather than showing nothing."""
-    needs = get_metric(controls.metric).needs if controls.metric in metric_names() else ()
-    if "m_im" in needs and not margins["m_im"].notna().any():
-        note = "No implicit margins yet (run a policy on the Score page): ranking by the explicit metric meanwhile."
-        return dataclasses.replace(controls, metric=FALLBACK_METRIC), note
-    return controls, None
+    """The controls with a metric that can rank the frame, and margin_note's sentences (None with both
+    margins): a metric needing a margin the frame lacks falls back to the first that runs (explicit,
+    implicit or random, in registry order), never to an error."""
+    runnable, note = available_metrics(margins), margin_note(margins)
+    if controls.metric in runnable or controls.metric not in metric_names():
+        return controls, note  # an unknown name fails in spec(), with the choices
+    return dataclasses.replace(controls, metric=runnable[0]), note
 
 
 def needs_texts(controls: ExploreControls) -> bool:

@@ -6,11 +6,10 @@ from typing import Any
 
 import pandas as pd
 import streamlit as st
-from marginlens.app import explore_figures
 from marginlens.core.data.pairs import load_texts, prompt_text
 from marginlens.core.scoring.score_tables import score_manifest
 from marginlens.core.selection.compare import CompareReport, compare_metrics
-from marginlens.core.selection.margins import load_margins
+from marginlens.core.selection.margins import has_dataset_scores, load_margins
 from marginlens.core.selection.metrics import MetricParams
 from marginlens.core.workspace import Workspace
 
@@ -42,6 +41,12 @@ def preview(root: str, name: str, fingerprint: str, offset: int = 0, limit: int 
 @st.cache_data(max_entries=32, show_spinner=False)
 def _rows(root: str, name: str, fingerprint: str) -> int:
     return Workspace(root).load_pairs(name).num_rows
+
+
+@st.cache_data(max_entries=32, show_spinner=False)
+def has_scores(root: str, name: str, fingerprint: str) -> bool:
+    """Whether the dataset carries explicit scores of its own (read once per dataset version)."""
+    return has_dataset_scores(Workspace(root), name)
 
 
 @st.cache_data(max_entries=8, show_spinner=False)
@@ -90,8 +95,3 @@ def comparison(root: str, dataset: str, fingerprint: str, policy: str | None, re
     return compare_metrics(frame, ratio=ratio, params=MetricParams(weight, signed, seed), im_axis=im_axis,
                            suspects=25)
 
-
-@st.cache_resource(max_entries=8, show_spinner=False)
-def hover_texts(root: str, dataset: str, fingerprint: str, _frame: pd.DataFrame):
-    """Escaped first prompt lines for the scatter's hover labels, once per dataset version."""
-    return explore_figures.hover_texts(_frame["prompt_preview"])

@@ -7,7 +7,7 @@ from typing import Any
 
 import pandas as pd
 import streamlit as st
-from marginlens.app import explore_state
+from marginlens.app import explore_state, readers
 from marginlens.app.explore_view import COLOR_BY, ExploreControls
 from marginlens.core.scoring.score_tables import list_score_tables
 from marginlens.core.selection.filters import parse_filter
@@ -42,6 +42,8 @@ def scorer_picker(ws: Workspace, dataset: str, compare: bool = False) -> dict[st
     logprob = [m["fingerprint"] for m in list_score_tables(ws, dataset, "logprob")]
     reward = [m["fingerprint"] for m in list_score_tables(ws, dataset, "reward")]
     models = {m["fingerprint"]: m.get("model", "") for m in list_score_tables(ws, dataset)}
+    own = ("dataset scores" if readers.has_scores(str(ws.root), dataset, ws.dataset_manifest(dataset)["fingerprint"])
+           else "none (the dataset has no scores)")
 
     def label(fp: str | None) -> str:
         return "none" if fp is None else f"{models.get(fp, '?')} · {fp[:12]}"
@@ -61,7 +63,7 @@ def scorer_picker(ws: Workspace, dataset: str, compare: bool = False) -> dict[st
         picked["reward"] = cols[2].selectbox(
             "Reward table (explicit margin)", rw_options,
             index=rw_options.index(picked["reward"]) if picked["reward"] in rw_options else 0,
-            format_func=lambda fp: "dataset scores" if fp is None else label(fp), key="_scorer_reward")
+            format_func=lambda fp: (own if fp is None else label(fp)), key="_scorer_reward")
         picked["beta"] = cols[3].number_input("DPO beta", min_value=0.0, value=float(picked.get("beta") or DEFAULT_BETA),
                                               step=0.01, format="%.3f", key="_scorer_beta",
                                               disabled=picked["reference"] is None)
@@ -73,17 +75,17 @@ def scorer_picker(ws: Workspace, dataset: str, compare: bool = False) -> dict[st
                 format_func=label, key="_scorer_compare",
                 help="e.g. the table written by 'Re-score with the trained model' on the Train page; "
                      "the comparison shows on the Before / after tab")
-        if not logprob:
-            st.info("No policy score table yet: score the dataset on the Score page to get m_im.")
     explore_state.set_scorers(picked)
     return picked
 
 
-def selection_controls(current: ExploreControls, container: Any = None) -> ExploreControls:
-    """Metric, weight, ratio, signed, filters, colouring. Widget keys start with "_" (page-local)."""
+def selection_controls(current: ExploreControls, container: Any = None,
+                       metrics: tuple[str, ...] | None = None) -> ExploreControls:
+    """Metric, weight, ratio, signed, filters, colouring. Widget keys start with "_" (page-local).
+    `metrics`: the metrics offered (default: every registered one), e.g. those the dataset's margins allow."""
     box = container or st.sidebar
     c = ExploreControls.from_dict(current.to_dict())
-    names = metric_names()
+    names = tuple(metrics) if metrics else metric_names()
     c.metric = box.selectbox("Metric", names, index=names.index(c.metric) if c.metric in names else 0,
                              format_func=lambda name: get_metric(name).label or name, key="_ctl_metric",
                              help="\n\n".join(f"**{name}**: {md_escape(get_metric(name).description)}" for name in names))

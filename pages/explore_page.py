@@ -4,15 +4,21 @@ from __future__ import annotations
 
 import time
 
-import numpy as np
 import pandas as pd
 import streamlit as st
 from marginlens.app import explore_state, widgets
 from marginlens.app.explore_brush import brush_from_event, brush_key, brush_mask, describe_brush
 from marginlens.app.explore_figures import histogram_figure, histogram_marks, scatter_figure
+from marginlens.app.explore_frame import frame_columns
 from marginlens.app.explore_shift import margin_shift, shift_figure
 from marginlens.app.explore_tables import TABLE_SORTS, overlap_matrix, pair_details, table_frame
-from marginlens.app.explore_view import compute_view, effective_controls, filtered_mask, needs_texts
+from marginlens.app.explore_view import (
+    available_metrics,
+    compute_view,
+    effective_controls,
+    filtered_mask,
+    needs_texts,
+)
 from marginlens.app.state import page_with_dataset
 from marginlens.core.errors import MarginLensError
 
@@ -27,11 +33,12 @@ except MarginLensError as exc:
 
 with st.sidebar:
     st.subheader("Selection")
-    controls = widgets.selection_controls(explore_state.controls())
+    controls = widgets.selection_controls(explore_state.controls(), metrics=available_metrics(margins))
 explore_state.set_controls(controls)
-controls, fallback = effective_controls(margins, controls)
-if fallback:
-    st.info(fallback)
+controls, margin_note = effective_controls(margins, controls)
+if margin_note:  # the one place that says which margin is missing and what still works
+    st.info(margin_note)
+columns = frame_columns(margins)
 
 try:
     texts = explore_state.texts_for(ws, dataset) if needs_texts(controls) else None
@@ -49,22 +56,22 @@ c2.metric("Candidates", f"{counts['candidates']:,}", help="have the margins the 
 c3.metric("Selected (top-k)", f"{counts['selected']:,}")
 c4.metric("Missing margins", f"{counts['missing_margins']:,}")
 c5.metric("m_im < 0", f"{int((margins['m_im'] < 0).sum()):,}", help="the policy prefers the rejected response")
-st.caption(f"m_ex from `{attrs.get('m_ex_source')}` · m_im form `{attrs.get('m_im_form') or 'none'}`"
+st.caption((f"m_ex from `{attrs.get('m_ex_source')}`" if columns.has_explicit else "no explicit margin")
+           + f" · m_im form `{attrs.get('m_im_form') or 'none'}`"
            + (f" (beta {attrs.get('beta')})" if attrs.get("beta") else ""))
 for warning in view.selection.warnings:
     st.warning(widgets.md_escape(warning))
 
 # ---- scatter + brush ------------------------------------------------------------------------------
 brush = explore_state.brush(dataset)
-has_both = np.isfinite(margins["m_ex"].to_numpy(np.float64, na_value=np.nan)) & np.isfinite(
-    margins["m_im"].to_numpy(np.float64, na_value=np.nan))
+has_both = columns.both
 if has_both.any():
     generation = st.session_state.get("_scatter_generation", 0)
     chart_key = f"_scatter_{generation}"
     returning = chart_key not in st.session_state  # page (re-)entered: the chart has no selection of its own
     # Ring the brushed points only for a brush the chart does not show itself (made on an earlier visit).
     rings = brush_mask(margins, brush) if brush and returning else None
-    figure, drawn = scatter_figure(margins, view, controls, rings, explore_state.hover_for(ws, dataset, margins))
+    figure, drawn = scatter_figure(margins, view, controls, rings)
     event = st.plotly_chart(figure, key=chart_key, on_select="rerun", selection_mode=("box", "lasso"),
                             width="stretch", config={"displaylogo": False})
     from_event = brush_from_event(event.selection if event else None)
@@ -77,7 +84,8 @@ if has_both.any():
         explore_state.set_brush(dataset, brush)
     inside = brush_mask(margins, brush)
     note = f"drawing {drawn:,} of {int(has_both.sum()):,} pairs" + (
-        " (a fixed sample; selections apply to all pairs)" if drawn < has_both.sum() else "")
+        " over a density view of all of them (a fixed sample; selections apply to all pairs)"
+        if drawn < has_both.sum() else "")
     left, right = st.columns([4, 1])
     left.caption(note + " · drag a box or lasso to filter the table; quadrant lines at the medians")
     if brush and right.button("Clear scatter selection", key="_clear_brush"):
@@ -87,8 +95,9 @@ if has_both.any():
         st.rerun()
 else:
     inside = None
-    st.info("The scatter needs both margins: score the dataset with a policy (Score page) and make sure it has "
-            "explicit scores or a reward table.")
+    if not margin_note:  # both margins exist, but on different pairs
+        st.info("No pair has both margins yet, so there is no scatter: score the same pairs with the policy and "
+                "the reward model.")
 
 # ---- table + pair viewer ---------------------------------------------------------------------------
 mask = shown & inside if inside is not None else shown
@@ -114,7 +123,7 @@ def show_pair(pair_id: str | None) -> None:
         st.info("No pair matches the current filters.")
         return
     try:
-        widgets.pair_viewer(pair_details(ws, dataset, margins, view, pair_id))
+        widgets.pair_viewer(pair_details(ws, dataset, margins, view, pair_id, explore_state.texts_for(ws, dataset)))
     except MarginLensError as exc:
         widgets.show_error(exc)
         explore_state.set_open_pair(dataset, None)
@@ -122,18 +131,17 @@ def show_pair(pair_id: str | None) -> None:
 
 def histograms() -> None:
     marks = histogram_marks(margins, view, controls)
-    h1, h2, h3 = st.columns(3)
-    h1.plotly_chart(histogram_figure(margins["m_ex"].to_numpy(np.float64, na_value=np.nan), view.selected,
-                                     "m_ex (explicit)", marks["m_ex"]), width="stretch", key="_hist_ex")
-    h2.plotly_chart(histogram_figure(margins["m_im"].to_numpy(np.float64, na_value=np.nan), view.selected,
-                                     "m_im (implicit, signed)", marks["m_im"]), width="stretch", key="_hist_im")
-    h3.plotly_chart(histogram_figure(view.scores, view.selected, f"{controls.metric} score", marks["score"]),
-                    width="stretch", key="_hist_score")
+    # only the margins the dataset has: no empty histogram next to the note on the missing one
+    panels = [(columns.m_ex, "m_ex (explicit)", "m_ex", "_hist_ex")] if columns.has_explicit else []
+    panels += [(columns.m_im, "m_im (implicit, signed)", "m_im", "_hist_im")] if columns.has_implicit else []
+    panels.append((view.scores, f"{controls.metric} score", "score", "_hist_score"))
+    for col, (values, title, mark, key) in zip(st.columns(len(panels)), panels, strict=True):
+        col.plotly_chart(histogram_figure(values, view.selected, title, marks[mark]), width="stretch", key=key)
 
 
 def contradictions() -> None:
     if not has_both.any():
-        st.info("Contradictions need both margins.")
+        st.info("Contradictions compare metrics on the pairs that have both margins; this dataset has none yet.")
         return
     report = explore_state.comparison_for(ws, dataset, picked, controls)
     quads = report.quadrants

@@ -162,13 +162,35 @@ def test_table_sorts_over_all_pairs_and_truncates(margins):
     assert ranked["rank"].tolist() == [1, 2, 3]
 
 
+def test_first_rows_worked_example():
+    from marginlens.app.explore_tables import first_rows
+
+    key, rows = np.array([3, np.nan, 1, 3, 2]), np.arange(5)
+    assert first_rows(key, rows, ascending=False, limit=2).tolist() == [0, 3]
+    assert first_rows(key, rows, ascending=False, limit=5).tolist() == [0, 3, 4, 2, 1]
+    rng = np.random.default_rng(0)
+    for _ in range(200):  # equal to a stable full sort, missing values last, whatever the limit
+        key = rng.integers(0, 6, 40).astype(float)
+        key[rng.random(40) < 0.2] = np.nan
+        rows = np.flatnonzero(rng.random(40) < 0.7)
+        ascending, limit = bool(rng.integers(0, 2)), int(rng.integers(1, 45))
+        k = key[rows]
+        full = rows[np.lexsort((np.where(np.isnan(k), 0, k if ascending else -k), np.isnan(k)))]
+        assert first_rows(key, rows, ascending, limit).tolist() == full[:limit].tolist()
+
+
 def test_scatter_samples_large_sets_and_escapes_hover(margins):
     view = compute_view(margins, ExploreControls())
     fig, drawn = scatter_figure(margins, view, ExploreControls(max_points=50))
-    assert drawn == 50 and len(fig["data"][0]["x"]) == 50
+    density, points = fig["data"]
+    assert drawn == 50 and points["type"] == "scattergl" and len(points["x"]) == 50
+    # above max_points every pair is still on the chart, binned: the density cells count all N
+    assert density["type"] == "heatmap" and np.nansum(10 ** density["z"]) == pytest.approx(N)
     again, _ = scatter_figure(margins, view, ExploreControls(max_points=50))
-    assert list(fig["data"][0]["customdata"][:, 0]) == list(again["data"][0]["customdata"][:, 0])  # stable
+    assert list(points["customdata"][:, 0]) == list(again["data"][1]["customdata"][:, 0])  # stable
+    assert set(points["customdata"][:, 0]) <= set(margins["pair_id"])
     by_selection, _ = scatter_figure(margins, view, ExploreControls(color_by="selection"))
+    assert [t["type"] for t in by_selection["data"]] == ["scattergl", "scattergl"]  # all drawn: no density
     assert sum(len(t["x"]) for t in by_selection["data"]) == N
     assert len(by_selection["data"][1]["x"]) == view.selection.k
     hover = hover_texts(margins["prompt_preview"])
@@ -195,8 +217,7 @@ def test_dataset_without_policy_scores_falls_back_to_explicit(tmp_path):
     at = app_test("explore_page.py", ws)
     at.run()
     no_errors(at)
-    assert any("No implicit margins yet" in i.value for i in at.info)
-    assert any("The scatter needs both margins" in i.value for i in at.info)
+    assert len(at.info) == 1 and "No implicit margin yet" in at.info[0].value  # said once
     assert metrics(at)["Selected (top-k)"] == "12"
     table = at.dataframe[0].value
     assert table["m_ex"].iloc[0] == pytest.approx(table["m_ex"].max())
@@ -239,3 +260,75 @@ def test_before_after_tab_compares_two_policy_tables(tmp_path):
                                        load_margins(ws, DATASET, policy_fp="logprob-after")))
     assert len(figure["data"][1]["x"]) == int(m["Flipped to chosen"]) + int(m["Flipped to rejected"])
     assert sum(len(t["x"]) for t in figure["data"]) == 31
+
+
+def unscored_workspace(tmp_path, policy: bool):
+    """HH-RLHF-like pairs without explicit scores of their own, scored by a policy only when `policy`."""
+    from helpers_app import records, write_policy
+    from marginlens.core.data.ingest import import_dataset
+    from marginlens.core.workspace import Workspace
+
+    ws = Workspace(tmp_path / "workspace")
+    rows = [{k: v for k, v in r.items() if not k.startswith("score_")} for r in records(30)]
+    source = tmp_path / "hh.jsonl"
+    source.write_text("".join(json.dumps(r) + "\n" for r in rows), encoding="utf-8")
+    import_dataset(source, "hh", ws)
+    if policy:
+        write_policy(ws, "hh")
+    return ws
+
+
+def test_dataset_with_only_implicit_margins_opens_on_what_works(tmp_path):
+    ws = unscored_workspace(tmp_path, policy=True)
+    at = app_test("explore_page.py", ws)
+    at.session_state["_explore_tab"] = "Histograms"
+    at.run()
+    no_errors(at)
+    assert len(at.info) == 1 and at.info[0].value.startswith("No explicit margin")
+    assert "the implicit and random metrics can" in at.info[0].value
+    assert "exactly like the implicit metric" in at.info[0].value
+    assert at.selectbox(key="_ctl_metric").options == ["implicit: -z(|m_im|)", "random (seeded)"]
+    assert at.session_state["explore_controls"]["metric"] == "implicit"
+    assert metrics(at)["Selected (top-k)"] == "12" and metrics(at)["Missing margins"] == "0"
+    reward = at.selectbox(key="_scorer_reward")
+    assert reward.options == ["none (the dataset has no scores)"]
+    assert not any("dataset scores" in c.value or "m_ex from" in c.value for c in at.caption)
+    assert any(c.value.startswith("no explicit margin") for c in at.caption)
+    charts = [json.loads(c.proto.spec) for c in at.get("plotly_chart")]
+    titles = [c["layout"]["title"]["text"] for c in charts]
+    assert titles == ["m_im (implicit, signed)", "implicit score"]  # no empty m_ex histogram, no scatter
+    table = at.dataframe[0].value
+    assert table["m_im"].abs().iloc[0] == pytest.approx(table["m_im"].abs().min())  # smallest |m_im| first
+    at.selectbox(key="_ctl_metric").set_value("random").run()
+    no_errors(at)
+    assert at.session_state["explore_controls"]["metric"] == "random" and len(at.info) == 1
+
+
+def test_map_with_a_constant_explicit_margin_ranks_like_implicit(tmp_path):
+    # what the note on a dataset without m_ex promises: z of a constant is 0, so M_AP = -w z(|m_im|)
+    ws = unscored_workspace(tmp_path, policy=True)
+    frame = load_margins(ws, "hh", policy_fp=POLICY_FP)
+    constant = frame.assign(m_ex=1.0)
+    for weight in (1.0, 2.5):
+        by_map = compute_view(constant, ExploreControls(metric="map", weight=weight)).selection
+        by_implicit = compute_view(frame, ExploreControls(metric="implicit")).selection
+        assert by_map.positions.tolist() == by_implicit.positions.tolist()
+        assert any("constant" in w for w in by_map.warnings)
+
+
+def test_dataset_without_any_margin_ranks_at_random_without_errors(tmp_path):
+    ws = unscored_workspace(tmp_path, policy=False)
+    at = app_test("explore_page.py", ws)
+    at.session_state["_explore_tab"] = "Contradictions"
+    at.run()
+    no_errors(at)
+    assert len(at.info) == 2 and at.info[0].value.startswith("No explicit margin")
+    assert "No implicit margin yet" in at.info[0].value  # one box says what is missing
+    assert "have both margins" in at.info[1].value  # the tab's own line, consistent with the note
+    assert at.selectbox(key="_ctl_metric").options == ["random (seeded)"]
+    assert metrics(at)["Selected (top-k)"] == "12"
+    assert not at.get("plotly_chart")
+    at.session_state["_explore_tab"] = "Histograms"
+    at.run()
+    no_errors(at)
+    assert [json.loads(c.proto.spec)["layout"]["title"]["text"] for c in at.get("plotly_chart")] == ["random score"]

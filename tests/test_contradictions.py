@@ -71,3 +71,24 @@ def test_compare_metrics_report():
     assert len(report.overlap) == 6 and len(report.correlations) == 6
     explicit_vs_map = next(r for r in report.correlations if {r["metric_a"], r["metric_b"]} == {"map", "explicit"})
     assert explicit_vs_map["spearman"] > 0.3  # M_AP contains z(m_ex)
+
+
+def test_ranks_worked_example_and_correlations_with_ties_match_scipy():
+    from marginlens.core.selection.compare import _ranks
+
+    ranks = _ranks(np.array([0.5, 0.2, 0.5, 0.9]))
+    assert ranks.average.tolist() == [2.5, 1.0, 2.5, 4.0] and ranks.dense.tolist() == [2, 1, 2, 3]
+    rng = np.random.default_rng(2)
+    a = np.round(rng.normal(size=3000), 1)  # many ties: the 16-bit radix path
+    b = np.round(a + rng.normal(size=3000), 2)
+    c = rng.normal(size=3000)  # no ties
+    rows = {(r["metric_a"], r["metric_b"]): r for r in rank_correlations({"a": a, "b": b, "c": c})}
+    for x, y, name in ((a, b, ("a", "b")), (a, c, ("a", "c")), (b, c, ("b", "c"))):
+        assert rows[name]["spearman"] == pytest.approx(stats.spearmanr(x, y).statistic, abs=1e-12)
+        assert rows[name]["kendall"] == pytest.approx(stats.kendalltau(x, y).statistic, abs=1e-12)
+    finite = a.copy()
+    finite[::7] = np.nan  # ranked per pair over the rows finite in both
+    row = rank_correlations({"f": finite, "b": b})[0]
+    ok = np.isfinite(finite)
+    assert row["n"] == ok.sum()
+    assert row["kendall"] == pytest.approx(stats.kendalltau(finite[ok], b[ok]).statistic, abs=1e-12)

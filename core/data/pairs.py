@@ -86,5 +86,11 @@ def make_row(
 
 
 def load_texts(ws: Workspace, dataset: str) -> pa.Table:
-    """The canonical pair table (memory-mapped Arrow, SCHEMA) of a dataset."""
-    return ws.load_pairs(dataset).data.table
+    """The canonical pair table (memory-mapped Arrow, SCHEMA) of a dataset.
+
+    Read with pyarrow alone: the file is the Arrow stream `datasets` writes, and mapping it directly
+    is the same zero-copy table (Workspace.load_pairs(...).data.table) without importing `datasets`
+    (seconds, on a page's first render) or its per-call bookkeeping.
+    """
+    # not closed here: the table's buffers live in the mapping (as with `datasets`, the map goes with them)
+    return pa.ipc.open_stream(pa.memory_map(str(ws.pairs_path(dataset)), "r")).read_all()

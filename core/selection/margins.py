@@ -12,6 +12,7 @@
                  reference_fp the DPO form beta * ((pol_c - ref_c) - (pol_r - ref_r)) on summed
                  log-probs; NaN where the pair is not scored (yet)
   truncated      any score table truncated this pair
+  scored         every score table joined holds this pair (a sampled scoring holds some); True when none is
   flagged, flags ingest warnings (bool, and joined with "; "); not the noisy-pair flags an audit sets
                  (core.data.flags: audits/DATASET/flags.json, applied by exports, shown on the Audit page)
   prompt_preview first characters of the last user turn; prompt_chars, chosen_chars, rejected_chars
@@ -21,6 +22,7 @@ the memory-mapped pair table for text search. `frame.attrs` records where every 
 
 from __future__ import annotations
 
+import hashlib
 from collections.abc import Sequence
 from typing import Any
 
@@ -80,6 +82,10 @@ def _prompt_stats(column: pa.ChunkedArray | pa.Array, preview_chars: int) -> tup
     roles = pc.struct_field(flat, "role")
     contents = pc.fill_null(pc.struct_field(flat, "content"), "")
     lengths = pc.utf8_length(contents).to_numpy(zero_copy_only=False)
+    # cut before gathering, so only the previews' characters are copied
+    short = pc.utf8_slice_codeunits(contents, 0, preview_chars)
+    if len(flat) == n and (parents == np.arange(n)).all():  # one message per prompt: nothing to gather
+        return short, lengths.astype(np.int64)
     total = np.bincount(parents, weights=lengths, minlength=n).astype(np.int64)
 
     def last_per_parent(positions: np.ndarray, out: np.ndarray) -> None:
@@ -92,29 +98,42 @@ def _prompt_stats(column: pa.ChunkedArray | pa.Array, preview_chars: int) -> tup
     last_per_parent(np.arange(len(flat)), pick)
     is_user = pc.fill_null(pc.equal(roles, "user"), False).to_numpy(zero_copy_only=False)
     last_per_parent(np.flatnonzero(is_user), pick)
-    taken = contents.take(pa.array(np.where(pick < 0, 0, pick))) if len(flat) else pa.array([""] * n)
-    preview = pc.utf8_slice_codeunits(taken, 0, preview_chars)
+    preview = short.take(pa.array(np.where(pick < 0, 0, pick))) if len(flat) else pa.array([""] * n)
     preview = pc.if_else(pa.array(pick >= 0), preview, "")
     return preview, total
 
 
-def _joined(frame_ids: pd.Index, table: pa.Table, columns: list[str]) -> tuple[dict[str, np.ndarray], int]:
-    """Columns of a score table aligned to the frame's pair ids (NaN where absent) and the hit count."""
-    ids = table.column("pair_id").to_pandas()
-    first = ~ids.duplicated().to_numpy()
-    index = pd.Index(ids[first])
-    where = index.get_indexer(frame_ids)
+def _joined(frame_ids: pa.Array, table: pa.Table, columns: list[str]) -> tuple[dict[str, np.ndarray], int]:
+    """Columns of a score table aligned to the frame's pair ids (NaN where absent) and the hit count.
+
+    A table written in pair-table order (what a scoring job writes) is aligned as is; otherwise
+    Arrow's hash lookup maps every frame id to the table's first row with that id, in C (a pandas
+    index over a million string ids costs about a second).
+    """
+    ids = table.column("pair_id").combine_chunks()
+    if ids.type != frame_ids.type:
+        ids = ids.cast(frame_ids.type)
+    aligned = ids.equals(frame_ids)
+    if aligned:
+        where = np.arange(len(frame_ids), dtype=np.int64)
+    else:
+        where = pc.fill_null(pc.index_in(frame_ids, value_set=ids), -1).to_numpy(zero_copy_only=False)
     hit = where >= 0
+    take = where[hit]
     out = {}
     for name in columns:
-        values = table.column(name).to_numpy(zero_copy_only=False)[first].astype(np.float64)
+        values = table.column(name).to_numpy(zero_copy_only=False).astype(np.float64)
+        if aligned:
+            out[name] = values
+            continue
         col = np.full(len(frame_ids), np.nan)
-        col[hit] = values[where[hit]]
+        col[hit] = values[take]
         out[name] = col
     out["truncated"] = np.zeros(len(frame_ids), dtype=bool)
+    out["hit"] = hit
     if "truncated" in table.column_names:
-        trunc = pc.fill_null(table.column("truncated"), False).to_numpy(zero_copy_only=False)[first]
-        out["truncated"][hit] = trunc[where[hit]]
+        trunc = pc.fill_null(table.column("truncated"), False).to_numpy(zero_copy_only=False)
+        out["truncated"][hit] = trunc[take]
     return out, int(hit.sum())
 
 
@@ -131,6 +150,28 @@ def _score_table(ws: Workspace, dataset: str, fingerprint: str, kind: str, role:
             f"but the {role} needs a {kind} table"
         )
     return load_score_table(ws, dataset, fingerprint)
+
+
+TOKENISATION_KEYS = ("mode", "max_length", "max_prompt_length", "chat_template")
+
+
+def check_same_tokenisation(ws: Workspace, dataset: str, policy_fp: str, reference_fp: str) -> None:
+    """The DPO form subtracts the reference's log-probs from the policy's response by response: both tables
+    must have cut and templated the same tokens, or the difference measures the tokenisation."""
+    specs = [(score_manifest(ws, dataset, fp) or {}).get("spec", {}) for fp in (policy_fp, reference_fp)]
+    differ = [k for k in TOKENISATION_KEYS if specs[0].get(k) != specs[1].get(k)]
+    if differ:
+        def show(spec: dict[str, Any], key: str) -> str:
+            value = spec.get(key)
+            if key == "chat_template":
+                return "own template" if value is None else f"template {hashlib.sha256(value.encode()).hexdigest()[:8]}"
+            return f"{key} {value}"
+
+        what = "; ".join(f"policy {show(specs[0], k)}, reference {show(specs[1], k)}" for k in differ)
+        raise MarginLensError(
+            f"dataset {dataset!r}: the policy table {policy_fp} and the reference table {reference_fp} were tokenised "
+            f"differently ({what}); the DPO-form margin needs both scored with the same --mode, max lengths and "
+            "--chat-template: score the reference again with the policy's settings")
 
 
 def load_margins(
@@ -150,10 +191,13 @@ def load_margins(
     n = table.num_rows
     preview, prompt_chars = _prompt_stats(table.column("prompt"), preview_chars)
     flags = table.column("flags")
+    # one contiguous array, not the memory-mapped table's many record batches: taking a few rows of a
+    # chunked string column first concatenates every chunk, a copy of the whole column per rerun
+    ids = table.column("pair_id").combine_chunks()
     frame = pd.DataFrame(
         {
             "row": np.arange(n, dtype=np.int64),
-            "pair_id": table.column("pair_id").to_pandas(),
+            "pair_id": ids.to_pandas(),
             "source_row": table.column("source_row").to_numpy(),
             "score_chosen": table.column("score_chosen").to_numpy(zero_copy_only=False).astype(np.float64),
             "score_rejected": table.column("score_rejected").to_numpy(zero_copy_only=False).astype(np.float64),
@@ -161,8 +205,8 @@ def load_margins(
     )
     frame["m_ex"] = frame["score_chosen"] - frame["score_rejected"]
     m_ex_source = "dataset:score_chosen-score_rejected"
-    ids = pd.Index(frame["pair_id"])
     truncated = np.zeros(n, dtype=bool)
+    scored = np.ones(n, dtype=bool)
     coverage: dict[str, int] = {}
 
     if reward_fp:
@@ -171,6 +215,7 @@ def load_margins(
         frame["chosen_reward"], frame["rejected_reward"] = cols["chosen_reward"], cols["rejected_reward"]
         frame["m_ex"] = frame["chosen_reward"] - frame["rejected_reward"]
         truncated |= cols["truncated"]
+        scored &= cols["hit"]
         m_ex_source = f"reward:{reward_fp}"
 
     m_im_form = None
@@ -181,12 +226,15 @@ def load_margins(
         for name in logp_cols:
             frame[name] = cols[name]
         truncated |= cols["truncated"]
+        scored &= cols["hit"]
         if reference_fp:
+            check_same_tokenisation(ws, dataset, policy_fp, reference_fp)
             ref, coverage["reference"] = _joined(
                 ids, _score_table(ws, dataset, reference_fp, "logprob", "reference"), ["chosen_logp", "rejected_logp"]
             )
             frame["ref_chosen_logp"], frame["ref_rejected_logp"] = ref["chosen_logp"], ref["rejected_logp"]
             truncated |= ref["truncated"]
+            scored &= ref["hit"]
             frame["m_im"] = dpo_margin(frame["chosen_logp"], frame["rejected_logp"], frame["ref_chosen_logp"],
                                        frame["ref_rejected_logp"], beta)
             m_im_form = "dpo"
@@ -196,8 +244,9 @@ def load_margins(
             m_im_form = "simpo"
 
     frame["truncated"] = truncated
+    frame["scored"] = scored
     frame["flagged"] = pc.fill_null(pc.list_value_length(flags), 0).to_numpy(zero_copy_only=False) > 0
-    frame["flags"] = pc.fill_null(pc.binary_join(flags, "; "), "").to_pandas()
+    frame["flags"] = pc.fill_null(pc.binary_join(flags, "; "), "").combine_chunks().to_pandas()
     frame["prompt_preview"] = preview.to_pandas()
     frame["prompt_chars"] = prompt_chars
     frame["chosen_chars"] = pc.fill_null(pc.utf8_length(table.column("chosen")), 0).to_numpy(zero_copy_only=False)
@@ -221,6 +270,38 @@ def load_margins(
     return frame
 
 
+def scored_counts(margins: pd.DataFrame) -> tuple[int, int]:
+    """(pairs scored, pairs in the dataset) of a margin frame: what pages and commands show as
+    "N of M pairs scored" when a sampled scoring covers part of the dataset."""
+    n_total = len(margins)
+    if "scored" not in margins:
+        return n_total, n_total
+    return int(margins["scored"].to_numpy(dtype=bool).sum()), n_total
+
+
+def scored_part(ws: Workspace, dataset: str, policy_fp: str | None = None,
+                reward_fp: str | None = None) -> tuple[int, int]:
+    """scored_counts of the margin frame the audit and the pages use by default (the newest tables)."""
+    defaults = default_scorers(ws, dataset)
+    return scored_counts(load_margins(ws, dataset, policy_fp=policy_fp or defaults["policy"],
+                                      reward_fp=reward_fp or defaults["reward"]))
+
+
+def scored_note(margins: pd.DataFrame) -> str | None:
+    """The line that says a frame is scored in part ("200 of 2,308 pairs scored ..."); None when whole."""
+    n_scored, n_total = scored_counts(margins)
+    if n_scored == n_total:
+        return None
+    return (f"{n_scored:,} of {n_total:,} pairs scored: selection, audits and exports use the scored pairs "
+            "(score a larger --sample, or all, for more)")
+
+
+def has_dataset_scores(ws: Workspace, dataset: str) -> bool:
+    """Does the dataset carry explicit scores of its own (score_chosen on some pair)?"""
+    table = load_texts(ws, dataset)
+    return table.num_rows > 0 and table.column("score_chosen").null_count < table.num_rows
+
+
 def default_scorers(ws: Workspace, dataset: str) -> dict[str, str | None]:
     """Score tables to use when the user names none: the newest logprob table scored in the policy role
     (a model scored only as a reference is not mistaken for the policy), and the newest reward table only
@@ -234,9 +315,7 @@ def default_scorers(ws: Workspace, dataset: str) -> dict[str, str | None]:
 
     logprob = fresh("logprob")
     policy = [m for m in logprob if m.get("spec", {}).get("role") == "policy"] or logprob
-    table = load_texts(ws, dataset)
-    has_scores = table.num_rows > 0 and table.column("score_chosen").null_count < table.num_rows
-    reward = [] if has_scores else fresh("reward")
+    reward = [] if has_dataset_scores(ws, dataset) else fresh("reward")
     return {
         "policy": policy[0]["fingerprint"] if policy else None,
         "reward": reward[0]["fingerprint"] if reward else None,

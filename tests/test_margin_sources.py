@@ -1,0 +1,80 @@
+"""No explicit margin at all (HH-RLHF carries no scores): core says which metrics can run and the one
+sentence to show; `info`, `select`, `audit` and the Score and Audit pages say it once and offer what works."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+from helpers_app import app_test, no_errors
+from helpers_data import hh_records, make_dataset, random_logprobs, standard_records
+from judge_server import ScriptedJudge
+from marginlens.core.cli import main
+from marginlens.core.selection.margin_sources import dataset_margin_sources
+from marginlens.core.selection.metrics import metric_scores
+
+
+@pytest.fixture
+def hh(ws, tmp_path):
+    make_dataset(ws, "hh", hh_records(20), tmp_path)
+    return ws
+
+
+def test_without_explicit_margin_only_implicit_and_random_run(hh, tmp_path):
+    before = dataset_margin_sources(hh, "hh")  # nothing scored at all
+    assert before.runnable == ("random",) and len(before.notes) == 2
+    random_logprobs(hh, "hh")
+    sources = dataset_margin_sources(hh, "hh")
+    assert (sources.explicit, sources.implicit) == (False, True)
+    assert sources.runnable == ("implicit", "random")
+    assert "marginlens score hh --llm-rating MODEL" in sources.note and "ArmoRM-Llama3-8B-v0.1" in sources.note
+    assert sources.notes == [sources.note]
+
+    make_dataset(hh, "scored", standard_records(5), tmp_path)  # scores of its own: nothing to say
+    scored = dataset_margin_sources(hh, "scored")
+    assert scored.explicit and scored.note is None and "explicit" in scored.runnable
+
+
+def test_map_with_a_constant_explicit_margin_ranks_like_implicit():
+    # What the note claims: z of a constant is 0, so M_AP's order is the implicit metric's.
+    m_im = np.random.default_rng(3).normal(size=50)
+    flat = metric_scores(np.full(50, 2.0), m_im, "map").scores
+    implicit = metric_scores(None, m_im, "implicit").scores
+    assert list(np.argsort(-flat, kind="stable")) == list(np.argsort(-implicit, kind="stable"))
+
+
+def test_cli_says_it_once_and_offers_what_works(hh, capsys):
+    random_logprobs(hh, "hh")
+    root = ["--workspace", str(hh.root)]
+    assert main(["info", "hh", *root]) == 0
+    out = capsys.readouterr().out
+    assert out.count("No explicit margin") == 1 and "metrics now:     implicit, random" in out
+
+    assert main(["select", "hh", "--metric", "map", "--out", "x.jsonl", *root]) != 0
+    err = capsys.readouterr().err
+    assert "--metric map cannot run on 'hh'" in err and "Metrics that run now: implicit, random" in err
+    assert main(["select", "hh", "--metric", "implicit", "--out", "x.jsonl", *root]) == 0
+
+    with ScriptedJudge() as judge:
+        assert main(["audit", "hh", "--judge-model", "j", "--base-url", judge.base_url, "--n", "2", "--estimate",
+                     *root]) == 0
+    captured = capsys.readouterr()
+    assert captured.err.count("No explicit margin") == 1
+    assert "implicit" in captured.out and "map" not in captured.out.split("estimate")[0]
+
+
+def test_score_and_audit_pages_say_it_once(hh):
+    random_logprobs(hh, "hh")
+    at = app_test("score_page.py", hh)
+    at.run()
+    no_errors(at)
+    infos = [i.value for i in at.info]
+    assert sum("No explicit margin" in v for v in infos) == 1
+    assert any("ArmoRM-Llama3-8B-v0.1" in c.value and "--trust-remote-code" in c.value for c in at.caption)
+    labels = [t.label for t in at.text_input]
+    assert {"LLM rating: endpoint", "LLM rating: API key"} <= set(labels)
+
+    audit = app_test("audit_page.py", hh)
+    audit.run()
+    no_errors(audit)
+    assert sum("No explicit margin" in i.value for i in audit.info) == 1
+    assert list(audit.multiselect[0].value) == ["implicit", "random"]
