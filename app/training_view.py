@@ -30,6 +30,8 @@ FORM_FIELDS: dict[str, tuple[str, ...]] = {
               "per_device_train_batch_size", "max_length", "lr_scheduler_type", "warmup_steps", "save_steps",
               "seed", "model_dtype", "bf16", "lora", "lora_r", "num_processes", "accelerate_config"),
 }
+# Field labels that say more than the TRL name: transformers 5 reads a warmup_steps below 1 as a ratio.
+FIELD_LABELS = {"warmup_steps": "warmup_steps (below 1: a share of all steps)"}
 CURVE_TITLES = {
     "loss": "loss",
     "rewards/chosen": "rewards/chosen",
@@ -134,3 +136,36 @@ def metrics_for(job: jobs.Job) -> list[dict[str, Any]]:
         return read_metrics(job)
     except MarginLensError:
         return []
+
+
+def derived_lines(resolved: dict[str, Any], method: str) -> list[str]:
+    """How the values the form leaves out follow from the ones it shows (for the resolved settings the
+    form's current values give), as markdown lines."""
+    settings, trl = resolved["settings"], resolved["trl"]
+    lines = []
+    accumulation = trl.get("gradient_accumulation_steps")
+    if settings.get("effective_batch_size") and accumulation is not None:
+        per_device, processes = int(trl.get("per_device_train_batch_size", 8)), int(settings.get("num_processes") or 1)
+        lines.append(f"`gradient_accumulation_steps` = {accumulation}: effective batch {settings['effective_batch_size']}"
+                     f" / ({per_device} per device × {processes} process{'es' if processes > 1 else ''}), rounded up")
+    elif accumulation is not None:
+        lines.append(f"`gradient_accumulation_steps` = {accumulation}, set directly (the effective batch follows it)")
+    if method == "simpo" and trl.get("simpo_gamma") is not None and settings.get("gamma_beta_ratio") is not None:
+        lines.append(f"`simpo_gamma` = {trl['simpo_gamma']:g}: gamma_beta_ratio {settings['gamma_beta_ratio']:g}"
+                     f" × beta {trl.get('beta', 0.1):g}")
+    return lines
+
+
+def effective_batch(resolved: dict[str, Any]) -> int:
+    trl, settings = resolved["trl"], resolved["settings"]
+    return (int(trl.get("per_device_train_batch_size", 8)) * int(settings.get("num_processes") or 1)
+            * int(trl.get("gradient_accumulation_steps") or 1))
+
+
+def batch_warning(resolved: dict[str, Any], rows: int | None) -> str | None:
+    """A warning when one optimizer step would need more pairs than the export holds."""
+    batch = effective_batch(resolved)
+    if not isinstance(rows, int) or batch <= rows:
+        return None
+    return (f"The effective batch ({batch} pairs per optimizer step) is larger than the export ({rows} pairs): "
+            f"each epoch is a single, partial step. Lower effective_batch_size to at most {rows}.")

@@ -126,18 +126,23 @@ class JobStatus:
         """Tolerates missing and unknown keys. `alive`: whether a worker holds the job (a live state
         without one reads as interrupted)."""
         state = JobState.parse(data.get("state", JobState.QUEUED))
+        message = str(data.get("message") or "")
         if state.live and not alive:
+            # The last message ("running", "queued: ...") was the dead worker's: saying it again would
+            # read as if the job were still going.
             state = JobState.INTERRUPTED
+            message = _dead_worker(data) if data.get("pid") is not None else message
         done = _count(data.get("done")) or 0
         total = _count(data.get("total"))
         rate = _rate(data, done)
-        eta = None
-        if state.live and rate and total is not None:
-            since = (now if now is not None else time.time()) - (_number(data.get("progress_at")) or 0.0)
-            eta = max(0.0, (total - done) / rate - max(0.0, since))
         extra = data.get("extra")
+        eta = None
+        left, per_s = _work_left(extra, total - done if total is not None else None, rate)
+        if state.live and per_s and left is not None:
+            since = (now if now is not None else time.time()) - (_number(data.get("progress_at")) or 0.0)
+            eta = max(0.0, left / per_s - max(0.0, since))
         return cls(
-            state=state, done=done, total=total, message=str(data.get("message") or ""),
+            state=state, done=done, total=total, message=message,
             started_at=data.get("started"), finished_at=data.get("finished"), heartbeat_at=data.get("heartbeat"),
             pid=_count(data.get("pid")), resumed=bool(data.get("resumed")), rate=rate, eta_s=eta,
             extra=MappingProxyType(dict(extra) if isinstance(extra, Mapping) else {}),
@@ -149,6 +154,25 @@ class JobStatus:
                 "started": self.started_at, "finished": self.finished_at, "heartbeat": self.heartbeat_at,
                 "pid": self.pid, "resumed": self.resumed, "rate": self.rate, "eta_s": self.eta_s,
                 "extra": dict(self.extra)}
+
+
+def _dead_worker(data: Mapping[str, Any]) -> str:
+    pid = _count(data.get("pid"))
+    who = f"worker (pid {pid})" if pid is not None else "worker"
+    seen = f", last heartbeat {data['heartbeat']}" if data.get("heartbeat") else ""
+    return (f"dead: the {who} stopped without recording an outcome{seen} (killed, out of memory, or the "
+            "machine restarted); resume continues from what it wrote")
+
+
+def _work_left(extra: object, units_left: int | None, rate: float | None) -> tuple[float | None, float | None]:
+    """(work left, work per second) for the ETA. A job whose units cost unevenly (a score job's pairs, run
+    shortest first) reports its work in a unit that costs evenly, as extra "work_left" and "work_rate"
+    (tokens and tokens/s); otherwise the ETA counts units of `done`."""
+    if isinstance(extra, Mapping):
+        left, per_s = _number(extra.get("work_left")), _number(extra.get("work_rate"))
+        if left is not None and per_s:
+            return left, per_s
+    return units_left, rate
 
 
 def _rate(data: Mapping[str, Any], done: int) -> float | None:
@@ -185,8 +209,10 @@ def _score_details(extra: Mapping[str, Any]) -> list[str]:
 
 
 def _audit_details(extra: Mapping[str, Any]) -> list[str]:
-    return [f"{extra.get('calls', 0):,} requests", f"{extra.get('tokens', 0):,} tokens",
-            f"{extra.get('invalid', 0)} invalid", f"{extra.get('failed', 0)} failed"]
+    last = extra.get("last_error")
+    return [f"{extra.get('calls', 0):,} requests", f"{extra['retries']:,} retries" if "retries" in extra else "",
+            f"{extra.get('tokens', 0):,} tokens", f"{extra.get('invalid', 0)} invalid",
+            f"{extra.get('failed', 0)} failed", f"last error: {last}" if last else ""]
 
 
 def _train_details(extra: Mapping[str, Any]) -> list[str]:

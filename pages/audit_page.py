@@ -16,7 +16,7 @@ from marginlens.app.job_panel import job_panel
 from marginlens.app.state import page_with_dataset
 from marginlens.core.audit.agreement_chart import agreement_figure, chart_frame
 from marginlens.core.audit.audit_job import list_audits, submit_audit
-from marginlens.core.audit.audit_params import DEFAULT_CONCURRENCY, AuditParams, audit_params
+from marginlens.core.audit.audit_params import DEFAULT_CONCURRENCY, AuditParams, audit_params, reask_params
 from marginlens.core.audit.audit_report import (
     audit_report,
     disagreements,
@@ -33,15 +33,18 @@ from marginlens.core.audit.subsets import (
     sample_subsets,
     unique_pairs,
 )
+from marginlens.core.audit.verdicts import VerdictStore
 from marginlens.core.data.flags import FLAG_ACTIONS, flag_pairs, flags_summary, load_flags, unflag_pairs
 from marginlens.core.errors import MarginLensError
 from marginlens.core.jobs import get_job
-from marginlens.core.selection.margins import pair_texts
+from marginlens.core.selection.margin_sources import margin_sources
+from marginlens.core.selection.margins import pair_texts, scored_note
 from marginlens.core.selection.metrics import MetricParams, metric_names
 
 KEY = "_audit_api_key"
 PLAN = "_audit_plan"
 NOTICE = "_audit_notice"
+NEXT_JOB = "_audit_next_job"
 ACTION_LABELS = {"exclude": "exclude from exports", "swap": "swap chosen/rejected in exports"}
 TABLE_COLUMNS = ["pair_id", "subsets", "agrees", "judge_label", "ab_answer", "ba_answer", "ab_rationale",
                  "ba_rationale", "consistent", "invalid", "flag_action"]
@@ -49,6 +52,18 @@ TABLE_COLUMNS = ["pair_id", "subsets", "agrees", "judge_label", "ab_answer", "ba
 ws, dataset = page_with_dataset("Audit")
 scorers = explore_state.scorers(ws, dataset)
 defaults = explore_state.controls()
+try:  # a sampled scoring: the audit's subsets come from the scored pairs only, say how many
+    scored_line = scored_note(explore_state.margins_for(ws, dataset, scorers))
+except MarginLensError:
+    scored_line = None
+if scored_line:
+    st.caption(scored_line)
+try:  # the metrics whose margins this dataset has; a missing explicit margin is said once, plainly
+    sources = margin_sources(explore_state.margins_for(ws, dataset, scorers))
+except MarginLensError:
+    sources = None
+if sources is not None and sources.note:
+    st.info(sources.note)
 
 st.text_input("API key", type="password", key=KEY,
               help="Kept in this browser session only and handed to the audit worker's environment; never "
@@ -59,7 +74,8 @@ with st.form("_audit_form"):
                              help="Any OpenAI-compatible server; empty: api.openai.com")
     model = c2.text_input("Judge model", key="_audit_model", placeholder="gpt-4o")
     s = st.columns(4)
-    subsets = s[0].multiselect("Subsets (top-k of each metric)", metric_names(), default=list(metric_names()),
+    subsets = s[0].multiselect("Subsets (top-k of each metric)", metric_names(),
+                               default=list(sources.runnable if sources is not None else metric_names()),
                                key="_audit_subsets")
     n = s[1].number_input("Pairs per subset", min_value=1, value=DEFAULT_N, step=10, key="_audit_n")
     ratio = s[2].number_input("Top-k ratio", min_value=0.01, max_value=1.0, value=float(defaults.ratio), step=0.05,
@@ -125,8 +141,11 @@ titles, labels = {}, {}
 for job in audits:
     spec_params = job.spec.get("params", {})
     titles[job.id] = (f"judge {spec_params.get('endpoint', {}).get('model')} · "
-                      f"{len(unique_pairs(spec_params['samples']))} pairs · {job.spec.get('created', '')}")
+                      f"{len(unique_pairs(spec_params['samples']))} pairs · {job.spec.get('created', '')}"
+                      + (f" · re-ask {spec_params['reask']}" if spec_params.get("reask") else ""))
     labels[job.id] = f"{titles[job.id]} · {job.status().state}"
+if st.session_state.get(NEXT_JOB) in labels:  # a re-ask started below, shown from this run on
+    st.session_state["_audit_job"] = st.session_state.pop(NEXT_JOB)
 if st.session_state.get("_audit_job") not in labels:
     st.session_state["_audit_job"] = audits[0].id
 st.subheader("Audits")
@@ -144,6 +163,11 @@ params = AuditParams.from_dict(job.spec["params"])
 judge = params.judge_model
 report = audit_report(ws, params)
 overall = report["overall"]
+frame = pd.DataFrame(verdict_rows(ws, params))
+answered = frame["ab_answer"].notna() | frame["ba_answer"].notna() | frame["invalid"].gt(0)
+if not answered.any():  # an empty chart and a table of None say nothing yet
+    st.info("No verdict yet: the agreement chart and the verdict table appear with the judge's first answers.")
+    st.stop()
 if overall["pending"]:
     st.caption(f"{overall['pending']} of {overall['n']} sampled pairs are not judged yet: the numbers are partial.")
 left, right = st.columns([3, 2])
@@ -151,12 +175,29 @@ left.plotly_chart(agreement_figure(report), key="_audit_chart")
 right.dataframe(chart_frame(report), hide_index=True, width="stretch")
 right.caption("agreement: share of decisive pairs (same answer in both orders) where the judge prefers the "
               "dataset's chosen response, with a Wilson 95% interval; kappa: label position vs the judge's "
-              "answer over single judgments; position_consistency: valid pairs answered the same in both orders.")
+              "answer over single judgments (both orders balance the positions, so it is 2 x their agreement - 1); "
+              "position_consistency: valid pairs answered the same in both orders (position bias lowers it).")
 
 if notice := st.session_state.pop(NOTICE, None):
     st.success(notice)
+reask = reask_params(VerdictStore.for_dataset(ws, params.dataset), params) if not status.live else None
+if reask is not None:
+    n_reask = len(reask.pending(VerdictStore.for_dataset(ws, params.dataset)))
+    if st.button(f"Re-ask the judge for {n_reask} off-format answers", key="_audit_reask",
+                 help=f"{n_reask} new calls to {judge}, charged like any other and recorded as re-ask round "
+                      f"{reask.reask}; the answers they replace stay in the verdict file"):
+        try:
+            again = submit_audit(ws, reask, api_key=st.session_state.get(KEY) or None)
+        except MarginLensError as exc:
+            widgets.show_error(exc)
+        else:
+            st.session_state[NEXT_JOB] = again.id
+            st.rerun()
+
 st.subheader("Verdicts")
-frame = pd.DataFrame(verdict_rows(ws, params))
+frame = frame[answered].reset_index(drop=True)
+if not answered.all():
+    st.caption(f"{int((~answered).sum())} sampled pairs have no answer yet and are not listed.")
 frame["subsets"] = frame["subsets"].str.join(", ")
 only = st.toggle("Only pairs the judge reverses", key="_audit_only_disagreements")
 shown = frame[frame["agrees"].eq(False)] if only else frame
@@ -164,9 +205,12 @@ clicked = widgets.table_with_pick(shown[TABLE_COLUMNS].reset_index(drop=True), k
 pair_ids = frame["pair_id"].tolist()
 if clicked:
     st.session_state["_audit_pair"] = clicked
-if st.session_state.get("_audit_pair") not in pair_ids:
+picked = st.session_state.get("_audit_pair")
+# A pick the page made itself follows the verdicts as they arrive (the first reversed pair once there is
+# one); a pair the user picked stays.
+if picked not in pair_ids or picked == st.session_state.get("_audit_pair_auto"):
     reversed_ids = frame.loc[frame["agrees"].eq(False), "pair_id"].tolist()
-    st.session_state["_audit_pair"] = (reversed_ids or pair_ids)[0]
+    st.session_state["_audit_pair"] = st.session_state["_audit_pair_auto"] = (reversed_ids or pair_ids)[0]
 pair_id = st.selectbox("Pair", pair_ids, key="_audit_pair", help="or click a row in the table")
 
 flags = load_flags(ws, dataset)

@@ -7,7 +7,7 @@ import json
 import numpy as np
 import pandas as pd
 import streamlit as st
-from marginlens.app import explore_state, widgets
+from marginlens.app import explore_state, export_download, widgets
 from marginlens.app.explore_brush import brush_mask, describe_brush, restrict_selection
 from marginlens.app.explore_view import compute_view, effective_controls, needs_texts
 from marginlens.app.state import page_with_dataset
@@ -36,6 +36,7 @@ st.markdown(f"**Selection from Explore:** metric `{spec.metric}`"
             + ". Change it on the Explore page.")
 brush = explore_state.brush(dataset)
 selection = view.selection
+cut = False
 if brush:
     cut = st.toggle(f"Only pairs inside the scatter selection ({describe_brush(brush)})", value=True,
                     key="_export_brush")
@@ -47,9 +48,10 @@ fmt = cols[0].selectbox("Format", FORMATS, key="_export_format",
                         format_func={"jsonl": "JSONL", "parquet": "Parquet", "hf": "save_to_disk folder"}.get)
 layout = cols[1].selectbox("Layout", LAYOUTS, key="_export_layout",
                            help="source: the dataset's own layout; explicit: always an explicit prompt column")
-default_name = f"{dataset}-{spec.metric}-{int(round(controls.ratio * 100))}pct" + ("" if fmt == "hf" else f".{fmt}")
+default_name = export_download.default_name(dataset, spec.metric, controls.ratio, fmt, cut)
+# keyed by what the default depends on, so the suggested name follows the format and the scatter cut
 out = cols[2].text_input("Path (relative paths go under the workspace's exports/)", value=default_name,
-                         key=f"_export_path_{fmt}")
+                         key=f"_export_path_{fmt}_{'cut' if cut else 'all'}")
 o1, o2, o3, o4 = st.columns(4)
 with_metrics = o1.toggle("Metric columns (pair_id, m_ex, m_im, score, rank)", value=True, key="_export_metrics")
 apply_flags = o2.toggle("Apply audit flags", value=True, key="_export_flags",
@@ -65,6 +67,8 @@ p1.metric("Rows to write", f"{counts['selected']:,}")
 p2.metric("Candidates", f"{counts['candidates']:,}")
 p3.metric("k", f"{counts['k']:,}")
 p4.metric("Pairs in dataset", f"{counts['total']:,}")
+if "scored" in counts:  # a sampled scoring
+    st.caption(f"{counts['scored']:,} of {counts['total']:,} pairs scored: the export selects from the scored pairs.")
 pos = selection.positions
 columns = {"m_ex": margins["m_ex"].to_numpy(np.float64, na_value=np.nan),
            "m_im": margins["m_im"].to_numpy(np.float64, na_value=np.nan), "score": selection.scores}
@@ -79,7 +83,7 @@ if st.button("Write export", type="primary", disabled=counts["selected"] == 0, k
                                   include_metrics=with_metrics, overwrite=overwrite, allow_outside=outside,
                                   apply_flags=apply_flags)
     except MarginLensError as exc:
-        widgets.show_error(exc)
+        widgets.show_error(export_download.page_error(exc))
     else:
         st.session_state["_export_last"] = {"path": str(result.path), "manifest": str(result.manifest_path),
                                             "rows": result.rows}
@@ -87,6 +91,13 @@ if st.button("Write export", type="primary", disabled=counts["selected"] == 0, k
 
 last = st.session_state.get("_export_last")
 if last:
+    try:
+        payload, file_name, mime = export_download.download_payload(last["path"])
+    except MarginLensError as exc:
+        widgets.show_error(exc)
+    else:
+        st.download_button(f"Download {file_name}", payload, file_name=file_name, mime=mime, key="_export_download",
+                           help="the written export (a save_to_disk folder comes zipped, manifest inside)")
     st.subheader("Manifest")
     st.caption(f"`{last['manifest']}`")
     try:

@@ -53,31 +53,42 @@ else:
     prefilled = tv.form_values(resolved, method)
     # Keys carry the choice the values came from, so picking another preset refills the form.
     prefix = f"_train_f_{method}_{preset}_{resolved['device']}_"
-    with st.form("_train_form"):
+    # Not an st.form: Enter in a form field submits the form, and a run must start only from its button.
+    # Outside a form every edit reruns the page, so the derived values below follow what is typed.
+    with st.container(border=True):
         st.caption(f"Parameters from preset `{preset}` fitted to {resolved['device']}; hover a field for its meaning.")
         grid = st.columns(4)
         edited = {}
         for i, (key, value) in enumerate(prefilled.items()):
             box, help_text = grid[i % 4], describe_setting(method, key)
+            label = tv.FIELD_LABELS.get(key, key)
             if isinstance(value, bool):
-                edited[key] = box.checkbox(key, value=value, help=help_text, key=prefix + key)
+                edited[key] = box.checkbox(label, value=value, help=help_text, key=prefix + key)
             elif isinstance(value, int):
-                edited[key] = box.number_input(key, value=value, step=1, help=help_text, key=prefix + key)
+                edited[key] = box.number_input(label, value=value, step=1, help=help_text, key=prefix + key)
             elif isinstance(value, float):
-                edited[key] = box.number_input(key, value=value, step=abs(value) / 10 or 0.1, format="%g",
+                edited[key] = box.number_input(label, value=value, step=abs(value) / 10 or 0.1, format="%g",
                                                help=help_text, key=prefix + key)
             else:
-                edited[key] = box.text_input(key, value=tv.text_value(value), help=help_text, key=prefix + key)
+                edited[key] = box.text_input(label, value=tv.text_value(value), help=help_text, key=prefix + key)
         extra = st.text_area("Other settings (one key=value per line: any DPOConfig / CPOConfig field)",
                              key=prefix + "extra", placeholder="e.g. optim=sgd\nmax_prompt_length=512")
-        launch = st.form_submit_button("Launch training", type="primary")
-    derived = {k: resolved["trl"][k] for k in ("gradient_accumulation_steps", "simpo_gamma") if k in resolved["trl"]}
-    if derived:
-        st.caption("Derived: " + ", ".join(f"`{k}` = {v:g}" for k, v in derived.items())
-                   + " (from the effective batch and gamma/beta; recomputed from your values at launch)")
-    if launch:
         try:
             overrides = tv.overrides_from_form(prefilled, edited, extra)
+            fitted = resolve_settings(method, preset, overrides, device=device)
+        except MarginLensError as exc:
+            widgets.show_error(exc)
+            overrides = fitted = None
+        if fitted is not None:
+            derived = tv.derived_lines(fitted, method)
+            if derived:
+                st.caption("Derived from the values above: " + "; ".join(derived))
+            warning = tv.batch_warning(fitted, by_path[export].get("rows"))
+            if warning:
+                st.warning(warning)
+        launch = st.button("Launch training", type="primary", key="_train_launch", disabled=fitted is None)
+    if launch and overrides is not None:
+        try:
             with st.spinner("Checking the data and settings, hashing the model ..."):
                 job = submit_training(ws, export, method, preset=preset, model=model.strip() or None,
                                       overrides=overrides, device=device)

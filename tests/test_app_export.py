@@ -68,12 +68,45 @@ def test_scatter_selection_cut_and_metric_columns_off(ws):
     no_errors(at)
     import pyarrow.parquet as pq
 
-    table = pq.read_table(ws.exports_dir / f"{DATASET}-map-50pct.parquet")
+    table = pq.read_table(ws.exports_dir / f"{DATASET}-map-50pct-scatter.parquet")  # the name says it is cut
     assert table.num_rows == len(expected)
     assert "m_ex" not in table.column_names and "prompt" in table.column_names
-    manifest = json.loads((ws.exports_dir / f"{DATASET}-map-50pct.parquet.manifest.json").read_text())
+    manifest = json.loads((ws.exports_dir / f"{DATASET}-map-50pct-scatter.parquet.manifest.json").read_text())
     assert any(w.startswith("restricted to the scatter selection (box") for w in manifest["warnings"])
 
     # switching the cut off exports the whole top-k
     at.toggle(key="_export_brush").set_value(False).run()
     assert metrics(at)["Rows to write"] == str(view.selection.k)
+
+    assert at.text_input(key="_export_path_parquet_all").value == f"{DATASET}-map-50pct.parquet"
+
+
+def test_download_button_and_page_wording(ws):
+    at = app_test("export_page.py", ws)
+    at.session_state["explore_controls"] = controls(metric="explicit", ratio=0.25)
+    at.run()
+    at.button(key="_export_write").click().run()
+    no_errors(at)
+    path = ws.exports_dir / f"{DATASET}-explicit-25pct.jsonl"
+    download = at.get("download_button")
+    assert len(download) == 1 and download[0].proto.label == f"Download {path.name}"
+    at.button(key="_export_write").click().run()  # again: the page names its own toggle, not a CLI flag
+    (error,) = at.error
+    assert "Overwrite an existing export" in error.value and "--overwrite" not in error.value
+    at.text_input(key="_export_path_jsonl_all").set_value("/tmp/elsewhere.jsonl").run()
+    at.button(key="_export_write").click().run()
+    assert any("Allow a path outside the workspace" in e.value and "--outside" not in e.value for e in at.error)
+    # a save_to_disk folder downloads as one zip holding its files and manifest
+    at.selectbox(key="_export_format").set_value("hf").run()
+    at.button(key="_export_write").click().run()
+    no_errors(at)
+    from marginlens.app.export_download import download_payload
+
+    data, name, mime = download_payload(ws.exports_dir / f"{DATASET}-explicit-25pct")
+    import io
+    import zipfile
+
+    names = zipfile.ZipFile(io.BytesIO(data)).namelist()
+    assert name == f"{DATASET}-explicit-25pct.zip" and mime == "application/zip"
+    assert f"{DATASET}-explicit-25pct/marginlens_manifest.json" in names
+    assert at.get("download_button")[0].proto.label == f"Download {name}"

@@ -180,3 +180,18 @@ def test_audit_params_keep_the_stored_spec_and_the_job_id():
     again = AuditParams.from_dict(json.loads(json.dumps(stored)))
     assert again == params and again.to_dict() == stored
     assert params.pair_ids == ["b", "a", "x", "y", "z"]
+
+
+def test_kappa_over_both_orders_is_twice_the_agreement_minus_one_whatever_the_position_bias():
+    import random
+
+    from marginlens.core.audit import agreement
+
+    rng = random.Random(7)
+    positions = ["A", "B"] * 200  # each pair judged in both orders: the label sits in A and in B equally often
+    for bias in (0.5, 0.8, 0.95):  # how often the judge answers A when unsure
+        answers = [p if rng.random() < 0.6 else ("A" if rng.random() < bias else "B") for p in positions]
+        observed = sum(a == p for a, p in zip(answers, positions, strict=True)) / len(positions)
+        assert cohen_kappa(positions, answers) == pytest.approx(2 * observed - 1)
+    assert "2 x (share of single judgments naming" in agreement.__doc__  # what the statistic is, documented
+    assert "includes the judge's position bias" not in agreement.__doc__

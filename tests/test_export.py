@@ -155,7 +155,8 @@ def test_cli_select_and_compare(ws, capsys):
     root = str(ws.root)
     assert main(["select", "conv", "--workspace", root, "--metric", "map", "--ratio", "0.5",
                  "--filter", "text~colour", "--out", "cli.jsonl", "--with-metrics"]) == 2  # conv has no m_ex
-    assert "needs the explicit (m_ex) margin" in capsys.readouterr().err
+    err = capsys.readouterr().err
+    assert "--metric map cannot run on 'conv'" in err and "Metrics that run now: implicit, random" in err
     assert main(["select", "uf", "--workspace", root, "--metric", "map", "--ratio", "0.5",
                  "--filter", "text~colour", "--out", "cli.jsonl", "--format", "jsonl"]) == 0
     assert "selected 10 of 20" in capsys.readouterr().out

@@ -4,8 +4,11 @@ Per subset, over its sampled pairs (each judged in both orders):
   agreement        among decisive pairs (both orders valid and naming the same response): the share
                    where the judge prefers the dataset's chosen response; Wilson 95% interval
   kappa            Cohen's kappa between the label's position (A in order AB, B in order BA) and the
-                   judge's answer, over all valid single judgments; chance agreement includes the
-                   judge's position bias, which a plain agreement rate hides
+                   judge's answer, over all valid single judgments. Each pair is judged in both orders,
+                   so the label sits in A and in B equally often and chance agreement is exactly 1/2
+                   whatever the judge's position bias: kappa = 2 x (share of single judgments naming
+                   the chosen response) - 1. Only invalid answers unbalance the positions and move it
+                   off that line. Position bias shows in position_consistency, not here.
   position_consistency   share of pairs with both orders valid whose two answers name the same response
   invalid          single judgments whose answer could not be parsed
 """

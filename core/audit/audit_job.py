@@ -30,6 +30,7 @@ from typing import Any
 from marginlens.core.atomic import write_json
 from marginlens.core.audit.audit_params import AuditParams, Judgment
 from marginlens.core.audit.audit_report import audit_report
+from marginlens.core.audit.endpoint_check import check_endpoint
 from marginlens.core.audit.judge_client import (
     KEY_ENV,
     Budget,
@@ -56,13 +57,39 @@ from marginlens.core.jobs import Job, JobContext, list_jobs, submit
 from marginlens.core.workspace import Workspace
 
 FATAL_STATUSES = (401, 403, 404)  # bad key, no access, unknown model: every further call would fail too
+# This many calls failed for good and none answered: the endpoint is down, not one request unlucky.
+ALL_FAILED_STOP = 3
 
 
-def submit_audit(ws: Workspace, params: AuditParams, api_key: str | None = None) -> Job:
+def submit_audit(ws: Workspace, params: AuditParams, api_key: str | None = None, check: bool = True) -> Job:
     """Start (or resume, or find finished) the audit job. `api_key` reaches only the worker's environment;
-    without it the worker uses OPENAI_API_KEY from this process's environment."""
+    without it the worker uses OPENAI_API_KEY from this process's environment. `check`: first make sure
+    the endpoint answers (reachable, key accepted, model served), refusing with the server's message."""
+    if check and params.pending(VerdictStore.for_dataset(ws, params.dataset)):
+        check_endpoint(params.endpoint, api_key or os.environ.get(KEY_ENV))
     env = {KEY_ENV: api_key} if api_key else None
     return submit(ws, "audit", params.to_dict(), env=env)
+
+
+class _WatchedClient(JudgeClient):
+    """A judge client that also counts retried and failed attempts and keeps the last error, so that the
+    job's status shows what the endpoint is doing while calls are still retrying."""
+
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        self.retries = 0
+        self.errors = 0
+        self.last_error: str | None = None
+        self._watch = threading.Lock()
+
+    def _attempt(self, messages: list[dict[str, str]], reserved: int, attempt: int) -> Any:
+        outcome = super()._attempt(messages, reserved, attempt)
+        with self._watch:
+            self.retries += attempt > 1
+            if outcome.error:
+                self.errors += 1
+                self.last_error = outcome.error
+        return outcome
 
 
 def list_audits(ws: Workspace, dataset: str) -> list[Job]:
@@ -139,6 +166,7 @@ class JudgingOutcome:
     invalid: int = 0
     failed: list[dict[str, str]] = field(default_factory=list)  # pair_id, order, error
     fatal: str | None = None  # the endpoint refused the whole audit
+    all_failed: str | None = None  # every call so far failed: why the run stopped
     budget: str | None = None  # why the budget stopped it
 
 
@@ -182,8 +210,16 @@ def _judge_all(
                     if exc.status in FATAL_STATUSES:
                         outcome.fatal = str(exc)
                         stop.set()
+                    elif outcome.stored == 0 and len(outcome.failed) >= ALL_FAILED_STOP:
+                        outcome.all_failed = str(exc)
+                        stop.set()
+                on_done(outcome)
                 continue
             record = verdict_record(pid, order, completion, params.endpoint, params.prompt_version, ctx.job.id)
+            if params.reask:  # recorded as a re-ask, with what it replaces
+                before = store.get((pid, params.judge_model, params.prompt_version, order)) or {}
+                record.update(reask=params.reask, replaces={"raw": before.get("raw"),
+                                                            "invalid_reason": before.get("invalid_reason")})
             wrote = store.append(record)
             with lock:
                 if wrote:
@@ -198,6 +234,7 @@ def _judge_all(
     while any(t.is_alive() for t in threads):
         if ctx.cancelled():
             stop.set()
+        on_done(outcome)  # throttled by ctx.progress: live request and retry counts while calls retry
         time.sleep(0.1)
     return outcome
 
@@ -212,17 +249,25 @@ def run(ctx: JobContext) -> dict[str, Any]:
     rows = sampled_rows(ws, params.dataset, pair_ids)
     ledger = RequestLedger(ctx.results_dir / "requests.log")
     budget = Budget(params.max_calls, params.max_tokens, spent=ledger.spent())
-    client = JudgeClient(endpoint, os.environ.get(KEY_ENV), budget=budget, retry=params.retry, ledger=ledger)
+    client = _WatchedClient(endpoint, os.environ.get(KEY_ENV), budget=budget, retry=params.retry, ledger=ledger)
     total = 2 * len(pair_ids)
+    counted = threading.Lock()
+    last = [0.0]
 
     def progress(outcome: JudgingOutcome, force: bool = False) -> None:
-        done = total - len(params.pending(store))
-        ctx.progress(done, total, force=force, calls=budget.spent.calls, tokens=budget.spent.tokens,
-                     invalid=outcome.invalid, failed=len(outcome.failed), budget_stop=outcome.budget)
+        with counted:  # worker threads and the watching loop both report; reading the store costs, so throttled
+            if not force and time.monotonic() - last[0] < 0.5:
+                return
+            last[0] = time.monotonic()
+            done = total - len(params.pending(store))
+            ctx.progress(done, total, force=force, calls=budget.spent.calls, tokens=budget.spent.tokens,
+                         invalid=outcome.invalid, failed=len(outcome.failed), budget_stop=outcome.budget,
+                         retries=client.retries, errors=client.errors, last_error=client.last_error)
 
     with _dataset_lock(ws, params.dataset, ctx):
         ctx.set_state(JobState.RUNNING, "judging")
         pending = params.pending(store)
+        progress(JudgingOutcome(), force=True)  # the total and the counts from the start, not "0 of ?"
         ctx.log(f"{len(pair_ids)} pairs, {len(pending)} of {total} judgments to request "
                 f"(judge {endpoint.model}, prompt {params.prompt_version}, {budget.spent.calls} requests spent earlier)")
         outcome = _judge_all(ctx, client, store, rows, pending, params, progress)
@@ -243,6 +288,11 @@ def run(ctx: JobContext) -> dict[str, Any]:
     write_json(ctx.results_dir / "report.json", result)
     if outcome.fatal:
         raise MarginLensError(f"judge endpoint refused the audit: {outcome.fatal}")
+    if outcome.all_failed:
+        raise MarginLensError(
+            f"stopped: all {len(outcome.failed)} judge calls failed and none was answered "
+            f"({client.retries} retries; last error: {outcome.all_failed}); check the endpoint, then resume"
+        )
     if outcome.failed and not outcome.budget:
         first = outcome.failed[0]
         raise MarginLensError(

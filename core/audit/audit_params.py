@@ -11,13 +11,13 @@ new audit, validates.
 from __future__ import annotations
 
 from collections.abc import Mapping, Sequence
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, replace
 from typing import Any
 
 from marginlens.core.audit.judge_client import Endpoint, RetryPolicy, public_url
 from marginlens.core.audit.judge_prompt import ORDERS, PROMPT_VERSION
 from marginlens.core.audit.subsets import unique_pairs
-from marginlens.core.audit.verdicts import VerdictStore
+from marginlens.core.audit.verdicts import VerdictStore, round_of
 from marginlens.core.errors import MarginLensError
 
 DEFAULT_CONCURRENCY = 4
@@ -37,6 +37,7 @@ class AuditParams:
     concurrency: int = DEFAULT_CONCURRENCY
     retry: RetryPolicy = field(default_factory=RetryPolicy)
     prompt_version: str = PROMPT_VERSION
+    reask: int = 0  # >0: ask again, as this round, the judgments whose stored answer was off-format
 
     def __post_init__(self) -> None:
         object.__setattr__(self, "samples", {name: tuple(ids) for name, ids in self.samples.items()})
@@ -50,10 +51,16 @@ class AuditParams:
         return unique_pairs(self.samples)
 
     def pending(self, store: VerdictStore) -> list[Judgment]:
-        """The (pair, order) judgments of this audit that the verdict store does not hold yet."""
-        done = store.keys()
+        """The (pair, order) judgments of this audit that the verdict store does not hold yet; for a re-ask,
+        also those whose stored answer is off-format and from an earlier round."""
         model, version = self.endpoint.model, self.prompt_version
-        return [(pid, order) for pid in self.pair_ids for order in ORDERS if (pid, model, version, order) not in done]
+        if not self.reask:
+            done = store.keys()
+            return [(pid, order) for pid in self.pair_ids for order in ORDERS
+                    if (pid, model, version, order) not in done]
+        stored = {(pid, order): store.get((pid, model, version, order)) for pid in self.pair_ids for order in ORDERS}
+        return [judgment for judgment, record in stored.items()
+                if record is None or (not record["valid"] and round_of(record) < self.reask)]
 
     def to_dict(self) -> dict[str, Any]:
         return {
@@ -65,6 +72,8 @@ class AuditParams:
             "concurrency": self.concurrency,
             "retry": asdict(self.retry),
             "prompt_version": self.prompt_version,
+            # only when set: the audits written before re-asks existed keep their job ids
+            **({"reask": self.reask} if self.reask else {}),
         }
 
     @classmethod
@@ -79,7 +88,19 @@ class AuditParams:
             concurrency=data.get("concurrency", DEFAULT_CONCURRENCY),
             retry=RetryPolicy(**data.get("retry", {})),
             prompt_version=data.get("prompt_version", PROMPT_VERSION),
+            reask=int(data.get("reask") or 0),
         )
+
+
+def reask_params(store: VerdictStore, params: AuditParams) -> AuditParams | None:
+    """The audit that asks the judge again for this audit's off-format answers, as the next round (a new
+    job, charged like any call); None when no stored answer of it is off-format."""
+    model, version = params.endpoint.model, params.prompt_version
+    invalid = [r for pid in params.pair_ids for order in ORDERS
+               if (r := store.get((pid, model, version, order))) is not None and not r["valid"]]
+    if not invalid:
+        return None
+    return replace(params, reask=max(round_of(r) for r in invalid) + 1)
 
 
 def audit_params(

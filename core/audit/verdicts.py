@@ -6,6 +6,10 @@ and a crash in the middle of a write leaves at most one torn last line, which re
 writer terminates. Appends take an exclusive flock and re-read what other processes appended, so a
 key is written at most once even with several writers; the first record of a key wins.
 
+A re-ask (an off-format answer asked again on purpose, and paid for) is a record with "reask": ROUND, a
+round number above the stored one's (absent: 0). It supersedes the stored answer of its key; once per
+round, like any record. The answers it replaced stay in the file.
+
 JSONL rather than sqlite: a verdict file is small (two lines per judged pair), readable with any tool,
 and easy to check for leaked secrets.
 """
@@ -32,6 +36,15 @@ def verdicts_path(ws: Workspace, dataset: str) -> Path:
 
 def key_of(record: dict[str, Any]) -> VerdictKey:
     return (record["pair_id"], record["judge_model"], record["prompt_version"], record["order"])
+
+
+def round_of(record: dict[str, Any] | None) -> int:
+    """Which asking of its key a record answers: 0 the first, then each re-ask's round."""
+    return int((record or {}).get("reask") or 0)
+
+
+def _supersedes(record: dict[str, Any], stored: dict[str, Any] | None) -> bool:
+    return stored is None or round_of(record) > round_of(stored)
 
 
 class VerdictStore:
@@ -62,7 +75,8 @@ class VerdictStore:
                 key = key_of(record)
             except (ValueError, KeyError, TypeError):
                 continue  # the tail of a torn line, terminated by a later writer
-            self._records.setdefault(key, record)
+            if _supersedes(record, self._records.get(key)):
+                self._records[key] = record
         self._offset += end
 
     def records(self) -> list[dict[str, Any]]:
@@ -81,7 +95,8 @@ class VerdictStore:
             return self._records.get(key)
 
     def append(self, record: dict[str, Any]) -> bool:
-        """Store `record` durably unless its key is already stored; True if it was written."""
+        """Store `record` durably unless its key is already stored (in this round or a later one); True if it
+        was written."""
         key = key_of(record)
         line = json.dumps(record, ensure_ascii=False, sort_keys=True, default=str).encode("utf-8") + b"\n"
         if b"\n" in line[:-1]:
@@ -92,7 +107,7 @@ class VerdictStore:
             try:
                 fcntl.flock(fd, fcntl.LOCK_EX)
                 self._refresh()
-                if key in self._records:
+                if not _supersedes(record, self._records.get(key)):
                     return False
                 size = os.fstat(fd).st_size
                 if size and os.pread(fd, 1, size - 1) != b"\n":

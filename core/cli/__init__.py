@@ -27,6 +27,19 @@ COMMAND_MODULES = [
 ]
 
 
+# What `marginlens --help` opens with: for users (the module docstring above is for developers).
+DESCRIPTION = """MarginLens: find the preference pairs worth training on, by their alignment potential (M_AP).
+
+A dataset goes: import -> score (the policy's implicit margin) -> select (top pairs by M_AP, exported in
+TRL's format) -> train. audit asks an LLM judge whether it agrees with the labels; app opens the dashboard."""
+EPILOG = """example:
+  marginlens import hh.jsonl.gz --name hh
+  marginlens score hh
+  marginlens select hh --metric map --ratio 0.4 --out hh-map.jsonl
+
+`marginlens COMMAND --help` describes a command; background jobs: `marginlens jobs`."""
+
+
 def _command_modules() -> list[str]:
     installed = [ep.value for ep in importlib.metadata.entry_points(group="marginlens.commands")]
     return COMMAND_MODULES + sorted(installed)
@@ -39,7 +52,8 @@ def build_parser() -> argparse.ArgumentParser:
         default=argparse.SUPPRESS,
         help="workspace folder (default: $MARGINLENS_WORKSPACE or ./marginlens-workspace)",
     )
-    parser = argparse.ArgumentParser(prog="marginlens", parents=[common], description=__doc__)
+    parser = argparse.ArgumentParser(prog="marginlens", parents=[common], description=DESCRIPTION, epilog=EPILOG,
+                                     formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--version", action="version", version=f"marginlens {__version__}")
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
     for name in _command_modules():

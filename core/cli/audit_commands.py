@@ -19,6 +19,7 @@ from marginlens.core.audit.subsets import (
     ordered,
     sample_subsets,
 )
+from marginlens.core.selection.margins import scored_part
 from marginlens.core.selection.metrics import DEFAULT_PARAMS, MetricParams, metric_names
 from marginlens.core.workspace import Workspace
 
@@ -34,8 +35,9 @@ def register(sub: argparse._SubParsersAction, common: argparse.ArgumentParser) -
     p.add_argument("--base-url", default=None, help="OpenAI-compatible endpoint (default: api.openai.com); "
                                                      "key from $OPENAI_API_KEY")
     p.add_argument("--n", type=int, default=DEFAULT_N, help=f"pairs sampled per subset (default {DEFAULT_N})")
-    p.add_argument("--subsets", default=",".join(metric_names()),
-                   help=f"comma-separated metrics whose top-k is sampled (default: all, {','.join(metric_names())})")
+    p.add_argument("--subsets", default=None,
+                   help=f"comma-separated metrics whose top-k is sampled (default: all that the dataset's margins "
+                        f"allow, of {','.join(metric_names())})")
     p.add_argument("--ratio", type=float, default=None, help="top-k ratio of each subset (default 0.4)")
     p.add_argument("--weight", type=float, default=DEFAULT_PARAMS.weight,
                    help=f"M_AP weight w (default {DEFAULT_PARAMS.weight})")
@@ -53,6 +55,9 @@ def register(sub: argparse._SubParsersAction, common: argparse.ArgumentParser) -
     p.add_argument("--estimate", action="store_true", help="print the cost estimate and stop")
     p.add_argument("--detach", action="store_true", help="start the job and return without waiting")
     p.add_argument("--cancel", action="store_true", help="cancel the running audit with these settings")
+    p.add_argument("--reask-invalid", action="store_true",
+                   help="ask the judge again for this audit's off-format answers (new calls, charged and "
+                        "recorded as a re-ask; the answers replaced stay in the verdict file)")
     p.add_argument("--json", action="store_true", help="print the final report as JSON")
     p.set_defaults(func=cmd_audit)
 
@@ -79,12 +84,28 @@ def register(sub: argparse._SubParsersAction, common: argparse.ArgumentParser) -
     p.set_defaults(func=cmd_unflag)
 
 
+def _subsets(args: argparse.Namespace, ws: Workspace) -> tuple[str, ...]:
+    """The metrics named, or by default those the dataset's margins allow (saying once why not the rest)."""
+    if args.subsets is not None:
+        return tuple(m.strip() for m in args.subsets.split(",") if m.strip())
+    from marginlens.core.selection.margin_sources import dataset_margin_sources
+
+    sources = dataset_margin_sources(ws, args.name)
+    for note in sources.notes:
+        print(note, file=sys.stderr)  # stderr: a --json report stays parseable
+    return sources.runnable
+
+
 def _params(args: argparse.Namespace, ws: Workspace) -> AuditParams:
     from marginlens.core.audit.judge_client import Endpoint
 
-    metrics = tuple(m.strip() for m in args.subsets.split(",") if m.strip())
+    metrics = _subsets(args, ws)
     subsets = build_subsets(ws, args.name, metrics=metrics, ratio=args.ratio, params=MetricParams(weight=args.weight),
                             policy_fp=args.policy, reward_fp=args.reward)
+    n_scored, n_total = scored_part(ws, args.name, args.policy, args.reward)
+    if n_scored < n_total:
+        # stderr: a --json report on stdout stays parseable
+        print(f"{n_scored} of {n_total} pairs scored: the subsets are drawn from the scored pairs", file=sys.stderr)
     endpoint = Endpoint(model=args.judge_model, base_url=args.base_url, timeout=args.timeout,
                         max_output_tokens=args.max_output_tokens)
     return audit_params(args.name, sample_subsets(subsets, args.n, args.seed), endpoint,
@@ -111,6 +132,15 @@ def cmd_audit(args: argparse.Namespace) -> int:
 
     ws = Workspace.resolve(args.workspace)
     params = _params(args, ws)
+    if args.reask_invalid:
+        from marginlens.core.audit.audit_params import reask_params
+        from marginlens.core.audit.verdicts import VerdictStore
+
+        reask = reask_params(VerdictStore.for_dataset(ws, args.name), params)
+        if reask is None:
+            print("no off-format answer among this audit's verdicts: nothing to ask again")
+            return 0
+        params = reask
     if args.cancel:
         job = Job(ws.jobs_dir / job_id_for("audit", params.to_dict()))
         job.cancel()

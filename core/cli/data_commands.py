@@ -21,8 +21,12 @@ def register(sub: argparse._SubParsersAction, common: argparse.ArgumentParser) -
     p.add_argument("--policy", choices=("strict", "skip"), default="strict",
                    help="strict: stop at the first bad row; skip: import the rest and write a rejects file")
     p.add_argument("--max-prompt-chars", type=int, default=None, help="reject prompts longer than this")
-    p.add_argument("--allow-empty-responses", action="store_true",
-                   help="keep pairs whose chosen or rejected response is empty (e.g. a preferred silent refusal)")
+    p.add_argument("--empty-responses", choices=("keep", "reject"), default="keep",
+                   help="keep (default): keep pairs whose chosen or rejected response is empty (e.g. a preferred "
+                        "silent refusal), flagged empty_response; reject: treat them as bad rows")
+    # the flag of earlier versions, when rejecting was the default; keeping is the default now
+    p.add_argument("--allow-empty-responses", dest="empty_responses", action="store_const", const="keep",
+                   help=argparse.SUPPRESS)
     p.add_argument("--split", default=None, help="split of a save_to_disk DatasetDict or Hub dataset")
     p.add_argument("--replace", action="store_true", help="replace an existing dataset of the same name")
     p.set_defaults(func=cmd_import)
@@ -43,7 +47,7 @@ def cmd_import(args: argparse.Namespace) -> int:
     report = import_dataset(
         args.source, args.name, Workspace.resolve(args.workspace), format=args.format,
         mapping=parse_mapping(args.mapping), policy=args.policy, max_prompt_chars=args.max_prompt_chars,
-        allow_empty_responses=args.allow_empty_responses, split=args.split, replace=args.replace,
+        allow_empty_responses=args.empty_responses == "keep", split=args.split, replace=args.replace,
         progress=sys.stderr.isatty(),
     )
     print(report.summary())
@@ -63,10 +67,32 @@ def cmd_list(args: argparse.Namespace) -> int:
     return 0
 
 
-def _fmt_summary(summary: dict[str, float]) -> str:
+# What `info` says about each import flag (core.data.formats sets them on pairs it keeps).
+FLAG_NOTES = {
+    "multi_turn_response": "chosen or rejected goes on for more turns after the prompt they share; the "
+                           "whole continuation is scored as the response",
+    "empty_response": "the chosen or rejected response is empty (kept, e.g. a preferred silent refusal)",
+}
+
+
+def _number(value: float, counts: bool) -> str:
+    """Counts (turns, characters, tokens) as whole numbers; a mean, or a real-valued margin, with decimals."""
+    return f"{value:,.0f}" if counts and float(value).is_integer() else f"{value:,.1f}" if counts else f"{value:,.3g}"
+
+
+def _fmt_summary(summary: dict[str, float], counts: bool = True) -> str:
     if not summary:
         return "-"
-    return "  ".join(f"{k} {v:,.1f}" for k, v in summary.items())
+    return "  ".join(f"{k} {_number(v, counts)}" for k, v in summary.items())
+
+
+def _print_margin_sources(ws: Workspace, name: str) -> None:
+    from marginlens.core.selection.margin_sources import dataset_margin_sources
+
+    sources = dataset_margin_sources(ws, name)
+    print(f"  metrics now:     {', '.join(sources.runnable)}")
+    for note in sources.notes:
+        print(f"  {note}")
 
 
 def cmd_info(args: argparse.Namespace) -> int:
@@ -91,7 +117,10 @@ def cmd_info(args: argparse.Namespace) -> int:
         print(f"  {column + ' tokens:':<16} {_fmt_summary(summary)}  (first {stats['tokens_sampled']} rows)")
     print(f"  score columns:   {', '.join(stats['score_columns']) or 'none (use a reward model when scoring)'}")
     if "explicit_margin" in stats:
-        print(f"  explicit margin: {_fmt_summary(stats['explicit_margin'])}")
+        print(f"  explicit margin: {_fmt_summary(stats['explicit_margin'], counts=False)}")
+    _print_margin_sources(Workspace.resolve(args.workspace), args.name)
     if stats["flags"]:
-        print(f"  flags:           {stats['flags']}")
+        print("  flagged at import (kept; `select --filter flagged=false` leaves them out):")
+        for flag, n in stats["flags"].items():
+            print(f"    {flag}: {n:,} pairs -- {FLAG_NOTES.get(flag, 'see the import report')}")
     return 0

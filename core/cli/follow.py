@@ -37,7 +37,9 @@ def detach_message(job: Job) -> str:
 
 
 def status_text(status: JobStatus, unit: str, detail: str) -> str:
-    return " · ".join(part for part in (str(status.state), progress_line(status, unit), detail) if part)
+    # a queued job says what it waits for (the training slot, another audit of the dataset)
+    waiting = status.message if status.state is JobState.QUEUED and status.message != "starting" else ""
+    return " · ".join(part for part in (str(status.state), waiting, progress_line(status, unit), detail) if part)
 
 
 class _Bar:

@@ -36,7 +36,8 @@ def _scorer_args(p: argparse.ArgumentParser) -> None:
 
 
 def _metric_help() -> str:
-    return "; ".join(f"{name}: {get_metric(name).description}" for name in metric_names())
+    return (f"how pairs are ranked (default {DEFAULT_METRIC}): "
+            + "; ".join(f"{name}: {get_metric(name).description}" for name in metric_names()))
 
 
 def register(sub: argparse._SubParsersAction, common: argparse.ArgumentParser) -> None:
@@ -54,7 +55,9 @@ def register(sub: argparse._SubParsersAction, common: argparse.ArgumentParser) -
                    help="before: filters choose the candidates that are ranked; after: they prune the top-k")
     p.add_argument("--out", required=True,
                    help="output path; a relative path goes under the workspace's exports/ folder")
-    p.add_argument("--format", choices=("jsonl", "parquet", "hf"), default="jsonl")
+    p.add_argument("--format", choices=("jsonl", "parquet", "hf"), default=None,
+                   help="default: from the --out extension (.jsonl, .parquet; none: a save_to_disk folder); "
+                        "an extension that contradicts it is an error")
     p.add_argument("--layout", choices=("source", "explicit"), default="source",
                    help="source: the dataset's own layout; explicit: always an explicit prompt column")
     p.add_argument("--with-metrics", action="store_true", help="add pair_id, m_ex, m_im, score and rank columns")
@@ -88,6 +91,18 @@ def _margins(args: argparse.Namespace, ws: Workspace):
                         beta=args.beta)
 
 
+def _check_runnable(margins: Any, metric: str, dataset: str) -> None:
+    """A metric whose margin is missing is refused with what is missing and what runs instead."""
+    from marginlens.core.errors import MarginLensError
+    from marginlens.core.selection.margin_sources import margin_sources
+
+    sources = margin_sources(margins)
+    if metric not in sources.runnable:
+        notes = " ".join(sources.notes)
+        raise MarginLensError(f"--metric {metric} cannot run on {dataset!r}. {notes} Metrics that run now: "
+                              f"{', '.join(sources.runnable)}")
+
+
 def cmd_select(args: argparse.Namespace) -> int:
     from marginlens.core.selection.export import export_selection
     from marginlens.core.selection.filters import parse_filter
@@ -101,6 +116,7 @@ def cmd_select(args: argparse.Namespace) -> int:
         token = hub_token(args.push_to_hub, args.token)  # offline or no token: refuse before writing anything
     filters = [parse_filter(f) for f in args.filter]
     margins = _margins(args, ws)
+    _check_runnable(margins, args.metric, args.name)
     spec = SelectionSpec(metric=args.metric, weight=args.weight, signed=args.signed, ratio=args.ratio,
                          count=args.count, seed=args.seed, filters=filters, filter_stage=args.filter_stage)
     texts = None

@@ -57,12 +57,52 @@ _STRING_FORMATS = ("trl-standard", "hh-rlhf")
 _MESSAGES = pa.list_(MESSAGE_TYPE)
 
 
+class ExportExists(MarginLensError):
+    """The output path (or its manifest) exists and replacing it was not asked for."""
+
+    def __init__(self, path: Path):
+        super().__init__(f"{path} already exists; pass --overwrite to replace it")
+        self.path = path
+
+
+class OutsideWorkspace(MarginLensError):
+    """The output path is outside the workspace and writing there was not allowed."""
+
+    def __init__(self, path: Path, root: Path):
+        super().__init__(f"{path} is outside the workspace {root}; pass --outside-workspace (allow_outside=True) "
+                         "to write there")
+        self.path = path
+
+
 @dataclass
 class ExportResult:
     path: Path
     manifest_path: Path
     rows: int
     manifest: dict[str, Any]
+
+
+# A file's extension names its format; a save_to_disk folder ("hf") has none.
+EXTENSIONS = {".jsonl": "jsonl", ".json": "jsonl", ".parquet": "parquet"}
+
+
+def format_for(out: str | os.PathLike, fmt: str | None = None) -> str:
+    """The format an export to `out` is written in: `fmt` if given, else what the extension says
+    (no extension: a save_to_disk folder). An extension that contradicts `fmt` is an error, so that a
+    `.parquet` file never holds JSON lines."""
+    suffix = Path(out).suffix.lower()
+    implied = EXTENSIONS.get(suffix) if suffix else "hf"
+    if fmt is None:
+        if implied is None:
+            raise MarginLensError(f"cannot tell the export format of {Path(out).name!r} from its extension "
+                                  f"{suffix!r}: name it .jsonl or .parquet, or give the format (--format)")
+        return implied
+    if fmt not in FORMATS:
+        raise MarginLensError(f"unknown export format {fmt!r} (expected one of {', '.join(FORMATS)})")
+    if implied is not None and suffix and implied != fmt:
+        raise MarginLensError(f"{Path(out).name!r} has the extension of {implied}, but the format asked is {fmt}: "
+                              f"rename it or change the format")
+    return fmt
 
 
 def resolve_output(ws: Workspace, out: str | os.PathLike, fmt: str, allow_outside: bool, overwrite: bool) -> Path:
@@ -72,12 +112,10 @@ def resolve_output(ws: Workspace, out: str | os.PathLike, fmt: str, allow_outsid
     path = Path(out).expanduser()
     path = (path if path.is_absolute() else ws.exports_dir / path).resolve()
     if not path.is_relative_to(ws.root) and not allow_outside:
-        raise MarginLensError(
-            f"{path} is outside the workspace {ws.root}; pass --outside-workspace (allow_outside=True) to write there"
-        )
+        raise OutsideWorkspace(path, ws.root)
     existing = [p for p in (path, manifest_path_for(path, fmt)) if p.exists()]
     if existing and not overwrite:
-        raise MarginLensError(f"{existing[0]} already exists; pass --overwrite to replace it")
+        raise ExportExists(existing[0])
     return path
 
 
@@ -255,7 +293,7 @@ def export_selection(
     selection: Selection,
     margins: pd.DataFrame,
     out: str | os.PathLike,
-    fmt: str = "jsonl",
+    fmt: str | None = None,
     *,
     layout: str = "source",
     include_metrics: bool = False,
@@ -265,6 +303,7 @@ def export_selection(
 ) -> ExportResult:
     """Write the selected pairs of `margins` (the frame `selection` was computed on) and a manifest.
     Noisy-pair flags are applied unless `apply_flags` is False (see the module docstring)."""
+    fmt = format_for(out, fmt)
     path = resolve_output(ws, out, fmt, allow_outside, overwrite)
     selected = selection  # what the metric picked; from here on `selection` is what gets written
     selection, swapped, flags = apply_flags_to(ws, dataset, selected, apply_flags)

@@ -26,7 +26,7 @@ from typing import Any
 from marginlens.core.atomic import write_text
 from marginlens.core.errors import MarginLensError
 from marginlens.core.jobs import JobCancelled, JobContext
-from marginlens.core.training import runs, settings, train_data
+from marginlens.core.training import runs, settings, train_data, train_slot
 from marginlens.core.training.train_spec import TrainSpec
 
 
@@ -152,8 +152,6 @@ def _save_final(ctx: JobContext, trainer: Any, results: Path) -> Path:
 def run(ctx: JobContext) -> dict[str, Any]:
     spec = TrainSpec.from_params(ctx.params)
     results = ctx.results_dir
-    checkpoints = results / runs.CHECKPOINTS_DIR
-    metrics = results / runs.METRICS_FILE
     if ctx.is_main:
         text = settings.trl_config_text(spec, output_dir=str(results / "trl-cli-output"), job_id=ctx.job.id)
         write_text(results / settings.TRL_CONFIG_FILE, text)
@@ -161,6 +159,13 @@ def run(ctx: JobContext) -> dict[str, Any]:
         raise MarginLensError(
             f"{spec.data} changed since this run was submitted; submit it again to train on the new content"
         )
+    with train_slot.training_slot(ctx):  # queued while another run trains on this machine
+        return _train(ctx, spec, results)
+
+
+def _train(ctx: JobContext, spec: TrainSpec, results: Path) -> dict[str, Any]:
+    checkpoints = results / runs.CHECKPOINTS_DIR
+    metrics = results / runs.METRICS_FILE
     resume = _prepare_resume(ctx, results)
     ctx.check_cancel()
     ctx.log(f"{spec.method} on {spec.data} with {spec.model} ({spec.device}), preset {spec.preset}")

@@ -1,0 +1,114 @@
+"""Issue 12, point 2: an audit against an endpoint that cannot answer. It is refused before it starts
+(unreachable, key refused, model not served) with the server's own words; a run whose every call fails
+stops with a clear message; while it runs, the status counts requests, retries and the last error."""
+
+from __future__ import annotations
+
+import json
+import threading
+import time
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+
+import pytest
+from helpers_data import make_dataset, standard_records
+from judge_server import ScriptedJudge
+from marginlens.core.audit.audit_job import ALL_FAILED_STOP, submit_audit
+from marginlens.core.audit.audit_params import audit_params
+from marginlens.core.audit.endpoint_check import check_endpoint
+from marginlens.core.audit.judge_client import Endpoint, RetryPolicy
+from marginlens.core.errors import MarginLensError
+from marginlens.core.job_status import details
+from marginlens.core.jobs import list_jobs
+
+UNREACHABLE = "http://127.0.0.1:9/v1"  # the discard port: nothing listens there
+
+
+class _ModelList:
+    """A real HTTP server whose GET /v1/models answers `status` with `body`."""
+
+    def __init__(self, status: int, body: dict):
+        outer = self
+
+        class Handler(BaseHTTPRequestHandler):
+            def log_message(self, *args):
+                pass
+
+            def do_GET(self):
+                data = json.dumps(body).encode()
+                outer.paths.append(self.path)
+                self.send_response(status)
+                self.send_header("Content-Type", "application/json")
+                self.send_header("Content-Length", str(len(data)))
+                self.end_headers()
+                self.wfile.write(data)
+
+        self.paths: list[str] = []
+        self.server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+        threading.Thread(target=self.server.serve_forever, daemon=True).start()
+
+    @property
+    def base_url(self) -> str:
+        return f"http://127.0.0.1:{self.server.server_address[1]}/v1"
+
+    def close(self) -> None:
+        self.server.shutdown()
+        self.server.server_close()
+
+
+def test_unreachable_endpoint_is_refused_before_any_job(ws, tmp_path):
+    make_dataset(ws, "d", standard_records(4, seed=1), tmp_path)
+    ids = list(ws.load_pairs("d")["pair_id"])
+    params = audit_params("d", {"random": ids}, Endpoint("gpt-x", UNREACHABLE, timeout=5.0))
+    with pytest.raises(MarginLensError, match=r"cannot reach the judge endpoint http://127.0.0.1:9/v1"):
+        submit_audit(ws, params)
+    assert list_jobs(ws, "audit") == []  # nothing started, nothing to cancel
+
+
+def test_refused_key_quotes_the_server_and_hides_the_key():
+    key = "sk-endpoint-check-SECRET-77"
+    server = _ModelList(401, {"error": {"message": f"Incorrect API key provided: {key}", "code": "invalid_api_key"}})
+    try:
+        with pytest.raises(MarginLensError) as caught:
+            check_endpoint(Endpoint("gpt-x", server.base_url), key)
+    finally:
+        server.close()
+    text = str(caught.value)
+    assert "refused the API key (HTTP 401): Incorrect API key provided: ***" in text and key not in text
+    assert server.paths == ["/v1/models"]
+
+
+def test_model_the_server_does_not_list_is_refused():
+    server = _ModelList(200, {"object": "list", "data": [{"id": "llama-3-8b", "object": "model"}]})
+    try:
+        with pytest.raises(MarginLensError, match=r"does not serve model 'gpt-4o' \(it lists: llama-3-8b\)"):
+            check_endpoint(Endpoint("gpt-4o", server.base_url), None)
+        check_endpoint(Endpoint("llama-3-8b", server.base_url), None)  # a listed model passes
+    finally:
+        server.close()
+
+
+def test_every_call_failing_stops_the_job_with_live_counts(ws, tmp_path):
+    make_dataset(ws, "down", standard_records(6, seed=2), tmp_path)
+    ids = list(ws.load_pairs("down")["pair_id"])
+    retry = RetryPolicy(max_attempts=3, base_delay=0.2, max_delay=0.2)
+    with ScriptedJudge(fault_for=lambda request: "500") as judge:
+        params = audit_params("down", {"random": ids}, Endpoint("judge-1", judge.base_url, timeout=5.0),
+                              retry=retry, concurrency=1)
+        job = submit_audit(ws, params)
+        seen = []
+        deadline = time.monotonic() + 60
+        while job.status().live and time.monotonic() < deadline:
+            seen.append(job.status())
+            time.sleep(0.05)
+        status = job.wait(timeout=30)
+    assert status.state == "failed", job.log_tail()
+    assert f"all {ALL_FAILED_STOP} judge calls failed and none was answered" in status.message
+    assert "last error: gave up after 3 attempts: HTTP 500" in status.message
+    # stopped after ALL_FAILED_STOP calls of 3 attempts each, not after all 12 judgments
+    assert len(judge.requests) == ALL_FAILED_STOP * 3
+    # while running: the total from the start, and requests / retries / the last error before any verdict
+    running = [s for s in seen if s.message == "judging" and s.done == 0]
+    assert running and all(s.total == 12 for s in running)
+    assert any(s.extra.get("calls", 0) > 0 and s.extra.get("retries", 0) > 0 for s in running)
+    assert any("last error: HTTP 500" in details("audit", s) for s in running)
+    assert status.extra["failed"] == ALL_FAILED_STOP and status.extra["retries"] == ALL_FAILED_STOP * 2
