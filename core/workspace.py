@@ -32,6 +32,14 @@ def check_name(name: str) -> str:
     return name
 
 
+def name_for_source(source: str) -> str:
+    """A dataset name suggested by a file, folder or Hub id: its last part before the first dot, with any
+    character a name may not hold replaced by '-' ('' when nothing usable is left)."""
+    last = source.strip().rstrip("/\\").replace("\\", "/").rsplit("/", 1)[-1]
+    stem = re.sub(r"[^A-Za-z0-9._-]+", "-", last.split(".")[0]).strip("-.")[:128]
+    return stem if _NAME.match(stem) else ""
+
+
 class Workspace:
     def __init__(self, root: str | os.PathLike):
         self.root = Path(root).expanduser().resolve()

@@ -2,8 +2,6 @@
 
 from __future__ import annotations
 
-from pathlib import Path
-
 import pandas as pd
 import streamlit as st
 from marginlens.app import readers, widgets
@@ -15,9 +13,11 @@ from marginlens.core.data.import_job import import_spec, submit_import
 from marginlens.core.data.ingest import parse_mapping
 from marginlens.core.errors import MarginLensError
 from marginlens.core.job_status import JobState
+from marginlens.core.workspace import name_for_source
 
 IMPORT_JOB = "_data_import_job"  # the import this session started
 IMPORT_SHOWN = "_data_import_shown"  # the finished import whose dataset the picker moved to
+NAME_KEY, NAME_SUGGESTED = "_data_name", "_data_name_suggested"
 
 ws = workspace()
 st.title("Data")
@@ -31,7 +31,12 @@ with st.expander("Import a dataset", expanded=not ws.dataset_names()):
     with hub_tab:
         hub_id = st.text_input("Hub dataset id (needs network)", placeholder="owner/name")
     cols = st.columns(4)
-    name = cols[0].text_input("Name", value=Path(uploaded.name).name.split(".")[0] if uploaded else "")
+    # Suggested from the source until the user types a name of their own, which a new source never overwrites.
+    suggestion = name_for_source(uploaded.name if uploaded else server_path or hub_id)
+    if st.session_state.get(NAME_KEY, "") in ("", st.session_state.get(NAME_SUGGESTED, "")):
+        st.session_state[NAME_KEY] = suggestion
+    st.session_state[NAME_SUGGESTED] = suggestion
+    name = cols[0].text_input("Name", key=NAME_KEY)
     fmt = cols[1].selectbox("Format", ("auto", *FORMATS))
     policy = cols[2].selectbox("Bad rows", ("skip", "strict"), help="skip: import the rest and keep a rejects file")
     max_prompt = cols[3].number_input("Max prompt characters (0 = no limit)", min_value=0, value=0, step=1000)

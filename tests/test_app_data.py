@@ -97,3 +97,36 @@ def test_after_an_import_the_page_shows_the_new_dataset(tmp_path):
     assert next(s for s in at.selectbox if s.label == "Dataset").value == "zzz-second"
     assert metrics(at)["Pairs"] == "12"
     assert "zzz-second: imported 12 of 12 rows" in re.sub(r"\\(.)", r"\1", at.success[0].value)  # as read
+
+
+def test_a_path_prefills_the_name_and_imports_without_typing_one(tmp_path):
+    ws = Workspace(tmp_path / "workspace")
+    source = tmp_path / "hh-rlhf harmless.test.jsonl"
+    source.write_text("\n".join(json.dumps(r) for r in records(5)) + "\n", encoding="utf-8")
+    at = app_test("data_page.py", ws)
+    at.run()
+    at.text_input[0].input(str(source)).run()
+    assert next(t for t in at.text_input if t.label == "Name").value == "hh-rlhf-harmless"
+    at.button[0].click().run()
+    no_errors(at)
+    finish_import(at, ws)
+    assert ws.dataset_names() == ["hh-rlhf-harmless"]
+
+
+def test_suggested_names_are_valid_or_empty():
+    from marginlens.core.workspace import check_name, name_for_source
+
+    assert name_for_source("/data/prefs.jsonl.gz") == "prefs"
+    assert name_for_source("owner/ultrafeedback_binarized") == "ultrafeedback_binarized"
+    assert name_for_source("/data/saved_folder/") == "saved_folder"
+    assert name_for_source("") == "" and name_for_source("/data/.hidden") == ""
+    assert check_name(name_for_source("C:\\data\\my file (1).csv")) == "my-file-1"
+
+
+def test_a_name_the_user_typed_is_never_replaced_by_a_suggestion(tmp_path):
+    ws = Workspace(tmp_path / "workspace")
+    at = app_test("data_page.py", ws)
+    at.run()
+    next(t for t in at.text_input if t.label == "Name").input("mine").run()
+    at.text_input[0].input(str(tmp_path / "other.jsonl")).run()
+    assert next(t for t in at.text_input if t.label == "Name").value == "mine"
