@@ -72,7 +72,7 @@ class StubTokenizer:
 
 
 def time_scoring(model, pairs, peak: float, device: str, token_budget: int | None = None,
-                 packing: bool | None = None, deadline: float | None = None) -> dict:
+                 packing: bool = False, deadline: float | None = None) -> dict:
     """Score `pairs` once (after a warm-up on a sixteenth of them) and measure: tokens/s, pairs/s and MFU.
 
     MFU counts the tokens the chosen path really computes (a prompt once padded, twice packed, no
@@ -118,8 +118,8 @@ def main() -> None:
     parser.add_argument("--tiny", "--dry-run", action="store_true", help="tiny config on CPU: checks the logic only")
     parser.add_argument("--pairs", type=int, default=512)
     parser.add_argument("--token-budget", type=int, default=None, help="default: chosen from free GPU memory")
-    parser.add_argument("--packing", choices=("auto", "on", "off"), default="auto",
-                        help="padding-free packing (default: on for CUDA, off on CPU)")
+    parser.add_argument("--packing", choices=("on", "off"), default="off",
+                        help="padding-free packing (default off, as in the scorer)")
     args = parser.parse_args()
 
     if args.tiny:
@@ -135,7 +135,7 @@ def main() -> None:
     model = build_model(config, device, dtype)
     print(f"model: {sum(p.numel() for p in model.parameters()) / 1e9:.2f}B parameters, {dtype}")
     pairs = synthetic_pairs(pairs_n, config["vocab_size"])
-    packing = {"auto": None, "on": True, "off": False}[args.packing]
+    packing = args.packing == "on"
     r = time_scoring(model, pairs, peak, device, args.token_budget, packing)
     print(f"{'packed' if r['packing'] else 'padded'}, token budget {r['token_budget']}: {r['pairs']} pairs, "
           f"{r['computed_tokens']} computed tokens in {r['seconds']:.2f} s: {r['tokens_per_s']:,.0f} tokens/s, "

@@ -6,6 +6,7 @@ import json
 import os
 import shutil
 import tempfile
+import time
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from pathlib import Path
@@ -77,6 +78,22 @@ def write_with(target: str | os.PathLike, writer: Callable[[Path], None]) -> Non
     """Atomically create `target` with `writer(tmp_path)` (e.g. a parquet or save_to_disk call)."""
     with atomic_path(target) as tmp:
         writer(tmp)
+
+
+def create_json(target: str | os.PathLike, obj: Any) -> bool:
+    """Atomically create `target` unless it exists; of writers racing, the first wins and the others leave
+    its content as it is. True when this call created it."""
+    target = Path(target)
+    tmp = target.with_name(f".{target.name}.{os.getpid()}.{time.time_ns()}.new")
+    write_json(tmp, obj)
+    try:
+        os.link(tmp, target)  # unlike a rename, a link never replaces an existing file
+    except FileExistsError:
+        return False
+    finally:
+        tmp.unlink(missing_ok=True)
+    _fsync_dir(target.parent)
+    return True
 
 
 def read_json(path: str | os.PathLike, default: Any = None) -> Any:

@@ -5,12 +5,16 @@ the CUDA kernel is checked by bench/gpu_check.py.)"""
 
 from __future__ import annotations
 
+import copy
+from types import SimpleNamespace
+
 import pytest
 from marginlens.core.errors import MarginLensError
 from marginlens.core.scoring import packing
 from marginlens.core.scoring.logprobs import ImplicitScorer
 from marginlens.core.scoring.models import load_causal_lm
 from marginlens.core.scoring.packing import packed_cost, plan_packs
+from marginlens.core.scoring.pair_tree import supports_tree
 from marginlens.core.scoring.tokenization import TokenizedPair
 from tiny_models import pairs_of_mixed_lengths, single_thread, smollm2, tiny_llama  # noqa: F401
 
@@ -65,8 +69,33 @@ def test_a_model_whose_attention_ignores_the_boundaries_fails_loudly(tiny_llama)
     # As if the model's attention bypassed transformers' attention interface: no packed call would happen,
     # and documents would see each other.
     model.set_attn_implementation("sdpa")
-    with pytest.raises(MarginLensError, match="did not go through packed attention"):
+    with pytest.raises(MarginLensError, match="0 of this model.s 2 attention layers went through packed attention"):
         scorer.score(*_args(pairs_of_mixed_lengths(3, seed=1)))
+
+
+def test_one_layer_outside_packed_attention_fails_loudly(tiny_llama):  # noqa: F811
+    model, tokenizer, _ = load_causal_lm(str(tiny_llama))
+    scorer = ImplicitScorer(model, tokenizer, packing=True)
+    # The last layer alone bypasses packed attention (its own config asks for plain sdpa): the first layer's
+    # call made an "at least one" check pass while that layer attended across documents.
+    attention = model.model.layers[-1].self_attn
+    attention.config = copy.copy(attention.config)
+    attention.config._attn_implementation = "sdpa"
+    with pytest.raises(MarginLensError, match="1 of this model's 2 attention layers went through packed attention"):
+        scorer.score(*_args(pairs_of_mixed_lengths(3, seed=1)))
+
+
+@pytest.mark.parametrize("layer_types", [["full_attention", "sliding_attention"], ["chunked_attention"] * 2,
+                                         ["full_attention", "linear_attention"]])
+def test_both_layouts_refuse_models_that_mask_by_themselves(tiny_llama, layer_types):  # noqa: F811
+    model, _, _ = load_causal_lm(str(tiny_llama))
+    assert packing.supports_packing(model) is None and supports_tree(model)
+    model.config.layer_types = layer_types
+    assert "layers of type" in packing.supports_packing(model) and not supports_tree(model)
+    model.config.layer_types = None
+    model.config.get_text_config = lambda: SimpleNamespace(_attn_implementation="sdpa", sliding_window=4096)
+    # a multimodal model's text config is the one that says how its language model masks
+    assert packing.supports_packing(model) == "sliding-window attention" and not supports_tree(model)
 
 
 def test_packed_equals_padded_on_smollm2(smollm2):  # noqa: F811

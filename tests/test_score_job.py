@@ -1,10 +1,13 @@
 """The "score" job end to end: results equal direct scoring, cache hits, columns, reward model, and
-two data-parallel processes (torchrun, CPU) merge to the single-process result."""
+two data-parallel processes (`marginlens score --processes 2`: accelerate launch, CPU) merge to the single-process result."""
 
 from __future__ import annotations
 
-import socket
+import os
+import shutil
+import subprocess
 import sys
+from pathlib import Path
 
 import pytest
 from helpers_data import make_dataset
@@ -21,6 +24,7 @@ from tiny_models import conversational_records, make_tiny_llama, single_thread, 
 single_thread()
 
 BUDGET = 300
+MARGINLENS = shutil.which("marginlens", path=str(Path(sys.executable).parent)) or "marginlens"
 
 
 @pytest.fixture(scope="module")
@@ -100,21 +104,20 @@ def test_bad_specs(scored, tmp_path):
         submit_scoring(ws, ScoreSpec("d", policy=str(tmp_path / "missing-model"), device="cpu"))
 
 
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
 def test_two_processes_merge_to_the_single_process_result(scored, tmp_path, tiny_llama):  # noqa: F811
+    """Through the CLI, so what `--processes 2` launches (accelerate launch, on a CPU-only host) is tested."""
     ws_single, _, single = scored
     ws = Workspace(tmp_path / "ws")
     make_dataset(ws, "d", conversational_records(40, seed=2), tmp_path)
+    out = subprocess.run([MARGINLENS, "score", "d", "--policy", str(tiny_llama), "--device", "cpu",
+                          "--token-budget", str(BUDGET), "--max-length", "96", "--max-prompt-length", "48",
+                          "--processes", "2", "--detach", "--workspace", str(ws.root)],
+                         capture_output=True, text=True, env={**os.environ, "HF_HUB_OFFLINE": "1"}, timeout=120)
+    assert out.returncode == 0, out.stderr
     spec = ScoreSpec("d", policy=str(tiny_llama), device="cpu", token_budget=BUDGET, max_length=96,
                      max_prompt_length=48)
-    launcher = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2",
-                "--master_addr", "127.0.0.1", "--master_port", str(_free_port())]
-    handle = submit_scoring(ws, spec, launcher=launcher)
+    handle = submit_scoring(ws, spec)  # joins the job the CLI started
+    assert handle.job.spec["launcher"][2:4] == ["accelerate.commands.launch", "--multi_gpu"]
     status = handle.job.wait(timeout=240)
     assert status.state == "done", handle.job.log_tail()
     assert status.done == status.total == 40

@@ -8,16 +8,18 @@ import os
 import shutil
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 import pytest
 from helpers_data import make_dataset
+from marginlens.core.atomic import read_json
 from marginlens.core.data.pair_sample import sample_positions
 from marginlens.core.errors import MarginLensError
 from marginlens.core.scoring.score_parts import written_ids
 from marginlens.core.scoring.score_spec import ScoreJobParams, ScoreSpec, plan_tasks
 from marginlens.core.scoring.score_submit import submit_scoring
-from marginlens.core.scoring.score_tables import load_score_table
+from marginlens.core.scoring.score_tables import load_score_table, score_manifest, table_lock
 from marginlens.core.selection.margins import load_margins, scored_counts, scored_note
 from marginlens.core.selection.select import SelectionSpec, select
 from tiny_models import conversational_records, single_thread, tiny_llama  # noqa: F401
@@ -100,3 +102,67 @@ def test_a_larger_sample_scores_only_the_new_pairs(ws, tmp_path, tiny_llama):  #
     assert len(written_ids(whole.job.results_dir / fp)) == 10
     margins = load_margins(ws, "d", policy_fp=fp)
     assert scored_counts(margins) == (30, 30) and scored_note(margins) is None
+
+
+EVERY_BATCH = {"MARGINLENS_SCORE_FLUSH_SECONDS": "0"}  # a part per batch: a cancel keeps what was scored
+
+
+def _wait_done_at_least(job, n: int) -> None:
+    deadline = time.monotonic() + 120
+    while (status := job.status()).done < n:
+        assert status.state not in ("done", "failed", "cancelled"), job.log_tail()
+        assert time.monotonic() < deadline, job.log_tail()
+        time.sleep(0.05)
+
+
+def test_a_cancelled_sample_resumes_after_a_smaller_one_filled_part_of_it(ws, tmp_path, tiny_llama):  # noqa: F811
+    """Sample 150 cancelled part way, sample 100 in full, sample 150 again: the resume (the same job) once
+    recomputed its to-do list from the grown table and failed merging the parts it had written."""
+    pairs = make_dataset(ws, "d", conversational_records(200, seed=6), tmp_path)
+    pair_ids = list(pairs["pair_id"])
+    spec = ScoreSpec("d", policy=str(tiny_llama), device="cpu", token_budget=32, sample=150, seed=2)
+    first = submit_scoring(ws, spec, env=EVERY_BATCH)
+    _wait_done_at_least(first.job, 10)
+    first.job.cancel()
+    assert first.job.wait(timeout=60).state == "cancelled", first.job.log_tail()
+    fp = first.fingerprints["policy"]
+    sample100 = {pair_ids[i] for i in sample_positions(pair_ids, 100, seed=2)}
+    assert written_ids(first.job.results_dir / fp) & sample100  # the case: the smaller sample scores some again
+
+    middle = submit_scoring(ws, dataclasses.replace(spec, sample=100), env=EVERY_BATCH)
+    _done(middle)
+    table100 = {r["pair_id"]: r for r in load_score_table(ws, "d", fp).to_pylist()}
+
+    resumed = submit_scoring(ws, spec, env=EVERY_BATCH)
+    assert resumed.job.id == first.job.id
+    _done(resumed)
+    # every start of the job works on the list its first start chose, not on what the table lacks now
+    assert len(read_json(first.job.results_dir / fp / "todo.json")["positions"]) == 150
+    table150 = {r["pair_id"]: r for r in load_score_table(ws, "d", fp).to_pylist()}
+    assert set(table150) == {pair_ids[i] for i in sample_positions(pair_ids, 150, seed=2)}
+    assert all(table150[pid] == row for pid, row in table100.items())
+
+
+def test_two_jobs_growing_one_table_both_land(ws, tmp_path, tiny_llama):  # noqa: F811
+    """Two samples scored at once into the same table: each job merges under the table's lock, re-reading
+    the table there, so the later write keeps the earlier one's pairs."""
+    pairs = make_dataset(ws, "d", conversational_records(30, seed=7), tmp_path)
+    pair_ids = list(pairs["pair_id"])
+    spec = ScoreSpec("d", policy=str(tiny_llama), device="cpu", token_budget=300, max_length=96,
+                     max_prompt_length=48, sample=8, seed=1)
+    fp = plan_tasks(spec)[0].fingerprint
+    with table_lock(ws, "d", fp):  # both jobs reach their merge while the table is locked
+        one = submit_scoring(ws, spec)
+        two = submit_scoring(ws, dataclasses.replace(spec, seed=2))
+        assert one.job.id != two.job.id
+        deadline = time.monotonic() + 240
+        while not all((h.job.results_dir / fp / "finished-rank0.json").exists() for h in (one, two)):
+            assert time.monotonic() < deadline, one.job.log_tail() + two.job.log_tail()
+            time.sleep(0.1)
+        time.sleep(1.0)
+        assert one.job.status().state == two.job.status().state == "running"  # waiting for the lock
+        assert score_manifest(ws, "d", fp) is None
+    _done(one)
+    _done(two)
+    expected = {pair_ids[i] for seed in (1, 2) for i in sample_positions(pair_ids, 8, seed=seed)}
+    assert set(load_score_table(ws, "d", fp).column("pair_id").to_pylist()) == expected

@@ -16,8 +16,9 @@ Why it is fast:
   the model's own layers run in bf16;
 - on CPU a pair is one row, [prompt | chosen | rejected] under a tree mask (core.scoring.pair_tree);
 - on CUDA out-of-memory the token budget halves and the batch is retried;
-- on CUDA, by default, no padding at all: pairs are packed into one row (core.scoring.packing), each
-  response with its own copy of the prompt, and attention runs per document (`packing=` to choose).
+- on request (`packing=True`), no padding at all: pairs are packed into one row (core.scoring.packing),
+  each response with its own copy of the prompt, and attention runs per document. Off by default, CUDA
+  included: it computes every prompt twice, and what it saves there is not measured yet (bench/gpu_check.py).
 
 Prompts and continuations are right-padded: a padded query then still sees real keys, so no row
 of the attention is fully masked (which gives NaNs in some kernels), and explicit position ids
@@ -156,7 +157,8 @@ class BatchedScorer:
     def score_batch(self, pairs: Sequence[TokenizedPair]) -> list[Any]:
         raise NotImplementedError
 
-    def _score_with_backoff(self, pairs, indices):
+    def _score_with_backoff(self, pairs: Sequence[TokenizedPair], indices: list[int]
+                            ) -> Iterator[tuple[list[int], list[Any]]]:
         import torch
 
         try:
@@ -188,7 +190,7 @@ class BatchedScorer:
 class ImplicitScorer(BatchedScorer):
     """Summed response log-probs and token counts under one causal LM already on its device."""
 
-    def __init__(self, model: Any, tokenizer: Any, *, packing: bool | None = None, tree: bool | None = None,
+    def __init__(self, model: Any, tokenizer: Any, *, packing: bool = False, tree: bool | None = None,
                  **options: Any):
         super().__init__(model, tokenizer, **options)
         self.packing = self._use_packing(packing)
@@ -208,16 +210,15 @@ class ImplicitScorer(BatchedScorer):
         # transformers 5 renamed `past_key_values` to `cache` (the old name still works, with a warning).
         self.cache_arg = "cache" if "cache" in inspect.signature(self.base.forward).parameters else "past_key_values"
 
-    def _use_packing(self, packing: bool | None) -> bool:
-        """Padding-free packing (core.scoring.packing): by default on CUDA, where its kernel skips padding and
-        other documents. Not on CPU: there cost follows tokens, and packing computes each prompt twice (SmolLM2,
-        24 HH pairs: 1.2 pairs/s packed, 1.5 one pair at a time)."""
+    def _use_packing(self, packing: bool) -> bool:
+        """Padding-free packing (core.scoring.packing), only when asked for: on CUDA its kernel skips padding
+        and other documents, but it computes each prompt twice, and padded batches stay the default until
+        bench/gpu_check.py has measured the trade on a GPU. On CPU it loses (SmolLM2, 24 HH pairs: 1.2
+        pairs/s packed, 1.5 one pair at a time)."""
         from marginlens.core.scoring import packing as packing_mod
 
-        why_not = packing_mod.supports_packing(self.model)
-        if packing is None:
-            packing = self.device.type == "cuda" and why_not is None
-        elif packing and why_not:
+        why_not = packing_mod.supports_packing(self.model) if packing else None
+        if why_not:
             raise MarginLensError(f"packing is not supported for this model: {why_not}")
         if packing:
             packing_mod.enable_packing(self.model)

@@ -274,7 +274,8 @@ def cpu_has_native_bf16(cpuinfo: str | None = None) -> bool:
 
 def dtype_for(device: str, requested: str | None = "auto") -> str:
     """The dtype a model runs in: `requested`, or for "auto" bf16 on CUDA and on CPUs with native bf16
-    matrix units (2-3x the tokens/s, bench/scoring.py), float32 elsewhere. Log-probs are float32 either way."""
+    matrix units (on a 16-core AMX Xeon 1.6x float32's tokens/s, bench/scoring.py), float32 elsewhere.
+    Either way logits become float32 before the log-softmax and log-probs are summed in float64."""
     requested = (requested or "auto").lower()
     if requested not in DTYPES:
         raise MarginLensError(f"unknown dtype {requested!r} (expected one of {', '.join(DTYPES)})")

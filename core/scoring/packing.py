@@ -25,8 +25,8 @@ mask and no cache are passed, and then builds a block-diagonal causal mask; sdpa
 every block of it (a [T, T] mask, T^2 work), and only flash-attention kernels, a package we cannot
 count on, skip the off-diagonal blocks. transformers passes the document boundaries
 (`cu_seq_lens_q`, `max_length_q`) given to a model's forward on to its attention functions as
-keyword arguments; `score_packed` checks that they arrived (`check_used`), so a model whose attention
-ignores them fails loudly instead of attending across documents.
+keyword arguments; `score_packed` checks that every layer's attention got them (`check_used`), so a
+model whose attention ignores them, in any layer, fails loudly instead of attending across documents.
 """
 
 from __future__ import annotations
@@ -37,6 +37,7 @@ from collections.abc import Sequence
 from typing import Any
 
 from marginlens.core.errors import MarginLensError
+from marginlens.core.scoring.model_masking import attention_layers, own_masking, text_config
 from marginlens.core.scoring.tokenization import TokenizedPair
 
 ATTENTION_NAME = "marginlens_packed"
@@ -76,15 +77,13 @@ def plan_packs(pairs: Sequence[TokenizedPair], token_budget: int, max_pairs: int
 
 def supports_packing(model: Any) -> str | None:
     """None when `model` can be scored packed; otherwise why not."""
-    config = model.config
+    config = text_config(model)
     impl = getattr(config, "_attn_implementation", None)
     if impl not in ("sdpa", ATTENTION_NAME):
         return f"attention implementation {impl!r} (packing replaces sdpa only)"
     if getattr(config, "attn_logit_softcapping", None):
-        return "attention logit soft-capping"
-    if getattr(config, "sliding_window", None) and getattr(config, "use_sliding_window", True):
-        return "sliding-window attention"
-    return None
+        return "attention logit soft-capping"  # packed_attention's kernels do not cap
+    return own_masking(model)
 
 
 def enable_packing(model: Any) -> None:
@@ -216,7 +215,7 @@ def score_packed(scorer: Any, pairs: Sequence[TokenizedPair]) -> list[tuple[floa
             attention_mask=torch.ones(1, 1, 1, 1, dtype=torch.bool, device=dev), use_cache=False,
             cu_seq_lens_q=cu, cu_seq_lens_k=cu, max_length_q=max(lengths), max_length_k=max(lengths),
         )
-        check_used(calls_before)
+        check_used(calls_before, attention_layers(scorer.base))
         hidden = out.last_hidden_state[0, torch.tensor(hidden_at, device=dev, dtype=torch.long)]
         logps = scorer._token_logps(hidden, torch.tensor(targets, device=dev, dtype=torch.long))
         index = torch.tensor(rows, device=dev, dtype=torch.long)
@@ -229,7 +228,9 @@ def score_packed(scorer: Any, pairs: Sequence[TokenizedPair]) -> list[tuple[floa
     return [(s[2 * i], counts[2 * i], s[2 * i + 1], counts[2 * i + 1]) for i in range(len(pairs))]
 
 
-def check_used(calls_before: int) -> None:
-    if sum(KERNEL_CALLS.values()) == calls_before:
-        raise MarginLensError("this model's attention did not go through packed attention (it ignores transformers' "
-                              "attention interface); score it with packing off")
+def check_used(calls_before: int, layers: int) -> None:
+    """Every attention layer went through packed attention: one that did not attended across documents."""
+    calls = sum(KERNEL_CALLS.values()) - calls_before
+    if calls != layers:
+        raise MarginLensError(f"{calls} of this model's {layers} attention layers went through packed attention (the "
+                              "others ignore transformers' attention interface); score it with packing off")

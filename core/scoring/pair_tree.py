@@ -29,6 +29,7 @@ from __future__ import annotations
 from collections.abc import Callable, Sequence
 from typing import Any
 
+from marginlens.core.scoring.model_masking import own_masking, text_config
 from marginlens.core.scoring.tokenization import TokenizedPair
 
 # Padded tokens per forward: on a 16-core AMX CPU (SmolLM2-135M, bf16 and float32 alike) 2,048 ran 15-20%
@@ -40,12 +41,9 @@ _MASKING_KERNELS = ("sdpa", "eager", "marginlens_packed")
 
 def supports_tree(model: Any) -> bool:
     """Whether a 4-D mask passed to `model` is applied as given and is all the masking there is."""
-    config = model.config.get_text_config() if hasattr(model.config, "get_text_config") else model.config
-    if getattr(config, "_attn_implementation", None) not in _MASKING_KERNELS:
+    if getattr(text_config(model), "_attn_implementation", None) not in _MASKING_KERNELS:
         return False
-    if getattr(config, "sliding_window", None) and getattr(config, "use_sliding_window", True):
-        return False
-    return not any("sliding" in str(t) or "chunked" in str(t) for t in getattr(config, "layer_types", None) or ())
+    return own_masking(model) is None
 
 
 def row_length(pair: TokenizedPair) -> int:

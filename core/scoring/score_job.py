@@ -5,10 +5,12 @@ core.scoring.scorers. This module never names a scorer.
 
 Every rank scores pairs[rank::world] in fixed chunks; each chunk is prepared (tokenized), planned
 into batches and scored the same way every time, and results go to results/FINGERPRINT/part-rankR-*
-(core.scoring.score_parts). A resumed job skips every batch whose pair ids are all written, and
-sets its scorer up with the plan settings of the first run (plan-rankR.json), so it computes exactly
-the batches an uninterrupted run would have computed and ends with identical numbers. When all ranks
-have marked a task finished, rank 0 merges the parts by pair_id into the score table.
+(core.scoring.score_parts). A resumed job scores the pairs its first start chose (todo.json in the
+same folder; another job may have grown the table since), skips every batch whose pair ids are all
+written, and sets its scorer up with the plan settings of the first run (plan-rankR.json), so it
+computes exactly the batches an uninterrupted run would have computed and ends with identical numbers.
+When all ranks have marked a task finished, rank 0 merges the parts by pair_id into the score table,
+under the table's lock (core.scoring.score_tables.table_lock).
 """
 
 from __future__ import annotations
@@ -21,7 +23,7 @@ from pathlib import Path
 from typing import Any
 
 from marginlens.core import jobs
-from marginlens.core.atomic import read_json, write_json
+from marginlens.core.atomic import create_json, read_json, write_json
 from marginlens.core.data.pair_sample import sample_positions
 from marginlens.core.errors import MarginLensError
 from marginlens.core.scoring.score_parts import (
@@ -34,7 +36,7 @@ from marginlens.core.scoring.score_parts import (
 from marginlens.core.scoring.score_progress import ShardProgress
 from marginlens.core.scoring.score_spec import ScoreJobParams, Task
 from marginlens.core.scoring.score_submit import save_task_table, scored_ids, table_current
-from marginlens.core.scoring.score_tables import load_score_table, score_manifest
+from marginlens.core.scoring.score_tables import load_score_table, score_manifest, table_lock
 from marginlens.core.scoring.scorers import PairBatch, RunOptions, scored_rows
 from marginlens.core.workspace import Workspace
 
@@ -61,7 +63,7 @@ def run(ctx: jobs.JobContext) -> dict[str, Any]:
     pairs = ws.load_pairs(dataset)
     pair_ids = list(pairs["pair_id"])
     targets = sample_positions(pair_ids, params.sample, params.seed)
-    todo = {t.fingerprint: _unscored(ws, params, t, pair_ids, targets) for t in params.tasks}
+    todo = {t.fingerprint: _todo(ctx, params, t, pair_ids, targets) for t in params.tasks}
     options = params.run_options(_rank_device(params.device, ctx))
     progress = ShardProgress(ctx, sum(len(t[ctx.rank::ctx.world_size]) for t in todo.values()))
     progress.add(0)
@@ -80,6 +82,17 @@ def run(ctx: jobs.JobContext) -> dict[str, Any]:
         summary["tables"][task.role] = task.fingerprint
         summary["truncated"][task.role] = manifest.get("spec", {}).get("truncated_pairs")
     return summary
+
+
+def _todo(ctx: jobs.JobContext, params: ScoreJobParams, task: Task, pair_ids: list[str],
+          targets: Sequence[int]) -> list[int]:
+    """The positions this job scores for `task`, chosen once by its first start: ranks that start while
+    another job grows the table would otherwise slice different lists (leaving pairs to no rank), and a
+    resume would score, and merge, other pairs than the start it continues."""
+    path = ctx.results_dir / task.fingerprint / "todo.json"
+    if read_json(path) is None:
+        create_json(path, {"positions": _unscored(ctx.workspace, params, task, pair_ids, targets)})
+    return [int(i) for i in read_json(path)["positions"]]
 
 
 def _unscored(ws: Workspace, params: ScoreJobParams, task: Task, pair_ids: list[str],
@@ -159,11 +172,12 @@ def _merge(ctx: jobs.JobContext, params: ScoreJobParams, task: Task, pair_ids: l
     if missing:
         raise MarginLensError(f"{missing} pairs have no {task.role} scores after all ranks finished")
     ws = ctx.workspace
-    if table_current(ws, params.dataset, task.fingerprint, params.dataset_fingerprint):
-        held = load_score_table(ws, params.dataset, task.fingerprint).select(schema.names).cast(schema)
-        table = in_dataset_order(unique_by_pair_id(pa.concat_tables([held, table])), pair_ids)
-    n_truncated = int(pc.sum(table.column("truncated")).as_py() or 0)
-    save_task_table(ws, params.dataset, params.dataset_fingerprint, task, table, truncated_pairs=n_truncated,
-                    scored_pairs=table.num_rows, dataset_pairs=len(pair_ids))
+    with table_lock(ws, params.dataset, task.fingerprint):  # the table as it is now, not as it was at start
+        if table_current(ws, params.dataset, task.fingerprint, params.dataset_fingerprint):
+            held = load_score_table(ws, params.dataset, task.fingerprint).select(schema.names).cast(schema)
+            table = in_dataset_order(unique_by_pair_id(pa.concat_tables([held, table])), pair_ids)
+        n_truncated = int(pc.sum(table.column("truncated")).as_py() or 0)
+        save_task_table(ws, params.dataset, params.dataset_fingerprint, task, table, truncated_pairs=n_truncated,
+                        scored_pairs=table.num_rows, dataset_pairs=len(pair_ids))
     ctx.log(f"{task.role}: wrote score table {task.fingerprint} ({table.num_rows} of {len(pair_ids)} pairs, "
             f"{n_truncated} truncated)")

@@ -76,13 +76,19 @@ def in_dataset_order(table: Any, pair_ids: Sequence[str]) -> Any:
 
 
 def merge_parts(folder: Path, schema: Any, pair_ids: Sequence[str]) -> tuple[Any, int]:
-    """All ranks' parts as one table in dataset order, and how many of `pair_ids` it lacks."""
+    """All ranks' parts as one table in dataset order, and how many of `pair_ids` it lacks.
+
+    Rows of other pairs are left out: a job started before its to-do list was kept (score_job's
+    todo.json) recomputes the list on resume, and pairs it scored that another job has since put in
+    the table are no longer on it; the table keeps those."""
     import pyarrow as pa
+    import pyarrow.compute as pc
     import pyarrow.parquet as pq
 
     parts = sorted(folder.glob("part-*.parquet"))
     table = pa.concat_tables([pq.read_table(p) for p in parts]) if parts else schema.empty_table()
     table = unique_by_pair_id(table.cast(schema))
+    table = table.filter(pc.is_in(table.column("pair_id"), value_set=pa.array(list(pair_ids), pa.string())))
     missing = set(pair_ids) - set(table.column("pair_id").to_pylist())
     if missing:
         return table, len(missing)

@@ -17,7 +17,7 @@ from marginlens.core.data.pair_sample import DEFAULT_SEED, sample_positions
 from marginlens.core.errors import MarginLensError
 from marginlens.core.scoring.score_parts import unique_by_pair_id
 from marginlens.core.scoring.score_spec import ScoreJobParams, ScoreSpec, Task, plan_tasks
-from marginlens.core.scoring.score_tables import save_score_table, score_manifest, table_dir
+from marginlens.core.scoring.score_tables import save_score_table, score_manifest, table_dir, table_lock
 from marginlens.core.scoring.scorers import PairBatch, RunOptions, scored_rows
 from marginlens.core.workspace import Workspace
 
@@ -114,4 +114,5 @@ def _score_inline(ws: Workspace, dataset: str, dataset_fp: str | None, task: Tas
     if any(row is None for row in out):
         raise MarginLensError(f"scorer {scorer.name!r} planned batches that leave out some of the pairs")
     table = pa.Table.from_pylist(out, schema=scorer.output_schema())
-    save_task_table(ws, dataset, dataset_fp, task, unique_by_pair_id(table))
+    with table_lock(ws, dataset, task.fingerprint):  # not between a score job's read and write of the table
+        save_task_table(ws, dataset, dataset_fp, task, unique_by_pair_id(table))

@@ -13,7 +13,12 @@ The manifest holds {"fingerprint", "kind", "model", "spec", "rows", "created"}.
 
 from __future__ import annotations
 
+import fcntl
+import os
+from collections.abc import Iterator
+from contextlib import contextmanager
 from datetime import datetime, timezone
+from pathlib import Path
 from typing import Any
 
 import pyarrow as pa
@@ -43,8 +48,23 @@ REWARD_SCHEMA = pa.schema(
 KIND_SCHEMAS = {"logprob": LOGPROB_SCHEMA, "reward": REWARD_SCHEMA}
 
 
-def table_dir(ws: Workspace, dataset: str, fingerprint: str):
+def table_dir(ws: Workspace, dataset: str, fingerprint: str) -> Path:
     return ws.scores_dir / dataset / fingerprint
+
+
+@contextmanager
+def table_lock(ws: Workspace, dataset: str, fingerprint: str) -> Iterator[None]:
+    """Held while a table is read, grown and written back: two jobs growing one table (two samples, the
+    CLI and the dashboard at once) would otherwise each write their own version, the later without the
+    other's pairs. The lock file sits beside the table's folder, which is copied whole (the demo's)."""
+    folder = ws.scores_dir / dataset
+    folder.mkdir(parents=True, exist_ok=True)
+    fd = os.open(folder / f".{fingerprint}.lock", os.O_RDWR | os.O_CREAT, 0o644)
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX)
+        yield
+    finally:
+        os.close(fd)  # closing releases the lock
 
 
 def save_score_table(

@@ -223,8 +223,8 @@ def tokenize_pairs(
     return [_truncate(p, max_length, max_prompt_length) for p in pairs]
 
 
-def _clean(renderer: Renderer, prompts, chosen, rejected, eos: int | None, exact: bool = False
-           ) -> list[TokenizedPair]:
+def _clean(renderer: Renderer, prompts: Sequence[Sequence[Message]], chosen: Sequence[str],
+           rejected: Sequence[str], eos: int | None, exact: bool = False) -> list[TokenizedPair]:
     tokenizer = renderer.tokenizer
     prompt_texts = [renderer.render(m, add_generation_prompt=True) for m in prompts]
     suffixes: list[str] = []
@@ -251,7 +251,8 @@ def _with_empty_system(renderer: Renderer, messages: Sequence[Message]) -> list[
     return list(messages)
 
 
-def _reference(renderer: Renderer, prompts, chosen, rejected, eos: int | None) -> list[TokenizedPair]:
+def _reference(renderer: Renderer, prompts: Sequence[Sequence[Message]], chosen: Sequence[str],
+               rejected: Sequence[str], eos: int | None) -> list[TokenizedPair]:
     tokenizer = renderer.tokenizer
     bos_text, bos = tokenizer.bos_token, tokenizer.bos_token_id
     prompt_texts = [renderer.render(_with_empty_system(renderer, m) if renderer.templated else m,
