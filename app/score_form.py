@@ -23,6 +23,8 @@ EXPLICIT_LABELS = {DATASET_SOURCE: "dataset scores (as imported)",
                    **{s.name: s.option.label for s in explicit_scorers() if s.option}}
 EXPLICIT_VALUE_HELP = "; ".join(f"{s.option.label}: {s.option.hint}" for s in explicit_scorers() if s.option)
 
+API_KEY = "_score_rating_api_key"  # session state only: the typed key for submits and resumes
+
 __all__ = ["DEFAULT_MAX_LENGTH", "DEFAULT_MAX_PROMPT_LENGTH", "DEFAULT_POLICY", "DTYPES", "MODES"]
 
 
@@ -41,8 +43,8 @@ def build_spec(dataset: str, policy: str, reference: str, source: str, explicit_
 
 
 DTYPE_HELP = ("what the models run in; auto: bfloat16 on CUDA and on CPUs with native bf16 matrix units (AMX, "
-              "AVX512-BF16), else float32. Log-probs are summed in float32 either way; the dtype is part of each "
-              "table's fingerprint")
+              "AVX512-BF16), else float32. Either way logits become float32 and log-probs are summed in float64; "
+              "the dtype is part of each table's fingerprint")
 
 
 def with_dtype(spec: Any, dtype: str) -> Any:
@@ -58,14 +60,18 @@ def with_sample(spec: Any, sample: int, seed: int) -> Any:
 
 
 def explicit_note(ws: Workspace, dataset: str) -> str | None:
-    """The plain sentence for a dataset with no explicit margin yet (None when it has one, or cannot tell)."""
-    from marginlens.core.selection.margin_sources import dataset_margin_sources
+    """The plain sentence for a dataset with no explicit margin yet (None when it has one, or cannot tell).
+    Read from the app's cached margin frame of the newest tables: reading the margins again on every rerun
+    of the page would cost seconds at a million pairs."""
+    from marginlens.app.explore_state import margins_for
+    from marginlens.app.explore_view import sources_of
+    from marginlens.core.selection.margins import DEFAULT_BETA, default_scorers
 
     try:
-        note = dataset_margin_sources(ws, dataset).note
+        frame = margins_for(ws, dataset, {**default_scorers(ws, dataset), "reference": None, "beta": DEFAULT_BETA})
     except MarginLensError:
         return None
-    return note
+    return sources_of(frame).note
 
 
 def reward_model_note(dataset: str) -> str:
@@ -85,10 +91,9 @@ def with_rating(spec: Any, base_url: str, max_calls: int) -> Any:
 def submit(ws: Workspace, spec: Any, api_key: str | None = None) -> str:
     """Start or join the job for `spec`; a one-line summary of what happened. `api_key` reaches only the
     worker's environment (core.jobs.submit), never a file."""
-    from marginlens.core.chat_client import KEY_ENV
     from marginlens.core.scoring.score_submit import submit_scoring
 
-    handle = submit_scoring(ws, spec, env={KEY_ENV: api_key} if api_key else None)
+    handle = submit_scoring(ws, spec, env=_key_env(api_key))
     cached = ", ".join(handle.cached)
     part = ""
     if handle.targeted is not None and handle.targeted < (handle.total or 0):
@@ -97,6 +102,18 @@ def submit(ws: Workspace, spec: Any, api_key: str | None = None) -> str:
         return f"Nothing to compute{part}: every table is already there ({cached})."
     return (f"Scoring job {handle.job.id}{part} is {handle.job.status().state}"
             + (f"; cached: {cached}" if cached else ""))
+
+
+def resume(ws: Workspace, job: jobs.Job, api_key: str | None = None) -> jobs.Job:
+    """Resume `job` (core.jobs.resume) with the typed key in the worker's environment, as its first submit had
+    it: an LLM-rating job resumed without it would ask with none."""
+    return jobs.resume(ws, job, env=_key_env(api_key))
+
+
+def _key_env(api_key: str | None) -> dict[str, str] | None:
+    from marginlens.core.chat_client import KEY_ENV
+
+    return {KEY_ENV: api_key} if api_key else None
 
 
 def score_jobs(ws: Workspace, dataset: str) -> list[jobs.Job]:

@@ -238,13 +238,14 @@ def submit(
     return job
 
 
-def resume(ws: Workspace, job: Job) -> Job:
+def resume(ws: Workspace, job: Job, env: dict[str, str] | None = None) -> Job:
     """Resubmit the job's own spec: the same id, continuing from what its results folder holds, under the
-    launcher it first ran with. A live or done job is returned as it is."""
+    launcher it first ran with. A live or done job is returned as it is. `env`: as for `submit` (the
+    secrets a spec never holds, such as an API key, must be given again)."""
     spec = job.spec
     if not spec:
         raise MarginLensError(f"job {job.id} has no spec.json")
-    return submit(ws, spec["kind"], spec["params"])
+    return submit(ws, spec["kind"], spec["params"], env=env)
 
 
 def list_jobs(ws: Workspace, kind: str | None = None) -> list[Job]:

@@ -15,6 +15,10 @@ missing = score_form.explicit_note(ws, dataset)
 if missing:
     st.info(missing)
 
+# Outside the form, as on the Audit page: a key typed for a Resume counts without a form submit.
+st.text_input("LLM rating: API key", type="password", key=score_form.API_KEY,
+              help="for LLM rating: kept in this browser session and handed to the job's environment only (on "
+                   "start and on Resume), never written to disk; empty: the server's OPENAI_API_KEY")
 with st.form("score_form"):
     st.markdown("**Implicit margin** (log-probs under a causal LM)")
     c1, c2 = st.columns(2)
@@ -27,14 +31,11 @@ with st.form("score_form"):
     explicit_value = e2.text_input(
         "Columns or model", value="", help=score_form.EXPLICIT_VALUE_HELP)
     st.caption(score_form.reward_model_note(dataset))
-    r1, r2, r3 = st.columns(3)
+    r1, r2 = st.columns(2)
     rating_url = r1.text_input("LLM rating: endpoint", value="", placeholder="http://127.0.0.1:8000/v1",
                                help="any OpenAI-compatible server; empty: api.openai.com. The model name goes in "
                                     "'Columns or model'.")
     rating_calls = r2.number_input("LLM rating: max calls (0: no limit)", min_value=0, value=0, step=100)
-    rating_key = r3.text_input("LLM rating: API key", type="password", value="",
-                               help="kept in this browser session and handed to the job's environment only, never "
-                                    "written to disk; empty: the server's OPENAI_API_KEY")
     s1, s2, s3, s4, s5 = st.columns(5)
     device = s1.selectbox("Device", ("auto", "cpu", "cuda"))
     dtype = s5.selectbox("Dtype", score_form.DTYPES, help=score_form.DTYPE_HELP)
@@ -58,7 +59,7 @@ if submitted:
         spec = score_form.with_sample(spec, int(sample), int(seed))
         spec = score_form.with_rating(spec, rating_url, int(rating_calls))
         with st.spinner("Planning (hashing model files) ..."):
-            message = score_form.submit(ws, spec, api_key=rating_key or None)
+            message = score_form.submit(ws, spec, api_key=st.session_state.get(score_form.API_KEY) or None)
     except MarginLensError as exc:
         widgets.show_error(exc)
     else:
@@ -70,7 +71,8 @@ score_jobs = score_form.score_jobs(ws, dataset)
 if not score_jobs:
     st.caption("No scoring job for this dataset yet.")
 for job in score_jobs:
-    job_panel(job, title=score_form.models_label(job))
+    job_panel(job, title=score_form.models_label(job),
+              on_resume=lambda job=job: score_form.resume(ws, job, st.session_state.get(score_form.API_KEY) or None))
 
 st.subheader("Finished score tables")
 tables = list_score_tables(ws, dataset)

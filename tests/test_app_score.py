@@ -40,7 +40,7 @@ def test_submit_cancel_resume_and_list_tables(ws, tiny_llama):  # noqa: F811
     at = app_test("score_page.py", ws)
     at.run()
     no_errors(at)
-    at.text_input[0].input(str(tiny_llama))  # policy
+    at.text_input[1].input(str(tiny_llama))  # policy (0 is the LLM-rating key, above the form)
     at.selectbox[1].set_value("cpu")  # device (selectbox 0 is the dataset picker)
     at.button[0].click().run()
     no_errors(at)
@@ -52,7 +52,7 @@ def test_submit_cancel_resume_and_list_tables(ws, tiny_llama):  # noqa: F811
     other = app_test("score_page.py", ws)
     other.run()
     assert any(job.id in el.value for el in other.markdown)
-    other.text_input[0].input(str(tiny_llama))
+    other.text_input[1].input(str(tiny_llama))
     other.selectbox[1].set_value("cpu")
     other.button[0].click().run()
     assert len(score_jobs(ws)) == 1

@@ -79,9 +79,9 @@ def test_score_page_passes_the_sample_to_the_scoring(tmp_path):
     ws = build_workspace(tmp_path / "workspace", n=N)
     at = app_test("score_page.py", ws)
     at.run()
-    at.text_input[0].input("")  # no policy
+    at.text_input[1].input("")  # no policy (0 is the LLM-rating key, above the form)
     at.radio[0].set_value("columns")
-    at.text_input[2].input("score_chosen,score_rejected")
+    at.text_input[3].input("score_chosen,score_rejected")
     next(n for n in at.number_input if n.label.startswith("Sample (pairs")).set_value(5)
     at.button[0].click().run()
     no_errors(at)

@@ -17,8 +17,8 @@ from helpers_data import make_dataset, standard_records
 from marginlens.core.audit.audit_job import submit_audit
 from marginlens.core.audit.audit_params import audit_params
 from marginlens.core.audit.audit_report import audit_report
-from marginlens.core.audit.judge_client import Endpoint, RetryPolicy
 from marginlens.core.audit.verdicts import VerdictStore
+from marginlens.core.chat_client import Endpoint, RetryPolicy
 from marginlens.core.scoring.models import smollm2_folder
 
 KEY = "sk-real-model-test-KEY-91c0"

@@ -7,7 +7,8 @@ import time
 
 import pytest
 from judge_server import ScriptedJudge
-from marginlens.core.audit.judge_client import (
+from marginlens.core.audit.judge_prompt import build_messages
+from marginlens.core.chat_client import (
     Budget,
     BudgetExhausted,
     Endpoint,
@@ -17,7 +18,6 @@ from marginlens.core.audit.judge_client import (
     public_url,
     redact,
 )
-from marginlens.core.audit.judge_prompt import build_messages
 
 MESSAGES = build_messages([{"role": "user", "content": "2+2?"}], "4", "5", "AB")
 FAST = RetryPolicy(max_attempts=4, base_delay=0.01, max_delay=0.02)

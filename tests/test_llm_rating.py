@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import math
 import re
+import time
 
 import pytest
 from helpers_data import hh_records, make_dataset, standard_records
@@ -36,8 +37,15 @@ def spec(dataset: str, url: str, **options) -> ScoreSpec:
 
 def test_parse_rating_worked_example():
     assert parse_rating("Rating: 7\nClear and correct, slightly terse.") == 7.0
-    assert parse_rating("I'd give it an 8.") == 8.0
+    assert parse_rating("8\nGood.") == 8.0 and parse_rating("**Rating:** 9") == 9.0
+    assert parse_rating("Reason first.\nRating: 4/10") == 4.0 and parse_rating("Rating: 6.") == 6.0
     assert parse_rating("Rating: 12") is None and parse_rating("") is None and parse_rating("no number") is None
+    assert parse_rating(" \n ") is None
+    # No guessing which number is the rating, no rounding: these are stored invalid, not wrong.
+    assert parse_rating("On a scale of 1 to 10 I'd give it 8") is None
+    assert parse_rating("I'd give it an 8.") is None
+    assert parse_rating("Rating: 7.5") is None and parse_rating("7.5\nGood.") is None
+    assert RUBRIC_VERSION != "overall-1to10-v1"  # v1 ratings were parsed by the guessing parser
     messages = rating_messages([{"role": "user", "content": "Hi?"}], "Hello.")
     assert messages[0]["role"] == "system" and "User: Hi?" in messages[1]["content"]
     assert "[Response]\nHello.\n[End of Response]" in messages[1]["content"]
@@ -143,3 +151,86 @@ def test_score_page_rates_with_a_typed_key_that_never_reaches_disk(ws, tmp_path)
     for path in ws.root.rglob("*"):
         if path.is_file():
             assert KEY.encode() not in path.read_bytes(), path
+
+
+def test_asking_holds_no_lock_another_job_would_wait_on(ws, tmp_path):
+    """While another job holds the ratings store's lock (appending), this one still sends its requests."""
+    import fcntl
+    import os
+    import threading
+
+    from marginlens.core.scoring.scorers import PairBatch, RunOptions
+
+    with ScriptedJudge(answer=rated) as judge:
+        scorer = LLMRatingScorer.configure(spec("d", judge.base_url), "rater-1")
+        scorer.setup(RunOptions(workspace=str(ws.root), state_dir=str(tmp_path)))
+        row = {"prompt": [{"role": "user", "content": "1+1?"}], "chosen": "It is 2i.", "rejected": "I think 3."}
+        scorer.store.folder.mkdir(parents=True, exist_ok=True)
+        fd = os.open(scorer.store.folder / ".lock", os.O_RDWR | os.O_CREAT, 0o644)
+        fcntl.flock(fd, fcntl.LOCK_EX)  # the other job
+        out = []
+        worker = threading.Thread(target=lambda: out.extend(scorer.compute(PairBatch(["p"], [row], [row]))))
+        worker.start()
+        deadline = time.monotonic() + 30
+        while not judge.requests and time.monotonic() < deadline:
+            time.sleep(0.05)
+        sent_while_locked = len(judge.requests)
+        os.close(fd)
+        worker.join(timeout=60)
+    assert sent_while_locked >= 1
+    assert out == [{"chosen_reward": 8.0, "rejected_reward": 3.0, "invalid_ratings": 0}]
+    assert len(scorer.store) == 2
+
+
+def test_rating_in_several_processes_is_refused(ws, tmp_path, monkeypatch, capsys):
+    from marginlens.core.cli import main
+    from marginlens.core.scoring.scorers import RunOptions
+
+    make_dataset(ws, "d", hh_records(2), tmp_path)
+    code = main(["score", "d", "--workspace", str(ws.root), "--policy", "none", "--llm-rating", "rater-1",
+                 "--processes", "2"])
+    assert code == 2 and "without --processes" in capsys.readouterr().err
+    # A job launched in several processes anyway (the API) stops before its first request.
+    monkeypatch.setenv("WORLD_SIZE", "2")
+    scorer = LLMRatingScorer.configure(spec("d", "http://127.0.0.1:9/v1"), "rater-1")
+    with pytest.raises(MarginLensError, match="one process"):
+        scorer.setup(RunOptions(workspace=str(ws.root), state_dir=str(tmp_path)))
+
+
+def test_one_model_name_at_two_servers_is_two_raters(ws, tmp_path):
+    make_dataset(ws, "d", standard_records(2, seed=2), tmp_path)
+    with ScriptedJudge(answer=rated) as first, ScriptedJudge(answer=lambda r: "Rating: 5") as second:
+        one = submit_scoring(ws, spec("d", first.base_url))
+        assert one.job.wait(timeout=120).state == "done", one.job.log_tail()
+        two = submit_scoring(ws, spec("d", second.base_url))
+        assert two.fingerprints["llm_rating"] != one.fingerprints["llm_rating"]
+        assert two.job is not None and two.job.wait(timeout=120).state == "done", two.job.log_tail()
+        assert len(first.requests) == 4 and len(second.requests) == 4
+    rows = load_score_table(ws, "d", two.fingerprints["llm_rating"]).to_pylist()
+    assert [(r["chosen_reward"], r["rejected_reward"]) for r in rows] == [(5.0, 5.0)] * 2
+    assert len(list((ws.root / "ratings").iterdir())) == 2
+
+
+def test_score_page_resume_hands_the_typed_key_to_the_worker(ws, tmp_path, monkeypatch):
+    from helpers_app import app_test, no_errors
+    from marginlens.core import jobs
+
+    monkeypatch.delenv("OPENAI_API_KEY", raising=False)
+    make_dataset(ws, "d", standard_records(2, seed=2), tmp_path)
+    with ScriptedJudge(answer=rated, faults=["401"]) as judge:  # the first run fails: the server refused once
+        at = app_test("score_page.py", ws)
+        at.run()
+        field = {t.label: t for t in at.text_input}
+        field["Policy model (Hub id or folder)"].input("")
+        at.radio[0].set_value("llm_rating")
+        field["Columns or model"].input("rater-resume")
+        field["LLM rating: endpoint"].input(judge.base_url)
+        field["LLM rating: API key"].input(KEY)
+        at.button[0].click().run()
+        (job,) = jobs.list_jobs(ws, "score")
+        assert job.wait(timeout=120).state == "failed"
+        at.run()
+        at.button(key=f"_job_resume_{job.id}").click().run()
+        no_errors(at)
+        assert job.wait(timeout=120).state == "done", job.log_tail()
+        assert {r.authorization for r in judge.requests} == {f"Bearer {KEY}"} and len(judge.requests) == 5

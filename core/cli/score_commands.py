@@ -15,6 +15,7 @@ if TYPE_CHECKING:
 
 
 def register(sub: argparse._SubParsersAction, common: argparse.ArgumentParser) -> None:
+    from marginlens.core.scoring.chat_templates import BUILTIN_TEMPLATES
     from marginlens.core.scoring.models import DEFAULT_POLICY, DTYPES
     from marginlens.core.scoring.scorers import explicit_scorers
     from marginlens.core.scoring.tokenization import DEFAULT_MAX_LENGTH, DEFAULT_MAX_PROMPT_LENGTH, MODES
@@ -39,12 +40,14 @@ def register(sub: argparse._SubParsersAction, common: argparse.ArgumentParser) -
     p.add_argument("--device", default="auto", help="auto, cpu, cuda or cuda:N")
     p.add_argument("--dtype", choices=DTYPES, default="auto",
                    help="what the models run in; auto (default): bfloat16 on CUDA and on CPUs with native bf16 "
-                        "matmul (AMX, AVX512-BF16), else float32; log-probs are summed in float32 either way")
+                        "matmul (AMX, AVX512-BF16), else float32; either way logits become float32 and log-probs "
+                        "are summed in float64")
     p.add_argument("--trust-remote-code", action="append", default=[], metavar="MODEL",
                    help="allow this one model's own code (e.g. ArmoRM); repeat per model; off by default")
-    p.add_argument("--chat-template", default=None, metavar="FILE",
-                   help="Jinja chat template replacing the policy's and reference's own (SimPO's Gemma configs "
-                        "do this); its text is part of the tables' fingerprints")
+    p.add_argument("--chat-template", default=None, metavar="NAME|FILE",
+                   help="chat template replacing the policy's and reference's own: a built-in one "
+                        f"({', '.join(BUILTIN_TEMPLATES)}: SimPO's Gemma configs) or a Jinja file; its text is "
+                        "part of the tables' fingerprints")
     rating = p.add_argument_group("LLM rating (--llm-rating MODEL)")
     rating.add_argument("--rating-url", default=None, metavar="URL",
                         help="OpenAI-compatible endpoint, e.g. http://127.0.0.1:8000/v1 (default: api.openai.com); "
@@ -94,14 +97,21 @@ def _rating_options(args: argparse.Namespace, explicit: str | None) -> dict[str,
     options = {k: v for k, v in options.items() if v is not None}
     if options and explicit != "llm_rating":
         raise MarginLensError("--rating-url and --rating-max-* go with --llm-rating MODEL")
+    if explicit == "llm_rating" and getattr(args, "processes", 1) > 1:
+        from marginlens.core.scoring.llm_rating import WORLD_REFUSAL
+
+        raise MarginLensError(WORLD_REFUSAL)
     return options
 
 
 def _launcher(processes: int) -> list[str] | None:
     if processes <= 1:
         return None
-    # --multi_gpu: without it accelerate starts ONE process when it sees fewer than two GPUs.
-    return [sys.executable, "-m", "accelerate.commands.launch", "--multi_gpu", "--num_processes", str(processes)]
+    # --multi_gpu: without it accelerate starts ONE process when it sees fewer than two GPUs; on a CPU-only host
+    # too it is what starts N ranks (--cpu starts one). Port 0: a free one, so two scale-out jobs can run at once.
+    # The rest are accelerate's defaults, given so that it does not warn about each in the job's log.
+    return [sys.executable, "-m", "accelerate.commands.launch", "--multi_gpu", "--num_processes", str(processes),
+            "--main_process_port", "0", "--num_machines", "1", "--mixed_precision", "no", "--dynamo_backend", "no"]
 
 
 def cmd_score(args: argparse.Namespace) -> int:

@@ -8,16 +8,22 @@ rating(chosen) - rating(rejected), with no reward model on this machine.
 Asking goes through the audit's client (core.chat_client: retries with backoff, a call and token
 budget, the key only in memory). What is paid for is kept:
   ratings  workspace/ratings/FINGERPRINT/ratings.jsonl, one fsynced line per rated response, keyed by
-           the request's hash; shared by every job, dataset and resume under the same model and rubric,
-           so a response is paid for once. Appends happen under an exclusive flock and re-read what
-           other processes wrote first, so two jobs never both pay for one response.
+           the request's hash; shared by every job, dataset and resume under the same model, endpoint
+           and rubric. A response found there is never asked again, so one job, its resumes and jobs
+           run one after another pay for a response once. Jobs running at the same time ask without
+           holding any lock (one job never waits out another's requests): two of them may both pay
+           for a response neither had found stored, and then only the first answer is stored and
+           both use it (the append is under an exclusive flock that re-reads the file first).
   ledger   the job's results folder, requests.ledger: every request sent, so a killed and resumed job
-           keeps counting its budget from what it really spent.
+           keeps counting its budget from what it really spent. It is one process's count, which is
+           why a job rates in one process (scale-out with --processes is refused).
 An answer with no rating on the scale is stored as invalid (its raw text kept) and never asked again;
 its reward is NaN (the pair has no explicit margin) and the table's `invalid_ratings` column counts it.
 
-The table's fingerprint holds the model, the rubric version and the answer length; the endpoint URL,
-timeout and budget change how it is asked, not what, and stay out of it (they are in the job's JSON).
+The table's fingerprint, and with it the ratings folder, holds the model, the endpoint's public URL when
+one is set (local servers reuse model names: two servers' ratings never mix), the rubric version and the
+answer length; the timeout and budget change how it is asked, not what, and stay out of it (they are
+in the job's JSON).
 """
 
 from __future__ import annotations
@@ -54,12 +60,15 @@ from marginlens.core.scoring.scorers import (
     RunOptions,
     Scorer,
     ScoringSettings,
-    _slug,
     register,
+    slug,
 )
 
 DEFAULT_PAIRS_PER_BATCH = 8  # a batch is written to the job's parts when done: keep progress visible
 OPTION_KEYS = ("base_url", "max_calls", "max_tokens", "timeout", "max_output_tokens")
+# Every rank would keep its own budget: N processes could spend N times --rating-max-calls.
+WORLD_REFUSAL = ("LLM rating runs in one process (its call budget is one process's count): score it without "
+                 "--processes")
 
 
 def check_base_url(base_url: str | None) -> str | None:
@@ -76,7 +85,7 @@ def check_base_url(base_url: str | None) -> str | None:
 
 
 class RatingStore:
-    """Append-only ratings of one (model, rubric): exactly one stored answer per request key."""
+    """Append-only ratings of one (model, endpoint, rubric): exactly one stored answer per request key."""
 
     def __init__(self, folder: str | os.PathLike):
         self.folder = Path(folder)
@@ -177,8 +186,10 @@ class LLMRatingScorer(Scorer[LLMRatingConfig]):
         # What the numbers depend on only: the same ratings wherever and however patiently they were asked.
         what = {"version": SCORER_VERSION, "kind": self.table_kind, "scorer": self.name, "model": self.config.model,
                 "rubric_version": self.config.rubric_version, "max_output_tokens": self.config.max_output_tokens}
+        if self.config.base_url:  # the same model name at another server is another rater
+            what["base_url"] = public_url(self.config.base_url)
         digest = hashlib.sha256(json.dumps(what, sort_keys=True).encode()).hexdigest()[:12]
-        return f"{self.table_kind}-rating-{_slug(self.config.model)}-{digest}"
+        return f"{self.table_kind}-rating-{slug(self.config.model)}-{digest}"
 
     @property
     def source(self) -> str:
@@ -196,6 +207,8 @@ class LLMRatingScorer(Scorer[LLMRatingConfig]):
         super().setup(run)
         if not run.workspace:
             raise MarginLensError("LLM rating needs a workspace to keep its ratings in")
+        if int(os.environ.get("WORLD_SIZE", 1)) > 1:  # set by the launcher (core.jobs), as for the job's ranks
+            raise MarginLensError(WORLD_REFUSAL)
         self.store = RatingStore(Path(run.workspace) / "ratings" / self.fingerprint())
         ledger = RequestLedger(Path(run.state_dir) / "requests.ledger") if run.state_dir else None
         budget = Budget(self.config.max_calls, self.config.max_tokens)
@@ -214,6 +227,7 @@ class LLMRatingScorer(Scorer[LLMRatingConfig]):
         stored = self.store.get(key)
         if stored is not None:
             return stored
+        # No lock while asking: another job rating other responses with this rater never waits on our requests.
         try:
             completion = self.client.complete(messages)
         except BudgetExhausted as exc:
@@ -225,16 +239,19 @@ class LLMRatingScorer(Scorer[LLMRatingConfig]):
                   "rubric_sha256": rubric_sha256(), "base_url": public_url(self.config.base_url),
                   "prompt_tokens": completion.prompt_tokens, "completion_tokens": completion.completion_tokens,
                   "attempts": completion.attempts, "time": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())}
-        self.store.append(record)
-        return record
+        with self.store.locked():
+            stored = self.store.get(key)  # a job running beside this one stored it meanwhile: theirs stands
+            if stored is None:
+                self.store.append(record)
+        return stored or record
 
     def compute(self, batch: PairBatch) -> list[dict[str, Any]]:
         out = []
-        with self.store.locked():  # another job rating the same responses waits, then finds them stored
-            for row in batch.rows:
-                chosen, rejected = (self._rate(rating_messages(row["prompt"], text))
-                                    for text in (row["chosen"], row["rejected"]))
-                value = lambda r: r["rating"] if r["valid"] else math.nan  # noqa: E731
-                out.append({"chosen_reward": value(chosen), "rejected_reward": value(rejected),
-                            "invalid_ratings": int(not chosen["valid"]) + int(not rejected["valid"])})
+        self.store.refresh()  # what other jobs stored since the last batch is not asked again
+        for row in batch.rows:
+            chosen, rejected = (self._rate(rating_messages(row["prompt"], text))
+                                for text in (row["chosen"], row["rejected"]))
+            value = lambda r: r["rating"] if r["valid"] else math.nan  # noqa: E731
+            out.append({"chosen_reward": value(chosen), "rejected_reward": value(rejected),
+                        "invalid_ratings": int(not chosen["valid"]) + int(not rejected["valid"])})
         return out

@@ -9,9 +9,11 @@ RUBRIC_VERSION is part of every rating table's fingerprint and every cached rati
 to the text below, to the scale or to `parse_rating` must bump it, or old ratings would be reused
 under a rubric they were not made with.
 
-Worked example: the model answers "Rating: 7\nClear and correct, slightly terse." -> 7.0; "I'd give it
-an 8." -> 8.0 (no "Rating:" line: the first whole number on the scale); "Rating: 12" -> None (off the
-scale: recorded as invalid, never clamped).
+Worked example: the model answers "Rating: 7\nClear and correct, slightly terse." -> 7.0; "8\nGood." -> 8.0
+(no "Rating:" line: a whole number standing alone on the first line); "Rating: 12" -> None (off the scale:
+recorded as invalid, never clamped); "Rating: 7.5" -> None (not a whole number: never rounded); "On a scale
+of 1 to 10 I'd give it 8" -> None (no rating line and no lone number: guessing which number is the rating
+would store a wrong one as valid, cached for good).
 """
 
 from __future__ import annotations
@@ -21,7 +23,7 @@ import re
 from collections.abc import Sequence
 from typing import Any
 
-RUBRIC_VERSION = "overall-1to10-v1"
+RUBRIC_VERSION = "overall-1to10-v2"  # v2: parse_rating takes only a rating line or a lone number
 SCALE = (1, 10)
 
 SYSTEM = (
@@ -50,8 +52,10 @@ Consider, in this order:
 
 Answer with "Rating: N" (N a whole number from 1 to 10) on the first line, then at most one sentence of reason."""
 
-_RATING_LINE = re.compile(r"rating\s*[:=]\s*\**\s*(\d+)", re.IGNORECASE)
-_NUMBER = re.compile(r"(?<![\d.])(\d+)(?!\d|\.\d)")
+# A line starting "Rating:" (markdown emphasis or a heading mark allowed); its number must be whole.
+_RATING_LINE = re.compile(r"^[\s*_#]*rating[\s*_]*[:=][\s*_]*(\S*)", re.IGNORECASE | re.MULTILINE)
+_WHOLE = re.compile(r"(\d+)(?:/10)?[*_]*")
+_LONE_NUMBER = re.compile(r"[\s*_]*(\d+)(?:\s*/\s*10)?[\s*_.]*")
 
 
 def conversation_text(prompt: Sequence[dict[str, Any]]) -> str:
@@ -66,11 +70,15 @@ def rating_messages(prompt: Sequence[dict[str, Any]], response: str) -> list[dic
 
 
 def parse_rating(text: str | None) -> float | None:
-    """The rating in an answer: the "Rating: N" line, else the first whole number; None when off the scale
-    or absent."""
+    """The rating in an answer: N of the first "Rating: N" line, else a whole number alone on the first line;
+    None when neither is there, N is not a whole number, or it is off the scale."""
     if not text:
         return None
-    found = _RATING_LINE.search(text) or _NUMBER.search(text)
+    line = _RATING_LINE.search(text)
+    if line:
+        found = _WHOLE.fullmatch(line.group(1).rstrip(".,;"))
+    else:
+        found = _LONE_NUMBER.fullmatch((text.strip().splitlines() or [""])[0])
     if not found:
         return None
     value = int(found.group(1))

@@ -27,10 +27,10 @@ DEFAULT_COLUMNS = "score_chosen,score_rejected"
 PAPER_REWARD_MODEL = "RLHFlow/ArmoRM-Llama3-8B-v0.1"
 
 
-def reward_model_command(dataset: str, model: str = PAPER_REWARD_MODEL, remote_code: bool = True) -> str:
-    """The command that scores `dataset` with a sequence-classification reward model on a GPU."""
-    trust = f" --trust-remote-code {model}" if remote_code else ""
-    return f"marginlens score {dataset} --policy none --reward-model {model}{trust} --device cuda"
+def reward_model_command(dataset: str) -> str:
+    """The command that scores `dataset` with the paper's reward model on a GPU."""
+    return (f"marginlens score {dataset} --policy none --reward-model {PAPER_REWARD_MODEL} "
+            f"--trust-remote-code {PAPER_REWARD_MODEL} --device cuda")
 
 
 def reward_model_note(dataset: str) -> str:

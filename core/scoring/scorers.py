@@ -114,7 +114,8 @@ class PairBatch:
         return len(self.pair_ids)
 
 
-def _slug(text: str) -> str:
+def slug(text: str) -> str:
+    """A short, file-name-safe label for a model spec or name (its last path part), for fingerprints."""
     name = Path(text.rstrip("/")).name
     return re.sub(r"[^A-Za-z0-9._-]+", "-", name)[:48].strip("-.") or "model"
 
@@ -165,7 +166,7 @@ class Scorer(ABC, Generic[ConfigT]):
     def fingerprint(self) -> str:
         """`KIND-LABEL-HASH`: a finished table under it is a cache hit for the same inputs."""
         digest = hashlib.sha256(json.dumps(self.fingerprint_inputs(), sort_keys=True).encode()).hexdigest()[:12]
-        return f"{self.table_kind}-{_slug(self.model or self.name)}-{digest}"
+        return f"{self.table_kind}-{slug(self.model or self.name)}-{digest}"
 
     @property
     def model(self) -> str | None:

@@ -17,7 +17,8 @@ from dataclasses import dataclass
 
 import numpy as np
 import pandas as pd
-from marginlens.core.selection.margins import default_scorers, load_margins
+from marginlens.core.scoring.rewards import PAPER_REWARD_MODEL
+from marginlens.core.selection.margins import default_margins
 from marginlens.core.selection.metrics import get_metric, metric_names
 from marginlens.core.workspace import Workspace
 
@@ -26,7 +27,7 @@ NO_EXPLICIT = (
     "and the explicit metric cannot run; the implicit and random metrics can (M_AP with a constant explicit "
     "margin would rank exactly like the implicit metric). To get one: `marginlens score {dataset} --llm-rating MODEL` "
     "has any OpenAI-compatible model rate each response, or `--reward-model MODEL` scores with a reward model on "
-    "a GPU (the paper used RLHFlow/ArmoRM-Llama3-8B-v0.1)."
+    "a GPU (the paper used {paper_model})."
 )
 NO_IMPLICIT = (
     "No implicit margin yet: `marginlens score {dataset}` computes it under the policy (SmolLM2-135M-Instruct by "
@@ -41,19 +42,18 @@ class MarginSources:
     explicit: bool  # some pair has an explicit margin (dataset scores or a reward table)
     implicit: bool  # some pair has an implicit margin (a policy table)
     runnable: tuple[str, ...]  # registered metrics whose margins are all there, in registry order
-    explicit_source: str | None = None  # the frame's m_ex_source when explicit
     dataset: str = "NAME"  # for the commands the notes suggest
 
     @property
     def note(self) -> str | None:
         """The one sentence to show when the explicit margin is missing (None otherwise)."""
-        return None if self.explicit else NO_EXPLICIT.format(dataset=self.dataset)
+        return None if self.explicit else NO_EXPLICIT.format(dataset=self.dataset, paper_model=PAPER_REWARD_MODEL)
 
     @property
     def notes(self) -> list[str]:
         """Every missing-margin sentence, explicit first."""
         pairs = ((NO_EXPLICIT, not self.explicit), (NO_IMPLICIT, not self.implicit))
-        return [text.format(dataset=self.dataset) for text, missing in pairs if missing]
+        return [text.format(dataset=self.dataset, paper_model=PAPER_REWARD_MODEL) for text, missing in pairs if missing]
 
 
 def _has(frame: pd.DataFrame, column: str) -> bool:
@@ -65,11 +65,9 @@ def margin_sources(frame: pd.DataFrame) -> MarginSources:
     have = {"m_ex": _has(frame, "m_ex"), "m_im": _has(frame, "m_im")}
     runnable = tuple(name for name in metric_names()
                      if all(have.get(column, column in frame) for column in get_metric(name).needs))
-    return MarginSources(have["m_ex"], have["m_im"], runnable,
-                         frame.attrs.get("m_ex_source") if have["m_ex"] else None, frame.attrs.get("dataset", "NAME"))
+    return MarginSources(have["m_ex"], have["m_im"], runnable, frame.attrs.get("dataset", "NAME"))
 
 
 def dataset_margin_sources(ws: Workspace, dataset: str) -> MarginSources:
     """margin_sources of the frame pages and commands use by default (the newest tables)."""
-    defaults = default_scorers(ws, dataset)
-    return margin_sources(load_margins(ws, dataset, policy_fp=defaults["policy"], reward_fp=defaults["reward"]))
+    return margin_sources(default_margins(ws, dataset))
