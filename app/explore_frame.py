@@ -15,6 +15,7 @@ from dataclasses import dataclass, field
 
 import numpy as np
 import pandas as pd
+from marginlens.core.selection.margin_sources import MarginSources, margin_sources
 from marginlens.core.selection.quadrants import Quadrants, quadrant_labels
 
 
@@ -25,8 +26,7 @@ class FrameColumns:
     m_ex: np.ndarray
     m_im: np.ndarray
     both: np.ndarray  # bool: the pair has both margins (can be drawn on the scatter)
-    has_explicit: bool
-    has_implicit: bool
+    sources: MarginSources  # which margins the frame has: core's one rule, as the notes and metrics use it
     _memo: dict = field(default_factory=dict, repr=False)
     _recent: OrderedDict = field(default_factory=OrderedDict, repr=False)
     _lock: threading.RLock = field(default_factory=threading.RLock, repr=False)
@@ -35,8 +35,15 @@ class FrameColumns:
     def of(cls, margins: pd.DataFrame) -> FrameColumns:
         m_ex = margins["m_ex"].to_numpy(np.float64, na_value=np.nan)
         m_im = margins["m_im"].to_numpy(np.float64, na_value=np.nan)
-        ok_ex, ok_im = np.isfinite(m_ex), np.isfinite(m_im)
-        return cls(m_ex, m_im, ok_ex & ok_im, bool(ok_ex.any()), bool(ok_im.any()))
+        return cls(m_ex, m_im, np.isfinite(m_ex) & np.isfinite(m_im), margin_sources(margins))
+
+    @property
+    def has_explicit(self) -> bool:
+        return self.sources.explicit
+
+    @property
+    def has_implicit(self) -> bool:
+        return self.sources.implicit
 
     def memo(self, key: tuple, compute):
         """`compute()` once per key for this frame (sessions share the frame, hence the lock)."""

@@ -10,7 +10,7 @@ from pathlib import Path
 from marginlens.core.errors import MarginLensError
 from marginlens.core.selection.export import ExportExists, OutsideWorkspace
 
-MIME = {".jsonl": "application/jsonl", ".json": "application/json", ".parquet": "application/vnd.apache.parquet"}
+MIME = {".jsonl": "application/jsonl", ".parquet": "application/vnd.apache.parquet"}
 
 
 def download_payload(path: str | Path) -> tuple[bytes, str, str]:

@@ -25,7 +25,6 @@ from marginlens.core.audit.audit_report import (
     verdict_rows,
     verdicts_for_pair,
 )
-from marginlens.core.audit.judge_client import Endpoint
 from marginlens.core.audit.subsets import (
     DEFAULT_N,
     DEFAULT_SAMPLE_SEED,
@@ -34,6 +33,7 @@ from marginlens.core.audit.subsets import (
     unique_pairs,
 )
 from marginlens.core.audit.verdicts import VerdictStore
+from marginlens.core.chat_client import Endpoint
 from marginlens.core.data.flags import FLAG_ACTIONS, flag_pairs, flags_summary, load_flags, unflag_pairs
 from marginlens.core.errors import MarginLensError
 from marginlens.core.jobs import get_job
@@ -45,6 +45,7 @@ KEY = "_audit_api_key"
 PLAN = "_audit_plan"
 NOTICE = "_audit_notice"
 NEXT_JOB = "_audit_next_job"
+AUTO_PAIR = "_audit_pair_auto"  # the pair the page picked itself (it follows the verdicts as they arrive)
 ACTION_LABELS = {"exclude": "exclude from exports", "swap": "swap chosen/rejected in exports"}
 TABLE_COLUMNS = ["pair_id", "subsets", "agrees", "judge_label", "ab_answer", "ba_answer", "ab_rationale",
                  "ba_rationale", "consistent", "invalid", "flag_action"]
@@ -73,14 +74,15 @@ with st.form("_audit_form"):
     base_url = c1.text_input("Endpoint base URL", key="_audit_base_url", placeholder="https://api.openai.com/v1",
                              help="Any OpenAI-compatible server; empty: api.openai.com")
     model = c2.text_input("Judge model", key="_audit_model", placeholder="gpt-4o")
-    s = st.columns(4)
-    subsets = s[0].multiselect("Subsets (top-k of each metric)", metric_names(),
-                               default=list(sources.runnable if sources is not None else metric_names()),
-                               key="_audit_subsets")
-    n = s[1].number_input("Pairs per subset", min_value=1, value=DEFAULT_N, step=10, key="_audit_n")
-    ratio = s[2].number_input("Top-k ratio", min_value=0.01, max_value=1.0, value=float(defaults.ratio), step=0.05,
+    # A row of its own: in a quarter-width column the chosen subsets showed two chips and a sliver.
+    subsets = st.multiselect("Subsets (top-k of each metric)", metric_names(),
+                             default=list(sources.runnable if sources is not None else metric_names()),
+                             key="_audit_subsets")
+    s = st.columns(3)
+    n = s[0].number_input("Pairs per subset", min_value=1, value=DEFAULT_N, step=10, key="_audit_n")
+    ratio = s[1].number_input("Top-k ratio", min_value=0.01, max_value=1.0, value=float(defaults.ratio), step=0.05,
                               key="_audit_ratio")
-    weight = s[3].number_input("M_AP weight w", min_value=0.0, value=float(defaults.weight), step=0.1,
+    weight = s[2].number_input("M_AP weight w", min_value=0.0, value=float(defaults.weight), step=0.1,
                                key="_audit_weight")
     b = st.columns(4)
     max_calls = b[0].number_input("Max calls (0: no limit)", min_value=0, value=0, step=100, key="_audit_max_calls")
@@ -126,7 +128,8 @@ if plan and plan["dataset"] == dataset:
         st.warning("The budget stops the audit before every call is made: the report will be partial.")
     if st.button("Start audit", type="primary", key="_audit_start"):
         try:
-            job = submit_audit(ws, plan["params"], api_key=st.session_state.get(KEY) or None)
+            job = submit_audit(ws, plan["params"], api_key=st.session_state.get(KEY) or None,
+                               on_warning=st.warning)  # e.g. the model is not in the server's list
         except MarginLensError as exc:
             widgets.show_error(exc)
         else:
@@ -163,8 +166,11 @@ params = AuditParams.from_dict(job.spec["params"])
 judge = params.judge_model
 report = audit_report(ws, params)
 overall = report["overall"]
-frame = pd.DataFrame(verdict_rows(ws, params))
-answered = frame["ab_answer"].notna() | frame["ba_answer"].notna() | frame["invalid"].gt(0)
+rows = verdict_rows(ws, params)
+frame = pd.DataFrame(rows)
+# no rows (a job whose spec samples no pair): a frame without columns, read as "no verdict yet"
+answered = (frame["ab_answer"].notna() | frame["ba_answer"].notna() | frame["invalid"].gt(0)) if rows else \
+    pd.Series(dtype=bool)
 if not answered.any():  # an empty chart and a table of None say nothing yet
     st.info("No verdict yet: the agreement chart and the verdict table appear with the judge's first answers.")
     st.stop()
@@ -205,13 +211,15 @@ clicked = widgets.table_with_pick(shown[TABLE_COLUMNS].reset_index(drop=True), k
 pair_ids = frame["pair_id"].tolist()
 if clicked:
     st.session_state["_audit_pair"] = clicked
+    st.session_state.pop(AUTO_PAIR, None)  # the user's pick, even when it is the page's own
 picked = st.session_state.get("_audit_pair")
 # A pick the page made itself follows the verdicts as they arrive (the first reversed pair once there is
 # one); a pair the user picked stays.
-if picked not in pair_ids or picked == st.session_state.get("_audit_pair_auto"):
+if picked not in pair_ids or picked == st.session_state.get(AUTO_PAIR):
     reversed_ids = frame.loc[frame["agrees"].eq(False), "pair_id"].tolist()
-    st.session_state["_audit_pair"] = st.session_state["_audit_pair_auto"] = (reversed_ids or pair_ids)[0]
-pair_id = st.selectbox("Pair", pair_ids, key="_audit_pair", help="or click a row in the table")
+    st.session_state["_audit_pair"] = st.session_state[AUTO_PAIR] = (reversed_ids or pair_ids)[0]
+pair_id = st.selectbox("Pair", pair_ids, key="_audit_pair", help="or click a row in the table",
+                       on_change=lambda: st.session_state.pop(AUTO_PAIR, None))  # the user's pick stays
 
 flags = load_flags(ws, dataset)
 current = flags.get(pair_id)

@@ -52,7 +52,9 @@ default_name = export_download.default_name(dataset, spec.metric, controls.ratio
 # keyed by what the default depends on, so the suggested name follows the format and the scatter cut
 out = cols[2].text_input("Path (relative paths go under the workspace's exports/)", value=default_name,
                          key=f"_export_path_{fmt}_{'cut' if cut else 'all'}")
-o1, o2, o3, o4 = st.columns(4)
+# Two per row: four to a row cut the labels off mid-word.
+o1, o2 = st.columns(2)
+o3, o4 = st.columns(2)
 with_metrics = o1.toggle("Metric columns (pair_id, m_ex, m_im, score, rank)", value=True, key="_export_metrics")
 apply_flags = o2.toggle("Apply audit flags", value=True, key="_export_flags",
                         help="leave out pairs an audit flagged 'exclude' and swap those flagged 'swap' "

@@ -4,6 +4,7 @@ The script decides each answer from the request (which response sits in position
 fault queue injects failures one request at a time:
   "429"        Too Many Requests with a Retry-After header (seconds: `retry_after`)
   "500"        Internal Server Error
+  "400"        Bad Request for this request alone (a prompt over the model's context)
   "hang"       sleeps `hang_seconds` before answering (past the client's timeout)
   "drop"       closes the connection without a response
   "malformed"  200 with a JSON content type and a truncated, unparseable body
@@ -65,6 +66,7 @@ class ScriptedJudge:
     retry_after: float = 1.0
     hang_seconds: float = 3.0
     usage: tuple[int, int] = (50, 5)
+    models: list[str] = field(default_factory=list)  # what GET /v1/models lists
     requests: list[Request] = field(default_factory=list)
     _lock: threading.Lock = field(default_factory=threading.Lock)
 
@@ -90,7 +92,8 @@ class ScriptedJudge:
                     pass  # the client gave up (timeout): nothing to deliver
 
             def do_GET(self) -> None:
-                self._send(200, json.dumps({"object": "list", "data": []}).encode())
+                listed = [{"id": name, "object": "model"} for name in judge.models]
+                self._send(200, json.dumps({"object": "list", "data": listed}).encode())
 
             def do_POST(self) -> None:
                 length = int(self.headers.get("Content-Length", 0))
@@ -150,6 +153,9 @@ class ScriptedJudge:
                  {"Retry-After": f"{self.retry_after:g}"})
         elif fault == "500":
             send(500, json.dumps({"error": {"message": "internal error"}}).encode())
+        elif fault == "400":
+            send(400, json.dumps({"error": {"message": "maximum context length exceeded",
+                                            "code": "context_length_exceeded"}}).encode())
         elif fault == "401":
             key = request.authorization.removeprefix("Bearer ")
             send(401, json.dumps({"error": {"message": f"Incorrect API key provided: {key}"}}).encode())

@@ -11,8 +11,12 @@ from pathlib import Path
 import pytest
 from helpers_app import DATASET, app_test, build_workspace, metrics, no_errors
 from judge_server import Request, ScriptedJudge
-from marginlens.core.audit.audit_job import list_audits
+from marginlens.core.audit.audit_job import list_audits, submit_audit, verdict_record
+from marginlens.core.audit.audit_params import AuditParams, audit_params
 from marginlens.core.audit.audit_report import disagreements
+from marginlens.core.audit.judge_prompt import chosen_position
+from marginlens.core.audit.verdicts import VerdictStore
+from marginlens.core.chat_client import Completion, Endpoint
 from marginlens.core.data.flags import load_flags
 
 KEY = "sk-audit-page-SECRET-77f3a1"
@@ -132,3 +136,49 @@ def test_estimate_start_cancel_resume_report_and_flags(ws):
     flags = load_flags(ws, DATASET)
     assert set(flags) == set(reversed_ids) and {f["action"] for f in flags.values()} == {"exclude"}
     assert files_containing(ws.root, KEY) == []
+
+
+def _audit_without_calls(ws, ids: list[str], model: str):
+    """An audit job that made no call (a budget of none): its verdicts are then written here, as they arrive."""
+    with ScriptedJudge() as judge:
+        params = audit_params(DATASET, {"random": ids}, Endpoint(model, judge.base_url), max_calls=0)
+        job = submit_audit(ws, params)
+        assert job.wait(timeout=60).state == "done", job.log_tail()
+    return params, job
+
+
+def test_a_pair_the_user_picks_stays_even_when_it_was_the_pages_pick(ws):
+    ids = list(ws.load_pairs(DATASET)["pair_id"])[:3]
+    params, job = _audit_without_calls(ws, ids, "judge-pick")
+    store = VerdictStore.for_dataset(ws, DATASET)
+
+    def judged(pid: str, prefers_chosen: bool) -> None:
+        for order in ("AB", "BA"):
+            letter = chosen_position(order) if prefers_chosen else {"A": "B", "B": "A"}[chosen_position(order)]
+            store.append(verdict_record(pid, order, Completion(letter, letter, 1, 1, 1), params.endpoint,
+                                        params.prompt_version, job.id))
+
+    judged(ids[0], True)
+    judged(ids[1], True)
+    at = app_test("audit_page.py", ws)
+    at.run()
+    no_errors(at)
+    assert at.selectbox(key="_audit_pair").value == ids[0]  # the page's pick: no reversed pair yet
+    at.selectbox(key="_audit_pair").set_value(ids[1]).run()
+    at.selectbox(key="_audit_pair").set_value(ids[0]).run()  # the user picks it back, on purpose
+    judged(ids[2], False)  # a reversed pair arrives
+    at.run()
+    no_errors(at)
+    assert at.selectbox(key="_audit_pair").value == ids[0]
+
+
+def test_an_audit_sampling_no_pair_reads_as_no_verdict(ws):
+    ids = list(ws.load_pairs(DATASET)["pair_id"])[:1]
+    params, _ = _audit_without_calls(ws, ids, "judge-none")
+    empty = AuditParams.from_dict({**params.to_dict(), "samples": {}})  # a spec no plan would write
+    assert submit_audit(ws, empty, check=False).wait(timeout=60).state == "done"
+    at = app_test("audit_page.py", ws)
+    at.run()
+    at.selectbox(key="_audit_job").set_value(list_audits(ws, DATASET)[0].id).run()
+    no_errors(at)
+    assert any("No verdict yet" in i.value for i in at.info)

@@ -15,10 +15,10 @@ from marginlens.core.audit.agreement_chart import agreement_figure, chart_frame
 from marginlens.core.audit.audit_job import verdict_record
 from marginlens.core.audit.audit_params import AuditParams, audit_params
 from marginlens.core.audit.audit_report import audit_report
-from marginlens.core.audit.judge_client import Completion, Endpoint
 from marginlens.core.audit.judge_prompt import PROMPT_VERSION, template_text
 from marginlens.core.audit.subsets import sample_subsets
 from marginlens.core.audit.verdicts import VerdictStore, verdicts_path
+from marginlens.core.chat_client import Completion, Endpoint
 from marginlens.core.data.flags import flag_pairs, flags_summary, load_flags, unflag_pairs
 from marginlens.core.errors import MarginLensError
 from scipy.stats import binomtest

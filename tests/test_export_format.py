@@ -40,8 +40,23 @@ def test_cli_out_extension_decides_the_format(ws, root, capsys):
 
 
 def test_format_for_agrees_with_matching_names():
-    assert [format_for("a.jsonl"), format_for("a.JSON"), format_for("a.parquet"), format_for("dir")] == \
+    assert [format_for("a.jsonl"), format_for("a.JSONL"), format_for("a.parquet"), format_for("dir")] == \
         ["jsonl", "jsonl", "parquet", "hf"]
     assert format_for("a.parquet", "parquet") == "parquet" and format_for("a.v2", "hf") == "hf"
     with pytest.raises(MarginLensError, match="extension of jsonl"):
         format_for("a.jsonl", "hf")
+
+
+@pytest.mark.parametrize("fmt", [None, "jsonl", "parquet"])
+def test_a_json_name_is_refused_whatever_the_format(fmt):
+    """A .json file is read as one JSON document: JSON Lines (or Parquet) under that name would fail its reader."""
+    with pytest.raises(MarginLensError, match=r"'a.JSON': a .json file would be read as one JSON document.*"
+                                              r"name it .jsonl"):
+        format_for("a.JSON", fmt)
+
+
+def test_cli_refuses_a_json_out_and_writes_nothing(ws, root, capsys):
+    base = ["select", "std", "--workspace", root, "--metric", "implicit", "--ratio", "0.5"]
+    assert main([*base, "--out", "cut.json"]) == 2
+    assert "name it .jsonl" in capsys.readouterr().err
+    assert not (ws.exports_dir / "cut.json").exists()

@@ -6,7 +6,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 from helpers_app import app_test, no_errors
-from helpers_data import hh_records, make_dataset, random_logprobs, standard_records
+from helpers_data import hh_records, make_dataset, random_logprobs, save_rewards, standard_records
 from judge_server import ScriptedJudge
 from marginlens.core.cli import main
 from marginlens.core.selection.margin_sources import dataset_margin_sources
@@ -78,3 +78,48 @@ def test_score_and_audit_pages_say_it_once(hh):
     no_errors(audit)
     assert sum("No explicit margin" in i.value for i in audit.info) == 1
     assert list(audit.multiselect[0].value) == ["implicit", "random"]
+
+
+def test_audit_offers_the_metrics_of_the_tables_it_is_asked_for(hh, capsys):
+    """The newest reward table has no usable score (a rater off-format on every pair); `audit --reward` names
+    one that has: the default subsets, the note and the sampled pairs all come from the table asked for."""
+    random_logprobs(hh, "hh")
+    ids = list(hh.load_pairs("hh")["pair_id"])
+    save_rewards(hh, "hh", "good", ids, np.arange(20.0), np.zeros(20))
+    save_rewards(hh, "hh", "unrated", ids, np.full(20, np.nan), np.full(20, np.nan))  # the newest
+    base = ["audit", "hh", "--judge-model", "j", "--n", "2", "--estimate", "--json", "--workspace", str(hh.root)]
+    with ScriptedJudge() as judge:
+        assert main([*base, "--base-url", judge.base_url]) == 0
+        newest = capsys.readouterr()
+        assert main([*base, "--base-url", judge.base_url, "--reward", "good"]) == 0
+        asked = capsys.readouterr()
+    assert newest.err.count("No explicit margin") == 1  # the newest tables: implicit and random only
+    assert "No explicit margin" not in asked.err
+
+    def calls(out: str) -> int:
+        return int(out.split("estimate: ")[1].split(" calls")[0])
+
+    assert calls(asked.out) > calls(newest.out)  # the map and explicit subsets are sampled too
+
+
+def test_the_score_page_reads_the_margins_once_across_reruns(hh, monkeypatch):
+    """The note comes from the app's cached frame: a rerun (any widget change) reads no margins again."""
+    import marginlens.app.readers as readers
+    import marginlens.core.selection.margins as margins
+
+    random_logprobs(hh, "hh")
+    reads = []
+    real = margins.load_margins
+
+    def counted(*args, **kwargs):
+        reads.append(args[1] if len(args) > 1 else kwargs.get("dataset"))
+        return real(*args, **kwargs)
+
+    monkeypatch.setattr(margins, "load_margins", counted)
+    monkeypatch.setattr(readers, "load_margins", counted)
+    at = app_test("score_page.py", hh)
+    for _ in range(3):
+        at.run()
+        no_errors(at)
+        assert sum("No explicit margin" in i.value for i in at.info) == 1
+    assert reads == ["hh"]

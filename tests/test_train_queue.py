@@ -15,7 +15,7 @@ from marginlens.core.cli import main
 from marginlens.core.cli.follow import status_text
 from marginlens.core.job_status import JobState
 from marginlens.core.training import runs
-from marginlens.core.training.train_slot import LOCK_ENV
+from marginlens.core.training.train_slot import LOCK_ENV, training_slot
 from tiny_models import tiny_llama  # noqa: F401  (session fixture)
 
 PAIRS = [{"prompt": f"What is {i} plus {i}?", "chosen": f"It is {2 * i}.", "rejected": f"Maybe {3 * i + 1}."}
@@ -70,3 +70,25 @@ def test_train_job_queues_for_the_machine_and_a_killed_worker_reads_dead(ws, tmp
     assert status.state is JobState.DONE, job.log_tail()
     assert len(runs.read_metrics(job)) == 2
     assert lock.read_text() == job.id  # it held the slot while it trained
+
+
+def test_the_slot_is_free_when_the_run_ends_though_a_forked_child_lives(ws, tmp_path, monkeypatch):
+    """A DataLoader worker forked inside the run shares the lock file's descriptor: the slot must still be
+    free the moment the run leaves it, not when the last such child exits."""
+    lock = tmp_path / "train.lock"
+    monkeypatch.setenv(LOCK_ENV, str(lock))
+    job = jobs.Job(ws.jobs_dir / "train-forks")
+    job.dir.mkdir(parents=True)
+    (job.dir / "spec.json").write_text(json.dumps({"kind": "train", "params": {}, "job_id": job.id}))
+    with training_slot(jobs.JobContext(job, ws)):
+        child = os.fork()
+        if child == 0:  # the "DataLoader worker": holds every inherited descriptor, outlives the run
+            time.sleep(30)
+            os._exit(0)
+    probe = os.open(lock, os.O_RDWR)
+    try:
+        fcntl.flock(probe, fcntl.LOCK_EX | fcntl.LOCK_NB)  # BlockingIOError while the child kept the lock
+    finally:
+        os.close(probe)
+        os.kill(child, signal.SIGKILL)
+        os.waitpid(child, 0)

@@ -31,7 +31,16 @@ from marginlens.core.atomic import write_json
 from marginlens.core.audit.audit_params import AuditParams, Judgment
 from marginlens.core.audit.audit_report import audit_report
 from marginlens.core.audit.endpoint_check import check_endpoint
-from marginlens.core.audit.judge_client import (
+from marginlens.core.audit.judge_prompt import (
+    build_messages,
+    chosen_position,
+    parse_answer,
+    template_sha256,
+)
+from marginlens.core.audit.judge_prompt import template_text as prompt_template_text
+from marginlens.core.audit.subsets import sampled_rows
+from marginlens.core.audit.verdicts import VerdictStore
+from marginlens.core.chat_client import (
     KEY_ENV,
     Budget,
     BudgetExhausted,
@@ -42,31 +51,33 @@ from marginlens.core.audit.judge_client import (
     RequestLedger,
     public_url,
 )
-from marginlens.core.audit.judge_prompt import (
-    build_messages,
-    chosen_position,
-    parse_answer,
-    template_sha256,
-)
-from marginlens.core.audit.judge_prompt import template_text as prompt_template_text
-from marginlens.core.audit.subsets import sampled_rows
-from marginlens.core.audit.verdicts import VerdictStore
 from marginlens.core.errors import MarginLensError
 from marginlens.core.job_status import JobState
 from marginlens.core.jobs import Job, JobContext, list_jobs, submit
 from marginlens.core.workspace import Workspace
 
 FATAL_STATUSES = (401, 403, 404)  # bad key, no access, unknown model: every further call would fail too
-# This many calls failed for good and none answered: the endpoint is down, not one request unlucky.
+# This many calls could not reach a working server (connection, timeout, 5xx) before the judge answered any:
+# the endpoint is down, not one request unlucky. A request the server turned down on its own (HTTP 400, a
+# prompt over the context) says nothing about the endpoint and does not count.
 ALL_FAILED_STOP = 3
 
 
-def submit_audit(ws: Workspace, params: AuditParams, api_key: str | None = None, check: bool = True) -> Job:
+def _endpoint_down(exc: JudgeCallError) -> bool:
+    """Did the call fail for want of a working server (no HTTP status: connection or timeout; or a 5xx)?"""
+    return exc.status is None or exc.status >= 500
+
+
+def submit_audit(ws: Workspace, params: AuditParams, api_key: str | None = None, check: bool = True,
+                 on_warning: Callable[[str], None] | None = None) -> Job:
     """Start (or resume, or find finished) the audit job. `api_key` reaches only the worker's environment;
     without it the worker uses OPENAI_API_KEY from this process's environment. `check`: first make sure
-    the endpoint answers (reachable, key accepted, model served), refusing with the server's message."""
+    the endpoint answers (reachable, key accepted), refusing with the server's message; what only looks
+    wrong (the model not in the server's list) goes to `on_warning` and the audit starts."""
     if check and params.pending(VerdictStore.for_dataset(ws, params.dataset)):
-        check_endpoint(params.endpoint, api_key or os.environ.get(KEY_ENV))
+        warning = check_endpoint(params.endpoint, api_key or os.environ.get(KEY_ENV))
+        if warning and on_warning is not None:
+            on_warning(warning)
     env = {KEY_ENV: api_key} if api_key else None
     return submit(ws, "audit", params.to_dict(), env=env)
 
@@ -164,9 +175,11 @@ class JudgingOutcome:
 
     stored: int = 0
     invalid: int = 0
+    answered: int = 0  # calls the judge answered (stored or not: another audit may have stored the same first)
+    down: int = 0  # failed calls that point at the endpoint itself (_endpoint_down)
     failed: list[dict[str, str]] = field(default_factory=list)  # pair_id, order, error
     fatal: str | None = None  # the endpoint refused the whole audit
-    all_failed: str | None = None  # every call so far failed: why the run stopped
+    all_failed: str | None = None  # the endpoint looks down (see ALL_FAILED_STOP): the last error
     budget: str | None = None  # why the budget stopped it
 
 
@@ -207,14 +220,17 @@ def _judge_all(
                     if stop.is_set() and exc.retryable:
                         return  # cancelled or stopped mid-backoff: the task simply stays pending
                     outcome.failed.append({"pair_id": pid, "order": order, "error": str(exc)})
+                    outcome.down += _endpoint_down(exc)
                     if exc.status in FATAL_STATUSES:
                         outcome.fatal = str(exc)
                         stop.set()
-                    elif outcome.stored == 0 and len(outcome.failed) >= ALL_FAILED_STOP:
+                    elif outcome.answered == 0 and outcome.down >= ALL_FAILED_STOP:
                         outcome.all_failed = str(exc)
                         stop.set()
                 on_done(outcome)
                 continue
+            with lock:
+                outcome.answered += 1
             record = verdict_record(pid, order, completion, params.endpoint, params.prompt_version, ctx.job.id)
             if params.reask:  # recorded as a re-ask, with what it replaces
                 before = store.get((pid, params.judge_model, params.prompt_version, order)) or {}
@@ -290,7 +306,7 @@ def run(ctx: JobContext) -> dict[str, Any]:
         raise MarginLensError(f"judge endpoint refused the audit: {outcome.fatal}")
     if outcome.all_failed:
         raise MarginLensError(
-            f"stopped: all {len(outcome.failed)} judge calls failed and none was answered "
+            f"stopped: {outcome.down} judge calls could not reach a working server and none was answered "
             f"({client.retries} retries; last error: {outcome.all_failed}); check the endpoint, then resume"
         )
     if outcome.failed and not outcome.budget:

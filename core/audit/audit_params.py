@@ -14,10 +14,10 @@ from collections.abc import Mapping, Sequence
 from dataclasses import asdict, dataclass, field, replace
 from typing import Any
 
-from marginlens.core.audit.judge_client import Endpoint, RetryPolicy, public_url
 from marginlens.core.audit.judge_prompt import ORDERS, PROMPT_VERSION
 from marginlens.core.audit.subsets import unique_pairs
 from marginlens.core.audit.verdicts import VerdictStore, round_of
+from marginlens.core.chat_client import Endpoint, RetryPolicy, public_url
 from marginlens.core.errors import MarginLensError
 
 DEFAULT_CONCURRENCY = 4

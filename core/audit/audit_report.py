@@ -14,10 +14,10 @@ from typing import Any
 
 from marginlens.core.audit.agreement import subset_stats
 from marginlens.core.audit.audit_params import AuditParams
-from marginlens.core.audit.judge_client import estimate_tokens
 from marginlens.core.audit.judge_prompt import PROMPT_VERSION, build_messages
 from marginlens.core.audit.subsets import ordered, sampled_rows
 from marginlens.core.audit.verdicts import PairVerdict, VerdictStore, pair_verdicts
+from marginlens.core.chat_client import estimate_tokens
 from marginlens.core.data.flags import flag_pairs, load_flags
 from marginlens.core.workspace import Workspace
 

@@ -11,8 +11,9 @@ import random
 from collections.abc import Mapping, Sequence
 from typing import Any, TypeVar
 
+import pandas as pd
 from marginlens.core.errors import MarginLensError
-from marginlens.core.selection.margins import default_scorers, load_margins, pair_texts
+from marginlens.core.selection.margins import default_margins, pair_texts
 from marginlens.core.selection.metrics import DEFAULT_PARAMS, MetricParams, metric_names
 from marginlens.core.selection.select import SelectionSpec, select
 from marginlens.core.workspace import Workspace
@@ -37,9 +38,12 @@ def build_subsets(
 
     Metrics whose margins the dataset lacks raise MarginLensError naming what to score first.
     """
-    defaults = default_scorers(ws, dataset)
-    margins = load_margins(ws, dataset, policy_fp=policy_fp or defaults["policy"],
-                           reward_fp=reward_fp or defaults["reward"])
+    return subsets_of(default_margins(ws, dataset, policy_fp, reward_fp), metrics, ratio, params)
+
+
+def subsets_of(margins: pd.DataFrame, metrics: Sequence[str] | None = None, ratio: float | None = None,
+               params: MetricParams = DEFAULT_PARAMS) -> dict[str, list[str]]:
+    """build_subsets of a margin frame already read (core.selection.margins.default_margins)."""
     subsets = {}
     for metric in metric_names() if metrics is None else metrics:
         spec = SelectionSpec(metric=metric, ratio=ratio, weight=params.weight, signed=params.signed, seed=params.seed)

@@ -15,15 +15,16 @@ from marginlens.core.audit.audit_params import DEFAULT_CONCURRENCY, AuditParams,
 from marginlens.core.audit.subsets import (
     DEFAULT_N,
     DEFAULT_SAMPLE_SEED,
-    build_subsets,
     ordered,
     sample_subsets,
+    subsets_of,
 )
-from marginlens.core.selection.margins import scored_part
+from marginlens.core.selection.margins import default_margins, scored_counts
 from marginlens.core.selection.metrics import DEFAULT_PARAMS, MetricParams, metric_names
 from marginlens.core.workspace import Workspace
 
 if TYPE_CHECKING:
+    import pandas as pd
     from marginlens.core.jobs import Job
 
 
@@ -84,25 +85,25 @@ def register(sub: argparse._SubParsersAction, common: argparse.ArgumentParser) -
     p.set_defaults(func=cmd_unflag)
 
 
-def _subsets(args: argparse.Namespace, ws: Workspace) -> tuple[str, ...]:
-    """The metrics named, or by default those the dataset's margins allow (saying once why not the rest)."""
+def _subsets(args: argparse.Namespace, margins: pd.DataFrame) -> tuple[str, ...]:
+    """The metrics named, or by default those the margins allow (saying once why not the rest)."""
     if args.subsets is not None:
         return tuple(m.strip() for m in args.subsets.split(",") if m.strip())
-    from marginlens.core.selection.margin_sources import dataset_margin_sources
+    from marginlens.core.selection.margin_sources import margin_sources
 
-    sources = dataset_margin_sources(ws, args.name)
+    sources = margin_sources(margins)
     for note in sources.notes:
         print(note, file=sys.stderr)  # stderr: a --json report stays parseable
     return sources.runnable
 
 
 def _params(args: argparse.Namespace, ws: Workspace) -> AuditParams:
-    from marginlens.core.audit.judge_client import Endpoint
+    from marginlens.core.chat_client import Endpoint
 
-    metrics = _subsets(args, ws)
-    subsets = build_subsets(ws, args.name, metrics=metrics, ratio=args.ratio, params=MetricParams(weight=args.weight),
-                            policy_fp=args.policy, reward_fp=args.reward)
-    n_scored, n_total = scored_part(ws, args.name, args.policy, args.reward)
+    # read once, with the tables asked for: the metrics offered, the subsets and the count all come from it
+    margins = default_margins(ws, args.name, policy_fp=args.policy, reward_fp=args.reward)
+    subsets = subsets_of(margins, _subsets(args, margins), args.ratio, MetricParams(weight=args.weight))
+    n_scored, n_total = scored_counts(margins)
     if n_scored < n_total:
         # stderr: a --json report on stdout stays parseable
         print(f"{n_scored} of {n_total} pairs scored: the subsets are drawn from the scored pairs", file=sys.stderr)
@@ -153,7 +154,7 @@ def cmd_audit(args: argparse.Namespace) -> int:
           + ("" if estimate.fits_budget else "; the budget will stop it early"))
     if args.estimate:
         return 0
-    job = submit_audit(ws, params)
+    job = submit_audit(ws, params, on_warning=lambda text: print(f"warning: {text}", file=sys.stderr))
     print(f"job {job.id}")
     if args.detach:
         return 0

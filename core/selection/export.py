@@ -83,7 +83,7 @@ class ExportResult:
 
 
 # A file's extension names its format; a save_to_disk folder ("hf") has none.
-EXTENSIONS = {".jsonl": "jsonl", ".json": "jsonl", ".parquet": "parquet"}
+EXTENSIONS = {".jsonl": "jsonl", ".parquet": "parquet"}
 
 
 def format_for(out: str | os.PathLike, fmt: str | None = None) -> str:
@@ -91,6 +91,10 @@ def format_for(out: str | os.PathLike, fmt: str | None = None) -> str:
     (no extension: a save_to_disk folder). An extension that contradicts `fmt` is an error, so that a
     `.parquet` file never holds JSON lines."""
     suffix = Path(out).suffix.lower()
+    if suffix == ".json":  # tools read a .json file as one JSON document, which no export format is
+        raise MarginLensError(f"{Path(out).name!r}: a .json file would be read as one JSON document, but exports "
+                              "are JSON Lines (one pair a line): name it .jsonl, or .parquet for Parquet "
+                              "(--format jsonl|parquet|hf)")
     implied = EXTENSIONS.get(suffix) if suffix else "hf"
     if fmt is None:
         if implied is None:

@@ -279,12 +279,13 @@ def scored_counts(margins: pd.DataFrame) -> tuple[int, int]:
     return int(margins["scored"].to_numpy(dtype=bool).sum()), n_total
 
 
-def scored_part(ws: Workspace, dataset: str, policy_fp: str | None = None,
-                reward_fp: str | None = None) -> tuple[int, int]:
-    """scored_counts of the margin frame the audit and the pages use by default (the newest tables)."""
+def default_margins(ws: Workspace, dataset: str, policy_fp: str | None = None,
+                    reward_fp: str | None = None) -> pd.DataFrame:
+    """The margin frame of the tables named, each one not named being the newest (default_scorers): what
+    commands read once, then ask which metrics run (margin_sources), how much is scored and what to select."""
     defaults = default_scorers(ws, dataset)
-    return scored_counts(load_margins(ws, dataset, policy_fp=policy_fp or defaults["policy"],
-                                      reward_fp=reward_fp or defaults["reward"]))
+    return load_margins(ws, dataset, policy_fp=policy_fp or defaults["policy"],
+                        reward_fp=reward_fp or defaults["reward"])
 
 
 def scored_note(margins: pd.DataFrame) -> str | None:

@@ -1,12 +1,13 @@
-"""One training run at a time per machine: a train job waits, shown as queued, for the training slot.
+"""One training run at a time per machine and user: a train job waits, shown as queued, for the slot.
 
 Two DPO runs side by side on a small machine do not train twice as fast; they run each other out of
 memory. So the train job takes an exclusive flock on one lock file per machine and user before it loads
 anything, and holds it until it ends. The kernel drops the lock when the worker dies, so a killed run
 never blocks the queue. Runs wait in no fixed order: whichever waiting worker polls first starts.
 
-  MARGINLENS_TRAIN_LOCK   the lock file (default: marginlens-train-UID.lock in the system temp folder);
-                          "none" lets runs share the machine (several GPUs, or on purpose)
+  MARGINLENS_TRAIN_LOCK   the lock file (default: marginlens-train-UID.lock in the system temp folder, so
+                          each user has a slot); one file every user can write makes it one run per
+                          machine; "none" lets runs share the machine (several GPUs, or on purpose)
 
 Multi-process runs (accelerate launch): only rank 0 takes the lock; the other ranks wait for the slot file
 in the job folder to name their launcher, which rank 0 writes once it holds the lock.
@@ -91,7 +92,10 @@ def training_slot(ctx: JobContext) -> Iterator[None]:
         yield
     finally:
         slot.unlink(missing_ok=True)
-        os.close(fd)  # releases the lock
+        # Unlock before closing: a forked child (a DataLoader worker) shares this open file, and the flock
+        # would outlive close() for as long as any such child keeps its copy of the descriptor.
+        fcntl.flock(fd, fcntl.LOCK_UN)
+        os.close(fd)
 
 
 def _wait_for_rank0(ctx: JobContext, slot: Path, launcher: str) -> None:
