@@ -86,3 +86,15 @@ def test_score_page_passes_the_sample_to_the_scoring(tmp_path):
     at.button[0].click().run()
     no_errors(at)
     assert at.success and "a sample of 5 of 41 pairs" in at.success[0].value
+
+
+def test_unscored_pairs_are_blamed_on_the_sample_not_on_the_metric(tmp_path):
+    from marginlens.core.selection.margins import default_margins
+    from marginlens.core.selection.select import SelectionSpec, select
+
+    ws = partial_workspace(tmp_path)
+    margins = default_margins(ws, DATASET)
+    for metric in ("random", "implicit"):
+        warnings = select(margins, SelectionSpec(metric=metric, ratio=0.5)).warnings
+        assert "21 of 41 pairs scored: selecting from the scored pairs" in warnings
+        assert not any("lack the margins" in w for w in warnings), warnings

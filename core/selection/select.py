@@ -175,8 +175,9 @@ def select(margins: pd.DataFrame, spec: SelectionSpec, texts: Any = None) -> Sel
         have &= np.isfinite(values)
         needed[column] = values
     n_missing = int((~have).sum())
-    if n_missing:
-        warnings.append(f"{n_missing} pairs lack the margins for {spec.metric!r} and are not candidates")
+    # Unscored pairs are the next warning's; counting them here too blamed the metric for the sample.
+    if lacking := n_missing - (n_total - n_scored):
+        warnings.append(f"{lacking} scored pairs lack the margins for {spec.metric!r} and are not candidates")
     if n_scored < n_total:
         warnings.append(f"{n_scored} of {n_total} pairs scored: selecting from the scored pairs")
 
