@@ -69,12 +69,12 @@ p1.metric("Rows to write", f"{counts['selected']:,}")
 p2.metric("Candidates", f"{counts['candidates']:,}")
 p3.metric("k", f"{counts['k']:,}")
 p4.metric("Pairs in dataset", f"{counts['total']:,}")
-if "scored" in counts:  # a sampled scoring
-    st.caption(f"{counts['scored']:,} of {counts['total']:,} pairs scored: the export selects from the scored pairs.")
 pos = selection.positions
 columns = {"m_ex": margins["m_ex"].to_numpy(np.float64, na_value=np.nan),
            "m_im": margins["m_im"].to_numpy(np.float64, na_value=np.nan), "score": selection.scores}
-summary = pd.DataFrame({name: pd.Series(values[pos]).describe() for name, values in columns.items()}).T
+# A margin the dataset does not have would be a row of "None"; the note above already says it is missing.
+summary = pd.DataFrame({name: pd.Series(values[pos]).describe() for name, values in columns.items()
+                        if np.isfinite(values[pos]).any()}).T
 st.dataframe(summary, width="stretch")
 for warning in selection.warnings:
     st.caption(f"note: {widgets.md_escape(warning)}")
