@@ -13,7 +13,7 @@ from marginlens.app.explore_view import ExploreControls, ExploreView
 HOVER_CHARS = 60
 QUADRANT_COLORS = {
     "high_potential": "#2e7d32",
-    "already_learned": "#1565c0",
+    "policy_decided": "#1565c0",
     "ambiguous": "#9e9e9e",
     "model_confident": "#ef6c00",
     "": "#cccccc",
@@ -154,13 +154,15 @@ def histogram_figure(values: np.ndarray, selected: np.ndarray, title: str, marks
         width = float(edges[1] - edges[0]) if edges.size > 1 else 1.0
         all_counts, _ = np.histogram(values[ok], bins=edges)
         sel_counts, _ = np.histogram(values[ok & selected], bins=edges)
-        fig.add_bar(x=centers, y=all_counts, width=width, name="all", marker_color="#b0b0b0")
-        fig.add_bar(x=centers, y=sel_counts, width=width, name="selected", marker_color="#d81b60")
+        fig.add_bar(x=centers, y=all_counts, width=width, name="all pairs", marker_color="#b0b0b0")
+        fig.add_bar(x=centers, y=sel_counts, width=width, name="selected (top-k)", marker_color="#d81b60")
         for label, x in marks.items():
             if x is not None and np.isfinite(x):
                 fig.add_vline(x=x, line_dash="dash", line_color="#000000", annotation_text=label,
                               annotation_position="top")
-    fig.update_layout(title=title, barmode="overlay", height=260, showlegend=False,
+    # the legend says which bars are which; dashed lines are labelled where they stand
+    fig.update_layout(title=title, barmode="overlay", height=290, showlegend=True,
+                      legend={"orientation": "h", "yanchor": "top", "y": -0.15, "x": 0},
                       margin={"l": 10, "r": 10, "t": 40, "b": 10})
     return fig
 

@@ -17,7 +17,8 @@ from marginlens.core.workspace import Workspace
 
 TABLE_CHARS = 80  # previews in the table: enough to recognise a pair, never the full text
 TABLE_LIMIT = 500
-TABLE_SORTS = ("score", "m_ex", "m_im", "abs_m_im", "rank", "source_row", "chosen_chars", "rejected_chars")
+# named as the table shows them ("row" is the pair's row in the imported file, the frame's source_row)
+TABLE_SORTS = ("score", "m_ex", "m_im", "abs_m_im", "rank", "row", "chosen_chars", "rejected_chars")
 
 
 def _sort_key(margins: pd.DataFrame, view: ExploreView, sort_by: str) -> np.ndarray:
@@ -33,7 +34,9 @@ def _sort_key(margins: pd.DataFrame, view: ExploreView, sort_by: str) -> np.ndar
         key = np.full(len(margins), np.inf)
         key[view.selection.positions] = np.arange(1, view.selection.positions.size + 1)
         return key
-    if sort_by in ("source_row", "chosen_chars", "rejected_chars"):
+    if sort_by == "row":
+        return margins["source_row"].to_numpy(np.float64)
+    if sort_by in ("chosen_chars", "rejected_chars"):
         return margins[sort_by].to_numpy(np.float64)
     raise MarginLensError(f"cannot sort by {sort_by!r} (expected one of {', '.join(TABLE_SORTS)})")
 

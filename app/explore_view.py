@@ -126,6 +126,22 @@ def effective_controls(margins: pd.DataFrame, controls: ExploreControls) -> tupl
     return dataclasses.replace(controls, metric=runnable[0]), note
 
 
+def scale_note(attrs: dict[str, Any]) -> str:
+    """What the numbers on the charts and in the table measure, in the units of the frame's margins."""
+    form = attrs.get("m_im_form")
+    if form == "dpo":
+        im = ("m_im is beta times the policy's log-ratio to the reference on the chosen answer minus that on the "
+              "rejected one (summed log-probabilities, nats)")
+    else:
+        im = ("m_im is the policy's mean per-token log-probability of the chosen answer minus that of the rejected "
+              "one (nats/token)")
+    return ("Scores (M_AP and the baselines) are z-scores: standard deviations above (+) or below (-) the mean over "
+            "the candidates, so 0 is an average pair, ±1 common, beyond ±2 rare; the top-k are the highest. m_ex "
+            "is in the reward model's (or the dataset's scores') own units. " + im + ": above 0 the policy "
+            "prefers the chosen answer, below 0 the rejected one; near 0 it has not decided yet (M_AP favours "
+            "these), a large |m_im| means it has, either way.")
+
+
 def needs_texts(controls: ExploreControls) -> bool:
     return any(parse_filter(f).op == "~" for f in controls.filters)
 

@@ -27,6 +27,22 @@ def md_escape(text: object) -> str:
     return _MARKDOWN_SYNTAX.sub(r"\\\1", str(text))
 
 
+# Sidebar help (markdown): formulas and filter syntax in code spans, so `~` and `|` render literally.
+WEIGHT_HELP = ("Weight of the implicit-margin term in M_AP = `z(m_ex) - w·z(|m_im|)`: a larger w favours pairs the "
+               "policy has not learned yet (small |m_im|); w = 0 ranks by the reward margin alone. The paper's "
+               "offline runs use w = 1.0; the authors' self-play default is also `z(m_ex) - z(|m_im|)`, i.e. w = 1 "
+               "(the 2.5 in their scripts belongs to another option).")
+SIGNED_HELP = ("Rank on m_im instead of |m_im|: M_AP = `z(m_ex) - w·z(m_im)` (and implicit, `-z(m_im)`) then "
+               "selects the pairs whose labels the policy contradicts most: the most negative m_im, where the "
+               "policy prefers the rejected answer. Off: small |m_im| either way, pairs the policy has not "
+               "decided yet.")
+STAGE_HELP = ("Before ranking: only the pairs passing the filters are candidates; z-scores and k are computed over "
+              "them. After ranking: every pair is ranked and k taken over all of them, then the filters remove "
+              "pairs from that top-k (fewer than k may remain).")
+FILTER_EXAMPLES = ("m_ex>=0.5", "abs_m_im<0.1", "chosen_chars<=2000", "flagged=false",
+                   "quadrant=high_potential,ambiguous", "text~paris", "prompt~capital")
+
+
 def show_error(exc: object) -> None:
     """An error message: it may quote untrusted data (a row's value, a role), so it is escaped."""
     st.error(md_escape(exc))
@@ -91,10 +107,10 @@ def selection_controls(current: ExploreControls, container: Any = None,
                              help="\n\n".join(f"**{name}**: {md_escape(get_metric(name).description)}" for name in names))
     uses = get_metric(c.metric).uses
     c.weight = box.slider("Weight w", 0.0, 5.0, float(c.weight), 0.1, key="_ctl_weight",
-                          disabled="weight" not in uses, help="1.0 offline (paper), 2.5 in the self-play scripts")
+                          disabled="weight" not in uses, help=WEIGHT_HELP)
     c.ratio = box.slider("Ratio (k = int(ratio·N))", 0.01, 1.0, float(c.ratio), 0.01, key="_ctl_ratio")
     c.signed = box.toggle("Signed m_im (instead of |m_im|)", value=bool(c.signed), key="_ctl_signed",
-                          disabled="signed" not in uses)
+                          disabled="signed" not in uses, help=SIGNED_HELP)
     c.im_axis = box.radio("Quadrant split on", IM_AXES, index=IM_AXES.index(c.im_axis), horizontal=True,
                           format_func={"abs": "|m_im|", "signed": "m_im"}.get, key="_ctl_axis")
     c.color_by = box.radio("Colour by", COLOR_BY, index=COLOR_BY.index(c.color_by), horizontal=True,
@@ -102,8 +118,7 @@ def selection_controls(current: ExploreControls, container: Any = None,
                                         "quadrant": "quadrant"}.get, key="_ctl_color")
     text = box.text_area("Filters (one per line)", value="\n".join(c.filters), key="_ctl_filters",
                          placeholder="e.g. m_ex>=0.5",
-                         help="All must hold. Examples: m_ex>=0.5, abs_m_im<0.1, chosen_chars<=2000, flagged=false, "
-                              "quadrant=high_potential,ambiguous, text~paris, prompt~capital")
+                         help="All must hold. Examples: " + ", ".join(f"`{e}`" for e in FILTER_EXAMPLES))
     filters, errors = [], []
     for line in (s.strip() for s in text.splitlines()):
         if not line:
@@ -116,9 +131,10 @@ def selection_controls(current: ExploreControls, container: Any = None,
     c.filters = filters
     for error in errors:
         box.error(error)
-    c.filter_stage = box.radio("Filters", FILTER_STAGES, index=FILTER_STAGES.index(c.filter_stage),
-                               format_func={"before": "choose candidates", "after": "prune the top-k"}.get,
-                               horizontal=True, key="_ctl_stage")
+    c.filter_stage = box.radio("Apply filters", FILTER_STAGES, index=FILTER_STAGES.index(c.filter_stage),
+                               format_func={"before": "before ranking (choose candidates)",
+                                            "after": "after ranking (prune the top-k)"}.get,
+                               key="_ctl_stage", help=STAGE_HELP)
     c.seed = int(box.number_input("Random seed", value=int(c.seed), step=1, key="_ctl_seed",
                                   disabled="seed" not in uses))
     c.max_points = int(box.number_input("Max points drawn", min_value=1000, max_value=200_000,
@@ -145,15 +161,18 @@ def _fmt(value: Any, digits: int = 3) -> str:
 def pair_viewer(details: dict[str, Any]) -> None:
     """Prompt, chosen and rejected side by side with their numbers; every text rendered as text."""
     quadrant = details["quadrant"] or "—"
-    sign = "" if details["m_im"] is None else (" (model prefers rejected)" if details["m_im"] < 0 else "")
+    m_im = details["m_im"]
+    # said on the page, not in a tooltip: the |m_im| quadrants put such a pair beside ones the policy got right
+    sign = "" if m_im is None else (" · **policy prefers the rejected answer** (m_im < 0)" if m_im < 0
+                                    else " · policy prefers the chosen answer" if m_im > 0 else "")
     st.markdown(
         f"**Pair** `{details['pair_id']}` · row {details['source_row']} · "
         f"{'selected, rank ' + str(details['rank']) if details['selected'] else 'not selected'} · "
-        f"quadrant `{quadrant}`"
+        f"quadrant `{quadrant}`{sign}"
     )
     cols = st.columns(4)
     cols[0].metric("m_ex", _fmt(details["m_ex"]))
-    cols[1].metric("m_im", _fmt(details["m_im"]), help="signed" + sign)
+    cols[1].metric("m_im", _fmt(m_im), help="signed: > 0 the policy prefers the chosen answer, < 0 the rejected one")
     cols[2].metric("score", _fmt(details["score"]))
     cols[3].metric("flags", ", ".join(details["flags"]) or "none")
     st.caption("Prompt")
@@ -174,11 +193,21 @@ def pair_viewer(details: dict[str, Any]) -> None:
         st.warning("A scorer truncated this pair (longer than its max length): its m_im covers only the start.")
 
 
+PAIR_ID_WIDTH = 270  # px: the whole 32-character id, so two ids can be told apart
+
+
+def dash_missing(frame: pd.DataFrame) -> Any:
+    """`frame` for st.dataframe with a missing value (None, NaN, <NA>) shown as "—", not as "None"; the
+    columns keep their dtypes, so numbers still sort as numbers. A Styler renders every cell in Python:
+    only for the rows a page shows (hundreds), never a whole margin frame."""
+    return frame.style.format(na_rep="—", precision=3)
+
+
 def table_with_pick(frame: pd.DataFrame, key: str, height: int = 360) -> str | None:
     """A dataframe with single-row selection; returns the pair_id of a newly clicked row, else None."""
-    event = st.dataframe(frame, key=key, on_select="rerun", selection_mode="single-row", hide_index=True,
-                         width="stretch", height=height,
-                         column_config={"pair_id": st.column_config.TextColumn("pair_id", width="small")})
+    event = st.dataframe(dash_missing(frame), key=key, on_select="rerun", selection_mode="single-row",
+                         hide_index=True, width="stretch", height=height,
+                         column_config={"pair_id": st.column_config.TextColumn("pair_id", width=PAIR_ID_WIDTH)})
     rows = event.selection.rows if event and hasattr(event, "selection") else []
     value = str(frame.iloc[rows[0]]["pair_id"]) if rows and rows[0] < len(frame) else None
     # A row stays selected across reruns: report only a new click, so another table (or a

@@ -83,7 +83,7 @@ with st.form("_audit_form"):
     ratio = s[1].number_input("Top-k ratio", min_value=0.01, max_value=1.0, value=float(defaults.ratio), step=0.05,
                               key="_audit_ratio")
     weight = s[2].number_input("M_AP weight w", min_value=0.0, value=float(defaults.weight), step=0.1,
-                               key="_audit_weight")
+                               key="_audit_weight", help=widgets.WEIGHT_HELP)
     b = st.columns(4)
     max_calls = b[0].number_input("Max calls (0: no limit)", min_value=0, value=0, step=100, key="_audit_max_calls")
     max_tokens = b[1].number_input("Max tokens (0: no limit)", min_value=0, value=0, step=10_000,

@@ -18,6 +18,7 @@ from marginlens.app.explore_view import (
     effective_controls,
     filtered_mask,
     needs_texts,
+    scale_note,
 )
 from marginlens.app.state import page_with_dataset
 from marginlens.core.errors import MarginLensError
@@ -99,6 +100,8 @@ else:
         st.info("No pair has both margins yet, so there is no scatter: score the same pairs with the policy and "
                 "the reward model.")
 
+st.caption(scale_note(attrs))
+
 # ---- table + pair viewer ---------------------------------------------------------------------------
 mask = shown & inside if inside is not None else shown
 if brush:
@@ -106,7 +109,7 @@ if brush:
                 f"({int((mask & view.selected).sum()):,} in the top-k)")
 sort_cols = st.columns([2, 1, 1, 3])
 sort_by = sort_cols[0].selectbox("Sort by", TABLE_SORTS, key="_sort_by")
-ascending = sort_cols[1].toggle("Ascending", value=sort_by in ("rank", "source_row"), key="_sort_asc")
+ascending = sort_cols[1].toggle("Ascending", value=sort_by in ("rank", "row"), key="_sort_asc")
 only_selected = sort_cols[2].toggle("Top-k only", value=False, key="_only_selected")
 if only_selected:
     mask = mask & view.selected
@@ -148,14 +151,14 @@ def contradictions() -> None:
     st.markdown(f"**Quadrants** (m_ex split {quads.ex_split:.3f}, "
                 f"{'|m_im|' if quads.im_axis == 'abs' else 'm_im'} split {quads.im_split:.3f}); "
                 f"top {report.k:,} of {report.n:,} pairs with both margins per metric")
-    st.dataframe(pd.DataFrame(quads.counts), hide_index=True, width="stretch")
+    st.dataframe(widgets.dash_missing(pd.DataFrame(quads.counts)), hide_index=True, width="stretch")
     left, right = st.columns(2)
     with left:
         st.markdown("**Top-k overlap** (pairs in both sets; diagonal = k)")
         st.dataframe(overlap_matrix(report), width="stretch")
     with right:
         st.markdown("**Rank correlations**")
-        st.dataframe(pd.DataFrame(report.correlations), hide_index=True, width="stretch")
+        st.dataframe(widgets.dash_missing(pd.DataFrame(report.correlations)), hide_index=True, width="stretch")
     st.markdown("**Noise suspects** — large m_ex, but the policy prefers the rejected response (m_im < 0). "
                 "Click one to open it.")
     suspects = pd.DataFrame(report.suspects)
@@ -164,7 +167,8 @@ def contradictions() -> None:
         return
     suspects["prompt_preview"] = suspects["prompt_preview"].str.slice(0, 80)
     clicked_suspect = widgets.table_with_pick(
-        suspects[["pair_id", "rank", "source_row", "m_ex", "m_im", "suspicion", "prompt_preview"]],
+        suspects[["pair_id", "rank", "source_row", "m_ex", "m_im", "suspicion", "prompt_preview"]]
+        .rename(columns={"source_row": "row"}),
         key="_suspects", height=300)
     if clicked_suspect:
         explore_state.set_open_pair(dataset, clicked_suspect)

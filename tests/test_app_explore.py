@@ -332,3 +332,46 @@ def test_dataset_without_any_margin_ranks_at_random_without_errors(tmp_path):
     at.run()
     no_errors(at)
     assert [json.loads(c.proto.spec)["layout"]["title"]["text"] for c in at.get("plotly_chart")] == ["random score"]
+
+
+def test_no_traps_in_the_sidebar_table_and_viewer(ws, margins):
+    """Issue 12: help that renders as written, names that say what a control does, no literal "None"."""
+    from streamlit import dataframe_util
+
+    at = app_test("explore_page.py", ws)
+    at.run()
+    at.toggle(key="_sort_asc").set_value(True).run()  # lowest M_AP first: the adversarial pair, m_im << 0
+    no_errors(at)
+    # filter examples in code spans: `text~paris, prompt~capital` rendered as strikethrough before
+    filters_help = at.text_area(key="_ctl_filters").help
+    assert "`text~paris`" in filters_help and "`prompt~capital`" in filters_help
+    stage = at.radio(key="_ctl_stage")
+    assert stage.label == "Apply filters" and stage.label != at.text_area(key="_ctl_filters").label
+    assert stage.options == ["before ranking (choose candidates)", "after ranking (prune the top-k)"]
+    assert "Before ranking" in stage.help and "After ranking" in stage.help
+    weight_help = at.slider(key="_ctl_weight").help
+    assert "implicit-margin term" in weight_help and "w = 1" in weight_help and "not learned yet" in weight_help
+    assert "contradicts most" in at.toggle(key="_ctl_signed").help
+    captions = caption_texts(at)
+    assert "z-scores" in captions and "nats/token" in captions  # the score scale, next to the chart
+    # the viewer says which answer the policy prefers; the quadrant name does not claim "learned"
+    header = next(el.value for el in at.markdown if el.value.startswith("**Pair**"))
+    assert "policy prefers the rejected answer" in header and "`policy_decided`" in header
+    # missing ranks / scores show as "—", while the data stays numeric (it still sorts as numbers)
+    table = at.dataframe[0]
+    shown = dataframe_util.convert_arrow_bytes_to_pandas_df(table.proto.arrow_data.styler.display_values)
+    assert (shown == "None").sum().sum() == 0 and (shown["rank"] == "—").any()
+    assert str(table.value["rank"].dtype) == "Int64" and table.value["rank"].isna().any()
+    assert "source_row" not in at.selectbox(key="_sort_by").options
+    at.selectbox(key="_sort_by").set_value("row").run()
+    rows = at.dataframe[0].value["row"].tolist()
+    assert rows == sorted(rows)
+
+
+def test_histograms_have_a_legend(margins):
+    from marginlens.app.explore_figures import histogram_figure
+
+    view = compute_view(margins, ExploreControls())
+    fig = histogram_figure(view.scores, view.selected, "map score", {})
+    assert fig.layout.showlegend is True
+    assert [t.name for t in fig.data] == ["all pairs", "selected (top-k)"]

@@ -20,13 +20,13 @@ def test_quadrants_at_medians_and_thresholds():
     m_im = np.array([0.1, -4.0, 0.1, 3.0, 1.0])
     q = quadrant_labels(m_ex, m_im)
     assert (q.ex_split, q.im_split) == (2.0, 1.0)
-    assert q.labels.tolist() == ["high_potential", "already_learned", "ambiguous", "model_confident", "ambiguous"]
+    assert q.labels.tolist() == ["high_potential", "policy_decided", "ambiguous", "model_confident", "ambiguous"]
     counts = {c["quadrant"]: c for c in q.counts}
-    assert counts["already_learned"]["n"] == 1 and counts["already_learned"]["n_negative_im"] == 1
+    assert counts["policy_decided"]["n"] == 1 and counts["policy_decided"]["n_negative_im"] == 1
     assert sum(c["n"] for c in q.counts) == 5
     q = quadrant_labels(m_ex, m_im, ex_split=-1.0, im_split=0.0, im_axis="signed")
-    assert q.labels.tolist() == ["already_learned", "high_potential", "already_learned", "already_learned",
-                                 "already_learned"]
+    assert q.labels.tolist() == ["policy_decided", "high_potential", "policy_decided", "policy_decided",
+                                 "policy_decided"]
     q = quadrant_labels(np.array([1.0, np.nan]), np.array([1.0, 1.0]))
     assert q.labels.tolist()[1] == ""
 

@@ -91,3 +91,9 @@ def test_text_search_and_resolved_quadrant_thresholds(tmp_path):
     recorded = sel.spec.to_dict()["filters"][0]
     assert recorded["ex_split"] == pytest.approx(float(np.median(frame["m_ex"])))
     assert recorded["im_split"] == pytest.approx(float(np.median(np.abs(frame["m_im"]))))
+
+
+def test_a_filter_saved_under_the_old_quadrant_name_still_parses():
+    from marginlens.core.selection.filters import parse_filter
+
+    assert parse_filter("quadrant=already_learned,ambiguous").value == ["policy_decided", "ambiguous"]

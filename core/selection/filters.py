@@ -27,6 +27,10 @@ import pyarrow.compute as pc
 from marginlens.core.errors import MarginLensError
 from marginlens.core.selection.quadrants import IM_AXES, QUADRANTS, default_splits, quadrant_labels
 
+# Filters saved in export manifests before a quadrant was renamed still parse. "already_learned" was wrong
+# for pairs whose m_im < 0 under the |m_im| split.
+RENAMED_QUADRANTS = {"already_learned": "policy_decided"}
+
 TEXT_FIELDS = ("prompt", "chosen", "rejected", "any")
 BOOL_FIELDS = ("flagged", "truncated")
 NUMERIC_OPS = (">=", "<=", ">", "<", "==")
@@ -86,7 +90,8 @@ def parse_filter(expr: str) -> Filter:
                 kwargs["im_axis"] = val.strip()
             else:
                 raise MarginLensError(f"filter {expr!r}: unknown quadrant option {key!r} (ex, im, axis)")
-        return Filter("quadrant", "in", [n.strip() for n in names.split(",") if n.strip()], **kwargs)
+        names = [RENAMED_QUADRANTS.get(n.strip(), n.strip()) for n in names.split(",") if n.strip()]
+        return Filter("quadrant", "in", names, **kwargs)
     if field in BOOL_FIELDS:
         if op not in ("=", "=="):
             raise MarginLensError(f"filter {expr!r}: use {field}=true or {field}=false")

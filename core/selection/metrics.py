@@ -49,7 +49,7 @@ MARGIN_COLUMNS = {
 class MetricParams:
     """The knobs a metric may read; the field defaults are every metric's defaults."""
 
-    weight: float = 1.0  # w of M_AP: 1.0 offline (the paper), 2.5 in the reference's self-play scripts
+    weight: float = 1.0  # w of M_AP: 1.0 in the paper's offline runs and in its self-play scripts' default
     signed: bool = False  # m_im instead of |m_im|
     seed: int = 42  # the reference's np.random.seed(42)
 

@@ -5,7 +5,9 @@ Quadrants split the plane at two thresholds (medians by default). The implicit a
 default, the quantity M_AP penalises; `im_axis="signed"` splits on m_im itself. "High" means strictly
 above the threshold, so pairs on a median count as low.
   high_potential   high m_ex, low implicit    M_AP keeps these
-  already_learned  high m_ex, high implicit   (with m_im < 0: the model contradicts the label)
+  policy_decided   high m_ex, high implicit   the policy has made up its mind, either way: with the |m_im|
+                                              split a pair with m_im < 0 lands here too (it contradicts the
+                                              label), so this is not "already learned"
   ambiguous        low m_ex,  low implicit    little signal
   model_confident  low m_ex,  high implicit   the model is sure where the reward model is not
 Counts always report how many pairs of a quadrant have m_im < 0, so the sign stays visible.
@@ -20,7 +22,7 @@ from typing import Any
 import numpy as np
 from marginlens.core.errors import MarginLensError
 
-QUADRANTS = ("high_potential", "already_learned", "ambiguous", "model_confident")
+QUADRANTS = ("high_potential", "policy_decided", "ambiguous", "model_confident")
 IM_AXES = ("abs", "signed")
 
 
