@@ -21,9 +21,10 @@ def free_port() -> int:
         return s.getsockname()[1]
 
 
-def drag_box(page, area, start: tuple[float, float], end: tuple[float, float]) -> None:
+def drag_box(page, area, start: tuple[float, float], end: tuple[float, float]) -> float:
     """Drag a box over `area` (a plotly drag layer) between two points given as fractions of its size,
-    in small steps, as a person's mouse does (plotly ignores a single jump)."""
+    in small steps, as a person's mouse does (plotly ignores a single jump). Returns the perf_counter time
+    of the mouse-up: where a person's selection ends and the wait for the dashboard begins."""
     box = area.bounding_box()
     assert box is not None
     x0, y0 = box["x"] + box["width"] * start[0], box["y"] + box["height"] * start[1]
@@ -33,6 +34,7 @@ def drag_box(page, area, start: tuple[float, float], end: tuple[float, float]) -
     for i in range(1, 11):
         page.mouse.move(x0 + (x1 - x0) * i / 10, y0 + (y1 - y0) * i / 10)
     page.mouse.up()
+    return time.perf_counter()
 
 
 def wait_healthy(url: str, proc: subprocess.Popen, timeout: float = 60) -> None:
