@@ -132,5 +132,6 @@ def table_rows(manifests: list[dict[str, Any]]) -> list[dict[str, Any]]:
         "fingerprint": m["fingerprint"], "kind": m["kind"], "model": m.get("model"), "rows": m.get("rows"),
         "role": (m.get("spec") or {}).get("role"), "dtype": (m.get("spec") or {}).get("dtype"),
         "truncated": (m.get("spec") or {}).get("truncated_pairs"),
-        "created": m.get("created"),
+        # "2026-11-29T20:14:05Z" -> "2026-11-29 20:14": the full stamp was cut off in the table
+        "created": str(m.get("created") or "")[:16].replace("T", " "),
     } for m in manifests]

@@ -77,6 +77,7 @@ for job in score_jobs:
 st.subheader("Finished score tables")
 tables = list_score_tables(ws, dataset)
 if tables:
-    st.dataframe(pd.DataFrame(score_form.table_rows(tables)), hide_index=True, width="stretch")
+    st.dataframe(pd.DataFrame(score_form.table_rows(tables)), hide_index=True, width="stretch",
+                 column_config={"fingerprint": st.column_config.TextColumn(width="large")})
 else:
     st.caption("None yet. Tables appear here when a job finishes; Explore uses the newest by default.")
