@@ -4,16 +4,9 @@ arrive, are parsed or recorded as invalid with their raw text, the report is pro
 
 from __future__ import annotations
 
-import os
-import socket
-import subprocess
-import sys
-import time
-import urllib.request
-from pathlib import Path
-
 import pytest
 from helpers_data import make_dataset, standard_records
+from helpers_serve import transformers_serve
 from marginlens.core.audit.audit_job import submit_audit
 from marginlens.core.audit.audit_params import audit_params
 from marginlens.core.audit.audit_report import audit_report
@@ -25,42 +18,13 @@ KEY = "sk-real-model-test-KEY-91c0"
 pytestmark = pytest.mark.slow
 
 
-def _free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
-
-
 @pytest.fixture(scope="module")
 def smollm2_server(tmp_path_factory):
     """`transformers serve` pinned to the SmolLM2 safetensors folder (core.scoring.models converts it once)."""
     folder = smollm2_folder()
-    port = _free_port()
     log = tmp_path_factory.mktemp("serve") / "serve.log"
-    command = [str(Path(sys.executable).with_name("transformers")), "serve", str(folder),
-               "--host", "127.0.0.1", "--port", str(port), "--device", "cpu"]
-    with open(log, "wb") as out:
-        server = subprocess.Popen(command, stdout=out, stderr=subprocess.STDOUT,
-                                  env={**os.environ, "HF_HUB_OFFLINE": "1"})
-    try:
-        deadline = time.monotonic() + 180
-        while True:
-            try:
-                with urllib.request.urlopen(f"http://127.0.0.1:{port}/health", timeout=2) as response:
-                    if response.status == 200:
-                        break
-            except OSError:
-                pass
-            assert server.poll() is None, f"transformers serve exited: {log.read_text()[-2000:]}"
-            assert time.monotonic() < deadline, f"transformers serve not healthy: {log.read_text()[-2000:]}"
-            time.sleep(1)
-        yield f"http://127.0.0.1:{port}/v1", str(folder), log
-    finally:
-        server.terminate()
-        try:
-            server.wait(timeout=20)
-        except subprocess.TimeoutExpired:
-            server.kill()
+    with transformers_serve(folder, log) as base_url:
+        yield base_url, str(folder), log
 
 
 def test_audit_against_smollm2_behind_transformers_serve(smollm2_server, ws, tmp_path):

@@ -18,7 +18,6 @@ dataset, so a pair judged once by a judge model under a prompt version is never 
 
 from __future__ import annotations
 
-import fcntl
 import os
 import threading
 import time
@@ -54,6 +53,7 @@ from marginlens.core.chat_client import (
 from marginlens.core.errors import MarginLensError
 from marginlens.core.job_status import JobState
 from marginlens.core.jobs import Job, JobContext, list_jobs, submit
+from marginlens.core.locks import exclusive
 from marginlens.core.workspace import Workspace
 
 FATAL_STATUSES = (401, 403, 404)  # bad key, no access, unknown model: every further call would fail too
@@ -111,25 +111,12 @@ def list_audits(ws: Workspace, dataset: str) -> list[Job]:
 @contextmanager
 def _dataset_lock(ws: Workspace, dataset: str, ctx: JobContext) -> Iterator[None]:
     """One judging run per dataset at a time, so that two audits sharing pairs never both pay for one."""
-    path = ws.audits_dir / dataset / ".judging.lock"
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o644)
-    try:
-        waited = False
-        while True:
-            try:
-                fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-                break
-            except BlockingIOError:
-                if not waited:
-                    ctx.log(f"waiting for another audit of {dataset!r} to finish")
-                    ctx.set_state(JobState.RUNNING, "waiting for another audit of this dataset")
-                    waited = True
-                ctx.check_cancel()
-                time.sleep(0.5)
+    def waiting() -> None:
+        ctx.log(f"waiting for another audit of {dataset!r} to finish")
+        ctx.set_state(JobState.RUNNING, "waiting for another audit of this dataset")
+
+    with exclusive(ws.audits_dir / dataset / ".judging.lock", on_wait=waiting, check_cancel=ctx.check_cancel):
         yield
-    finally:
-        os.close(fd)
 
 
 def verdict_record(

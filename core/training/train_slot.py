@@ -15,7 +15,6 @@ in the job folder to name their launcher, which rank 0 writes once it holds the 
 
 from __future__ import annotations
 
-import fcntl
 import os
 import tempfile
 import time
@@ -25,6 +24,7 @@ from pathlib import Path
 
 from marginlens.core.job_status import JobState
 from marginlens.core.jobs import JobContext
+from marginlens.core.locks import exclusive
 
 LOCK_ENV = "MARGINLENS_TRAIN_LOCK"
 POLL_SECONDS = 0.5
@@ -69,33 +69,17 @@ def training_slot(ctx: JobContext) -> Iterator[None]:
         yield
         return
     slot.unlink(missing_ok=True)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o644)
     try:
-        waited = False
-        while True:
-            try:
-                fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-                break
-            except BlockingIOError:
-                if not waited:
-                    _queued(ctx, path)
-                    waited = True
-                ctx.check_cancel()
-                time.sleep(POLL_SECONDS)
-        os.ftruncate(fd, 0)
-        os.pwrite(fd, ctx.job.id.encode(), 0)
-        if ctx.world_size > 1:
-            slot.write_text(launcher, encoding="utf-8")
-        if waited:
-            ctx.set_state(JobState.RUNNING, "running")
-        yield
+        with exclusive(path, on_wait=lambda: _queued(ctx, path), check_cancel=ctx.check_cancel) as held:
+            os.ftruncate(held.fd, 0)
+            os.pwrite(held.fd, ctx.job.id.encode(), 0)
+            if ctx.world_size > 1:
+                slot.write_text(launcher, encoding="utf-8")
+            if held.waited:
+                ctx.set_state(JobState.RUNNING, "running")
+            yield
     finally:
         slot.unlink(missing_ok=True)
-        # Unlock before closing: a forked child (a DataLoader worker) shares this open file, and the flock
-        # would outlive close() for as long as any such child keeps its copy of the descriptor.
-        fcntl.flock(fd, fcntl.LOCK_UN)
-        os.close(fd)
 
 
 def _wait_for_rank0(ctx: JobContext, slot: Path, launcher: str) -> None:
