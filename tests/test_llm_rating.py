@@ -165,8 +165,8 @@ def test_asking_holds_no_lock_another_job_would_wait_on(ws, tmp_path):
         scorer = LLMRatingScorer.configure(spec("d", judge.base_url), "rater-1")
         scorer.setup(RunOptions(workspace=str(ws.root), state_dir=str(tmp_path)))
         row = {"prompt": [{"role": "user", "content": "1+1?"}], "chosen": "It is 2i.", "rejected": "I think 3."}
-        scorer.store.folder.mkdir(parents=True, exist_ok=True)
-        fd = os.open(scorer.store.folder / ".lock", os.O_RDWR | os.O_CREAT, 0o644)
+        scorer.store.path.parent.mkdir(parents=True, exist_ok=True)
+        fd = os.open(scorer.store.path, os.O_RDWR | os.O_CREAT, 0o644)
         fcntl.flock(fd, fcntl.LOCK_EX)  # the other job
         out = []
         worker = threading.Thread(target=lambda: out.extend(scorer.compute(PairBatch(["p"], [row], [row]))))

@@ -16,14 +16,12 @@ and easy to check for leaked secrets.
 
 from __future__ import annotations
 
-import fcntl
-import json
 import os
-import threading
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from marginlens.core.keyed_log import KeyedLog
 from marginlens.core.workspace import Workspace
 
 VerdictKey = tuple[str, str, str, str]  # (pair_id, judge_model, prompt_version, order)
@@ -47,80 +45,15 @@ def _supersedes(record: dict[str, Any], stored: dict[str, Any] | None) -> bool:
     return stored is None or round_of(record) > round_of(stored)
 
 
-class VerdictStore:
-    """Append-only, exactly-once verdict records. Safe across threads and processes."""
+class VerdictStore(KeyedLog):
+    """Append-only, exactly-once verdict records (one per key and round). Safe across threads and processes."""
 
     def __init__(self, path: str | os.PathLike):
-        self.path = Path(path)
-        self._records: dict[VerdictKey, dict[str, Any]] = {}
-        self._offset = 0  # bytes of the file already parsed into _records
-        self._lock = threading.Lock()
+        super().__init__(path, key_of, _supersedes)
 
     @classmethod
     def for_dataset(cls, ws: Workspace, dataset: str) -> VerdictStore:
         return cls(verdicts_path(ws, dataset))
-
-    def _refresh(self) -> None:
-        """Parse complete lines appended since the last read (by this or any other process)."""
-        try:
-            with open(self.path, "rb") as fh:
-                fh.seek(self._offset)
-                chunk = fh.read()
-        except FileNotFoundError:
-            return
-        end = chunk.rfind(b"\n") + 1  # a torn last line (no newline yet) is left for later
-        for line in chunk[:end].splitlines():
-            try:
-                record = json.loads(line)
-                key = key_of(record)
-            except (ValueError, KeyError, TypeError):
-                continue  # the tail of a torn line, terminated by a later writer
-            if _supersedes(record, self._records.get(key)):
-                self._records[key] = record
-        self._offset += end
-
-    def records(self) -> list[dict[str, Any]]:
-        with self._lock:
-            self._refresh()
-            return list(self._records.values())
-
-    def keys(self) -> set[VerdictKey]:
-        with self._lock:
-            self._refresh()
-            return set(self._records)
-
-    def get(self, key: VerdictKey) -> dict[str, Any] | None:
-        with self._lock:
-            self._refresh()
-            return self._records.get(key)
-
-    def append(self, record: dict[str, Any]) -> bool:
-        """Store `record` durably unless its key is already stored (in this round or a later one); True if it
-        was written."""
-        key = key_of(record)
-        line = json.dumps(record, ensure_ascii=False, sort_keys=True, default=str).encode("utf-8") + b"\n"
-        if b"\n" in line[:-1]:
-            raise ValueError("a verdict record must serialise to one line")
-        self.path.parent.mkdir(parents=True, exist_ok=True)
-        with self._lock:
-            fd = os.open(self.path, os.O_RDWR | os.O_CREAT | os.O_APPEND, 0o644)
-            try:
-                fcntl.flock(fd, fcntl.LOCK_EX)
-                self._refresh()
-                if not _supersedes(record, self._records.get(key)):
-                    return False
-                size = os.fstat(fd).st_size
-                if size and os.pread(fd, 1, size - 1) != b"\n":
-                    line = b"\n" + line  # terminate a line torn by a crashed writer
-                os.write(fd, line)
-                os.fsync(fd)
-                self._records[key] = record
-                # Our own line is parsed already; skip it on the next refresh unless others wrote first.
-                if self._offset == size:
-                    self._offset = size + len(line)
-            finally:
-                os.close(fd)  # closing drops the flock
-        return True
 
 
 @dataclass(frozen=True)

@@ -28,14 +28,11 @@ in the job's JSON).
 
 from __future__ import annotations
 
-import fcntl
 import hashlib
 import json
 import math
 import os
 import time
-from collections.abc import Iterator
-from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -52,6 +49,7 @@ from marginlens.core.chat_client import (
     public_url,
 )
 from marginlens.core.errors import MarginLensError
+from marginlens.core.keyed_log import KeyedLog
 from marginlens.core.scoring.rating_rubric import RUBRIC_VERSION, parse_rating, rating_messages, rubric_sha256
 from marginlens.core.scoring.scorers import (
     SCORER_VERSION,
@@ -82,62 +80,6 @@ def check_base_url(base_url: str | None) -> str | None:
     if "@" in parts.netloc or parts.query:
         raise MarginLensError(f"rating endpoint {public_url(base_url)!r}: put the key in ${KEY_ENV}, not in the URL")
     return base_url.rstrip("/")
-
-
-class RatingStore:
-    """Append-only ratings of one (model, endpoint, rubric): exactly one stored answer per request key."""
-
-    def __init__(self, folder: str | os.PathLike):
-        self.folder = Path(folder)
-        self.path = self.folder / "ratings.jsonl"
-        self._records: dict[str, dict[str, Any]] = {}
-        self._offset = 0
-
-    def refresh(self) -> None:
-        """Read complete lines appended since the last read, by any process (a torn last line waits)."""
-        try:
-            with open(self.path, "rb") as fh:
-                fh.seek(self._offset)
-                chunk = fh.read()
-        except FileNotFoundError:
-            return
-        end = chunk.rfind(b"\n") + 1
-        for line in chunk[:end].splitlines():
-            try:
-                record = json.loads(line)
-            except ValueError:
-                continue  # a line torn by a crash; the writer after it started a fresh line
-            self._records.setdefault(record["key"], record)
-        self._offset += end
-
-    def get(self, key: str) -> dict[str, Any] | None:
-        return self._records.get(key)
-
-    def __len__(self) -> int:
-        return len(self._records)
-
-    @contextmanager
-    def locked(self) -> Iterator[None]:
-        """Exclusive across processes; re-reads the file on entry so the caller sees every stored rating."""
-        self.folder.mkdir(parents=True, exist_ok=True)
-        fd = os.open(self.folder / ".lock", os.O_RDWR | os.O_CREAT, 0o644)
-        try:
-            fcntl.flock(fd, fcntl.LOCK_EX)
-            self.refresh()
-            yield
-        finally:
-            os.close(fd)
-
-    def append(self, record: dict[str, Any]) -> None:
-        """Store one rating durably (call inside `locked`)."""
-        data = b"\n" + json.dumps(record, sort_keys=True).encode() + b"\n"  # leading newline ends a torn line
-        fd = os.open(self.path, os.O_WRONLY | os.O_CREAT | os.O_APPEND, 0o644)
-        try:
-            os.write(fd, data)
-            os.fsync(fd)
-        finally:
-            os.close(fd)
-        self._records.setdefault(record["key"], record)
 
 
 def request_key(messages: list[dict[str, str]]) -> str:
@@ -209,7 +151,9 @@ class LLMRatingScorer(Scorer[LLMRatingConfig]):
             raise MarginLensError("LLM rating needs a workspace to keep its ratings in")
         if int(os.environ.get("WORLD_SIZE", 1)) > 1:  # set by the launcher (core.jobs), as for the job's ranks
             raise MarginLensError(WORLD_REFUSAL)
-        self.store = RatingStore(Path(run.workspace) / "ratings" / self.fingerprint())
+        # One answer per request key, across jobs and resumes: a rating is paid for once.
+        self.store = KeyedLog(Path(run.workspace) / "ratings" / self.fingerprint() / "ratings.jsonl",
+                              key_of=lambda record: record["key"])
         ledger = RequestLedger(Path(run.state_dir) / "requests.ledger") if run.state_dir else None
         budget = Budget(self.config.max_calls, self.config.max_tokens)
         if ledger is not None:
@@ -239,15 +183,12 @@ class LLMRatingScorer(Scorer[LLMRatingConfig]):
                   "rubric_sha256": rubric_sha256(), "base_url": public_url(self.config.base_url),
                   "prompt_tokens": completion.prompt_tokens, "completion_tokens": completion.completion_tokens,
                   "attempts": completion.attempts, "time": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())}
-        with self.store.locked():
-            stored = self.store.get(key)  # a job running beside this one stored it meanwhile: theirs stands
-            if stored is None:
-                self.store.append(record)
-        return stored or record
+        if self.store.append(record):
+            return record
+        return self.store.get(key) or record  # a job running beside this one stored it meanwhile: theirs stands
 
     def compute(self, batch: PairBatch) -> list[dict[str, Any]]:
         out = []
-        self.store.refresh()  # what other jobs stored since the last batch is not asked again
         for row in batch.rows:
             chosen, rejected = (self._rate(rating_messages(row["prompt"], text))
                                 for text in (row["chosen"], row["rejected"]))
