@@ -16,7 +16,6 @@ from __future__ import annotations
 import argparse
 import os
 import re
-import subprocess
 import sys
 import tempfile
 import time
@@ -93,21 +92,12 @@ def bench_apptest(ws) -> dict[str, float]:
 
 
 def bench_browser(ws) -> dict[str, float]:
-    from helpers_browser import CHROMIUM, CHROMIUM_ARGS, drag_box, free_port, wait_healthy
+    from helpers_browser import CHROMIUM, CHROMIUM_ARGS, dashboard_server, drag_box
     from playwright.sync_api import expect, sync_playwright
 
     print("Browser (headless Chromium, wall clock incl. network and rendering):")
     r: dict[str, float] = {}
-    port = free_port()
-    env = {**os.environ, "MARGINLENS_WORKSPACE": str(ws.root)}
-    proc = subprocess.Popen(
-        [sys.executable, "-m", "streamlit", "run", "app/main.py", "--server.address", "127.0.0.1", "--server.port",
-         str(port), "--server.headless", "true", "--browser.gatherUsageStats", "false",
-         "--server.fileWatcherType", "none"], cwd=REPO, env=env, stdout=subprocess.DEVNULL,
-        stderr=subprocess.STDOUT)
-    url = f"http://127.0.0.1:{port}"
-    try:
-        wait_healthy(url, proc)
+    with dashboard_server(ws.root) as url:
         expect.set_options(timeout=180_000)
         with sync_playwright() as pw:
             browser = pw.chromium.launch(executable_path=str(CHROMIUM), headless=True, args=CHROMIUM_ARGS)
@@ -156,9 +146,6 @@ def bench_browser(ws) -> dict[str, float]:
                   f"  target < {BROWSER_BOX_S:g} s: {verdict}", flush=True)
             print(f"  (page reports {page.get_by_text(re.compile(r'^server time')).inner_text()})")
             browser.close()
-    finally:
-        proc.terminate()
-        proc.wait(timeout=20)
     return r
 
 

@@ -2,11 +2,17 @@
 
 from __future__ import annotations
 
+import os
 import socket
 import subprocess
+import sys
 import time
 import urllib.request
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
+
+REPO = Path(__file__).resolve().parent.parent
 
 CHROMIUM = Path("/usr/bin/chromium")
 CHROMIUM_ARGS = ["--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
@@ -49,3 +55,31 @@ def wait_healthy(url: str, proc: subprocess.Popen, timeout: float = 60) -> None:
         except OSError:
             time.sleep(0.3)
     raise TimeoutError("streamlit did not become healthy")
+
+
+@contextmanager
+def dashboard_server(workspace: str | os.PathLike, log: str | os.PathLike | None = None,
+                     env: dict[str, str] | None = None) -> Iterator[str]:
+    """`streamlit run app/main.py` on a free port of 127.0.0.1 over `workspace`, offline; yields its URL once
+    healthy and stops it afterwards. Its output goes to `log` (discarded when None)."""
+    port = free_port()
+    env = {**os.environ, "MARGINLENS_WORKSPACE": str(workspace), "HF_HUB_OFFLINE": "1", **(env or {})}
+    out = open(log, "wb") if log is not None else subprocess.DEVNULL
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "streamlit", "run", "app/main.py", "--server.address", "127.0.0.1",
+         "--server.port", str(port), "--server.headless", "true", "--browser.gatherUsageStats", "false",
+         "--server.fileWatcherType", "none"],
+        cwd=REPO, env=env, stdout=out, stderr=subprocess.STDOUT,
+    )
+    url = f"http://127.0.0.1:{port}"
+    try:
+        wait_healthy(url, proc)
+        yield url
+    finally:
+        proc.terminate()
+        try:
+            proc.wait(timeout=10)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+        if log is not None:
+            out.close()

@@ -22,7 +22,7 @@ from pathlib import Path
 
 import pytest
 from helpers_app import DATASET, build_workspace
-from helpers_browser import CHROMIUM, CHROMIUM_ARGS, drag_box, free_port, wait_healthy
+from helpers_browser import CHROMIUM, CHROMIUM_ARGS, dashboard_server, drag_box, free_port, wait_healthy
 
 REPO = Path(__file__).resolve().parent.parent
 OUTPUT = REPO / "test-output" / "browser"
@@ -60,26 +60,10 @@ def server(tmp_path_factory):
     canary = Canary()
     root = tmp_path_factory.mktemp("e2e") / "workspace"
     ws = build_workspace(root, n=300, canary_port=canary.port)
-    port = free_port()
-    env = {**os.environ, "MARGINLENS_WORKSPACE": str(ws.root), "HF_HUB_OFFLINE": "1"}
-    log = open(root.parent / "streamlit.log", "wb")
-    proc = subprocess.Popen(
-        [sys.executable, "-m", "streamlit", "run", "app/main.py", "--server.address", "127.0.0.1",
-         "--server.port", str(port), "--server.headless", "true", "--browser.gatherUsageStats", "false",
-         "--server.fileWatcherType", "none"],
-        cwd=REPO, env=env, stdout=log, stderr=subprocess.STDOUT,
-    )
-    url = f"http://127.0.0.1:{port}"
     try:
-        wait_healthy(url, proc)
-        yield {"url": url, "ws": ws, "canary": canary, "log": root.parent / "streamlit.log"}
+        with dashboard_server(ws.root, root.parent / "streamlit.log") as url:
+            yield {"url": url, "ws": ws, "canary": canary, "log": root.parent / "streamlit.log"}
     finally:
-        proc.terminate()
-        try:
-            proc.wait(timeout=10)
-        except subprocess.TimeoutExpired:
-            proc.kill()
-        log.close()
         canary.close()
 
 

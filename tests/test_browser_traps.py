@@ -7,14 +7,12 @@ from __future__ import annotations
 
 import fcntl
 import os
-import subprocess
-import sys
 import time
 from pathlib import Path
 
 import pytest
 from helpers_app import DATASET, POLICY_FP, build_workspace
-from helpers_browser import CHROMIUM, CHROMIUM_ARGS, free_port, wait_healthy
+from helpers_browser import CHROMIUM, CHROMIUM_ARGS, dashboard_server
 from marginlens.app.explore_view import ExploreControls, compute_view
 from marginlens.core import jobs
 from marginlens.core.selection.export import export_selection
@@ -34,26 +32,8 @@ def server(tmp_path_factory):
     margins = load_margins(ws, DATASET, policy_fp=POLICY_FP)
     export_selection(ws, DATASET, compute_view(margins, ExploreControls(ratio=0.5)).selection, margins, "cut.jsonl")
     lock = root / "train.lock"
-    port = free_port()
-    env = {**os.environ, "MARGINLENS_WORKSPACE": str(ws.root), "HF_HUB_OFFLINE": "1", LOCK_ENV: str(lock)}
-    log = open(root / "streamlit.log", "wb")
-    proc = subprocess.Popen(
-        [sys.executable, "-m", "streamlit", "run", "app/main.py", "--server.address", "127.0.0.1",
-         "--server.port", str(port), "--server.headless", "true", "--browser.gatherUsageStats", "false",
-         "--server.fileWatcherType", "none"],
-        cwd=REPO, env=env, stdout=log, stderr=subprocess.STDOUT,
-    )
-    url = f"http://127.0.0.1:{port}"
-    try:
-        wait_healthy(url, proc)
+    with dashboard_server(ws.root, root / "streamlit.log", {LOCK_ENV: str(lock)}) as url:
         yield {"url": url, "ws": ws, "lock": lock}
-    finally:
-        proc.terminate()
-        try:
-            proc.wait(timeout=10)
-        except subprocess.TimeoutExpired:
-            proc.kill()
-        log.close()
 
 
 @pytest.fixture(scope="module")
