@@ -14,8 +14,11 @@ def workspace() -> Workspace:
 
 
 def current_dataset(names: list[str]) -> str | None:
-    """The dataset the user is working on, kept across pages; the first one when none was picked."""
+    """The dataset the user is working on, kept across pages; in a new session (a reload, a bookmark, a
+    shared link) the one the URL's ?dataset= names; else the first."""
     name = st.session_state.get("dataset")
+    if name not in names:
+        name = st.query_params.get("dataset")
     if name not in names:
         name = names[0] if names else None
         st.session_state["dataset"] = name
@@ -26,6 +29,7 @@ def select_dataset(name: str) -> None:
     """Make `name` the dataset every page works on, the picker included (a keyed widget keeps its own value)."""
     st.session_state["dataset"] = name
     st.session_state["_dataset_picker"] = name
+    st.query_params["dataset"] = name
 
 
 def dataset_picker(names: list[str], label: str = "Dataset") -> str | None:
@@ -34,6 +38,7 @@ def dataset_picker(names: list[str], label: str = "Dataset") -> str | None:
     current = current_dataset(names)
     chosen = st.selectbox(label, names, index=names.index(current), key="_dataset_picker")
     st.session_state["dataset"] = chosen
+    st.query_params["dataset"] = chosen  # the URL names the dataset: a reload or a shared link keeps it
     return chosen
 
 

@@ -7,6 +7,7 @@ import re
 
 from helpers_app import app_test, metrics, no_errors, records
 from marginlens.core import jobs
+from marginlens.core.data.ingest import import_dataset
 from marginlens.core.job_status import JobState
 from marginlens.core.workspace import Workspace
 
@@ -130,3 +131,23 @@ def test_a_name_the_user_typed_is_never_replaced_by_a_suggestion(tmp_path):
     next(t for t in at.text_input if t.label == "Name").input("mine").run()
     at.text_input[0].input(str(tmp_path / "other.jsonl")).run()
     assert next(t for t in at.text_input if t.label == "Name").value == "mine"
+
+
+def test_the_url_names_the_dataset_so_a_reload_keeps_it(tmp_path):
+    ws = Workspace(tmp_path / "workspace")
+    for name in ("first", "second"):
+        source = tmp_path / f"{name}.jsonl"
+        source.write_text("\n".join(json.dumps(r) for r in records(3, seed=len(name))) + "\n", encoding="utf-8")
+        import_dataset(source, name, ws)
+    at = app_test("explore_page.py", ws)  # a new session opened on a link to ?dataset=second
+    at.query_params["dataset"] = "second"
+    at.run()
+    no_errors(at)
+    assert at.selectbox(key="_dataset_picker").value == "second"
+    at.selectbox(key="_dataset_picker").set_value("first").run()
+    assert at.query_params["dataset"] in ("first", ["first"])  # the URL follows the picker
+    fresh = app_test("data_page.py", ws)
+    fresh.query_params["dataset"] = "nonexistent"  # a stale link falls back to the first dataset
+    fresh.run()
+    no_errors(fresh)
+    assert fresh.selectbox(key="_dataset_picker").value == "first"
