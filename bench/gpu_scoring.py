@@ -119,7 +119,7 @@ def main() -> None:
     parser.add_argument("--pairs", type=int, default=512)
     parser.add_argument("--token-budget", type=int, default=None, help="default: chosen from free GPU memory")
     parser.add_argument("--packing", choices=("on", "off"), default="off",
-                        help="padding-free packing (default off, as in the scorer)")
+                        help="padding-free packing (default off: the padded layout; the scorer packs by default on CUDA in bf16)")
     args = parser.parse_args()
 
     if args.tiny:

@@ -16,9 +16,10 @@ Why it is fast:
   the model's own layers run in bf16;
 - on CPU a pair is one row, [prompt | chosen | rejected] under a tree mask (core.scoring.pair_tree);
 - on CUDA out-of-memory the token budget halves and the batch is retried;
-- on request (`packing=True`), no padding at all: pairs are packed into one row (core.scoring.packing),
-  each response with its own copy of the prompt, and attention runs per document. Off by default, CUDA
-  included: it computes every prompt twice, and what it saves there is not measured yet (bench/gpu_check.py).
+- on CUDA in bf16/fp16, no padding at all: pairs are packed into one row (core.scoring.packing), each
+  response with its own copy of the prompt, and a variable-length kernel attends per document. It
+  computes every prompt twice, yet on an H200 it scored 1.86x the pairs/s of padded batches
+  (bench/gpu_check.py, README); `packing=False` keeps the padded layout, `True` forces packing.
 
 Prompts and continuations are right-padded: a padded query then still sees real keys, so no row
 of the attention is fully masked (which gives NaNs in some kernels), and explicit position ids
@@ -190,7 +191,7 @@ class BatchedScorer:
 class ImplicitScorer(BatchedScorer):
     """Summed response log-probs and token counts under one causal LM already on its device."""
 
-    def __init__(self, model: Any, tokenizer: Any, *, packing: bool = False, tree: bool | None = None,
+    def __init__(self, model: Any, tokenizer: Any, *, packing: bool | None = None, tree: bool | None = None,
                  **options: Any):
         super().__init__(model, tokenizer, **options)
         self.packing = self._use_packing(packing)
@@ -210,13 +211,17 @@ class ImplicitScorer(BatchedScorer):
         # transformers 5 renamed `past_key_values` to `cache` (the old name still works, with a warning).
         self.cache_arg = "cache" if "cache" in inspect.signature(self.base.forward).parameters else "past_key_values"
 
-    def _use_packing(self, packing: bool) -> bool:
-        """Padding-free packing (core.scoring.packing), only when asked for: on CUDA its kernel skips padding
-        and other documents, but it computes each prompt twice, and padded batches stay the default until
-        bench/gpu_check.py has measured the trade on a GPU. On CPU it loses (SmolLM2, 24 HH pairs: 1.2
-        pairs/s packed, 1.5 one pair at a time)."""
+    def _use_packing(self, packing: bool | None) -> bool:
+        """Padding-free packing (core.scoring.packing). None: on where its kernel runs, CUDA in a half dtype,
+        for a model it supports; measured there at 1.86x the padded layout (H200, Llama-3-8B shape). On
+        CPU it loses (SmolLM2, 24 HH pairs: 1.2 pairs/s packed, 1.5 one pair at a time), and float32 on CUDA
+        would fall back to one attention call per document."""
         from marginlens.core.scoring import packing as packing_mod
 
+        if packing is None:
+            dtype = next(self.model.parameters()).dtype
+            packing = (self.device.type == "cuda" and dtype in packing_mod.half_dtypes()
+                       and packing_mod.supports_packing(self.model) is None)
         why_not = packing_mod.supports_packing(self.model) if packing else None
         if why_not:
             raise MarginLensError(f"packing is not supported for this model: {why_not}")

@@ -117,7 +117,7 @@ def packed_attention(module: Any, query: Any, key: Any, value: Any, attention_ma
     # Grouped-query attention: every query head reads its key/value head (a copy, kept version-independent).
     if groups > 1:
         key, value = key.repeat_interleave(groups, dim=1), value.repeat_interleave(groups, dim=1)
-    if query.is_cuda and query.dtype in _half_dtypes() and not _varlen_failed:
+    if query.is_cuda and query.dtype in half_dtypes() and not _varlen_failed:
         try:
             out = _varlen(query, key, value, cu, int(max_len), scaling)
             if not _varlen_checked:
@@ -145,7 +145,7 @@ def _check_varlen(out: Any, reference: Any) -> None:
     _varlen_checked.append(True)
 
 
-def _half_dtypes() -> tuple[Any, ...]:
+def half_dtypes() -> tuple[Any, ...]:
     import torch
 
     return (torch.bfloat16, torch.float16)
