@@ -34,6 +34,7 @@ class ExploreControls:
     ratio: float = DEFAULT_RATIO
     signed: bool = DEFAULT_PARAMS.signed
     seed: int = DEFAULT_PARAMS.seed
+    threshold: float = DEFAULT_PARAMS.threshold  # tau of the threshold rule
     filters: list[str] = field(default_factory=list)  # core.selection.filters CLI syntax, e.g. "m_ex>=0.5"
     filter_stage: str = "before"
     im_axis: str = "abs"
@@ -45,6 +46,7 @@ class ExploreControls:
         return SelectionSpec(
             metric=self.metric, weight=float(self.weight), signed=bool(self.signed), ratio=float(self.ratio),
             seed=int(self.seed), filters=[parse_filter(f) for f in self.filters], filter_stage=self.filter_stage,
+            threshold=float(self.threshold),
         )
 
     def to_dict(self) -> dict[str, Any]:
@@ -81,7 +83,7 @@ def compute_view(margins: pd.DataFrame, controls: ExploreControls, texts: Any = 
     again. Callers never mutate a view."""
     spec = controls.spec()
     key = ("view", spec.metric, spec.weight, spec.signed, spec.ratio, spec.seed, tuple(controls.filters),
-           spec.filter_stage, controls.im_axis, metric_names())
+           spec.filter_stage, controls.im_axis, metric_names(), spec.threshold)
     return frame_columns(margins).recent(key, lambda: _compute_view(margins, controls, texts))
 
 

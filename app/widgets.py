@@ -137,6 +137,10 @@ def selection_controls(current: ExploreControls, container: Any = None,
                                key="_ctl_stage", help=STAGE_HELP)
     c.seed = int(box.number_input("Random seed", value=int(c.seed), step=1, key="_ctl_seed",
                                   disabled="seed" not in uses))
+    c.threshold = float(box.number_input("Threshold τ (keep m_ex ≥ τ)", value=float(c.threshold), step=0.1,
+                                         key="_ctl_threshold", disabled="threshold" not in uses,
+                                         help="The threshold rule keeps the pairs whose explicit margin is at least "
+                                              "τ, in the reward's own units, and samples k of them at random"))
     c.max_points = int(box.number_input("Max points drawn", min_value=1000, max_value=200_000,
                                         value=int(c.max_points), step=5000, key="_ctl_points",
                                         help="above this the scatter draws a fixed sample; selections still "

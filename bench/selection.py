@@ -18,9 +18,9 @@ import pandas as pd
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from marginlens.core.selection.compare import overlap_table, rank_correlations  # noqa: E402
-from marginlens.core.selection.metrics import metric_names, metric_scores  # noqa: E402
+from marginlens.core.selection.metrics import get_metric, metric_names  # noqa: E402
 from marginlens.core.selection.quadrants import quadrant_labels  # noqa: E402
-from marginlens.core.selection.select import SelectionSpec, k_for, select, top_k  # noqa: E402
+from marginlens.core.selection.select import SelectionSpec, k_for, select, top_k_eligible  # noqa: E402
 
 
 def main() -> int:
@@ -32,14 +32,17 @@ def main() -> int:
     rng = np.random.default_rng(0)
     m_ex = rng.normal(1.0, 2.0, args.n)
     m_im = rng.normal(0.0, 1.5, args.n)
+    # what the published rules read besides the margins (core.selection.published_rules)
+    columns = {"m_ex": m_ex, "m_im": m_im, "m_im_dpo": m_im, "r_rejected": rng.normal(3.0, 2.0, args.n),
+               "rejected_chars": rng.integers(10, 4000, args.n).astype(np.float64)}
     k = k_for(args.n, args.ratio)
     print(f"{args.n:,} pairs, top {k:,} ({args.ratio:.0%})")
     selected, scores, worst = {}, {}, 0.0
     for metric in metric_names():
         t0 = time.perf_counter()
-        result = metric_scores(m_ex, m_im, metric)
+        result = get_metric(metric).score({c: columns[c] for c in get_metric(metric).needs}, n=args.n)
         t1 = time.perf_counter()
-        selected[metric] = top_k(result.scores, k)
+        selected[metric] = top_k_eligible(result, k)[0]
         t2 = time.perf_counter()
         scores[metric] = result.scores
         worst = max(worst, t2 - t0)

@@ -76,7 +76,7 @@ with st.form("_audit_form"):
     model = c2.text_input("Judge model", key="_audit_model", placeholder="gpt-4o")
     # A row of its own: in a quarter-width column the chosen subsets showed two chips and a sliver.
     subsets = st.multiselect("Subsets (top-k of each metric)", metric_names(),
-                             default=list(sources.runnable if sources is not None else metric_names()),
+                             default=list(sources.paper_runnable if sources is not None else metric_names()),
                              key="_audit_subsets")
     s = st.columns(3)
     n = s[0].number_input("Pairs per subset", min_value=1, value=DEFAULT_N, step=10, key="_audit_n")

@@ -108,7 +108,8 @@ def test_contradiction_tab_lists_suspects(ws, margins):
     suspects = next(f for f in frames if "suspicion" in f.columns)
     xss_id = margins.loc[margins["prompt_preview"] == XSS_PROMPT, "pair_id"].item()
     assert suspects["pair_id"].iloc[0] == xss_id
-    matrix = next(f for f in frames if list(f.columns) == ["map", "explicit", "implicit", "random"])
+    # every metric the frame runs: the paper's four, then the published rules that need no DPO-form m_im
+    matrix = next(f for f in frames if list(f.columns) == ["map", "explicit", "implicit", "random", "threshold", "rip"])
     assert matrix.loc["map", "map"] == int(0.4 * N)
 
 

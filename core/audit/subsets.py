@@ -13,6 +13,7 @@ from typing import Any, TypeVar
 
 import pandas as pd
 from marginlens.core.errors import MarginLensError
+from marginlens.core.selection.margin_sources import margin_sources
 from marginlens.core.selection.margins import default_margins, pair_texts
 from marginlens.core.selection.metrics import DEFAULT_PARAMS, MetricParams, metric_names
 from marginlens.core.selection.select import SelectionSpec, select
@@ -33,8 +34,8 @@ def build_subsets(
     policy_fp: str | None = None,
     reward_fp: str | None = None,
 ) -> dict[str, list[str]]:
-    """The top-k pair ids of each metric (default: every registered one), score tables defaulting as in
-    the explorer.
+    """The top-k pair ids of each metric (default: the paper's metrics the margins allow), score tables
+    defaulting as in the explorer.
 
     Metrics whose margins the dataset lacks raise MarginLensError naming what to score first.
     """
@@ -43,10 +44,12 @@ def build_subsets(
 
 def subsets_of(margins: pd.DataFrame, metrics: Sequence[str] | None = None, ratio: float | None = None,
                params: MetricParams = DEFAULT_PARAMS) -> dict[str, list[str]]:
-    """build_subsets of a margin frame already read (core.selection.margins.default_margins)."""
+    """build_subsets of a margin frame already read (core.selection.margins.default_margins); by default the
+    paper's metrics the frame can run (core.selection.margin_sources)."""
     subsets = {}
-    for metric in metric_names() if metrics is None else metrics:
-        spec = SelectionSpec(metric=metric, ratio=ratio, weight=params.weight, signed=params.signed, seed=params.seed)
+    for metric in margin_sources(margins).paper_runnable if metrics is None else metrics:
+        spec = SelectionSpec(metric=metric, ratio=ratio, weight=params.weight, signed=params.signed, seed=params.seed,
+                             threshold=params.threshold)
         subsets[metric] = select(margins, spec).pair_ids
     return subsets
 

@@ -37,7 +37,7 @@ def register(sub: argparse._SubParsersAction, common: argparse.ArgumentParser) -
                                                      "key from $OPENAI_API_KEY")
     p.add_argument("--n", type=int, default=DEFAULT_N, help=f"pairs sampled per subset (default {DEFAULT_N})")
     p.add_argument("--subsets", default=None,
-                   help=f"comma-separated metrics whose top-k is sampled (default: all that the dataset's margins "
+                   help=f"comma-separated metrics whose top-k is sampled (default: the paper's four that the dataset's margins "
                         f"allow, of {','.join(metric_names())})")
     p.add_argument("--ratio", type=float, default=None, help="top-k ratio of each subset (default 0.4)")
     p.add_argument("--weight", type=float, default=DEFAULT_PARAMS.weight,
@@ -86,7 +86,7 @@ def register(sub: argparse._SubParsersAction, common: argparse.ArgumentParser) -
 
 
 def _subsets(args: argparse.Namespace, margins: pd.DataFrame) -> tuple[str, ...]:
-    """The metrics named, or by default those the margins allow (saying once why not the rest)."""
+    """The metrics named, or by default the paper's metrics the margins allow (saying once why not the rest)."""
     if args.subsets is not None:
         return tuple(m.strip() for m in args.subsets.split(",") if m.strip())
     from marginlens.core.selection.margin_sources import margin_sources
@@ -94,7 +94,7 @@ def _subsets(args: argparse.Namespace, margins: pd.DataFrame) -> tuple[str, ...]
     sources = margin_sources(margins)
     for note in sources.notes:
         print(note, file=sys.stderr)  # stderr: a --json report stays parseable
-    return sources.runnable
+    return sources.paper_runnable
 
 
 def _params(args: argparse.Namespace, ws: Workspace) -> AuditParams:

@@ -32,7 +32,10 @@ def _scorer_args(p: argparse.ArgumentParser) -> None:
                    help=f"w in M_AP = z(m_ex) - w*z(|m_im|) (default {DEFAULT_PARAMS.weight})")
     p.add_argument("--signed", action="store_true", help="use m_im instead of |m_im| (signed variant)")
     p.add_argument("--seed", type=int, default=DEFAULT_PARAMS.seed,
-                   help=f"seed of the random baseline (default {DEFAULT_PARAMS.seed})")
+                   help=f"seed of the random baseline and the threshold rule's sample (default {DEFAULT_PARAMS.seed})")
+    p.add_argument("--threshold", type=float, default=DEFAULT_PARAMS.threshold, metavar="TAU",
+                   help="tau of the threshold rule: only pairs with m_ex >= TAU, in the explicit margin's units "
+                        f"(default {DEFAULT_PARAMS.threshold:g})")
 
 
 def _metric_help() -> str:
@@ -94,11 +97,11 @@ def _margins(args: argparse.Namespace, ws: Workspace):
 def _check_runnable(margins: Any, metric: str, dataset: str) -> None:
     """A metric whose margin is missing is refused with what is missing and what runs instead."""
     from marginlens.core.errors import MarginLensError
-    from marginlens.core.selection.margin_sources import margin_sources
+    from marginlens.core.selection.margin_sources import margin_sources, missing_note
 
     sources = margin_sources(margins)
     if metric not in sources.runnable:
-        notes = " ".join(sources.notes)
+        notes = " ".join([*sources.notes, *filter(None, [missing_note(margins, metric)])])
         raise MarginLensError(f"--metric {metric} cannot run on {dataset!r}. {notes} Metrics that run now: "
                               f"{', '.join(sources.runnable)}")
 
@@ -118,7 +121,8 @@ def cmd_select(args: argparse.Namespace) -> int:
     margins = _margins(args, ws)
     _check_runnable(margins, args.metric, args.name)
     spec = SelectionSpec(metric=args.metric, weight=args.weight, signed=args.signed, ratio=args.ratio,
-                         count=args.count, seed=args.seed, filters=filters, filter_stage=args.filter_stage)
+                         count=args.count, seed=args.seed, filters=filters, filter_stage=args.filter_stage,
+                         threshold=args.threshold)
     texts = None
     if any(f.op == "~" for f in filters):
         from marginlens.core.data.pairs import load_texts
@@ -173,7 +177,8 @@ def cmd_compare(args: argparse.Namespace) -> int:
     ws = Workspace.resolve(args.workspace)
     margins = _margins(args, ws)
     report = compare_metrics(margins, ratio=args.ratio, count=args.count,
-                             params=MetricParams(args.weight, args.signed, args.seed), suspects=args.suspects)
+                             params=MetricParams(args.weight, args.signed, args.seed, args.threshold),
+                             suspects=args.suspects)
     quads = report.quadrants
     if args.json:
         print(json.dumps(report.to_dict(), indent=2))

@@ -16,9 +16,10 @@ from typing import Any
 import numpy as np
 import pandas as pd
 from marginlens.core.errors import MarginLensError
-from marginlens.core.selection.metrics import DEFAULT_PARAMS, MetricParams, get_metric, metric_names
+from marginlens.core.selection.margin_sources import margin_sources
+from marginlens.core.selection.metrics import DEFAULT_PARAMS, MetricParams, get_metric
 from marginlens.core.selection.quadrants import Quadrants, quadrant_labels
-from marginlens.core.selection.select import k_for, top_k
+from marginlens.core.selection.select import k_for, top_k_eligible
 
 
 @dataclass
@@ -209,10 +210,12 @@ def compare_metrics(
 ) -> CompareReport:
     """The whole contradiction report for `marginlens compare` and the dashboard.
 
-    Every metric (default: all registered) is scored on the same candidate set: pairs having both
-    margins and whatever other column a compared metric needs. Positions index frame rows.
+    Every metric (default: every registered one the frame can run) is scored on the same candidate set:
+    pairs having both margins and whatever other column a compared metric needs. Positions index frame rows.
     """
-    names = metric_names() if metrics is None else metrics
+    # not every registered one: a rule needing a column the frame lacks (the DPO form of m_im, say) would
+    # empty the shared candidate set
+    names = margin_sources(margins).runnable if metrics is None else metrics
     chosen = [get_metric(name) for name in names]
     columns = list(dict.fromkeys(["m_ex", "m_im", *(c for metric in chosen for c in metric.needs)]))
     values = {c: margins[c].to_numpy(dtype=np.float64, na_value=np.nan) if c in margins else np.full(len(margins), np.nan)
@@ -229,7 +232,9 @@ def compare_metrics(
         result = metric.score({c: values[c][cand] for c in metric.needs}, params, n=int(cand.size))
         warnings += [w for w in result.warnings if w not in warnings]
         scores[metric.name] = result.scores
-        selected[metric.name] = cand[top_k(result.scores, k)]
+        top, short = top_k_eligible(result, k)
+        warnings += [short] if short else []
+        selected[metric.name] = cand[top]
     return CompareReport(
         n=int(cand.size),
         k=k,

@@ -19,7 +19,7 @@ import numpy as np
 import pandas as pd
 from marginlens.core.scoring.rewards import PAPER_REWARD_MODEL
 from marginlens.core.selection.margins import default_margins
-from marginlens.core.selection.metrics import get_metric, metric_names
+from marginlens.core.selection.metrics import MARGIN_COLUMNS, PAPER_METRICS, get_metric, metric_names
 from marginlens.core.workspace import Workspace
 
 NO_EXPLICIT = (
@@ -45,6 +45,11 @@ class MarginSources:
     dataset: str = "NAME"  # for the commands the notes suggest
 
     @property
+    def paper_runnable(self) -> tuple[str, ...]:
+        """The paper's metrics among the runnable ones: the audit's default subsets."""
+        return tuple(name for name in self.runnable if name in PAPER_METRICS)
+
+    @property
     def note(self) -> str | None:
         """The one sentence to show when the explicit margin is missing (None otherwise)."""
         return None if self.explicit else NO_EXPLICIT.format(dataset=self.dataset, paper_model=PAPER_REWARD_MODEL)
@@ -61,11 +66,18 @@ def _has(frame: pd.DataFrame, column: str) -> bool:
 
 
 def margin_sources(frame: pd.DataFrame) -> MarginSources:
-    """What `frame` (core.selection.margins.load_margins) offers."""
-    have = {"m_ex": _has(frame, "m_ex"), "m_im": _has(frame, "m_im")}
-    runnable = tuple(name for name in metric_names()
-                     if all(have.get(column, column in frame) for column in get_metric(name).needs))
-    return MarginSources(have["m_ex"], have["m_im"], runnable, frame.attrs.get("dataset", "NAME"))
+    """What `frame` (core.selection.margins.load_margins) offers. A metric runs when every column it needs
+    has a value somewhere (a column of NaN, such as m_im_dpo on a SimPO-form frame, is not there)."""
+    runnable = tuple(name for name in metric_names() if all(_has(frame, column) for column in get_metric(name).needs))
+    return MarginSources(_has(frame, "m_ex"), _has(frame, "m_im"), runnable, frame.attrs.get("dataset", "NAME"))
+
+
+def missing_note(frame: pd.DataFrame, metric: str) -> str | None:
+    """What `metric` lacks on `frame` beyond the notes (e.g. the DPO form of m_im), and how to get it."""
+    dataset = frame.attrs.get("dataset", "NAME")
+    hints = [f"{metric!r} needs the {MARGIN_COLUMNS[c][0]} margin ({c}): {MARGIN_COLUMNS[c][1].replace('NAME', dataset)}."
+             for c in get_metric(metric).needs if c not in ("m_ex", "m_im") and c in MARGIN_COLUMNS and not _has(frame, c)]
+    return " ".join(hints) or None
 
 
 def dataset_margin_sources(ws: Workspace, dataset: str) -> MarginSources:

@@ -11,6 +11,10 @@
   m_im           SimPO form (mean per-token log-prob difference, the reference's default), or with
                  reference_fp the DPO form beta * ((pol_c - ref_c) - (pol_r - ref_r)) on summed
                  log-probs; NaN where the pair is not scored (yet)
+  r_rejected     the rejected answer's explicit reward on m_ex's scale: rejected_reward with reward_fp,
+                 else score_rejected (RIP's rule reads it; m_ex alone cannot say how good the rejected answer is)
+  m_im_dpo       m_im when it is in the DPO form, else NaN (rules defined on the DPO implicit reward read it,
+                 so they cannot run on the SimPO form by mistake)
   truncated      any score table truncated this pair
   scored         every score table joined holds this pair (a sampled scoring holds some); True when none is
   flagged, flags ingest warnings (bool, and joined with "; "); not the noisy-pair flags an audit sets
@@ -220,6 +224,7 @@ def load_margins(
         }
     )
     frame["m_ex"] = frame["score_chosen"] - frame["score_rejected"]
+    frame["r_rejected"] = frame["score_rejected"]
     m_ex_source = "dataset:score_chosen-score_rejected"
     truncated = np.zeros(n, dtype=bool)
     scored = np.ones(n, dtype=bool)
@@ -230,6 +235,7 @@ def load_margins(
                                            ["chosen_reward", "rejected_reward"])
         frame["chosen_reward"], frame["rejected_reward"] = cols["chosen_reward"], cols["rejected_reward"]
         frame["m_ex"] = frame["chosen_reward"] - frame["rejected_reward"]
+        frame["r_rejected"] = frame["rejected_reward"]
         truncated |= cols["truncated"]
         scored &= cols["hit"]
         m_ex_source = f"reward:{reward_fp}"
@@ -259,6 +265,7 @@ def load_margins(
                                          frame["rejected_ntok"])
             m_im_form = "simpo"
 
+    frame["m_im_dpo"] = frame["m_im"] if m_im_form == "dpo" else np.nan
     frame["truncated"] = truncated
     frame["scored"] = scored
     frame["flagged"] = pc.fill_null(pc.list_value_length(flags), 0).to_numpy(zero_copy_only=False) > 0

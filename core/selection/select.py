@@ -26,6 +26,7 @@ from marginlens.core.selection.metrics import (
     DEFAULT_PARAMS,
     MARGIN_COLUMNS,
     MetricParams,
+    MetricResult,
     get_metric,
 )
 
@@ -77,6 +78,19 @@ def top_k(scores: np.ndarray, k: int) -> np.ndarray:
     return contenders[order[:k]].astype(np.int64)
 
 
+def top_k_eligible(result: MetricResult, k: int) -> tuple[np.ndarray, str | None]:
+    """top_k of a metric's scores among the candidates its rule keeps (all of them for most metrics), and the
+    warning when fewer than k pass, which then are all selected."""
+    if result.eligible is None:
+        return top_k(result.scores, k), None
+    pool = np.flatnonzero(result.eligible)
+    warning = None
+    if pool.size < k:
+        warning = (f"only {pool.size} of {result.eligible.size} candidate pairs pass the {result.metric!r} rule "
+                   f"({result.rule}): selecting those {pool.size} instead of k = {k}")
+    return pool[top_k(result.scores[pool], k)], warning
+
+
 def _stable_argsort(values: np.ndarray) -> np.ndarray:
     """np.argsort(values, kind="stable"): without ties every sort gives that order, and numpy's default
     sort is several times faster than its stable one, so the stable sort runs only when there is a tie."""
@@ -99,10 +113,11 @@ class SelectionSpec:
     seed: int = DEFAULT_PARAMS.seed
     filters: list[Filter] = field(default_factory=list)
     filter_stage: str = "before"  # "before": filters pick the candidate set; "after": they prune the top-k
+    threshold: float = DEFAULT_PARAMS.threshold  # tau of the `threshold` rule (m_ex >= tau)
 
     @property
     def params(self) -> MetricParams:
-        return MetricParams(self.weight, self.signed, self.seed)
+        return MetricParams(self.weight, self.signed, self.seed, self.threshold)
 
     def to_dict(self) -> dict[str, Any]:
         out = asdict(self)
@@ -171,7 +186,7 @@ def select(margins: pd.DataFrame, spec: SelectionSpec, texts: Any = None) -> Sel
             what = f"{kind} ({column}) margin" if kind else f"{column} column"
             name = margins.attrs.get("dataset", "this dataset")
             raise MarginLensError(f"metric {spec.metric!r} needs the {what}, which {name!r} does not have"
-                                  + (f" ({hint})" if hint else ""))
+                                  + (f" ({hint.replace('NAME', str(name))})" if hint else ""))
         have &= np.isfinite(values)
         needed[column] = values
     n_missing = int((~have).sum())
@@ -192,7 +207,10 @@ def select(margins: pd.DataFrame, spec: SelectionSpec, texts: Any = None) -> Sel
     k = k_for(cand_pos.size, spec.ratio, spec.count)
     if spec.count is not None and spec.count > cand_pos.size:
         warnings.append(f"count {spec.count} exceeds the {cand_pos.size} candidate pairs; selecting all")
-    chosen = cand_pos[top_k(result.scores, k)]
+    top, short = top_k_eligible(result, k)
+    if short:
+        warnings.append(short)
+    chosen = cand_pos[top]
     if filters and spec.filter_stage == "after":
         keep = filter_mask(margins, filters, texts)
         chosen = chosen[keep[chosen]]
