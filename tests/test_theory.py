@@ -1,0 +1,114 @@
+"""The Theorem 3.1 simulation (core.experiments.theory) and its Theory tab (app.theory_view)."""
+
+from __future__ import annotations
+
+from dataclasses import replace
+
+import numpy as np
+import pytest
+from marginlens.core.errors import MarginLensError
+from marginlens.core.experiments.theory import TheorySpec, simulate
+
+from tests.helpers_app import no_errors
+
+SMALL = TheorySpec(d=5, pool=300, iterations=60, seeds=3)
+
+
+@pytest.fixture(scope="module")
+def default_run():
+    return simulate()
+
+
+def test_same_spec_same_numbers_and_a_seed_does_not_depend_on_its_neighbours():
+    first, again = simulate(SMALL), simulate(SMALL)
+    alone = simulate(replace(SMALL, seeds=1, seed=SMALL.seed + 1))
+    for sampler, curve in first.curves.items():
+        np.testing.assert_array_equal(curve.direction, again.curves[sampler].direction)
+        np.testing.assert_array_equal(curve.distance, again.curves[sampler].distance)
+        np.testing.assert_array_equal(curve.direction[1], alone.curves[sampler].direction[0])
+    other = simulate(replace(SMALL, seed=SMALL.seed + 7))
+    assert not np.array_equal(first.curves["uniform"].direction, other.curves["uniform"].direction)
+
+
+def test_both_samplers_start_from_the_same_point_and_learn(default_run):
+    uniform, adversarial = default_run.curves["uniform"], default_run.curves["adversarial"]
+    np.testing.assert_array_equal(uniform.direction[:, 0], adversarial.direction[:, 0])
+    np.testing.assert_array_equal(uniform.distance[:, 0], adversarial.distance[:, 0])
+    start = uniform.direction[:, 0].mean()
+    assert uniform.final() < 0.5 * start and adversarial.final() < 0.5 * start
+
+
+def test_adversarial_sampling_gets_closer_than_uniform_on_the_defaults(default_run):
+    # the effect the theorem predicts, on the direction error: the adversarial band lies below uniform's
+    uniform, adversarial = default_run.curves["uniform"], default_run.curves["adversarial"]
+    _, _, adversarial_hi = adversarial.band()
+    _, uniform_lo, _ = uniform.band()
+    assert adversarial_hi[-1] < uniform_lo[-1]
+    assert adversarial.final() < 0.5 * uniform.final()
+    # and already early on: fewer iterations to the same error
+    assert adversarial.direction[:, 50].mean() < uniform.direction[:, 50].mean()
+
+
+def test_label_noise_hurts_uniform_sampling_and_adversarial_sampling_avoids_flipped_labels():
+    clean = simulate(replace(TheorySpec(), noise=0.0))
+    noisy = simulate(replace(TheorySpec(), noise=0.3))
+    for curve in clean.curves.values():
+        assert curve.flipped_share.max() == 0.0
+    assert noisy.curves["uniform"].flipped_share.mean() == pytest.approx(0.3, abs=0.03)
+    assert noisy.curves["adversarial"].flipped_share.mean() < noisy.curves["uniform"].flipped_share.mean() - 0.05
+    assert noisy.curves["uniform"].final() > clean.curves["uniform"].final() + 0.05
+    # the uniform learner's scale shrinks under symmetric flips: its raw distance keeps a floor
+    assert noisy.curves["uniform"].final(raw=True) > clean.curves["uniform"].final(raw=True) + 0.5
+
+
+def test_the_adversarial_sampler_is_no_better_than_its_reward_model():
+    exact = simulate(replace(SMALL, iterations=150))
+    wrong = simulate(replace(SMALL, iterations=150, rm_noise=1.0))
+    assert wrong.curves["adversarial"].final() > exact.curves["adversarial"].final() + 0.2
+    # the uniform sampler never reads the reward model
+    np.testing.assert_array_equal(wrong.curves["uniform"].direction, exact.curves["uniform"].direction)
+
+
+@pytest.mark.parametrize(("change", "field"), [
+    ({"d": 0}, "d"), ({"pool": 5}, "pool"), ({"iterations": 0}, "iterations"), ({"seeds": 2.5}, "seeds"),
+    ({"noise": 0.5}, "noise"), ({"noise": -0.1}, "noise"), ({"lr": 0.0}, "lr"), ({"lr": float("nan")}, "lr"),
+    ({"w": -1.0}, "w"), ({"top_share": 0.0}, "top_share"), ({"pool": 50, "top_share": 0.01}, "top_share"),
+    ({"rm_noise": -0.5}, "rm_noise"), ({"batch": True}, "batch"),
+    ({"seeds": 1000, "pool": 100_000}, "pool"), ({"seeds": 100, "iterations": 100_000}, "iterations"),
+])
+def test_bad_parameters_are_refused_by_name(change, field):
+    with pytest.raises(MarginLensError, match=f"field '{field}'"):
+        simulate(replace(SMALL, **change))
+
+
+def _theory_script():
+    from marginlens.app.theory_view import render_theory
+
+    render_theory()
+
+
+def test_the_theory_tab_renders_the_chart_the_numbers_and_the_assumptions():
+    from streamlit.testing.v1 import AppTest
+
+    at = AppTest.from_function(_theory_script, default_timeout=60).run()
+    no_errors(at)
+    values = {m.label: m.value for m in at.metric}
+    result = simulate()
+    assert values["final error, uniform"] == f"{result.curves['uniform'].final():.3f}"
+    assert values["final error, adversarial"] == f"{result.curves['adversarial'].final():.3f}"
+    text = "\n".join(m.value for m in at.markdown)
+    assert "What it does not show" in text and "Theorem 3.1" in text
+    assert at.get("plotly_chart")
+
+    at.slider(key="_theory_noise").set_value(0.0).run()
+    no_errors(at)
+    assert {m.label: m.value for m in at.metric}["flipped labels trained on, uniform"] == "0.0%"
+
+    at.toggle(key="_theory_raw").set_value(True).run()
+    raw = {m.label: m.value for m in at.metric}
+    assert raw["final error, uniform"] == f"{simulate(replace(TheorySpec(), noise=0.0)).curves['uniform'].final(True):.3f}"
+
+    at.number_input(key="_theory_pool").set_value(50).run()
+    at.slider(key="_theory_top").set_value(0.01).run()
+    assert not at.exception
+    assert any("top_share" in e.value for e in at.error)
