@@ -1,7 +1,8 @@
-"""The built-in demo: committed real data, installed in a second, honest about its scores."""
+"""The built-in demo: committed real data, installed in a second, labels that mean what they say."""
 
 from __future__ import annotations
 
+import gzip
 import json
 import os
 import subprocess
@@ -12,16 +13,56 @@ from pathlib import Path
 
 import numpy as np
 from helpers_browser import free_port
-from marginlens.core.demo.build import DEMO_NAME, PAIRS_FILE, ensure_demo
+from marginlens.core.demo.build import (
+    DEMO_EVAL_FILE,
+    DEMO_NAME,
+    PAIRS_FILE,
+    ensure_demo,
+    flipped_in_selections,
+)
+from marginlens.core.demo.demo_tasks import TASK_MIX
+from marginlens.core.experiments.eval_set import load_eval_set
+from marginlens.core.experiments.verifiers import get_verifier
 from marginlens.core.scoring.score_tables import load_score_table
-from marginlens.core.selection.compare import noise_suspects
 from marginlens.core.selection.margins import default_scorers, load_margins
 from tiny_models import smollm2  # noqa: F401  (session fixture)
 
 
+def _pairs() -> list[dict]:
+    return [json.loads(line) for line in gzip.decompress(PAIRS_FILE.read_bytes()).splitlines()]
+
+
+def test_demo_labels_mean_what_they_say():
+    rows = _pairs()
+    assert 250 <= len(rows) <= 400 and {r["task"] for r in rows} == {task for task, _, _ in TASK_MIX}
+    verifier = get_verifier("answer-match")
+    for row in rows:
+        chosen, rejected = row["chosen"][-1]["content"], row["rejected"][-1]["content"]
+        # the committed scores are the verifier's, and they travel with the responses when a label is flipped
+        assert row["score_chosen"] == verifier.score(chosen, row) and row["score_rejected"] == verifier.score(rejected, row)
+        assert row["chosen_correct"] == (row["score_chosen"] == 1.0) != row["rejected_correct"]
+        assert row["label_flipped"] == (not row["chosen_correct"]) == (row["score_chosen"] < row["score_rejected"])
+    # length is no proxy for the label
+    shorter = np.mean([len(r["chosen"][-1]["content"]) < len(r["rejected"][-1]["content"]) for r in rows])
+    assert 0.35 <= shorter <= 0.65
+    assert 0.08 <= np.mean([r["label_flipped"] for r in rows]) <= 0.16
+    # partial credit spreads the explicit margin beyond {+1, -1}
+    assert len({round(r["score_chosen"] - r["score_rejected"], 4) for r in rows}) > 10
+
+
+def test_the_held_out_eval_set_shares_no_question_with_the_pairs():
+    held_out = load_eval_set(DEMO_EVAL_FILE)
+    assert len(held_out) == sum(n for _, _, n in TASK_MIX)
+    assert not {r["prompt"] for r in held_out} & {r["prompt"] for r in _pairs()}
+    assert {r["task"] for r in held_out} == {task for task, _, _ in TASK_MIX}
+    verifier = get_verifier("answer-match")
+    assert all(verifier.score(f"The answer is {r['answer']}.", r) == 1.0 for r in held_out)
+
+
 def test_demo_installs_once_and_its_noise_is_findable(ws):
+    n = len(_pairs())
     first = ensure_demo(ws)
-    assert "imported 196 of 196 rows as ultrafeedback-binarized" in first and "1 score tables installed" in first
+    assert f"imported {n} of {n} rows as ultrafeedback-binarized" in first and "1 score tables installed" in first
     assert "no-op" in ensure_demo(ws)
     assert PAIRS_FILE.stat().st_size < 5_000_000
     margins = load_margins(ws, DEMO_NAME, policy_fp=default_scorers(ws, DEMO_NAME)["policy"])
@@ -29,12 +70,16 @@ def test_demo_installs_once_and_its_noise_is_findable(ws):
     flipped = {row["pair_id"] for row in ws.load_pairs(DEMO_NAME)
                if json.loads(row["source_json"])["label_flipped"]}
     is_flipped = margins["pair_id"].isin(flipped).to_numpy()
-    assert 15 <= is_flipped.sum() <= 35
-    # Deliberately flipped labels: the policy prefers the "rejected" (really better) answer.
+    # The verifier knows every flipped label (its explicit margin is negative), so a selection by the
+    # explicit margin keeps none of them; the implicit margin, the policy's own preference, does not.
+    assert (margins["m_ex"][is_flipped] < 0).all() and (margins["m_ex"][~is_flipped] > 0).all()
+    found = flipped_in_selections(ws)
+    assert found["explicit"][0] == 0
+    assert found["map"][0] == 0  # M_AP adds -|m_im| to the same explicit term, which dominates here
+    # The policy's own preference, the signed implicit margin, leans to the correct answer (on average, not
+    # pair by pair), so flipped pairs lean negative; the implicit metric ranks by |m_im| and keeps some.
     assert margins["m_im"][is_flipped].mean() < 0 < margins["m_im"][~is_flipped].mean()
-    suspects = [s["pair_id"] for s in noise_suspects(margins, top=15)]
-    base_rate = is_flipped.mean() * 15
-    assert sum(pid in flipped for pid in suspects) >= 2 * base_rate
+    assert found["implicit"][0] > 0
 
 
 def test_committed_scores_are_what_the_real_scorer_computes_now(ws, smollm2):  # noqa: F811
@@ -47,7 +92,8 @@ def test_committed_scores_are_what_the_real_scorer_computes_now(ws, smollm2):  #
     handle = submit_scoring(ws, ScoreSpec(dataset=DEMO_NAME, device="cpu"))
     assert handle.job is None and handle.cached == ["policy"]  # the committed table is current: no rescoring
     table = load_score_table(ws, DEMO_NAME, handle.fingerprints["policy"]).to_pandas().set_index("pair_id")
-    pairs = ws.load_pairs(DEMO_NAME).select(range(0, 196, 49))
+    n = len(ws.load_pairs(DEMO_NAME))
+    pairs = ws.load_pairs(DEMO_NAME).select(range(0, n, n // 4))
     model, tokenizer, _ = load_causal_lm(str(smollm2), device="cpu")
     results = ImplicitScorer(model, tokenizer).score(pairs["prompt"], pairs["chosen"], pairs["rejected"])
     for pid, result in zip(pairs["pair_id"], results, strict=True):

@@ -1,11 +1,18 @@
 """The built-in demo: real SmolLM2-135M-Instruct samples on questions with checkable answers.
 
-Each prompt gets several sampled responses; a transparent verifier rule scores them (correct answer
-+1.0, brevity up to +0.3), the best and worst form a pair, and a seeded 12% of pairs get their
-labels deliberately flipped (chosen = the worse response, still carrying the higher score), so the
-noise-suspect and audit views have real label noise to find. Implicit margins come from the real
-scorer. `python -m marginlens.core.demo.build` regenerates the committed files in core/demo/demo_data/
-(a few minutes on a CPU); `ensure_demo` installs them into a workspace in about a second.
+Questions (core.demo.demo_tasks) span arithmetic of three sizes, unit conversions, capitals and counts. Each
+gets four sampled responses, then up to twice four more while they are all right or all wrong; a response that
+did not end within the generation cap is dropped, so nothing in a pair is cut. A pair is one correct and one
+incorrect complete response to the same question, scored by the `answer-match` verifier
+(core.experiments.builtin_verifiers: 1.0 correct, a wrong number up to 0.5 for closeness); which of the
+question's responses form the pair is drawn so that the chosen one is the shorter in about half of the pairs,
+so length does not give the label away. A seeded 12% of pairs have their labels flipped (chosen = the
+incorrect response, its score travelling with it: the annotation is wrong and the verifier knows). Implicit
+margins come from the real scorer, and a held-out eval set of other questions (same task mix) serves the
+experiments lab.
+`python -m marginlens.core.demo.build` regenerates the committed files in core/demo/demo_data/ (minutes on
+a CPU; samples are cached, so a killed build resumes); `ensure_demo` installs them into a workspace in
+about a second.
 """
 
 from __future__ import annotations
@@ -13,126 +20,112 @@ from __future__ import annotations
 import gzip
 import json
 import random
-import re
 import shutil
+import tempfile
+from collections import Counter
 from pathlib import Path
 from typing import Any
 
 from marginlens.core.atomic import write_with
 from marginlens.core.data.ingest import import_dataset
+from marginlens.core.experiments.eval_set import write_eval_set
+from marginlens.core.experiments.verifiers import get_verifier
 from marginlens.core.workspace import Workspace
 
 DEMO_NAME = "demo"
 DATA_DIR = Path(__file__).resolve().parent / "demo_data"
 PAIRS_FILE = DATA_DIR / "demo_pairs.jsonl.gz"
+DEMO_EVAL_FILE = DATA_DIR / "demo_eval.jsonl.gz"
 SCORES_DIR = DATA_DIR / "scores"
+VERIFIER = "answer-match"
 FLIP_SHARE = 0.12
-
-CAPITALS = {
-    "France": "Paris", "Germany": "Berlin", "Italy": "Rome", "Spain": "Madrid", "Portugal": "Lisbon",
-    "Japan": "Tokyo", "China": "Beijing", "India": "New Delhi", "Russia": "Moscow", "Canada": "Ottawa",
-    "Australia": "Canberra", "Egypt": "Cairo", "Kenya": "Nairobi", "Brazil": "Brasilia", "Argentina": "Buenos Aires",
-    "Mexico": "Mexico City", "Peru": "Lima", "Chile": "Santiago", "Norway": "Oslo", "Sweden": "Stockholm",
-    "Finland": "Helsinki", "Denmark": "Copenhagen", "Poland": "Warsaw", "Greece": "Athens", "Turkey": "Ankara",
-    "Ireland": "Dublin", "Austria": "Vienna", "Hungary": "Budapest", "Netherlands": "Amsterdam",
-    "Belgium": "Brussels", "Switzerland": "Bern", "Thailand": "Bangkok", "Vietnam": "Hanoi",
-    "South Korea": "Seoul", "Indonesia": "Jakarta", "Iran": "Tehran", "Nigeria": "Abuja", "Cuba": "Havana",
-    "Colombia": "Bogota", "Ukraine": "Kyiv",
-}
-FACTS = [
-    ("How many legs does a spider have?", "8"), ("How many days are in a week?", "7"),
-    ("How many continents are there?", "7"), ("How many sides does a hexagon have?", "6"),
-    ("How many minutes are in an hour?", "60"), ("How many hours are in a day?", "24"),
-    ("How many months are in a year?", "12"), ("How many legs does an insect have?", "6"),
-    ("What is the boiling point of water in degrees Celsius?", "100"),
-    ("How many planets are in the solar system?", "8"), ("How many sides does a triangle have?", "3"),
-    ("How many strings does a standard guitar have?", "6"), ("How many players are on a soccer team on the field?", "11"),
-    ("What is the freezing point of water in degrees Celsius?", "0"), ("How many letters are in the English alphabet?", "26"),
-]
+SAMPLES_PER_QUESTION = 4
+ROUNDS = 3  # the first four samples, then up to two rounds of four more for questions that lack a pair
+TOP_UP_SEED = 100_000
+BATCH = 24  # questions per sampling batch
+MAX_NEW_TOKENS = 128  # generous: the prompts ask for one short sentence, and most replies take < 40 tokens
 
 
-def demo_questions(seed: int = 0, arithmetic: int = 145) -> list[dict[str, str]]:
-    rng = random.Random(seed)
-    questions = [{"task": "capital", "prompt": f"What is the capital of {country}?", "answer": city}
-                 for country, city in CAPITALS.items()]
-    questions += [{"task": "fact", "prompt": q, "answer": a} for q, a in FACTS]
-    for _ in range(arithmetic):
-        a, b = rng.randint(2, 60), rng.randint(2, 60)
-        questions.append({"task": "arithmetic", "prompt": f"What is {a} plus {b}?", "answer": str(a + b)})
-    return questions
+def _complete(responses: list[dict[str, Any]]) -> list[str]:
+    """The distinct texts of the responses that ended by themselves (cut ones never enter a pair)."""
+    return sorted({s["text"] for s in responses if s["ended"] and s["text"]})
 
 
-_NUMBER = re.compile(r"-?\d+")
+def _split(question: dict[str, str], responses: list[dict[str, Any]]) -> tuple[dict[str, float], list[str], list[str]]:
+    verifier = get_verifier(VERIFIER)
+    score = {text: verifier.score(text, question) for text in _complete(responses)}
+    return score, [t for t in score if score[t] == 1.0], [t for t in score if score[t] < 1.0]
 
 
-def is_correct(task: str, answer: str, response: str) -> bool:
-    """Capitals: the city is named. Numbers: the claimed result -- the number after the last '=',
-    else the last number -- is the answer (a response that restates "28 + 4" first is not wrong)."""
-    if task == "capital":
-        return answer.lower() in response.lower()
-    text = response.replace(",", "")
-    after_equals = _NUMBER.findall(text.rsplit("=", 1)[1]) if "=" in text else []
-    claimed = after_equals[0] if after_equals else (_NUMBER.findall(text) or [None])[-1]
-    return claimed == answer
+def lacks_a_pair(question: dict[str, str], responses: list[dict[str, Any]]) -> bool:
+    _, correct, wrong = _split(question, responses)
+    return not correct or not wrong
 
 
-def verifier_score(task: str, answer: str, response: str) -> float:
-    """The demo's explicit reward: +1 for the right answer, up to +0.3 for brevity."""
-    brevity = max(0.0, 1.0 - len(response.split()) / 60.0)
-    return round(float(is_correct(task, answer, response)) + 0.3 * brevity, 4)
+def build_pairs(questions: list[dict[str, str]], samples: list[list[dict[str, Any]]],
+                seed: int = 0) -> tuple[list[dict[str, Any]], dict[str, Any]]:
+    """Pairs in the ultrafeedback_binarized layout, and the numbers that describe how they were made.
 
-
-def sample_responses(questions: list[dict[str, str]], n: int = 4, max_new_tokens: int = 48, seed: int = 0,
-                     batch_prompts: int = 16) -> list[list[str]]:
-    """n samples per question from SmolLM2-135M-Instruct (temperature 0.8, top_p 0.95, as the paper's setting)."""
-    import torch
-    from marginlens.core.scoring.models import load_causal_lm
-
-    model, tokenizer, _ = load_causal_lm(None, device="cpu")
-    tokenizer.padding_side = "left"
-    torch.manual_seed(seed)
-    out: list[list[str]] = []
-    for start in range(0, len(questions), batch_prompts):
-        chunk = questions[start:start + batch_prompts]
-        texts = [tokenizer.apply_chat_template([{"role": "user", "content": q["prompt"]}], tokenize=False,
-                                               add_generation_prompt=True) for q in chunk]
-        batch = tokenizer(texts, return_tensors="pt", padding=True, add_special_tokens=False)
-        with torch.inference_mode():
-            generated = model.generate(**batch, do_sample=True, temperature=0.8, top_p=0.95, max_new_tokens=max_new_tokens,
-                                       num_return_sequences=n, pad_token_id=tokenizer.pad_token_id)
-        decoded = tokenizer.batch_decode(generated[:, batch["input_ids"].shape[1]:], skip_special_tokens=True)
-        out += [[text.strip() for text in decoded[i * n:(i + 1) * n]] for i in range(len(chunk))]
-        print(f"sampled {min(start + batch_prompts, len(questions))}/{len(questions)} prompts", flush=True)
-    return out
-
-
-def build_pairs(questions: list[dict[str, str]], samples: list[list[str]], seed: int = 0) -> list[dict[str, Any]]:
-    """Best vs worst sample per question, in the ultrafeedback_binarized layout; a seeded share flipped."""
+    Correct answers tend to be the short ones, so a pair drawn at random would let length give the label
+    away. Where a question's responses allow both, the pair is drawn with the chosen response shorter or
+    longer, whichever brings the share of pairs whose chosen response is the shorter closer to one half
+    (flipped labels counted as they end up); a question that allows one way only takes that way."""
     rng = random.Random(seed + 1)
-    rows = []
+    rows: list[dict[str, Any]] = []
+    stats: dict[str, Any] = {"questions": len(questions), "cut": 0, "complete": Counter(), "correct": Counter(),
+                             "dropped": Counter()}
+    chosen_shorter = 0
     for question, responses in zip(questions, samples, strict=True):
-        scored = sorted({r: verifier_score(question["task"], question["answer"], r) for r in responses if r}.items(),
-                        key=lambda item: item[1])
-        if len(scored) < 2:
+        task = question["task"]
+        stats["cut"] += sum(not s["ended"] for s in responses)
+        score, correct, wrong = _split(question, responses)
+        done = [s for s in responses if s["ended"] and s["text"]]
+        stats["complete"][task] += len(done)
+        stats["correct"][task] += sum(score[s["text"]] == 1.0 for s in done)
+        flipped = rng.random() < FLIP_SHARE
+        if not correct or not wrong:
+            stats["dropped"][task] += 1
             continue
-        (worst, low), (best, high) = scored[0], scored[-1]
-        flipped = rng.random() < FLIP_SHARE and high > low
-        chosen, rejected = (worst, best) if flipped else (best, worst)
+        options = [(c, w) for c in correct for w in wrong if len(c) != len(w)] or [(c, w) for c in correct for w in wrong]
+        # chosen is the shorter when the correct one is shorter, unless the label is flipped
+        want_shorter = chosen_shorter < 0.5 * (len(rows) + 1)
+        wanted = [(c, w) for c, w in options if ((len(c) < len(w)) != flipped) == want_shorter]
+        good, bad = rng.choice(wanted or options)
+        chosen, rejected = (bad, good) if flipped else (good, bad)
+        chosen_shorter += len(chosen) < len(rejected)
         user = {"role": "user", "content": question["prompt"]}
         rows.append({
             "prompt": question["prompt"],
             "chosen": [user, {"role": "assistant", "content": chosen}],
             "rejected": [user, {"role": "assistant", "content": rejected}],
-            # a flipped label keeps the higher score on the chosen side: the annotation itself is wrong
-            "score_chosen": high,
-            "score_rejected": low,
-            "task": question["task"],
+            # the scores travel with the responses: a flipped pair's explicit margin is negative
+            "score_chosen": score[chosen],
+            "score_rejected": score[rejected],
+            "task": task,
             "answer": question["answer"],
-            "chosen_correct": is_correct(question["task"], question["answer"], chosen),
-            "rejected_correct": is_correct(question["task"], question["answer"], rejected),
+            "chosen_correct": score[chosen] == 1.0,
+            "rejected_correct": score[rejected] == 1.0,
             "label_flipped": flipped,
         })
-    return rows
+    return rows, stats
+
+
+def describe(rows: list[dict[str, Any]], stats: dict[str, Any]) -> list[str]:
+    """The build's numbers, one line each (printed by the build, quoted in the README)."""
+    def length(row: dict[str, Any], side: str) -> int:
+        return len(row[side][-1]["content"])
+
+    shorter = sum(length(r, "chosen") < length(r, "rejected") for r in rows)
+    lines = [f"{len(rows)} pairs from {stats['questions']} questions; {sum(stats['dropped'].values())} questions "
+             f"dropped (no correct or no incorrect complete response): {dict(sorted(stats['dropped'].items()))}",
+             f"{stats['cut']} responses hit the {MAX_NEW_TOKENS}-token cap without ending and were dropped",
+             f"chosen is the shorter response in {shorter}/{len(rows)} pairs ({shorter / max(len(rows), 1):.0%})",
+             f"{sum(r['label_flipped'] for r in rows)} labels flipped"]
+    for task in sorted(stats["complete"]):
+        n = stats["complete"][task]
+        lines.append(f"  {task}: {stats['correct'][task]}/{n} complete responses correct "
+                     f"({stats['correct'][task] / max(n, 1):.0%}); {sum(r['task'] == task for r in rows)} pairs")
+    return lines
 
 
 def ensure_demo(ws: Workspace) -> str:
@@ -149,22 +142,51 @@ def ensure_demo(ws: Workspace) -> str:
     return f"{report.summary()}; {copied} score tables installed" if copied else report.summary()
 
 
-def build(out_dir: Path = DATA_DIR, n: int = 4, seed: int = 0, resample: bool = True) -> None:
-    """Regenerate the demo files: sample, verify, pair, then score with the real implicit scorer."""
+def sample_demo(questions: list[dict[str, str]], *, n: int, seed: int, cache: Path, rounds: int = ROUNDS,
+                threads: int | None = 1) -> list[list[dict[str, Any]]]:
+    """n samples per question; then, for up to `rounds - 1` more rounds, n more for each question whose
+    samples so far are all right or all wrong (harder questions then form a pair more often). Each round
+    goes batch by batch of the first, so a batch's samples depend on its own questions only."""
+    from marginlens.core.demo.demo_sampling import sample_questions
+
+    samples = sample_questions(questions, n=n, seed=seed, max_new_tokens=MAX_NEW_TOKENS, cache_file=cache,
+                               batch_prompts=BATCH, threads=threads)
+    for round_ in range(1, rounds):
+        topped = 0
+        for start in range(0, len(questions), BATCH):
+            lacking = [i for i in range(start, min(start + BATCH, len(questions)))
+                       if lacks_a_pair(questions[i], samples[i])]
+            more = sample_questions([questions[i] for i in lacking], n=n, seed=seed + round_ * TOP_UP_SEED + start,
+                                    max_new_tokens=MAX_NEW_TOKENS, cache_file=cache, batch_prompts=BATCH,
+                                    threads=threads)
+            for i, extra in zip(lacking, more, strict=True):
+                samples[i] = samples[i] + extra
+            topped += len(lacking)
+        print(f"round {round_ + 1}: {topped} questions lacked a correct or an incorrect response; {n} more samples each")
+    return samples
+
+
+def build(out_dir: Path = DATA_DIR, n: int = SAMPLES_PER_QUESTION, seed: int = 0, resample: bool = True,
+          samples_cache: Path | None = None, threads: int | None = 1) -> None:
+    """Regenerate the demo files: sample, verify, pair, write the held-out eval set, then score with the
+    real implicit scorer."""
+    from marginlens.core.demo.demo_tasks import demo_questions
+
     pairs_file = out_dir / PAIRS_FILE.name
     if resample or not pairs_file.exists():
-        questions = demo_questions(seed)
-        rows = build_pairs(questions, sample_responses(questions, n=n, seed=seed), seed=seed)
+        questions, held_out = demo_questions(seed)
+        cache = samples_cache or Path(tempfile.gettempdir()) / "marginlens-demo-samples.jsonl"
+        samples = sample_demo(questions, n=n, seed=seed, cache=cache, threads=threads)
+        rows, stats = build_pairs(questions, samples, seed=seed)
         payload = "".join(json.dumps(row, ensure_ascii=False, sort_keys=True) + "\n" for row in rows).encode()
         write_with(pairs_file, lambda tmp: tmp.write_bytes(gzip.compress(payload, mtime=0)))
-        print(f"{len(rows)} pairs, {sum(r['label_flipped'] for r in rows)} flipped -> {pairs_file}")
+        write_eval_set(out_dir / DEMO_EVAL_FILE.name, held_out)
+        print("\n".join(describe(rows, stats)) + f"\n-> {pairs_file}, {len(held_out)} held-out questions")
     score_demo(pairs_file, out_dir / SCORES_DIR.name)
 
 
 def score_demo(pairs_file: Path, scores_out: Path) -> None:
     """Score the demo pairs under the default policy in a scratch workspace; keep the score table."""
-    import tempfile
-
     from marginlens.core.jobs import JobState
     from marginlens.core.scoring.score_spec import ScoreSpec
     from marginlens.core.scoring.score_submit import submit_scoring
@@ -183,7 +205,36 @@ def score_demo(pairs_file: Path, scores_out: Path) -> None:
         print(f"score tables {sorted(handle.fingerprints.values())} -> {scores_out}")
 
 
+def flipped_in_selections(ws: Workspace, metrics: tuple[str, ...] = ("map", "explicit", "implicit", "random"),
+                          ratio: float = 0.4) -> dict[str, tuple[int, int]]:
+    """metric -> (flipped pairs in its top `ratio`, k) on the installed demo, under the default policy."""
+    from marginlens.core.selection.margins import default_scorers, load_margins
+    from marginlens.core.selection.select import SelectionSpec, select
+
+    margins = load_margins(ws, DEMO_NAME, policy_fp=default_scorers(ws, DEMO_NAME)["policy"])
+    flipped = {row["pair_id"] for row in ws.load_pairs(DEMO_NAME) if json.loads(row["source_json"])["label_flipped"]}
+    out = {}
+    for metric in metrics:
+        chosen = select(margins, SelectionSpec(metric=metric, ratio=ratio))
+        out[metric] = (sum(pid in flipped for pid in chosen.pair_ids), chosen.k)
+    return out
+
+
+def report_selections() -> list[str]:
+    """The share of flipped labels in each metric's top 40% of the committed demo."""
+    with tempfile.TemporaryDirectory() as scratch:
+        ws = Workspace(scratch)
+        ensure_demo(ws)
+        found = flipped_in_selections(ws)
+        n_flipped = sum(json.loads(row["source_json"])["label_flipped"] for row in ws.load_pairs(DEMO_NAME))
+        n = len(ws.load_pairs(DEMO_NAME))
+    lines = [f"flipped labels overall: {n_flipped}/{n} ({n_flipped / n:.1%}); in each metric's top 40%:"]
+    lines += [f"  {metric}: {hits}/{k} ({hits / k:.1%})" for metric, (hits, k) in found.items()]
+    return lines
+
+
 if __name__ == "__main__":
     import sys
 
     build(resample="--rescore-only" not in sys.argv)
+    print("\n".join(report_selections()))
