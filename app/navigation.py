@@ -16,6 +16,7 @@ PAGES: dict[str, tuple[str, str]] = {
     "audit": ("Audit", ":material/gavel:"),
     "export": ("Export", ":material/download:"),
     "train": ("Train", ":material/model_training:"),
+    "experiments": ("Experiments", ":material/science:"),
 }
 
 

@@ -221,8 +221,15 @@ def _train_details(extra: Mapping[str, Any]) -> list[str]:
             if _number(extra.get(key)) is not None]
 
 
-_DETAILS = {"score": _score_details, "audit": _audit_details, "train": _train_details}
-UNITS = {"score": "pairs", "audit": "judgments", "train": "steps", "import": "rows", "push": "rows"}
+def _experiment_details(extra: Mapping[str, Any]) -> list[str]:
+    child = extra.get("child")
+    return [str(extra.get("step") or ""), f"{child} {extra.get('child_state', '')}".strip() if child else ""]
+
+
+_DETAILS = {"score": _score_details, "audit": _audit_details, "train": _train_details,
+            "experiment": _experiment_details}
+UNITS = {"score": "pairs", "audit": "judgments", "train": "steps", "import": "rows", "push": "rows",
+         "experiment": "child jobs"}
 
 
 def unit_of(kind: str | None) -> str:

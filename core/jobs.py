@@ -42,6 +42,8 @@ __all__ = ["FINISHED", "KINDS", "LIVE", "RESUMABLE", "Job", "JobCancelled", "Job
 # kind -> "module:function"; the function takes a JobContext and returns a JSON-able result dict.
 KINDS: dict[str, str] = {
     "audit": "marginlens.core.audit.audit_job:run",
+    "evaluate": "marginlens.core.experiments.evaluate_job:run",
+    "experiment": "marginlens.core.experiments.experiment_job:run",
     "import": "marginlens.core.data.import_job:run",
     "push": "marginlens.core.selection.push_job:run",
     "score": "marginlens.core.scoring.score_job:run",

@@ -1,0 +1,84 @@
+"""The Experiments page's logic, without widgets: the form's training settings, the results table as a
+frame (the audit's judge agreement beside each metric when an audit exists), the chart of mean and 95%
+interval per metric with the baseline as a line, and how an experiment run is labelled."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import pandas as pd
+import plotly.graph_objects as go
+from marginlens.core.experiments.experiment_results import INTERVAL_METHOD, ONE_SEED
+from marginlens.core.experiments.experiment_spec import ExperimentSpec
+from marginlens.core.jobs import Job
+from marginlens.core.training.settings import parse_overrides
+
+BASELINE = "baseline (starting model)"
+
+
+def overrides_from_text(text: str) -> dict[str, Any]:
+    """One key=value per line (blank lines and # comments skipped), as `--set` reads each."""
+    lines = [line.strip() for line in (text or "").splitlines()]
+    return parse_overrides([line for line in lines if line and not line.startswith("#")])
+
+
+def job_label(job: Job) -> str:
+    spec = ExperimentSpec.from_params(job.spec["params"])
+    return (f"{spec.dataset}: {', '.join(spec.metrics)} x {len(spec.seeds)} seeds, {spec.method}, "
+            f"{spec.evaluator.label} · {job.status().state} · {job.id}")
+
+
+def interval_caption(table: dict[str, Any]) -> str:
+    """Which interval the table shows, in words."""
+    if table["interval"] == ONE_SEED:
+        return "One seed: the table shows no interval (two or more seeds give a 95% t-interval)."
+    return (f"Mean over seeds and a {INTERVAL_METHOD}: how much the result moves with the training seed "
+            "(and, for the random metric, the subset drawn); it does not cover the eval set's own sampling noise.")
+
+
+def table_frame(table: dict[str, Any], agreement: dict[str, Any] | None = None) -> pd.DataFrame:
+    """One row per metric, the baseline first: mean, interval, per-seed values, prompts, training pairs,
+    and the audit's judge agreement on that metric's subset when an audit is given."""
+    subsets = (agreement or {}).get("subsets", {})
+    rows = []
+    base = table.get("baseline")
+    if base:
+        rows.append({"metric": BASELINE, "mean": base.get("mean"), "95% interval": "", "ci_low": None,
+                     "ci_high": None, "per seed": "", "n prompts": base.get("n"), "pairs": None})
+    for row in table["rows"]:
+        interval = "" if row["ci_low"] is None else f"[{row['ci_low']:.3f}, {row['ci_high']:.3f}]"
+        rows.append({"metric": row["metric"], "mean": row["mean"], "95% interval": interval, "ci_low": row["ci_low"],
+                     "ci_high": row["ci_high"],
+                     "per seed": " ".join("-" if v is None else f"{v:.3f}" for v in row["values"]),
+                     "n prompts": row["n_prompts"], "pairs": row["pairs"]})
+    frame = pd.DataFrame(rows)
+    if subsets:
+        def agree(metric: str) -> str:
+            s = subsets.get(metric) or {}
+            if s.get("agreement") is None:
+                return ""
+            return f"{s['agreement']:.2f} [{s['ci_low']:.2f}, {s['ci_high']:.2f}] of {s['decisive']}"
+
+        frame["judge agreement"] = [agree(m) for m in frame["metric"]]
+    return frame
+
+
+def results_figure(table: dict[str, Any]) -> go.Figure:
+    """Mean per metric with its 95% interval as error bars, the baseline as a dashed line."""
+    rows = [r for r in table["rows"] if r["mean"] is not None]
+    names = [r["metric"] for r in rows]
+    means = [r["mean"] for r in rows]
+    plus = [0.0 if r["ci_high"] is None else r["ci_high"] - r["mean"] for r in rows]
+    minus = [0.0 if r["ci_low"] is None else r["mean"] - r["ci_low"] for r in rows]
+    fig = go.Figure(go.Scatter(
+        x=names, y=means, mode="markers", name="mean over seeds", marker={"size": 12},
+        error_y={"type": "data", "symmetric": False, "array": plus, "arrayminus": minus, "visible": True},
+        customdata=[" ".join("-" if v is None else f"{v:.3f}" for v in r["values"]) for r in rows],
+        hovertemplate="%{x}: %{y:.3f}<br>per seed: %{customdata}<extra></extra>",
+    ))
+    base = (table.get("baseline") or {}).get("mean")
+    if base is not None:
+        fig.add_hline(y=base, line_dash="dash", annotation_text=f"baseline {base:.3f}", annotation_position="top left")
+    fig.update_layout(title=f"{table['evaluator']}: mean and 95% interval per metric", xaxis_title="subset trained on",
+                      yaxis_title=table["evaluator"], height=380, margin={"t": 50, "b": 40}, showlegend=False)
+    return fig

@@ -1,0 +1,111 @@
+"""`marginlens experiment NAME --metrics map,explicit,implicit,random --ratio 0.4 --method simpo --seeds 3
+--eval verifier:answer-match`: does selecting by a metric help, on this dataset?
+
+For each metric and seed it selects the metric's top pairs, trains on them with one identical
+configuration and evaluates the trained model on held-out prompts; the starting model is evaluated once
+as the baseline. It prints what that will take and asks before starting (--yes skips the question), runs
+as one background job tree (Ctrl-C detaches; running the same command again joins or resumes it), and
+prints the table at the end: per metric the mean over seeds with a 95% t-interval, and the audit's judge
+agreement per subset when the dataset has an audit.
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from pathlib import Path
+
+from marginlens.core.atomic import write_json
+from marginlens.core.errors import MarginLensError
+from marginlens.core.workspace import Workspace
+
+EVAL_HELP = ("how a model is evaluated: verifier:NAME (a checkable-answer verifier), reward:MODEL (a reward "
+             "model's mean reward), rating:MODEL (an LLM's 1-10 rating; --eval-url), judge:MODEL (pairwise win "
+             "rate against the starting model, judged in both orders; --eval-url)")
+
+
+def register(sub: argparse._SubParsersAction, common: argparse.ArgumentParser) -> None:
+    from marginlens.core.experiments.experiment_spec import (
+        DEFAULT_METRICS,
+        DEFAULT_RATIO,
+        DEFAULT_SEEDS,
+        FIRST_SEED,
+        HELDOUT_CAP,
+        HELDOUT_SHARE,
+    )
+
+    p = sub.add_parser("experiment", parents=[common], help="train on each metric's subset and evaluate held out",
+                       description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("name", help="dataset name")
+    p.add_argument("--metrics", default=",".join(DEFAULT_METRICS),
+                   help=f"comma-separated metric names (default {','.join(DEFAULT_METRICS)})")
+    p.add_argument("--ratio", type=float, default=DEFAULT_RATIO, help=f"train on the top int(ratio*N) pairs (default {DEFAULT_RATIO})")
+    p.add_argument("--method", choices=("dpo", "simpo"), default="simpo", help="training method (default simpo)")
+    p.add_argument("--seeds", type=int, default=DEFAULT_SEEDS,
+                   help=f"runs per metric, seeds {FIRST_SEED}, {FIRST_SEED + 1}, ...: the trainer's seed and the "
+                        f"random metric's (default {DEFAULT_SEEDS})")
+    p.add_argument("--eval", required=True, metavar="EVAL", help=EVAL_HELP)
+    p.add_argument("--eval-url", default=None, help="OpenAI-compatible base URL for rating: and judge: evaluators")
+    p.add_argument("--eval-set", default=None, metavar="FILE",
+                   help="held-out prompts (JSONL: prompt, answer, task, id); default: a seeded "
+                        f"{HELDOUT_SHARE * 100:.0f}%% of the dataset's prompts (at most {HELDOUT_CAP}), left out of training")
+    p.add_argument("--policy", default=None, help="the starting model (default: SmolLM2-135M-Instruct)")
+    p.add_argument("--preset", default=None, help="training preset (default: the method's; see marginlens train --list-presets)")
+    p.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
+                   help="repeatable training setting, the same for every run (e.g. max_steps=20, learning_rate=1e-5)")
+    p.add_argument("--device", default=None, help="auto|cpu|cuda (default auto)")
+    p.add_argument("--detach", action="store_true", help="submit and return; run the same command again to follow")
+    p.add_argument("--yes", "-y", action="store_true", help="start without asking")
+    p.add_argument("--json", default=None, metavar="PATH", help="also write the final table as JSON here")
+    p.set_defaults(func=cmd_experiment)
+
+
+def _confirm() -> bool:
+    if not sys.stdin.isatty():
+        raise MarginLensError("no terminal to confirm on: pass --yes to start the experiment")
+    answer = input("start it? [y/N] ").strip().lower()
+    return answer in ("y", "yes")
+
+
+def cmd_experiment(args: argparse.Namespace) -> int:
+    from marginlens.core.cli.follow import follow
+    from marginlens.core.experiments.experiment_job import child_env, experiment_table, submit_experiment
+    from marginlens.core.experiments.experiment_plan import plan_experiment
+    from marginlens.core.experiments.experiment_results import audit_agreement, table_lines
+    from marginlens.core.experiments.experiment_spec import build_spec
+    from marginlens.core.job_status import JobState
+    from marginlens.core.training.settings import parse_overrides
+
+    ws = Workspace.resolve(args.workspace)
+    spec = build_spec(
+        ws, args.name, metrics=args.metrics.split(","), ratio=args.ratio, method=args.method, seeds=args.seeds,
+        eval=args.eval, eval_url=args.eval_url, eval_set=args.eval_set, policy=args.policy, preset=args.preset,
+        overrides=parse_overrides(args.overrides), device=args.device,
+    )
+    from marginlens.core.jobs import Job, job_id_for
+
+    existing = Job(ws.jobs_dir / job_id_for("experiment", spec.to_params()))
+    known = (existing.dir / "spec.json").exists()
+    if not known or existing.status().state is not JobState.DONE:
+        plan = plan_experiment(ws, spec)
+        print(f"experiment on {args.name!r}: {', '.join(spec.metrics)} x seeds {', '.join(map(str, spec.seeds))}, "
+              f"{spec.method}, evaluated by {args.eval}")
+        for line in plan.lines():
+            print(f"  {line}")
+        if not known and not args.yes and not _confirm():
+            print("not started")
+            return 1
+    job = submit_experiment(ws, spec, env=child_env(spec))
+    print(f"experiment job {job.id}: {job.dir / 'results'}", flush=True)
+    if args.detach:
+        return 0
+    code = follow(job)
+    table = experiment_table(job)
+    if table:
+        agreement = audit_agreement(ws, args.name)
+        print("\n".join(table_lines(table, agreement)))
+        if args.json:
+            out = {**table, "experiment_job": job.id, "spec": spec.to_params(), "audit_agreement": agreement}
+            write_json(Path(args.json).expanduser(), out)
+            print(f"wrote {args.json}")
+    return code

@@ -1,0 +1,210 @@
+"""The "experiment" job: the orchestrator of one experiment (core.experiments.experiment_spec).
+
+For each (metric, seed), seed by seed: select the metric's top `ratio` of the candidates, export it
+(core.selection.export), train on it (a "train" job, core.training.runs.submit_training: one
+configuration for every cell, the seed in the trainer's `seed` setting), then evaluate the final model on
+the eval set (an "evaluate" job). The starting model is evaluated once, first: the baseline row.
+
+Every step is a child job whose id is a hash of its spec, and each cell's export is a file at a fixed
+place in this job's results folder, so the orchestrator keeps no state that cannot be rebuilt: a killed
+orchestrator is resumed by resubmitting it, which resubmits each child (finished -> returned as done,
+running -> waited for, killed -> resumed). A child killed while the orchestrator waits is resubmitted
+at once (it resumes from its own results). Children run one at a time. Cancelling the experiment
+cancels the running child (a train job saves a checkpoint first).
+
+  results/eval_set.jsonl     the held-out prompts (when no eval set was given)
+  results/cells/METRIC-sSEED/train.jsonl   the cell's training subset (+ .manifest.json)
+  results/state.json         which step each cell is at, the child job ids and the values so far (the page)
+  results/table.json         the table so far (core.experiments.experiment_results.results_table)
+"""
+
+from __future__ import annotations
+
+import os
+import time
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+from marginlens.core.atomic import read_json, write_json
+from marginlens.core.errors import MarginLensError
+from marginlens.core.experiments.experiment_plan import Prepared, prepare, selection_for
+from marginlens.core.experiments.experiment_results import cell_key, results_table
+from marginlens.core.experiments.experiment_spec import ExperimentSpec
+from marginlens.core.job_status import JobState, JobStatus
+from marginlens.core.jobs import Job, JobCancelled, JobContext, submit
+from marginlens.core.workspace import Workspace
+
+STATE_FILE = "state.json"
+TABLE_FILE = "table.json"
+EVAL_SET_FILE = "eval_set.jsonl"
+CHILD_RESTARTS = 2  # a child found killed is resumed this many times before the experiment gives up
+POLL_SECONDS = 0.5
+CANCEL_WAIT_SECONDS = 300.0  # a train job saves a checkpoint before it stops
+
+
+def submit_experiment(ws: Workspace, spec: ExperimentSpec, env: dict[str, str] | None = None) -> Job:
+    """Start (or join, or resume) the experiment's job. `env`: secrets its evaluate jobs need (a judge's
+    API key), passed to the worker's environment only."""
+    return submit(ws, "experiment", spec.to_params(), env=env)
+
+
+def experiment_state(job: Job) -> dict[str, Any]:
+    """What the orchestrator recorded so far ({} before it started)."""
+    return read_json(job.dir / "results" / STATE_FILE) or {}
+
+
+def experiment_table(job: Job) -> dict[str, Any] | None:
+    """The table so far (partial while it runs), or None before any evaluation finished."""
+    return read_json(job.dir / "results" / TABLE_FILE)
+
+
+def child_env(spec: ExperimentSpec) -> dict[str, str]:
+    """The secret the evaluator reads (its API key variable), from this process's environment."""
+    from marginlens.core.chat_client import KEY_ENV
+
+    evaluator = spec.evaluator
+    if not evaluator.asks_llm:
+        return {}
+    name = evaluator.api_key_env or KEY_ENV
+    return {name: os.environ[name]} if name and name in os.environ else {}
+
+
+class _Orchestrator:
+    def __init__(self, ctx: JobContext, spec: ExperimentSpec):
+        self.ctx, self.spec, self.ws = ctx, spec, ctx.workspace
+        self.results = ctx.results_dir
+        self.state: dict[str, Any] = {"baseline": {}, "cells": {}}
+        self.steps_total = 1 + 2 * len(spec.cells)
+        self.steps_done = 0
+
+    # -- bookkeeping ----------------------------------------------------------------------------------
+    def save(self, message: str) -> None:
+        self.state["message"] = message
+        write_json(self.results / STATE_FILE, self.state)
+        cells = {k: c for k, c in self.state["cells"].items() if c.get("mean") is not None}
+        baseline = self.state["baseline"] if self.state["baseline"].get("mean") is not None else None
+        if cells or baseline:
+            table = results_table(self.spec.metrics, self.spec.seeds, cells, _public(baseline), self.spec.evaluator.label)
+            write_json(self.results / TABLE_FILE, table)
+        self.ctx.progress(self.steps_done, self.steps_total, force=True, step=message)
+        self.ctx.log(message)
+
+    def child(self, what: str, submit_child: Callable[[], Job], record: dict[str, Any], key: str) -> Job:
+        """Submit a child and wait for it; resubmit it when it is found killed; propagate a cancel."""
+        for attempt in range(CHILD_RESTARTS + 1):
+            self.ctx.check_cancel()
+            job = submit_child()
+            record[key] = job.id
+            self.save(f"{what}: job {job.id}" + (f" (resumed, attempt {attempt + 1})" if attempt else ""))
+            status = self._wait(job)
+            if status.state is JobState.DONE:
+                return job
+            if status.state is JobState.FAILED:
+                raise MarginLensError(f"{what} failed (job {job.id}): {status.message}")
+            if status.state is JobState.CANCELLED:
+                raise MarginLensError(f"{what} was cancelled (job {job.id}); resubmit the experiment to resume it")
+            self.ctx.log(f"{what}: job {job.id} was interrupted; resuming it")
+        raise MarginLensError(f"{what} (job {job.id}) stopped {CHILD_RESTARTS + 1} times; see its log")
+
+    def _wait(self, job: Job) -> JobStatus:
+        while True:
+            status = job.status()
+            if not status.live:
+                return status
+            if self.ctx.cancelled():
+                job.cancel()
+                try:
+                    job.wait(poll=POLL_SECONDS, timeout=CANCEL_WAIT_SECONDS)
+                except TimeoutError:
+                    self.ctx.log(f"job {job.id} did not stop within {CANCEL_WAIT_SECONDS:.0f} s; left to stop")
+                raise JobCancelled()
+            self.ctx.progress(self.steps_done, self.steps_total, child=job.id, child_state=status.state.value,
+                              child_done=status.done, child_total=status.total)
+            time.sleep(POLL_SECONDS)
+
+    # -- the steps ------------------------------------------------------------------------------------
+    def eval_set(self, prepared: Prepared) -> Path:
+        if self.spec.eval_set is not None:
+            return Path(self.spec.eval_set)
+        from marginlens.core.experiments.eval_set import load_eval_set, write_eval_set
+
+        path = self.results / EVAL_SET_FILE
+        if not path.is_file() or load_eval_set(path) != prepared.eval_rows:
+            write_eval_set(path, prepared.eval_rows)
+        return path
+
+    def evaluate(self, what: str, model: str, eval_set: Path, record: dict[str, Any]) -> None:
+        from marginlens.core.experiments.eval_set import load_eval_set as load_rows
+        from marginlens.core.experiments.evaluate_job import evaluation_summary, submit_evaluation
+
+        spec = self.spec
+        if model == spec.policy and spec.evaluator.kind == "judge":
+            # the judge compares against the starting model: against itself it is a tie by definition
+            record.update(mean=0.5, n=len(load_rows(eval_set)), step="done", note="the starting model against itself")
+            self.steps_done += 1
+            return
+        job = self.child(what, lambda: submit_evaluation(
+            self.ws, model, eval_set, spec.evaluator, baseline_model=spec.policy, device=spec.device,
+            env=child_env(spec)), record, "eval_job")
+        summary = evaluation_summary(job)
+        record.update(mean=summary.mean, n=summary.n, invalid=summary.invalid, step="done",
+                      **{k: getattr(summary, k) for k in ("wins", "ties", "losses") if getattr(summary, k) is not None})
+        self.steps_done += 1
+
+    def export(self, prepared: Prepared, metric: str, seed: int) -> Path:
+        from marginlens.core.selection.export import export_selection
+
+        path = self.results / "cells" / f"{metric}-s{seed}" / "train.jsonl"
+        if path.is_file() and path.with_name(path.name + ".manifest.json").is_file():
+            return path  # the manifest is written last: the export is whole
+        selection = selection_for(prepared, self.spec, metric, seed)
+        if not selection.pair_ids:
+            raise MarginLensError(f"metric {metric!r} selects no pair at ratio {self.spec.ratio}: raise the ratio")
+        # The metric's own picks: noisy-pair flags would shrink some subsets and not others.
+        export_selection(self.ws, self.spec.dataset, selection, prepared.margins, path, "jsonl",
+                         overwrite=True, apply_flags=False)
+        return path
+
+    def run(self) -> dict[str, Any]:
+        from marginlens.core.training.runs import final_model_path, submit_training
+
+        spec, ctx = self.spec, self.ctx
+        self.save("preparing: held-out prompts and candidates")
+        prepared = prepare(self.ws, spec)
+        eval_set = self.eval_set(prepared)
+        self.state.update(eval_set=str(eval_set), eval_prompts=len(prepared.eval_rows),
+                          excluded_pairs=prepared.excluded_pairs)
+        self.state["cells"] = {cell_key(m, s): {"metric": m, "seed": s, "step": "waiting"} for m, s in spec.cells}
+        self.evaluate("baseline evaluation", spec.policy, eval_set, self.state["baseline"])
+        for metric, seed in spec.cells:
+            ctx.check_cancel()
+            record = self.state["cells"][cell_key(metric, seed)]
+            record["step"] = "select"
+            export = self.export(prepared, metric, seed)
+            record.update(export=str(export), pairs=_lines(export), step="train")
+            overrides = {**spec.overrides, "seed": seed}
+            train = self.child(f"training {metric} seed {seed}", lambda e=export, o=overrides: submit_training(
+                self.ws, e, spec.method, preset=spec.preset, model=spec.policy, overrides=o, device=spec.device),
+                record, "train_job")
+            self.steps_done += 1
+            record["step"] = "evaluate"
+            self.evaluate(f"evaluation {metric} seed {seed}", str(final_model_path(train)), eval_set, record)
+        self.save("done")
+        return read_json(self.results / TABLE_FILE)
+
+
+def _lines(path: Path) -> int:
+    with open(path, encoding="utf-8") as fh:
+        return sum(1 for _ in fh)
+
+
+def _public(baseline: dict[str, Any] | None) -> dict[str, Any] | None:
+    if not baseline:
+        return None
+    return {k: baseline.get(k) for k in ("mean", "n", "invalid", "wins", "ties", "losses", "eval_job")
+            if baseline.get(k) is not None}
+
+
+def run(ctx: JobContext) -> dict[str, Any]:
+    return _Orchestrator(ctx, ExperimentSpec.from_params(ctx.params)).run()

@@ -1,0 +1,198 @@
+"""What an experiment selects from, what it tests on, and what it will take -- computed the same way
+before it starts (the estimate the CLI prints and the page shows) and inside its job (what it runs).
+
+Held-out prompts: with no eval set, a seeded share of the dataset's distinct prompts (HELDOUT_SHARE,
+at most HELDOUT_CAP) becomes the eval set, and every pair with one of those prompts leaves every metric's
+candidates: no metric trains on a test prompt. With an eval set, the dataset's pairs whose prompt is one
+of its prompts leave the candidates too, and the plan says how many. A prompt is its last user turn
+(core.data.pairs.prompt_text), the text an eval-set row holds.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import math
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pandas as pd
+from marginlens.core.data.pairs import load_texts, prompt_text
+from marginlens.core.errors import MarginLensError
+from marginlens.core.experiments.experiment_spec import ExperimentSpec
+from marginlens.core.selection.margin_sources import margin_sources
+from marginlens.core.selection.margins import load_margins
+from marginlens.core.selection.select import Selection, SelectionSpec, select
+from marginlens.core.workspace import Workspace
+
+
+def _key(text: str) -> str:
+    return " ".join(text.split())
+
+
+def _rank(seed: int, key: str) -> str:
+    return hashlib.sha256(f"{seed}:{key}".encode()).hexdigest()
+
+
+def heldout_count(n_prompts: int, share: float, cap: int) -> int:
+    """How many of n distinct prompts are held out: round(share * n), at least 1, at most cap, and never
+    all of them (something must remain to train on)."""
+    if n_prompts < 2:
+        return 0
+    return min(cap, max(1, round(share * n_prompts)), n_prompts - 1)
+
+
+def _eval_row(prompt: str, source_json: str | None) -> dict[str, Any]:
+    row: dict[str, Any] = {"id": hashlib.sha256(prompt.encode()).hexdigest()[:12], "prompt": prompt}
+    try:
+        source = json.loads(source_json) if source_json else {}
+    except json.JSONDecodeError:
+        source = {}
+    for name in ("answer", "task"):  # what a verifier checks, when the dataset's records carry it
+        if isinstance(source, dict) and source.get(name) not in (None, ""):
+            row[name] = str(source[name])
+    return row
+
+
+@dataclass
+class Prepared:
+    """The candidates every metric selects from, and the eval rows (held out, or the user's eval set)."""
+
+    margins: pd.DataFrame  # the margin frame minus the excluded pairs
+    eval_rows: list[dict[str, Any]]
+    n_pairs: int  # pairs in the dataset
+    n_prompts: int  # distinct prompts in the dataset
+    excluded_pairs: int  # pairs left out because their prompt is an eval prompt
+    eval_prompts_in_dataset: int  # eval prompts that are also dataset prompts
+
+
+def prepare(ws: Workspace, spec: ExperimentSpec) -> Prepared:
+    if ws.dataset_manifest(spec.dataset).get("fingerprint") != spec.dataset_fingerprint:
+        raise MarginLensError(f"dataset {spec.dataset!r} was re-imported since this experiment was planned; "
+                              "plan it again")
+    texts = load_texts(ws, spec.dataset)
+    keys = [_key(prompt_text(p)) for p in texts.column("prompt").to_pylist()]
+    margins = load_margins(ws, spec.dataset, policy_fp=spec.policy_fp, reward_fp=spec.reward_fp)
+    _check_metrics(margins, spec)
+    distinct = list(dict.fromkeys(keys))
+    if spec.eval_set is None:
+        n = heldout_count(len(distinct), spec.heldout_share, spec.heldout_cap)
+        held = set(sorted(distinct, key=lambda k: _rank(0, k))[:n])
+        first = {}
+        for i, key in enumerate(keys):
+            if key in held and key not in first:
+                first[key] = i
+        sources = texts.column("source_json").to_pylist()
+        eval_rows = [_eval_row(prompt_text(texts.column("prompt")[i].as_py()), sources[i])
+                     for i in sorted(first.values())]
+        overlap = len(held)
+    else:
+        from marginlens.core.experiments.eval_set import eval_set_fingerprint, load_eval_set
+
+        path = spec.eval_set
+        if eval_set_fingerprint(Path(path)) != spec.eval_set_fingerprint:
+            raise MarginLensError(f"{path} changed since this experiment was planned; plan it again")
+        eval_rows = load_eval_set(Path(path))
+        held = {_key(str(r["prompt"])) for r in eval_rows} & set(distinct)
+        overlap = len(held)
+    if not eval_rows:
+        raise MarginLensError(f"{spec.dataset!r} has too few distinct prompts to hold any out: give --eval-set")
+    out = np.array([k in held for k in keys], dtype=bool)
+    # frame rows follow the pair table (column "row"), so the mask lines up through it
+    drop = out[margins["row"].to_numpy()]
+    kept = margins.loc[~drop].reset_index(drop=True)
+    kept.attrs = dict(margins.attrs)
+    if kept.empty:
+        raise MarginLensError(f"no pair of {spec.dataset!r} is left to train on once the eval prompts are excluded")
+    return Prepared(kept, eval_rows, len(keys), len(distinct), int(drop.sum()), overlap)
+
+
+def _check_metrics(margins: pd.DataFrame, spec: ExperimentSpec) -> None:
+    sources = margin_sources(margins)
+    missing = [m for m in spec.metrics if m not in sources.runnable]
+    if missing:
+        raise MarginLensError(
+            f"{spec.dataset!r} is not scored for {', '.join(missing)}. {' '.join(sources.notes)} "
+            f"Metrics that run now: {', '.join(sources.runnable) or 'none'}")
+
+
+def selection_for(prepared: Prepared, spec: ExperimentSpec, metric: str, seed: int) -> Selection:
+    """The cell's subset: the metric's top `ratio` of the candidates (the seed reaches the random metric)."""
+    return select(prepared.margins, SelectionSpec(metric=metric, ratio=spec.ratio, seed=seed))
+
+
+def steps_per_run(n_pairs: int, trl: dict[str, Any], settings: dict[str, Any]) -> int:
+    """Optimizer steps of one run on n pairs, as transformers' Trainer counts them: max_steps when set,
+    else epochs x ceil(batches per process / gradient accumulation), at least 1 per epoch."""
+    if int(trl.get("max_steps", -1) or -1) > 0:
+        return int(trl["max_steps"])
+    per_batch = int(trl.get("per_device_train_batch_size", 8)) * max(1, int(settings.get("num_processes") or 1))
+    batches = math.ceil(n_pairs / per_batch)
+    accumulation = max(1, int(trl.get("gradient_accumulation_steps", 1) or 1))
+    per_epoch = max(batches // accumulation + int(batches % accumulation > 0), 1)
+    return math.ceil(float(trl.get("num_train_epochs", 1.0)) * per_epoch)
+
+
+@dataclass
+class ExperimentPlan:
+    """What the experiment will take, before it starts."""
+
+    runs: int  # metrics x seeds
+    pairs_per_metric: dict[str, int]  # training pairs of one run (k), per metric
+    candidates_per_metric: dict[str, int]
+    steps_per_metric: dict[str, int]  # optimizer steps of one run, per metric
+    total_steps: int
+    eval_prompts: int
+    evaluation: dict[str, int]  # core.experiments.evaluate_job.evaluation_cost over the baseline and every run
+    excluded_pairs: int
+    eval_prompts_in_dataset: int
+    held_out: bool  # the eval set is a held-out share of the dataset
+    notes: list[str] = field(default_factory=list)
+
+    def lines(self) -> list[str]:
+        """The estimate as the CLI prints it and the page shows it."""
+        per = ", ".join(f"{m} {self.pairs_per_metric[m]:,} pairs / {self.steps_per_metric[m]:,} steps"
+                        for m in self.pairs_per_metric)
+        where = ("held out from the dataset (their pairs are no metric's candidates)" if self.held_out else
+                 f"from the eval set; {self.eval_prompts_in_dataset} of them are dataset prompts, whose "
+                 f"{self.excluded_pairs} pairs are no metric's candidates")
+        cost = ", ".join(f"{v:,} {k.replace('_', ' ')}" for k, v in self.evaluation.items())
+        return [
+            f"runs: {self.runs} (metrics x seeds), each trained with the same configuration",
+            f"per run: {per}",
+            f"total optimizer steps: {self.total_steps:,}",
+            f"eval prompts: {self.eval_prompts:,}, {where}",
+            f"evaluation of {self.runs + 1} models (the runs and the baseline): {cost}",
+            *self.notes,
+        ]
+
+    def to_dict(self) -> dict[str, Any]:
+        from dataclasses import asdict
+
+        return asdict(self)
+
+
+def plan_experiment(ws: Workspace, spec: ExperimentSpec, prepared: Prepared | None = None) -> ExperimentPlan:
+    from marginlens.core.experiments.evaluate_job import evaluation_cost
+    from marginlens.core.training.settings import resolve_settings
+
+    prepared = prepared or prepare(ws, spec)
+    resolved = resolve_settings(spec.method, spec.preset, spec.overrides, spec.device)
+    pairs, candidates, steps = {}, {}, {}
+    for metric in spec.metrics:
+        chosen = selection_for(prepared, spec, metric, spec.seeds[0])
+        pairs[metric], candidates[metric] = int(chosen.positions.size), chosen.n_candidates
+        steps[metric] = steps_per_run(pairs[metric], resolved["trl"], resolved["settings"])
+    notes = []
+    if any(n == 0 for n in pairs.values()):
+        notes.append("a metric selects no pair at this ratio: raise --ratio")
+    runs = len(spec.cells)
+    n_eval = len(prepared.eval_rows)
+    return ExperimentPlan(
+        runs=runs, pairs_per_metric=pairs, candidates_per_metric=candidates, steps_per_metric=steps,
+        total_steps=sum(steps[m] for m, _ in spec.cells), eval_prompts=n_eval,
+        evaluation=evaluation_cost(spec.evaluator, n_eval, runs + 1), excluded_pairs=prepared.excluded_pairs,
+        eval_prompts_in_dataset=prepared.eval_prompts_in_dataset, held_out=spec.eval_set is None, notes=notes,
+    )
