@@ -3,6 +3,7 @@ scripted OpenAI-compatible server on 127.0.0.1), a real reward model, and LLM ra
 
 from __future__ import annotations
 
+import dataclasses
 import importlib
 import math
 import os
@@ -26,6 +27,7 @@ from marginlens.core.experiments.evaluators import (
     JudgeEvaluator,
     RatingEvaluator,
     RewardEvaluator,
+    evaluator_versions,
     pairwise_outcome,
     parse_eval,
 )
@@ -79,14 +81,57 @@ def test_parse_eval_and_its_refusals(plugin_verifier):
     assert spec == EvalSpec("judge", "gpt-4o-mini", "http://127.0.0.1:8000/v1", 32, "MY_KEY")
     assert spec.label == "judge:gpt-4o-mini" and EvalSpec.from_dict(spec.to_dict()) == spec
     assert parse_eval("reward:owner/rm@abc").target == "owner/rm@abc"
+    assert parse_eval("rating:m, max_calls=20").max_calls == 20 and spec.max_calls is None
     for text, message in [("answer-match", "expected KIND:TARGET"), ("bleu:x", "unknown evaluator 'bleu'"),
                           ("judge:", "name the model"), ("verifier:no-such", "unknown verifier 'no-such'"),
                           ("judge:m,temperature=1", "unknown option"), ("judge:m,max_new_tokens=0", "at least 1"),
                           ("judge:m,api_key_env=sk-abc-123", "never put the key itself"),
                           ("judge:m,base_url=https://user:sk-secret@host/v1", "not in the URL"),
-                          ("reward:rm,base_url=http://127.0.0.1/v1", "for rating and judge only")]:
+                          ("reward:rm,base_url=http://127.0.0.1/v1", "for rating and judge only"),
+                          ("judge:m,max_calls=0", "positive"), ("judge:m,max_calls=ten", "whole number"),
+                          ("reward:rm,max_calls=5", "for rating and judge only")]:
         with pytest.raises(MarginLensError, match=re.escape(message)):
             parse_eval(text)
+
+
+def test_every_way_of_building_a_spec_refuses_credentials_in_the_url():
+    """Not only parse_eval: the constructor, dataclasses.replace (the CLI's --eval-url) and from_dict (a spec
+    read back) refuse a URL with a key in it, and the key is not echoed in the message."""
+    bad = "https://user:sk-secret-99@host/v1"
+    attempts = [lambda: EvalSpec("judge", "m", base_url=bad),
+                lambda: dataclasses.replace(EvalSpec("rating", "m"), base_url=bad),
+                lambda: EvalSpec.from_dict({"kind": "judge", "target": "m", "base_url": bad}),
+                lambda: EvalSpec("judge", "m", base_url="http://host/v1?api_key=sk-secret-99")]
+    for attempt in attempts:
+        with pytest.raises(MarginLensError, match="not in the URL") as caught:
+            attempt()
+        assert "sk-secret-99" not in str(caught.value)
+    with pytest.raises(MarginLensError, match="http"):
+        EvalSpec("judge", "m", base_url="ftp://host/v1")
+    assert EvalSpec("judge", "m", base_url="http://127.0.0.1:8/v1/").base_url == "http://127.0.0.1:8/v1"
+
+
+def test_a_changed_rule_is_a_new_evaluation(tiny_llama, eval_file, plugin_verifier, monkeypatch):  # noqa: F811
+    """The verifier's, rubric's and judge prompt's versions are in the params, so the job id changes with them."""
+    from marginlens.core.audit import judge_prompt
+    from marginlens.core.scoring import rating_rubric
+
+    module, _ = plugin_verifier
+    spec = parse_eval(f"verifier:{module.NAME}")
+
+    def job_id(spec: EvalSpec) -> str:
+        params = evaluation_params(str(tiny_llama), eval_file, spec, baseline_model=str(tiny_llama), device="cpu")
+        return job_id_for("evaluate", params)
+
+    before = job_id(spec)
+    assert evaluator_versions(spec) == {"verifier_version": "1"} and job_id(spec) == before
+    monkeypatch.setitem(verifiers._REGISTRY, module.NAME, dataclasses.replace(module.VERIFIER, version="2"))
+    assert evaluator_versions(spec) == {"verifier_version": "2"} and job_id(spec) != before
+    for kind, holder, name in [("judge", judge_prompt, "PROMPT_VERSION"), ("rating", rating_rubric, "RUBRIC_VERSION")]:
+        llm = EvalSpec(kind, "m", base_url="http://127.0.0.1:9/v1")
+        first, versions = job_id(llm), evaluator_versions(llm)
+        monkeypatch.setattr(holder, name, getattr(holder, name) + "-changed")
+        assert evaluator_versions(llm) != versions and job_id(llm) != first
 
 
 def test_pairwise_arithmetic_and_cost():
@@ -223,3 +268,38 @@ def test_llm_rating_evaluator_asks_once_per_response(tmp_path):
         again = RatingEvaluator(spec, tmp_path / "ws", tmp_path / "state2").evaluate(ROWS, responses)
         assert again == results and len(rater.requests) == 5  # the rating scorer's cache answers
     assert not math.isnan(sum(r["score"] for r in results if r["valid"]))
+
+
+def test_judge_cap_stops_the_job_and_a_resume_pays_nothing_twice(ws, tiny_llama, other_llama, eval_file):  # noqa: F811
+    """max_calls=4 for 10 needed requests: the job fails saying so after 4 calls; resubmitting it asks nothing
+    (its ledger holds the 4); a larger cap is another job that asks only the 6 answers not yet stored."""
+    env = {"EVAL_JUDGE_KEY": "sk-cap-test-0123456789"}
+    with ScriptedJudge(answer=lambda request: "A") as judge:
+        def evaluate(max_calls: int):
+            spec = EvalSpec("judge", "judge-cap", base_url=judge.base_url, max_new_tokens=8,
+                            api_key_env="EVAL_JUDGE_KEY", max_calls=max_calls)
+            job = submit_evaluation(ws, str(other_llama), eval_file, spec, baseline_model=str(tiny_llama),
+                                    device="cpu", env=env)
+            return job, job.wait(timeout=120)
+
+        job, status = evaluate(4)
+        assert status.state == "failed" and "call budget of 4 reached" in status.error, job.log_tail()
+        assert "larger max_calls" in status.error and len(judge.requests) == 4
+        again, status = evaluate(4)
+        assert again.id == job.id and status.state == "failed" and len(judge.requests) == 4
+        bigger, status = evaluate(10)
+        assert bigger.id != job.id and status.state == "done", bigger.log_tail()
+        assert len(judge.requests) == 10 and len({repr(r.messages) for r in judge.requests}) == 10
+        assert evaluation_summary(bigger).n == 5
+
+
+def test_rating_cap_is_passed_to_the_rater(tmp_path):
+    responses = ["Five.", "Blue", "Hmm", "def f", "Paris is."]
+    with ScriptedJudge(answer=lambda request: "Rating: 7") as rater:
+        spec = parse_eval(f"rating:rater-cap,base_url={rater.base_url},max_calls=3")
+        with pytest.raises(MarginLensError, match="call budget of 3"):
+            RatingEvaluator(spec, tmp_path / "ws", tmp_path / "state").evaluate(ROWS, responses)
+        assert len(rater.requests) == 3
+        more = dataclasses.replace(spec, max_calls=5)
+        results = RatingEvaluator(more, tmp_path / "ws", tmp_path / "state2").evaluate(ROWS, responses)
+        assert [r["score"] for r in results] == [7.0] * 5 and len(rater.requests) == 5  # stored ones not re-asked

@@ -7,7 +7,12 @@ import shutil
 
 import pytest
 from marginlens.core.experiments.eval_set import write_eval_set
-from marginlens.core.experiments.generation import GenerationParams, generate_responses, generation_store
+from marginlens.core.experiments.generation import (
+    GenerationParams,
+    generate_responses,
+    generation_key,
+    generation_store,
+)
 from marginlens.core.keyed_log import KeyedLog
 from marginlens.core.workspace import Workspace
 from tiny_models import single_thread, smollm2, tiny_llama  # noqa: F401
@@ -134,4 +139,12 @@ def test_smollm2_answers_through_its_chat_template(tmp_path, smollm2):  # noqa: 
     key = next((ws.root / "generations").iterdir())
     assert generation_store(ws, key.name).keys() == {"1", "2"}
     meta = json.loads((key / "meta.json").read_text())
-    assert meta["params"]["max_new_tokens"] == 12 and meta["dtype"] == "float32"
+    assert meta["params"]["max_new_tokens"] == 12 and meta["dtype"] == "float32" and meta["device"] == "cpu"
+    assert key.name == generation_key(meta["model_identity"], meta["eval_set_fingerprint"],
+                                      GenerationParams(max_new_tokens=12, batch_size=2), "float32", "cpu")
+
+
+def test_cpu_and_gpu_generations_never_share_a_cache():
+    keys = {generation_key("model-id", "eval-fp", GenerationParams(), "float32", device)
+            for device in ("cpu", "cuda", "cuda:1")}
+    assert len(keys) == 3

@@ -33,7 +33,7 @@ from marginlens.core.audit.endpoint_check import check_endpoint
 from marginlens.core.audit.judge_prompt import (
     build_messages,
     chosen_position,
-    parse_answer,
+    parse_completion,
     template_sha256,
 )
 from marginlens.core.audit.judge_prompt import template_text as prompt_template_text
@@ -123,11 +123,8 @@ def verdict_record(
     pair_id: str, order: str, completion: Completion, endpoint: Endpoint, prompt_version: str, job_id: str | None
 ) -> dict[str, Any]:
     """The stored form of one answer: what was asked (prompt text and version), what came back, what it means."""
-    if completion.malformed:
-        parsed_choice, rationale, reason = None, "", "malformed response body"
-    else:
-        parsed = parse_answer(completion.text)
-        parsed_choice, rationale, reason = parsed.choice, parsed.rationale, parsed.reason
+    parsed = parse_completion(completion)
+    parsed_choice, rationale, reason = parsed.choice, parsed.rationale, parsed.reason
     prefers = None
     if parsed_choice is not None:
         prefers = "chosen" if parsed_choice == chosen_position(order) else "rejected"

@@ -19,8 +19,12 @@ import hashlib
 import json
 import re
 from dataclasses import dataclass
+from typing import TYPE_CHECKING
 
 from marginlens.core.data.pairs import Message
+
+if TYPE_CHECKING:
+    from marginlens.core.chat_client import Completion
 
 PROMPT_VERSION = "pairwise-v1"
 
@@ -148,3 +152,11 @@ def parse_answer(text: str | None) -> ParsedAnswer:
     if len(bracketed) == 1:
         return ParsedAnswer(bracketed.pop(), "", None)
     return ParsedAnswer(None, "", "no A/B answer found" if len(bracketed) < 2 else "both [[A]] and [[B]] given")
+
+
+def parse_completion(completion: Completion) -> ParsedAnswer:
+    """The judge's answer in one finished request: invalid with its reason when the body was unusable.
+    The one rule for the audit's verdicts and the lab's pairwise judge."""
+    if completion.malformed:
+        return ParsedAnswer(None, "", "malformed response body")
+    return parse_answer(completion.text)

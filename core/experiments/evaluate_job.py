@@ -4,8 +4,9 @@
   job.wait(); evaluation_summary(job)          # EvalSummary: n, mean, per-prompt scores, invalid, ...
 
 The job id hashes the model's identity (weights and tokenizer), the eval set's content fingerprint, the
-evaluator and, for the judge, the starting model's identity: the same inputs give the same job, a
-retrained folder at the same path a new one. Results folder:
+evaluator with the version of its rule (verifier, rating rubric or judge prompt) and, for the judge, the
+starting model's identity: the same inputs give the same job, a retrained folder at the same path or a
+changed rule a new one. Results folder:
   evaluations.jsonl   one record per prompt id, appended as it is scored (core.keyed_log), so a killed
                       job resumed by resubmitting scores only what is missing
 Responses come from the generation cache (core.experiments.generation), so a resume regenerates nothing
@@ -22,7 +23,7 @@ from pathlib import Path
 from typing import Any
 
 from marginlens.core.errors import MarginLensError
-from marginlens.core.experiments.evaluators import EvalSpec, make_evaluator, parse_eval
+from marginlens.core.experiments.evaluators import EvalSpec, evaluator_versions, make_evaluator, parse_eval
 from marginlens.core.experiments.generation import GenerationParams, generate_responses
 from marginlens.core.job_status import JobState
 from marginlens.core.jobs import Job, JobContext, submit
@@ -58,7 +59,7 @@ class EvalSummary:
 def evaluation_params(model: str, eval_set: Path, spec: EvalSpec, *, baseline_model: str | None = None,
                       device: str | None = None) -> dict[str, Any]:
     """The evaluate job's params (its id is their hash): resolved model specs and identities, the eval set's
-    path and fingerprint, the evaluator, the device. Checks everything a worker would fail on later."""
+    path and fingerprint, the evaluator and its rule's versions, the device. Checks everything a worker would fail on later."""
     from marginlens.core.experiments.eval_set import eval_set_fingerprint
     from marginlens.core.experiments.generation import generation_identity
     from marginlens.core.scoring.models import canonical_spec, model_identity, resolve_device
@@ -70,7 +71,7 @@ def evaluation_params(model: str, eval_set: Path, spec: EvalSpec, *, baseline_mo
     params: dict[str, Any] = {
         "model": model, "model_identity": generation_identity(model),
         "eval_set": str(path), "eval_set_fingerprint": eval_set_fingerprint(path),
-        "eval": spec.to_dict(), "device": resolve_device(device or "auto"),
+        "eval": spec.to_dict(), "versions": evaluator_versions(spec), "device": resolve_device(device or "auto"),
         "generation": asdict(GenerationParams(max_new_tokens=spec.max_new_tokens)),
     }
     if spec.kind == "judge":
@@ -138,6 +139,10 @@ def run(ctx: JobContext) -> dict[str, Any]:
     rows = load_eval_set(eval_set)
     if rows_fingerprint(rows) != params["eval_set_fingerprint"]:
         raise MarginLensError(f"eval set {eval_set} changed since this evaluation was submitted; submit it again")
+    versions = evaluator_versions(spec)
+    if versions != params.get("versions"):  # a rule changed between submitting and running (or resuming)
+        raise MarginLensError(f"{spec.label}: the rule changed since this evaluation was submitted "
+                              f"({params.get('versions')} then, {versions} now); submit it again")
     generation = GenerationParams(**params["generation"])
     judged = spec.kind == "judge"
     n = len(rows)

@@ -10,7 +10,8 @@
                    both orders, a loss in neither, a tie otherwise; the score is 1, 0 or 1/2, so the mean
                    is the win rate (wins + ties/2) / n. Identical responses are a tie without asking.
   options: base_url=URL (an OpenAI-compatible endpoint), max_new_tokens=N (generation cap, default 64),
-           api_key_env=NAME (the environment variable holding the key; the key itself never goes in).
+           api_key_env=NAME (the environment variable holding the key; the key itself never goes in),
+           max_calls=N (the rating's or judge's request cap per job, retries counted; none by default).
 
 Every judge answer is stored once in workspace/judgments/FINGERPRINT/judgments.jsonl, keyed by the exact
 request (core.keyed_log): a resumed or repeated evaluation never pays for an answer twice.
@@ -35,7 +36,9 @@ from marginlens.core.errors import MarginLensError
 KINDS = ("verifier", "reward", "rating", "judge")
 DEFAULT_MAX_NEW_TOKENS = 64
 _ENV_NAME = re.compile(r"^[A-Za-z_][A-Za-z0-9_]*$")
-JUDGE_CONCURRENCY = 4  # requests in flight at once: one prompt's two orders, two prompts at a time
+# Prompts judged at once, each asking its two orders one after the other: at most 4 requests in flight.
+JUDGE_CONCURRENCY = 4
+OPTIONS = ("base_url", "max_new_tokens", "api_key_env", "max_calls")
 
 
 @dataclass(frozen=True)
@@ -45,6 +48,7 @@ class EvalSpec:
     base_url: str | None = None
     max_new_tokens: int = DEFAULT_MAX_NEW_TOKENS
     api_key_env: str | None = None  # the name of the variable, never the key
+    max_calls: int | None = None  # requests a rating or judge job may make (retries count); None: no cap
 
     def __post_init__(self) -> None:
         if self.kind not in KINDS:
@@ -58,6 +62,18 @@ class EvalSpec:
                                   "never put the key itself in it")
         if self.base_url is not None and self.kind not in ("rating", "judge"):
             raise MarginLensError(f"--eval {self.kind}: base_url is for rating and judge only")
+        if self.max_calls is not None and (self.kind not in ("rating", "judge") or self.max_calls < 1):
+            raise MarginLensError(f"--eval {self.kind}: max_calls is a positive number, for rating and judge only "
+                                  f"(got {self.max_calls})")
+        if self.base_url is not None:
+            # Here, not only in parse_eval: every way of building a spec (CLI, page, replace, from_dict) is refused
+            # a URL with credentials in it, which the job's spec.json would otherwise store.
+            from marginlens.core.scoring.llm_rating import check_base_url
+
+            try:
+                object.__setattr__(self, "base_url", check_base_url(self.base_url))
+            except MarginLensError as exc:
+                raise MarginLensError(f"--eval {self.label}: {exc}") from None
 
     @property
     def label(self) -> str:
@@ -72,14 +88,12 @@ class EvalSpec:
 
     @classmethod
     def from_dict(cls, data: Mapping[str, Any]) -> EvalSpec:
-        return cls(**{k: data[k] for k in ("kind", "target", "base_url", "max_new_tokens", "api_key_env") if k in data})
+        return cls(**{k: data[k] for k in ("kind", "target", *OPTIONS) if k in data})
 
 
 def parse_eval(text: str) -> EvalSpec:
     """`verifier:NAME | reward:MODEL | rating:MODEL | judge:MODEL`, each optionally followed by
-    `,base_url=URL`, `,max_new_tokens=N`, `,api_key_env=NAME`. An unknown verifier fails here."""
-    from marginlens.core.scoring.llm_rating import check_base_url
-
+    `,base_url=URL`, `,max_new_tokens=N`, `,api_key_env=NAME`, `,max_calls=N`. An unknown verifier fails here."""
     head, *options = [part.strip() for part in (text or "").split(",")]
     kind, sep, target = head.partition(":")
     if not sep:
@@ -89,23 +103,40 @@ def parse_eval(text: str) -> EvalSpec:
     for option in options:
         name, eq, value = option.partition("=")
         name = name.strip()
-        if not eq or name not in ("base_url", "max_new_tokens", "api_key_env") or not value.strip():
+        if not eq or name not in OPTIONS or not value.strip():
             raise MarginLensError(f"--eval {text!r}: unknown option {option!r} "
-                                  "(known: base_url=URL, max_new_tokens=N, api_key_env=NAME)")
+                                  "(known: base_url=URL, max_new_tokens=N, api_key_env=NAME, max_calls=N)")
         fields[name] = value.strip()
-    if "max_new_tokens" in fields:
-        try:
-            fields["max_new_tokens"] = int(fields["max_new_tokens"])
-        except ValueError:
-            raise MarginLensError(f"--eval {text!r}: max_new_tokens must be a whole number") from None
-    if "base_url" in fields:
-        fields["base_url"] = check_base_url(fields["base_url"])
+    for name in ("max_new_tokens", "max_calls"):
+        if name in fields:
+            try:
+                fields[name] = int(fields[name])
+            except ValueError:
+                raise MarginLensError(f"--eval {text!r}: {name} must be a whole number") from None
     spec = EvalSpec(kind.strip().lower(), target.strip(), **fields)
     if spec.kind == "verifier":
         from marginlens.core.experiments.verifiers import get_verifier
 
         get_verifier(spec.target)
     return spec
+
+
+def evaluator_versions(spec: EvalSpec) -> dict[str, str]:
+    """The versions of the rule behind the scores (the verifier's, the rating rubric's, the judge prompt's, with
+    the texts' hashes): in the evaluate job's params, so a changed rule is a new job, never a reused result."""
+    if spec.kind == "verifier":
+        from marginlens.core.experiments.verifiers import get_verifier
+
+        return {"verifier_version": get_verifier(spec.target).version}
+    if spec.kind == "rating":
+        from marginlens.core.scoring.rating_rubric import RUBRIC_VERSION, rubric_sha256
+
+        return {"rubric_version": RUBRIC_VERSION, "rubric_sha256": rubric_sha256()}
+    if spec.kind == "judge":
+        from marginlens.core.audit.judge_prompt import PROMPT_VERSION, template_sha256
+
+        return {"prompt_version": PROMPT_VERSION, "prompt_sha256": template_sha256()}
+    return {}  # a reward model: its identity is in the params already
 
 
 def api_key(spec: EvalSpec) -> str | None:
@@ -179,7 +210,8 @@ class RatingEvaluator:
         key = api_key(spec)
         if key is not None:
             os.environ[KEY_ENV] = key  # this worker's own environment: the scorer reads the key from there
-        self.scorer = LLMRatingScorer(LLMRatingConfig(model=spec.target, base_url=spec.base_url))
+        self.scorer = LLMRatingScorer(LLMRatingConfig(model=spec.target, base_url=spec.base_url,
+                                                      max_calls=spec.max_calls))
         self.scorer.setup(RunOptions(workspace=str(workspace), state_dir=str(state_dir)))
 
     def evaluate(self, rows: Sequence[dict[str, Any]], responses: Sequence[str],
@@ -228,23 +260,28 @@ class JudgeEvaluator:
         self.endpoint = Endpoint(spec.target, spec.base_url, max_output_tokens=self.max_output_tokens)
         Path(state_dir).mkdir(parents=True, exist_ok=True)
         ledger = RequestLedger(Path(state_dir) / "judge-requests.ledger")
-        self.client = JudgeClient(self.endpoint, api_key(spec), Budget(spent=ledger.spent()), ledger=ledger)
+        # The ledger carries the calls of this job's earlier runs: a resumed job's cap counts them too.
+        self.client = JudgeClient(self.endpoint, api_key(spec), Budget(spec.max_calls, spent=ledger.spent()),
+                                  ledger=ledger)
         self.store = KeyedLog(Path(workspace) / "judgments" / judge_fingerprint(spec, self.max_output_tokens)
                               / "judgments.jsonl", key_of=lambda record: record["key"])
 
     def ask(self, messages: list[dict[str, str]]) -> dict[str, Any]:
-        from marginlens.core.audit.judge_prompt import PROMPT_VERSION, parse_answer
-        from marginlens.core.chat_client import public_url
+        from marginlens.core.audit.judge_prompt import PROMPT_VERSION, parse_completion
+        from marginlens.core.chat_client import BudgetExhausted, public_url
         from marginlens.core.scoring.llm_rating import request_key
 
         key = request_key(messages)
         stored = self.store.get(key)
         if stored is not None:
             return stored
-        completion = self.client.complete(messages)
-        parsed = None if completion.malformed else parse_answer(completion.text)
-        record = {"key": key, "choice": parsed.choice if parsed else None, "valid": bool(parsed and parsed.valid),
-                  "invalid_reason": "malformed response body" if parsed is None else parsed.reason,
+        try:
+            completion = self.client.complete(messages)
+        except BudgetExhausted as exc:
+            raise MarginLensError(f"judge {self.endpoint.model} stopped: {exc} (max_calls); the answers so far are "
+                                  "stored and never asked again: submit with a larger max_calls to go on") from None
+        parsed = parse_completion(completion)
+        record = {"key": key, "choice": parsed.choice, "valid": parsed.valid, "invalid_reason": parsed.reason,
                   "raw": completion.raw, "judge_model": self.endpoint.model, "prompt_version": PROMPT_VERSION,
                   "base_url": public_url(self.endpoint.base_url), "prompt_tokens": completion.prompt_tokens,
                   "completion_tokens": completion.completion_tokens, "attempts": completion.attempts,

@@ -5,7 +5,8 @@ Each prompt is one user turn rendered through the model's own chat template with
 plain one), left-padded into batches and decoded greedily unless sampling is asked for.
 
 Cache: workspace/generations/KEY/responses.jsonl, one fsynced record per prompt id (core.keyed_log),
-KEY naming (model identity incl. tokenizer files, eval-set fingerprint, generation params, dtype). The
+KEY naming (model identity incl. tokenizer files, eval-set fingerprint, generation params, dtype, device:
+greedy decoding on CPU and on a GPU may part ways after a near-tie, so they never share a cache). The
 starting model's responses are generated once and shared by its baseline row and every pairwise judge.
 Batches are fixed chunks of the eval set in file order, and a chunk whose prompts are all stored is
 skipped: a resumed run generates the missing chunks with the same batch (and, when sampling, the same
@@ -65,9 +66,10 @@ def user_messages(row: dict[str, Any]) -> list[dict[str, str]]:
     return [{"role": "user", "content": row["prompt"]}]
 
 
-def generation_key(model_identity: str, eval_fp: str, params: GenerationParams, dtype: str) -> str:
+def generation_key(model_identity: str, eval_fp: str, params: GenerationParams, dtype: str, device: str) -> str:
+    """`device`: the resolved one (cpu, cuda, cuda:N)."""
     what = {"version": GENERATION_VERSION, "model": model_identity, "eval_set": eval_fp, "dtype": dtype,
-            "params": params.key_fields()}
+            "device": device, "params": params.key_fields()}
     return hashlib.sha256(json.dumps(what, sort_keys=True).encode()).hexdigest()[:20]
 
 
@@ -86,12 +88,6 @@ def generation_identity(spec: str) -> str:
 
 def generation_store(ws: Workspace, key: str) -> KeyedLog:
     return KeyedLog(ws.root / "generations" / key / "responses.jsonl", key_of=lambda record: record["id"])
-
-
-def resolved_device(device: str | None) -> str:
-    from marginlens.core.scoring.models import resolve_device
-
-    return resolve_device(device or "auto")
 
 
 def _eos_ids(model: Any, tokenizer: Any) -> list[int]:
@@ -153,16 +149,16 @@ def generate_responses(ws: Workspace, model: str, eval_set: Path, params: Genera
     What the cache holds is never generated again; the model is loaded only when something is missing.
     `progress(done, total)` counts prompts (stored ones included); `check_cancel` is called between batches.
     """
-    from marginlens.core.scoring.models import canonical_spec, dtype_for
+    from marginlens.core.scoring.models import canonical_spec, dtype_for, resolve_device
 
     rows = load_eval_set(Path(eval_set))
-    device = resolved_device(device)
+    device = resolve_device(device)
     dtype = dtype_for(device, dtype)
     spec = canonical_spec(model)
     identity = generation_identity(spec)
-    key = generation_key(identity, rows_fingerprint(rows), params, dtype)
+    key = generation_key(identity, rows_fingerprint(rows), params, dtype, device)
     store = generation_store(ws, key)
-    create_json(store.path.parent / "meta.json", {"model": spec, "model_identity": identity, "dtype": dtype,
+    create_json(store.path.parent / "meta.json", {"model": spec, "model_identity": identity, "dtype": dtype, "device": device,
                                                   "eval_set": str(Path(eval_set).resolve()),
                                                   "eval_set_fingerprint": rows_fingerprint(rows),
                                                   "params": params.key_fields(), "version": GENERATION_VERSION})

@@ -4,8 +4,7 @@ A verifier reads the response and the eval-set row it answers (the row holds `pr
 checkable tasks, `answer` and optionally `task`) and returns a score in [0, 1]. Verifiers are named
 and versioned: the version is part of every fingerprint that depends on a verifier's scores, so a
 changed rule is a new result, never a silently different one. The registry is the only list: the
-experiments lab's `--eval verifier:NAME`, the demo's explicit reward and the self-play annotation all
-read it.
+experiments lab's `--eval verifier:NAME` and the demo's explicit reward read it.
 """
 
 from __future__ import annotations
