@@ -19,8 +19,8 @@ CLAIM = """
 **What the paper claims (Theorem 3.1, in our words).** In preference learning on a Bradley-Terry model, a learner
 that picks its training pairs adversarially -- by how much there is still to learn on them, which is what M_AP
 measures: a large explicit (reward-model) margin the learner's implicit margin has not reached yet -- needs fewer
-iterations than one that samples pairs uniformly to shrink its parameter error by a given factor, each with its
-best learning rate.
+iterations than one that samples pairs uniformly to shrink its parameter error by a given factor (the theorem
+compares each sampler at its own best learning rate; here both run the one learning rate you set).
 
 *Our model is a reading of that claim; it has not been checked line by line against the theorem's exact
 assumptions and constants.*
@@ -36,8 +36,8 @@ ASSUMPTIONS = """
   form), constant learning rate, `theta_0` random.
 - Adversarial: `M_AP = z(m_ex) - w z(|m_im|)` over the whole pool, recomputed every iteration; the batch is
   drawn uniformly from its top share (a hard cut, like the selection itself, not a softmax).
-- Both samplers share `theta*`, the pool, its labels and `theta_0` per seed. Band: mean +- 1.96 standard
-  errors over seeds.
+- Both samplers share `theta*`, the pool, its labels, `theta_0` and the learning rate per seed. Band: the 95%
+  t-interval over seeds, mean +- t(0.975, seeds - 1) standard errors, as the Experiments tab computes it.
 - Error: distance of the unit directions, `|theta_t/|theta_t| - theta*/|theta*||`. The raw distance
   `|theta_t - theta*|` mixes in the scale, which label noise shrinks (uniform) and margin selection inflates
   (adversarial); tick *raw distance* to see it.
@@ -122,6 +122,7 @@ def render_theory() -> None:
     chart, notes = st.columns([3, 2])
     chart.plotly_chart(theory_figure(result, raw), width="stretch", key=KEY + "chart",
                        config={"displaylogo": False})
-    chart.caption(f"Mean over {spec.seeds} seed(s) with its 95% band (mean +- 1.96 standard errors); "
+    chart.caption(f"Mean over {spec.seeds} seed(s) with its 95% t-interval band (mean +- t(0.975, "
+                  f"{spec.seeds - 1} df) standard errors; no band for one seed); "
                   "the error axis is " + ("the raw parameter distance." if raw else "the distance of the directions."))
     notes.markdown(ASSUMPTIONS)

@@ -20,7 +20,7 @@ from marginlens.core.demo.build import (
     ensure_demo,
     flipped_in_selections,
 )
-from marginlens.core.demo.demo_tasks import TASK_MIX
+from marginlens.core.demo.demo_tasks import TASK_MIX, demo_questions, question_key
 from marginlens.core.experiments.eval_set import load_eval_set
 from marginlens.core.experiments.verifiers import get_verifier
 from marginlens.core.scoring.score_tables import load_score_table
@@ -52,8 +52,13 @@ def test_demo_labels_mean_what_they_say():
 
 def test_the_held_out_eval_set_shares_no_question_with_the_pairs():
     held_out = load_eval_set(DEMO_EVAL_FILE)
-    assert len(held_out) == sum(n for _, _, n in TASK_MIX)
-    assert not {r["prompt"] for r in held_out} & {r["prompt"] for r in _pairs()}
+    # the committed file is what the question split gives now: the pair pool's twins dropped, nothing redrawn
+    train, expected = demo_questions(0)
+    assert [(r["id"], r["prompt"], r["answer"]) for r in held_out] == [(r["id"], r["prompt"], r["answer"]) for r in expected]
+    assert len(held_out) < sum(n for _, _, n in TASK_MIX)
+    # no question of the pairs' pool (every question sampled for pairs, kept or not), up to commutativity
+    assert not {question_key(r["prompt"]) for r in held_out} & {question_key(q["prompt"]) for q in train}
+    assert {question_key(r["prompt"]) for r in _pairs()} <= {question_key(q["prompt"]) for q in train}
     assert {r["task"] for r in held_out} == {task for task, _, _ in TASK_MIX}
     verifier = get_verifier("answer-match")
     assert all(verifier.score(f"The answer is {r['answer']}.", r) == 1.0 for r in held_out)

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from marginlens.core.demo.build import FLIP_SHARE, build_pairs
 from marginlens.core.demo.demo_sampling import sample_batch, sample_questions
-from marginlens.core.demo.demo_tasks import TASK_MIX, demo_questions
+from marginlens.core.demo.demo_tasks import TASK_MIX, demo_questions, question_key
 from tiny_models import tiny_llama  # noqa: F401  (session fixture)
 
 PROMPTS = ["What is the capital of France?", "One two three four five six seven eight nine ten hundred?", "Why?"]
@@ -59,9 +59,16 @@ def test_sampling_is_seeded_and_resumes_from_its_cache(tiny_llama, tmp_path):  #
 
 def test_questions_are_distinct_and_the_eval_set_held_out():
     train, held_out = demo_questions(0)
-    assert len(train) == sum(n for _, n, _ in TASK_MIX) and len(held_out) == sum(n for _, _, n in TASK_MIX)
+    assert len(train) == sum(n for _, n, _ in TASK_MIX)
     assert len({q["prompt"] for q in train}) == len(train)
     assert not {q["prompt"] for q in train} & {q["prompt"] for q in held_out}
+    # nor a commutative twin: "What is 5 plus 3?" is "What is 3 plus 5?"
+    assert not {question_key(q["prompt"]) for q in train} & {question_key(q["prompt"]) for q in held_out}
+    assert question_key("What is 5 plus 3? Reply.") == question_key("What is 3 plus 5? Reply.")
+    assert question_key("What is 4 times 7?") == question_key("What is 7 times 4?")
+    assert question_key("What is 8 minus 3?") != question_key("What is 3 minus 8?")
+    assert question_key("What is 5 plus 3?") != question_key("What is 5 times 3?")
+    assert len(held_out) < sum(n for _, _, n in TASK_MIX)  # seed 0 draws twins; the filter drops them
     assert {q["task"] for q in train} == {q["task"] for q in held_out} == {t for t, _, _ in TASK_MIX}
     assert demo_questions(0) == demo_questions(0) and demo_questions(0) != demo_questions(1)
 

@@ -7,7 +7,9 @@ from dataclasses import replace
 import numpy as np
 import pytest
 from marginlens.core.errors import MarginLensError
-from marginlens.core.experiments.theory import TheorySpec, simulate
+from marginlens.core.experiments.experiment_results import mean_interval
+from marginlens.core.experiments.theory import MAX_WORK, TheorySpec, simulate, work
+from marginlens.core.selection.metric_base import zscore
 
 from tests.helpers_app import no_errors
 
@@ -75,10 +77,42 @@ def test_the_adversarial_sampler_is_no_better_than_its_reward_model():
     ({"w": -1.0}, "w"), ({"top_share": 0.0}, "top_share"), ({"pool": 50, "top_share": 0.01}, "top_share"),
     ({"rm_noise": -0.5}, "rm_noise"), ({"batch": True}, "batch"),
     ({"seeds": 1000, "pool": 100_000}, "pool"), ({"seeds": 100, "iterations": 100_000}, "iterations"),
+    # 3e9 multiply-adds passed the old cap and took 10-20 s; the tab's own maxima are refused too
+    ({"seeds": 50, "iterations": 3000, "pool": 2000, "d": 10}, "iterations"),
+    ({"seeds": 10, "iterations": 3000, "pool": 20_000, "d": 100}, "iterations"),
+    ({"seeds": 1, "iterations": 20_000, "pool": 10, "d": 1, "batch": 1}, "iterations"),
 ])
 def test_bad_parameters_are_refused_by_name(change, field):
     with pytest.raises(MarginLensError, match=f"field '{field}'"):
         simulate(replace(SMALL, **change))
+
+
+def test_the_band_is_the_labs_t_interval_over_seeds():
+    result = simulate(SMALL)
+    curve = result.curves["adversarial"]
+    mean, lo, hi = curve.band()
+    for t in (0, 10, SMALL.iterations):
+        lab = mean_interval(list(curve.direction[:, t]))
+        assert (mean[t], lo[t], hi[t]) == pytest.approx((lab["mean"], lab["ci_low"], lab["ci_high"]), rel=1e-9)
+    one = simulate(replace(SMALL, seeds=1)).curves["uniform"].band()
+    np.testing.assert_array_equal(one[1], one[2])  # one seed: no band
+
+
+def test_the_row_wise_zscore_is_the_selection_metrics_own_per_row():
+    values = np.array([[6.0, 4.0, 3.0, 2.0, 0.0], [1.0, 1.0, 1.0, 1.0, 1.0], [0.0, 1.5, 1.0, 2.0, 3.0]])
+    rows, warning = zscore(values, "m", axis=1)
+    for row, z in zip(values, rows, strict=True):
+        np.testing.assert_array_equal(z, zscore(row, "m")[0])
+    assert "1 of 3" in warning and zscore(values[[0, 2]], "m", axis=1)[1] is None
+
+
+def test_the_work_cap_admits_the_largest_pool_and_refuses_twice_the_cap():
+    # the largest pool the tab offers, as many iterations as the cap allows (its seconds are a benchmark matter)
+    spec = TheorySpec(pool=20_000, seeds=10, iterations=1)
+    spec = replace(spec, iterations=max(1, MAX_WORK // work(spec)))
+    assert work(spec) <= MAX_WORK < work(replace(spec, iterations=2 * spec.iterations))
+    with pytest.raises(MarginLensError, match="iterations"):
+        simulate(replace(spec, iterations=2 * spec.iterations))
 
 
 def _theory_script():

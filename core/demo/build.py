@@ -6,10 +6,12 @@ did not end within the generation cap is dropped, so nothing in a pair is cut. A
 incorrect complete response to the same question, scored by the `answer-match` verifier
 (core.experiments.builtin_verifiers: 1.0 correct, a wrong number up to 0.5 for closeness); which of the
 question's responses form the pair is drawn so that the chosen one is the shorter in about half of the pairs,
-so length does not give the label away. A seeded 12% of pairs have their labels flipped (chosen = the
-incorrect response, its score travelling with it: the annotation is wrong and the verifier knows). Implicit
-margins come from the real scorer, and a held-out eval set of other questions (same task mix) serves the
-experiments lab.
+so length does not give the label away. Each question draws a seeded flip with probability 12% before the
+questions without a pair are dropped, so the kept pairs' flipped share is what the draw left (39 of 257,
+15.2%, in the committed build); a flipped pair's chosen is the incorrect response, its score travelling with
+it: the annotation is wrong and the verifier knows. Implicit
+margins come from the real scorer, and a held-out eval set of other questions (same task mix, none a
+commutative twin of a pair's question) serves the experiments lab.
 `python -m marginlens.core.demo.build` regenerates the committed files in core/demo/demo_data/ (minutes on
 a CPU; samples are cached, so a killed build resumes); `ensure_demo` installs them into a workspace in
 about a second.

@@ -2,12 +2,14 @@
 
 Six tasks: arithmetic with one-, two- and three-digit operands (`arith-1`, `arith-2`, `arith-3`), unit
 conversions (`conversion`), capitals (`capital`) and counts (`count`). Every question is distinct; the
-held-out eval questions never appear among the pairs' questions, and both sets draw the same task mix.
+held-out eval questions never appear among the pairs' questions, not even as a commutative twin ("What is 5
+plus 3?" against "What is 3 plus 5?"), and both sets draw the same task mix.
 """
 
 from __future__ import annotations
 
 import random
+import re
 
 # One instruction on every prompt: short replies are cheap to sample on a CPU and rarely hit the cap.
 STYLE = " Reply with one short sentence."
@@ -92,8 +94,23 @@ def _pool(task: str, rng: random.Random, n: int) -> list[tuple[str, str]]:
     return [(question, str(answer)) for question, answer in items]
 
 
+_COMMUTATIVE = re.compile(r"What is (\d+) (plus|times) (\d+)\?")
+
+
+def question_key(prompt: str) -> str:
+    """The identity of a question up to commutativity: "What is 5 plus 3?" and "What is 3 plus 5?" share one
+    key (plus and times, sorted operands); any other question is its own text."""
+    match = _COMMUTATIVE.match(prompt)
+    if not match:
+        return prompt
+    a, op, b = match.groups()
+    return f"{op}:{min(int(a), int(b))}:{max(int(a), int(b))}"
+
+
 def demo_questions(seed: int = 0) -> tuple[list[dict[str, str]], list[dict[str, str]]]:
-    """(questions for the pairs, held-out questions for evaluation): disjoint, same task mix, seeded."""
+    """(questions for the pairs, held-out questions for evaluation): disjoint up to `question_key`, same task
+    mix, seeded. A held-out question whose key a pair question has is dropped, not redrawn, so the pairs'
+    questions (and their cached samples) never depend on the held-out set."""
     rng = random.Random(seed)
     train: list[dict[str, str]] = []
     held_out: list[dict[str, str]] = []
@@ -102,6 +119,8 @@ def demo_questions(seed: int = 0) -> tuple[list[dict[str, str]], list[dict[str, 
         rows = [{"task": task, "prompt": question + STYLE, "answer": answer} for question, answer in picked]
         train += rows[:n_train]
         held_out += rows[n_train:]
+    taken = {question_key(row["prompt"]) for row in train}
+    held_out = [row for row in held_out if question_key(row["prompt"]) not in taken]
     for index, row in enumerate(held_out):
         row["id"] = f"{row['task']}-{index:03d}"
     return train, held_out

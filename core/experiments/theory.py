@@ -31,13 +31,19 @@ from dataclasses import dataclass
 
 import numpy as np
 from marginlens.core.errors import MarginLensError
+from marginlens.core.experiments.experiment_results import t_quantile
+from marginlens.core.selection.metric_base import zscore
 
 SAMPLERS = ("uniform", "adversarial")
-# Guards that keep one run interactive: pool memory (seeds x pool x d floats) and the multiply-adds of the
-# adversarial sampler's per-iteration margins.
+# Guards that keep one run interactive: pool memory (seeds x pool x d floats) and its time, `work` units of
+# about a nanosecond each on one CPU core (measured on a busy 2-core machine: the adversarial margins and
+# ranking per pooled pair, the batch gathers, and a fixed cost per iteration); the cap keeps a run near 1.5 s.
 MAX_POOL_CELLS = 20_000_000
-MAX_WORK = 3_000_000_000
-Z95 = 1.959963984540054
+MAX_WORK = 1_500_000_000
+PER_PAIR = 26
+PER_BATCH_ROW = 8
+PER_ITERATION = 300_000
+
 
 
 @dataclass(frozen=True)
@@ -56,6 +62,12 @@ class TheorySpec:
     seed: int = 0  # seeds are seed, seed + 1, ...
 
 
+def work(spec: TheorySpec) -> int:
+    """The run's estimated cost in about-a-nanosecond units (see MAX_WORK)."""
+    per_step = spec.pool * (spec.d + PER_PAIR) + PER_BATCH_ROW * spec.batch * spec.d
+    return spec.seeds * spec.iterations * per_step + PER_ITERATION * spec.iterations
+
+
 @dataclass(frozen=True)
 class SamplerCurve:
     sampler: str
@@ -64,11 +76,15 @@ class SamplerCurve:
     flipped_share: np.ndarray  # (seeds,): share of the sampled pairs whose label the extra noise flipped
 
     def band(self, raw: bool = False) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-        """Mean over seeds and its 95% interval, mean +- 1.96 standard errors (zero width for one seed)."""
+        """Mean over seeds and its 95% t-interval, mean +- t(0.975, seeds - 1) * s / sqrt(seeds), as the lab's
+        tables compute it (zero width for one seed)."""
         values = self.distance if raw else self.direction
         mean = values.mean(axis=0)
-        se = values.std(axis=0, ddof=1) / np.sqrt(values.shape[0]) if values.shape[0] > 1 else np.zeros_like(mean)
-        return mean, mean - Z95 * se, mean + Z95 * se
+        n = values.shape[0]
+        if n < 2:
+            return mean, mean.copy(), mean.copy()
+        half = t_quantile(n - 1) * values.std(axis=0, ddof=1) / np.sqrt(n)
+        return mean, mean - half, mean + half
 
     def final(self, raw: bool = False) -> float:
         return float((self.distance if raw else self.direction)[:, -1].mean())
@@ -114,14 +130,14 @@ def _check(spec: TheorySpec) -> None:
         raise bad("top_share", f"must be in (0, 1] and keep at least one of the {spec.pool} pairs")
     if spec.seeds * spec.pool * spec.d > MAX_POOL_CELLS:
         raise bad("pool", f"seeds x pool x d = {spec.seeds * spec.pool * spec.d:,} exceeds {MAX_POOL_CELLS:,}")
-    if spec.seeds * spec.iterations * spec.pool * spec.d > MAX_WORK:
-        raise bad("iterations", f"seeds x iterations x pool x d exceeds {MAX_WORK:,}: too slow to be interactive")
+    if work(spec) > MAX_WORK:
+        raise bad("iterations", f"about {work(spec) / 1e9:.1f} s of computing, over the "
+                                f"{MAX_WORK / 1e9:.1f} s an interactive run may take: lower iterations, seeds, pool or d")
 
 
 def _zscore(values: np.ndarray) -> np.ndarray:
-    """Row-wise population z-score; a constant row scores 0, as the selection metrics do."""
-    std = values.std(axis=1, keepdims=True)
-    return np.divide(values - values.mean(axis=1, keepdims=True), std, out=np.zeros_like(values), where=std > 0)
+    """Row-wise (per seed) population z-score, the selection metrics' own (a constant row scores 0)."""
+    return zscore(values, "margins", axis=1)[0]
 
 
 def _sigmoid(x: np.ndarray) -> np.ndarray:

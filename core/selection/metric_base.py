@@ -43,7 +43,7 @@ DEFAULT_PARAMS = MetricParams()
 DEFAULT_METRIC = "map"
 
 
-def zscore(values: np.ndarray, name: str = "values") -> tuple[np.ndarray, str | None]:
+def zscore(values: np.ndarray, name: str = "values", axis: int | None = None) -> tuple[np.ndarray, str | None]:
     """(v - mean) / std with the population std; a constant column gives zeros plus a warning.
 
     Worked example (5 pairs, repeated exactly by tests/test_metrics.py; the top-k half is in
@@ -58,7 +58,8 @@ def zscore(values: np.ndarray, name: str = "values") -> tuple[np.ndarray, str | 
         M_AP (w=1)   3.0   0.5   0.5  -1.0  -3.0      pairs 1 and 2 tie exactly
 
     The sample std (ddof=1) would scale every z here by sqrt(4/5): the same ranking, but not the
-    reference's numbers.
+    reference's numbers. With `axis`, each slice along it is z-scored on its own (a constant slice gives
+    zeros; the warning counts them).
     """
     v = np.asarray(values, dtype=np.float64)
     if v.size == 0:
@@ -66,6 +67,13 @@ def zscore(values: np.ndarray, name: str = "values") -> tuple[np.ndarray, str | 
     if not np.isfinite(v).all():
         bad = int((~np.isfinite(v)).sum())
         raise MarginLensError(f"{name} has {bad} missing or non-finite values; score or filter them out first")
+    if axis is not None:
+        # one z-score per slice along `axis` (the theory simulation's seeds); a constant slice scores 0
+        slice_std = v.std(axis=axis, keepdims=True)
+        z = np.divide(v - v.mean(axis=axis, keepdims=True), slice_std, out=np.zeros_like(v), where=slice_std > 0)
+        constant = int((slice_std == 0).sum())
+        return z, (f"{name} is constant in {constant} of {slice_std.size} slices: their z-scores are 0"
+                   if constant else None)
     mean = v.mean()
     std = v.std()
     if std == 0 or not np.isfinite(std):
