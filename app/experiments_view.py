@@ -1,17 +1,23 @@
 """The Experiments page's logic, without widgets: the form's training settings, the results table as a
 frame (the audit's judge agreement beside each metric when an audit exists), the chart of mean and 95%
-interval per metric with the baseline as a line, and how an experiment run is labelled."""
+interval per metric with the baseline as a line, how an experiment run is labelled, and the plan and the
+audit agreement cached across script reruns (keyed on what they read, so a changed input recomputes)."""
 
 from __future__ import annotations
 
+import json
+import os
+from pathlib import Path
 from typing import Any
 
 import pandas as pd
 import plotly.graph_objects as go
-from marginlens.core.experiments.experiment_results import INTERVAL_METHOD, ONE_SEED
+import streamlit as st
+from marginlens.core.experiments.experiment_results import AUDIT_SUBSETS, INTERVAL_METHOD, ONE_SEED
 from marginlens.core.experiments.experiment_spec import ExperimentSpec
 from marginlens.core.jobs import Job
 from marginlens.core.training.settings import parse_overrides
+from marginlens.core.workspace import Workspace
 
 BASELINE = "baseline (starting model)"
 
@@ -59,7 +65,7 @@ def table_frame(table: dict[str, Any], agreement: dict[str, Any] | None = None) 
                 return ""
             return f"{s['agreement']:.2f} [{s['ci_low']:.2f}, {s['ci_high']:.2f}] of {s['decisive']}"
 
-        frame["judge agreement"] = [agree(m) for m in frame["metric"]]
+        frame["judge agreement (audit's own subsets)"] = [agree(m) for m in frame["metric"]]
     return frame
 
 
@@ -82,3 +88,54 @@ def results_figure(table: dict[str, Any]) -> go.Figure:
     fig.update_layout(title=f"{table['evaluator']}: mean and 95% interval per metric", xaxis_title="subset trained on",
                       yaxis_title=table["evaluator"], height=380, margin={"t": 50, "b": 40}, showlegend=False)
     return fig
+
+
+def _stat(path: str | None) -> list[Any]:
+    """Size and modification time of a file, or of every file in a folder (a model retrained in place)."""
+    if not path:
+        return []
+    target = Path(path).expanduser()
+    files = sorted(target.iterdir()) if target.is_dir() else [target] if target.is_file() else []
+    return [(f.name, f.stat().st_size, f.stat().st_mtime_ns) for f in files if f.is_file()]
+
+
+def plan_inputs(ws: Workspace, dataset: str, form: dict[str, Any]) -> str:
+    """What the spec and plan of `form` read besides the form: the dataset's import, its score tables (and
+    how many rows each holds), the eval set file and the starting model's folder."""
+    from marginlens.core.scoring.score_tables import list_score_tables
+
+    tables = [(m["fingerprint"], m.get("rows"), m.get("created")) for m in list_score_tables(ws, dataset)]
+    return json.dumps({"dataset": ws.dataset_manifest(dataset).get("fingerprint"), "tables": tables,
+                       "eval_set": _stat(form.get("eval_set")), "policy": _stat(form.get("policy")),
+                       "verifiers": os.environ.get("MARGINLENS_VERIFIER_MODULES")}, default=str)
+
+
+@st.cache_data(max_entries=16, show_spinner=False)
+def cached_plan(root: str, dataset: str, form_json: str, inputs: str) -> tuple[dict[str, Any], list[str]]:
+    """build_spec and plan_experiment of the form (a JSON of build_spec's keyword arguments): the spec's
+    params and the plan's lines. `inputs` (plan_inputs) is only the cache key. Errors are not cached."""
+    from marginlens.core.experiments.experiment_plan import plan_experiment
+    from marginlens.core.experiments.experiment_spec import build_spec
+
+    ws = Workspace(root)
+    spec = build_spec(ws, dataset, **json.loads(form_json))
+    return spec.to_params(), plan_experiment(ws, spec).lines()
+
+
+def audit_stamp(ws: Workspace, dataset: str) -> tuple[tuple[str, str], ...]:
+    from marginlens.core.audit.audit_job import list_audits
+
+    return tuple((job.id, str(job.status().state)) for job in list_audits(ws, dataset))
+
+
+@st.cache_data(max_entries=16, show_spinner=False)
+def cached_agreement(root: str, dataset: str, stamp: tuple[tuple[str, str], ...]) -> dict[str, Any] | None:
+    """audit_agreement, read again only when an audit of the dataset appears or changes state (`stamp`)."""
+    from marginlens.core.experiments.experiment_results import audit_agreement
+
+    return audit_agreement(Workspace(root), dataset)
+
+
+def agreement_caption(agreement: dict[str, Any]) -> str:
+    return (f"Judge agreement: the audit {agreement['audit_job']} ({agreement['judge_model']}), share of decisive "
+            f"pairs where the judge prefers the chosen answer, Wilson 95% interval; {AUDIT_SUBSETS}.")

@@ -3,6 +3,8 @@ Theory tab (Theorem 3.1 as a simulation)."""
 
 from __future__ import annotations
 
+import json
+
 import streamlit as st
 from marginlens.app import experiments_view as ev
 from marginlens.app import widgets
@@ -17,22 +19,22 @@ from marginlens.core.experiments.experiment_job import (
     experiment_table,
     submit_experiment,
 )
-from marginlens.core.experiments.experiment_plan import plan_experiment
-from marginlens.core.experiments.experiment_results import audit_agreement
 from marginlens.core.experiments.experiment_spec import (
     DEFAULT_METRICS,
     DEFAULT_RATIO,
     DEFAULT_SEEDS,
     HELDOUT_CAP,
     HELDOUT_SHARE,
-    build_spec,
+    ExperimentSpec,
 )
 from marginlens.core.experiments.verifiers import verifier_names
 from marginlens.core.scoring.models import DEFAULT_POLICY
-from marginlens.core.selection.metrics import metric_names
+from marginlens.core.selection.margins import DEFAULT_BETA
+from marginlens.core.selection.metrics import DEFAULT_PARAMS, metric_names
 from marginlens.core.training.presets import METHODS
 
 JOB_KEY = "experiments_job"  # the experiment the page shows; kept across pages
+API_KEY = "_exp_api_key"
 
 ws = workspace()
 st.title("Experiments")
@@ -74,32 +76,60 @@ def _form() -> None:
     c1, c2 = st.columns([3, 1])
     policy = c1.text_input("Starting model (Hub id or folder)", value=DEFAULT_POLICY, key="_exp_policy")
     device = c2.selectbox("Device", ("auto", "cpu", "cuda"), key="_exp_device")
+    with st.expander("Selection parameters and score tables"):
+        c1, c2, c3, c4 = st.columns(4)
+        weight = c1.number_input("Weight w (M_AP)", value=float(DEFAULT_PARAMS.weight), key="_exp_weight")
+        threshold = c2.number_input("Threshold tau", value=float(DEFAULT_PARAMS.threshold), key="_exp_threshold",
+                                    help="the threshold rule keeps pairs with m_ex >= tau")
+        beta = c3.number_input("Beta (DPO form)", value=float(DEFAULT_BETA), min_value=1e-6, format="%.4f",
+                               key="_exp_beta")
+        signed = c4.checkbox("Signed m_im", value=bool(DEFAULT_PARAMS.signed), key="_exp_signed")
+        c1, c2, c3 = st.columns(3)
+        policy_fp = c1.text_input("Policy table (empty: the newest scored with the starting model)", key="_exp_policy_fp")
+        reward_fp = c2.text_input("Reward table (empty: the dataset's scores, else the newest)", key="_exp_reward_fp")
+        reference_fp = c3.text_input("Reference table (the DPO form; dpo_gap needs it)", key="_exp_reference_fp")
     settings = st.text_area("Training settings, the same for every run (one key=value per line; preset defaults "
                             "otherwise)", key="_exp_settings", placeholder="max_steps=20\nlearning_rate=1e-5")
+    form = {"metrics": list(metrics), "ratio": float(ratio), "method": method, "seeds": int(seeds), "eval": evaluator,
+            "eval_set": eval_set.strip() or None, "policy": policy.strip() or None,
+            "device": None if device == "auto" else device, "weight": float(weight), "signed": bool(signed),
+            "threshold": float(threshold), "beta": float(beta), "policy_fp": policy_fp.strip() or None,
+            "reward_fp": reward_fp.strip() or None, "reference_fp": reference_fp.strip() or None}
     try:
-        spec = build_spec(ws, dataset, metrics=metrics, ratio=float(ratio), method=method, seeds=int(seeds),
-                          eval=evaluator, eval_set=eval_set.strip() or None, policy=policy.strip() or None,
-                          overrides=ev.overrides_from_text(settings), device=None if device == "auto" else device)
-        plan = plan_experiment(ws, spec)
+        form["overrides"] = ev.overrides_from_text(settings)
+        params, lines = ev.cached_plan(str(ws.root), dataset, json.dumps(form, sort_keys=True),
+                                       ev.plan_inputs(ws, dataset, form))
     except MarginLensError as exc:
         widgets.show_error(exc)
         return
+    spec = ExperimentSpec.from_params(params)
     with st.container(border=True):
         st.markdown("**What it will take**")
-        st.markdown("\n".join(f"- {widgets.md_escape(line)}" for line in plan.lines()))
-    key = None
+        st.markdown("\n".join(f"- {widgets.md_escape(line)}" for line in lines))
     if spec.evaluator.asks_llm:
-        key = st.text_input("API key (kept in the worker's environment only, never written)", type="password",
-                            key="_exp_api_key")
+        st.text_input("API key (kept in the worker's environment only, never written)", type="password", key=API_KEY)
     if st.button("Start", type="primary", key="_exp_start"):
-        env = child_env(spec)
-        if key:
+        env = _env(spec)
+        if spec.evaluator.asks_llm and not env:
             from marginlens.core.chat_client import KEY_ENV
 
-            env[spec.evaluator.api_key_env or KEY_ENV] = key
+            st.error(f"{spec.evaluator.label} asks an LLM: type its API key above (or set "
+                     f"${spec.evaluator.api_key_env or KEY_ENV} before starting the dashboard)")
+            return
         job = submit_experiment(ws, spec, env=env)
         st.session_state[JOB_KEY] = st.session_state["_exp_run"] = job.id
         st.success(f"Experiment job {job.id} is {job.status().state}.")
+
+
+def _env(spec: ExperimentSpec) -> dict[str, str]:
+    """The evaluator's key for the worker: the one typed on this page, else the environment's."""
+    env = child_env(spec)
+    typed = st.session_state.get(API_KEY)
+    if typed and spec.evaluator.asks_llm:
+        from marginlens.core.chat_client import KEY_ENV
+
+        env[spec.evaluator.api_key_env or KEY_ENV] = typed
+    return env
 
 
 def _results() -> None:
@@ -115,7 +145,8 @@ def _results() -> None:
     job_id = st.selectbox("Experiment", ids, format_func=lambda i: ev.job_label(runs[i]), key="_exp_run")
     st.session_state[JOB_KEY] = job_id
     job = runs[job_id]
-    job_panel(job, title="experiment", cancel_help="cancels the running training or evaluation too (a training "
+    spec = ExperimentSpec.from_params(job.spec["params"])
+    job_panel(job, title="experiment", on_resume=lambda: submit_experiment(ws, spec, env=_env(spec)), cancel_help="cancels the running training or evaluation too (a training "
                                                    "run saves a checkpoint); Resume continues where it stopped")
     state = experiment_state(job)
     if state.get("cells"):
@@ -128,14 +159,12 @@ def _results() -> None:
     if not table:
         st.caption("Results appear once the baseline is evaluated.")
         return
-    agreement = audit_agreement(ws, job.spec["params"]["dataset"])
+    agreement = ev.cached_agreement(str(ws.root), spec.dataset, ev.audit_stamp(ws, spec.dataset))
     frame = ev.table_frame(table, agreement)
     st.dataframe(frame.drop(columns=["ci_low", "ci_high"]), hide_index=True)
     st.caption(ev.interval_caption(table))
     if agreement:
-        st.caption(f"Judge agreement: the audit {agreement['audit_job']} ({agreement['judge_model']}), share of "
-                   "decisive pairs where the judge prefers the chosen answer, Wilson 95% interval; on each metric's "
-                   "top-k of the whole dataset, as the audit drew it.")
+        st.caption(ev.agreement_caption(agreement))
     st.plotly_chart(ev.results_figure(table), key="_exp_chart", config={"displaylogo": False})
 
 

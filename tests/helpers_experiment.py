@@ -14,7 +14,8 @@ import os
 import sys
 from pathlib import Path
 
-from helpers_app import write_policy
+from helpers_app import POLICY_FP, write_policy
+from marginlens.core.atomic import read_json, write_json
 from marginlens.core.data.ingest import import_dataset
 from marginlens.core.experiments import verifiers
 from marginlens.core.workspace import Workspace
@@ -72,11 +73,27 @@ def arithmetic_records(n: int = 20) -> list[dict]:
     return rows
 
 
-def build_dataset(root: Path, n: int = 20) -> Workspace:
-    """Dataset DATASET (explicit scores from the records, an implicit margin from a written policy table)."""
+def build_dataset(root: Path, n: int = 20, policy: str | None = None) -> Workspace:
+    """Dataset DATASET (explicit scores from the records, an implicit margin from a written policy table,
+    recorded as scored with `policy` when given: the experiment takes the table of its starting model)."""
     ws = Workspace(root)
     source = root.parent / f"{root.name}-arith.jsonl"
     source.write_text("".join(json.dumps(r) + "\n" for r in arithmetic_records(n)), encoding="utf-8")
     import_dataset(source, DATASET, ws, replace=True)
     write_policy(ws, DATASET)
+    if policy is not None:
+        stamp_policy(ws, policy)
     return ws
+
+
+def stamp_policy(ws: Workspace, policy: str, fingerprint: str = POLICY_FP) -> None:
+    """Record the written policy table as scored with `policy`, as a score job's manifest would."""
+    from marginlens.core.scoring.models import canonical_spec, model_identity, resolve_model
+
+    path = ws.scores_dir / DATASET / fingerprint / "manifest.json"
+    manifest = read_json(path)
+    model = canonical_spec(policy)
+    identity = model_identity(policy) if resolve_model(policy).is_local else f"rev:{policy}"
+    manifest["model"] = model
+    manifest["spec"] = {**manifest.get("spec", {}), "model": model, "identity": identity}
+    write_json(path, manifest)

@@ -24,13 +24,14 @@ from marginlens.core.experiments.experiment_job import experiment_state
 from marginlens.core.experiments.experiment_plan import plan_experiment
 from marginlens.core.experiments.experiment_spec import build_spec
 from marginlens.core.job_status import JobState
+from marginlens.core.scoring.models import DEFAULT_POLICY
 from tiny_models import tiny_llama  # noqa: F401  (session fixture)
 
 
 @pytest.fixture
-def lab_ws(tmp_path):
+def lab_ws(tmp_path, tiny_llama):  # noqa: F811
     register_test_verifier(tmp_path / "plugin")
-    yield build_dataset(tmp_path / "workspace")
+    yield build_dataset(tmp_path / "workspace", policy=str(tiny_llama))
     unregister_test_verifier(tmp_path / "plugin")
 
 
@@ -46,7 +47,10 @@ def test_empty_workspace(ws):
 def test_form_estimate_and_start(lab_ws, tiny_llama):  # noqa: F811
     at = app_test("experiments_page.py", lab_ws)
     at.run()
-    no_errors(at)
+    assert not at.exception
+    # the default starting model is not the one the policy table was scored with: refused, naming both
+    (refusal,) = [e.value for e in at.error]
+    assert md_escape(str(tiny_llama)) in refusal and md_escape(DEFAULT_POLICY) in refusal
     at.text_input(key="_exp_eval").input(f"verifier:{VERIFIER}").run()
     at.text_input(key="_exp_policy").input(str(tiny_llama))
     at.multiselect(key="_exp_metrics").set_value(["map", "random"])
@@ -91,3 +95,17 @@ def test_refusals_are_shown_in_words(lab_ws, tmp_path):
     at.selectbox(key="_exp_dataset").set_value("bare").run()
     assert any("not scored for map, implicit" in e.value for e in at.error), [e.value for e in at.error]
     assert all(b.key != "_exp_start" for b in at.button)  # nothing to start
+
+
+def test_start_refuses_an_llm_evaluator_without_a_key(lab_ws, tiny_llama, monkeypatch):  # noqa: F811
+    from marginlens.core.chat_client import KEY_ENV
+
+    monkeypatch.delenv(KEY_ENV, raising=False)
+    at = app_test("experiments_page.py", lab_ws)
+    at.run()
+    at.text_input(key="_exp_policy").input(str(tiny_llama))
+    at.text_input(key="_exp_eval").input("judge:test-judge,base_url=http://127.0.0.1:9/v1").run()
+    assert not at.error, [e.value for e in at.error]
+    at.button(key="_exp_start").click().run()
+    assert any("type its API key" in e.value for e in at.error), [e.value for e in at.error]
+    assert not jobs.list_jobs(lab_ws, "experiment")

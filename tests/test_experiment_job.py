@@ -38,9 +38,14 @@ EVAL = f"verifier:{VERIFIER},max_new_tokens=8"
 
 
 def _kill(job: jobs.Job) -> None:
-    pid = (read_json(job.dir / "status.json") or {}).get("pid")
-    os.kill(int(pid), signal.SIGKILL)
     deadline = time.monotonic() + 30
+    # a worker just started is alive before it writes its pid
+    while (pid := (read_json(job.dir / "status.json") or {}).get("pid")) is None and job.is_alive():
+        assert time.monotonic() < deadline, f"{job.id} never wrote its pid"
+        time.sleep(0.05)
+    if pid is None:
+        return
+    os.kill(int(pid), signal.SIGKILL)
     while job.is_alive():
         assert time.monotonic() < deadline, f"{job.id} still alive after SIGKILL"
         time.sleep(0.1)
@@ -50,7 +55,7 @@ def _kill(job: jobs.Job) -> None:
 def lab(tmp_path_factory, tiny_llama):  # noqa: F811
     folder = tmp_path_factory.mktemp("lab")
     register_test_verifier(folder / "plugin")
-    ws = build_dataset(folder / "workspace")
+    ws = build_dataset(folder / "workspace", policy=str(tiny_llama))
     spec = build_spec(ws, DATASET, metrics=["map", "random"], ratio=0.5, method="simpo", seeds=2, eval=EVAL,
                       policy=str(tiny_llama), overrides=FAST, device="cpu")
     job = submit_experiment(ws, spec)
@@ -76,7 +81,7 @@ def lab(tmp_path_factory, tiny_llama):  # noqa: F811
     unregister_test_verifier(folder / "plugin")
 
 
-def test_kill_9_then_resubmit_finishes_every_cell_once(lab):
+def test_kill_9_then_resubmit_finishes_every_cell_once(lab, tmp_path):
     ws, spec, job = lab
     table = job.result()
     assert table == experiment_table(job) and table["complete"]
@@ -110,6 +115,17 @@ def test_kill_9_then_resubmit_finishes_every_cell_once(lab):
     held = {r["prompt"] for r in eval_rows}
     for text in exports.values():
         assert not any(json.loads(line)["prompt"] in held for line in text.splitlines())
+    # each export, the interrupted cell's included, is byte for byte what an uninterrupted selection writes
+    from marginlens.core.experiments.experiment_plan import prepare, selection_for
+    from marginlens.core.selection.export import export_selection
+
+    prepared = prepare(ws, spec)
+    for metric, seed in spec.cells:
+        fresh = tmp_path / f"{metric}-{seed}.jsonl"
+        export_selection(ws, spec.dataset, selection_for(prepared, spec, metric, seed), prepared.margins, fresh,
+                         "jsonl", overwrite=True, apply_flags=False, allow_outside=True)
+        assert fresh.read_text(encoding="utf-8") == exports[cell_key(metric, seed)], (metric, seed)
+    assert read_json(job.dir / "results" / "candidates.json")["pairs"] == len(prepared.margins)
 
 
 def test_the_table_is_a_function_of_the_children(lab):
@@ -144,6 +160,7 @@ def test_page_shows_the_finished_experiment(lab):
     ws, spec, job = lab
     at = app_test("experiments_page.py", ws)
     at.session_state["experiments_job"] = job.id
+    at.session_state["_exp_policy"] = spec.policy  # the form's default model is not the one the table scored
     at.run()
     no_errors(at)
     frames = [df.value for df in at.dataframe]

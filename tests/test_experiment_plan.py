@@ -7,22 +7,31 @@ import json
 import math
 
 import pytest
+from helpers_app import POLICY_FP, write_policy
 from helpers_experiment import (
     DATASET,
     VERIFIER,
     arithmetic_records,
     build_dataset,
     register_test_verifier,
+    stamp_policy,
     unregister_test_verifier,
 )
 from marginlens.core.data.ingest import import_dataset
 from marginlens.core.errors import MarginLensError
 from marginlens.core.experiments.eval_set import write_eval_set
-from marginlens.core.experiments.experiment_plan import heldout_count, plan_experiment, prepare, steps_per_run
+from marginlens.core.experiments.experiment_plan import (
+    heldout_count,
+    plan_experiment,
+    prepare,
+    selection_for,
+    steps_per_run,
+)
 from marginlens.core.experiments.experiment_spec import ExperimentSpec, build_spec
 from marginlens.core.workspace import Workspace
 
 EVAL = f"verifier:{VERIFIER},max_new_tokens=10"
+POLICY = "test-org/never-loaded"  # a Hub id: the plan loads no model, and the policy table records it
 SETTINGS = {"per_device_train_batch_size": 2, "effective_batch_size": 4, "num_train_epochs": 2}
 
 
@@ -30,13 +39,13 @@ SETTINGS = {"per_device_train_batch_size": 2, "effective_batch_size": 4, "num_tr
 def lab_ws(tmp_path_factory):
     folder = tmp_path_factory.mktemp("plan")
     register_test_verifier(folder / "plugin")
-    yield build_dataset(folder / "workspace")
+    yield build_dataset(folder / "workspace", policy=POLICY)
     unregister_test_verifier(folder / "plugin")
 
 
 def _spec(ws, **kw):
     args = {"metrics": ["map", "explicit", "implicit", "random"], "ratio": 0.4, "seeds": 3, "eval": EVAL,
-            "overrides": SETTINGS, "device": "cpu", "policy": "test-org/never-loaded"}  # the plan loads no model
+            "overrides": SETTINGS, "device": "cpu", "policy": POLICY}
     return build_spec(ws, DATASET, **{**args, **kw})
 
 
@@ -136,3 +145,103 @@ def test_spec_round_trips_through_job_params(lab_ws):
     assert spec.seeds == (7, 9) and spec.cells[:2] == [("map", 7), ("explicit", 7)]
     again = ExperimentSpec.from_params(json.loads(json.dumps(spec.to_params())))
     assert again == spec and again.evaluator.label == f"verifier:{VERIFIER}"
+
+
+def test_the_policy_table_must_be_the_starting_models(lab_ws):
+    """The implicit margin is the margin of the model that trains: another model's table is refused by
+    name unless named explicitly; metrics that do not read it need no table."""
+    with pytest.raises(MarginLensError) as exc:
+        _spec(lab_ws, policy="other-org/another-model")
+    assert "'test-org/never-loaded'" in str(exc.value) and "'other-org/another-model'" in str(exc.value)
+    assert "--policy-table" in str(exc.value)
+    named = _spec(lab_ws, policy="other-org/another-model", policy_fp=POLICY_FP)
+    assert named.policy_fp == POLICY_FP
+    assert _spec(lab_ws, policy="other-org/another-model", metrics=["explicit", "random"]).policy_fp is None
+    assert _spec(lab_ws).policy_fp == POLICY_FP
+
+
+def test_a_local_starting_model_is_identified_by_its_files(tmp_path):
+    folder = tmp_path / "model"
+    folder.mkdir()
+    (folder / "config.json").write_text("{}")
+    (folder / "model.safetensors").write_bytes(b"weights one")
+    ws = build_dataset(tmp_path / "ws", policy=str(folder))
+    first = build_spec(ws, DATASET, eval=EVAL, policy=str(folder), device="cpu")
+    assert first.policy_identity and first.policy_fp == POLICY_FP
+    (folder / "model.safetensors").write_bytes(b"weights two")  # retrained in place
+    with pytest.raises(MarginLensError, match="was scored with"):
+        build_spec(ws, DATASET, eval=EVAL, policy=str(folder), device="cpu")  # the table is the old model's
+    again = build_spec(ws, DATASET, eval=EVAL, policy=str(folder), device="cpu", policy_fp=POLICY_FP)
+    assert again.policy_identity != first.policy_identity and again.to_params() != first.to_params()
+
+
+def test_a_grown_score_table_is_another_experiment(tmp_path):
+    ws = build_dataset(tmp_path / "ws", policy=POLICY)
+    spec = _spec(ws)
+    assert spec.table_rows == {"policy": 20}
+    write_policy(ws, DATASET, seed=3)  # scored again under the same fingerprint (here: rewritten)
+    stamp_policy(ws, POLICY)
+    import pyarrow.parquet as pq
+    from marginlens.core.atomic import read_json, write_json
+
+    folder = ws.scores_dir / DATASET / POLICY_FP
+    pq.write_table(pq.read_table(folder / "scores.parquet").slice(0, 15), folder / "scores.parquet")
+    write_json(folder / "manifest.json", {**read_json(folder / "manifest.json"), "rows": 15})
+    with pytest.raises(MarginLensError, match="held 20 rows when this experiment was planned and holds 15"):
+        prepare(ws, spec)
+    assert _spec(ws).table_rows == {"policy": 15}  # planned again: a new experiment
+
+
+def test_selection_parameters_and_the_dpo_form_reach_the_selection(lab_ws):
+    spec = _spec(lab_ws, weight=0.25, signed=True, threshold=2.0)
+    chosen = selection_for(prepare(lab_ws, spec), spec, "map", spec.seeds[0])
+    assert (chosen.spec.weight, chosen.spec.signed, chosen.spec.threshold) == (0.25, True, 2.0)
+    assert spec.to_params() != _spec(lab_ws).to_params()
+    with pytest.raises(MarginLensError, match="not scored for dpo_gap"):
+        prepare(lab_ws, _spec(lab_ws, metrics=["dpo_gap"]))
+    write_policy(lab_ws, DATASET, seed=5, fingerprint="logprob-test-reference")
+    spec = _spec(lab_ws, metrics=["dpo_gap", "map"], reference_fp="logprob-test-reference", beta=0.1)
+    prepared = prepare(lab_ws, spec)
+    assert prepared.margins.attrs["m_im_form"] == "dpo" and prepared.margins.attrs["beta"] == 0.1
+    assert plan_experiment(lab_ws, spec, prepared).pairs_per_metric["dpo_gap"] > 0
+
+
+def test_a_verifiers_fields_are_checked_on_every_eval_row(tmp_path):
+    from marginlens.core.experiments import verifiers
+
+    verifiers.register_verifier(verifiers.Verifier("exp-test-needs-answer", "1", "test only", lambda r, row: 0.0))
+    try:
+        ws = Workspace(tmp_path / "ws")
+        source = tmp_path / "noanswer.jsonl"
+        source.write_text("".join(json.dumps({k: v for k, v in r.items() if k != "answer"}) + "\n"
+                                  for r in arithmetic_records()), encoding="utf-8")
+        import_dataset(source, "noanswer", ws)
+        spec = build_spec(ws, "noanswer", metrics=["explicit"], eval="verifier:exp-test-needs-answer", device="cpu",
+                          policy=POLICY)
+        with pytest.raises(MarginLensError, match="held-out rows of dataset 'noanswer': row '[0-9a-f]+' has no 'answer'"):
+            plan_experiment(ws, spec)
+        path = tmp_path / "eval.jsonl"
+        write_eval_set(path, [{"prompt": "p1", "answer": "1", "id": "a"}, {"prompt": "p2", "id": "b"}])
+        spec = build_spec(ws, "noanswer", metrics=["explicit"], eval="verifier:exp-test-needs-answer", device="cpu",
+                          policy=POLICY, eval_set=path)
+        with pytest.raises(MarginLensError, match=r"eval.jsonl: row 'b' has no 'answer'"):
+            prepare(ws, spec)
+    finally:
+        verifiers._REGISTRY.pop("exp-test-needs-answer", None)
+
+
+def test_credentials_in_the_eval_url_are_refused(lab_ws):
+    with pytest.raises(MarginLensError, match="not in the URL") as exc:
+        _spec(lab_ws, eval="judge:some-judge", eval_url="https://user:secret@example.com/v1")
+    assert "secret" not in str(exc.value)
+
+
+def test_an_llm_evaluator_is_capped_at_the_plans_requests(lab_ws):
+    from marginlens.core.experiments.experiment_plan import capped
+
+    spec = _spec(lab_ws, eval="judge:some-judge,base_url=http://127.0.0.1:9/v1")
+    text = "\n".join(plan_experiment(lab_ws, spec).lines())
+    assert "requests capped at 5 per evaluated model" in text  # 2 eval prompts, both orders, + a quarter for retries
+    assert capped(spec.evaluator, 2).max_calls == 5
+    assert capped(_spec(lab_ws, eval="judge:j,base_url=http://127.0.0.1:9/v1,max_calls=9").evaluator, 2).max_calls == 9
+    assert capped(_spec(lab_ws).evaluator, 2).max_calls is None  # a verifier sends nothing

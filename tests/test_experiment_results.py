@@ -66,7 +66,11 @@ def test_page_frame_chart_and_agreement_column():
                  "subsets": {"map": {"agreement": 0.8, "ci_low": 0.6, "ci_high": 0.9, "decisive": 20, "n": 25}}}
     frame = ev.table_frame(table, agreement)
     assert list(frame["metric"]) == [ev.BASELINE, "map", "random"]
-    assert list(frame["judge agreement"]) == ["", "0.80 [0.60, 0.90] of 20", ""]
+    assert list(frame["judge agreement (audit's own subsets)"]) == ["", "0.80 [0.60, 0.90] of 20", ""]
+    # the audit's subsets are its own draw, never shown as this experiment's
+    lines = table_lines(table, agreement)
+    assert "audit's own subsets" in lines[1] and lines[-1].startswith("judge agreement: audit audit-1; different subsets")
+    assert "different subsets" in ev.agreement_caption(agreement)
     assert frame.loc[1, "95% interval"] == "[-0.097, 0.897]"
     fig = ev.results_figure(table)
     (trace,) = fig.data

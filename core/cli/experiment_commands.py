@@ -33,6 +33,8 @@ def register(sub: argparse._SubParsersAction, common: argparse.ArgumentParser) -
         HELDOUT_CAP,
         HELDOUT_SHARE,
     )
+    from marginlens.core.selection.margins import DEFAULT_BETA
+    from marginlens.core.selection.metrics import DEFAULT_PARAMS
 
     p = sub.add_parser("experiment", parents=[common], help="train on each metric's subset and evaluate held out",
                        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
@@ -50,6 +52,19 @@ def register(sub: argparse._SubParsersAction, common: argparse.ArgumentParser) -
                    help="held-out prompts (JSONL: prompt, answer, task, id); default: a seeded "
                         f"{HELDOUT_SHARE * 100:.0f}%% of the dataset's prompts (at most {HELDOUT_CAP}), left out of training")
     p.add_argument("--policy", default=None, help="the starting model (default: SmolLM2-135M-Instruct)")
+    p.add_argument("--policy-table", default=None, metavar="FINGERPRINT",
+                   help="logprob score table of the implicit margin (default: the newest scored with --policy; "
+                        "naming one scored with another model uses it anyway)")
+    p.add_argument("--reward-table", default=None, metavar="FINGERPRINT",
+                   help="reward score table of the explicit margin (default: the dataset's own scores, else the newest)")
+    p.add_argument("--reference", default=None, metavar="TABLE",
+                   help="reference logprob table: the DPO-form implicit margin (dpo_gap needs it)")
+    p.add_argument("--beta", type=float, default=DEFAULT_BETA, help=f"beta of the DPO-form margin (default {DEFAULT_BETA})")
+    p.add_argument("--weight", type=float, default=DEFAULT_PARAMS.weight,
+                   help=f"w in M_AP = z(m_ex) - w*z(|m_im|) (default {DEFAULT_PARAMS.weight})")
+    p.add_argument("--signed", action="store_true", help="use m_im instead of |m_im| (signed variant)")
+    p.add_argument("--threshold", type=float, default=DEFAULT_PARAMS.threshold, metavar="TAU",
+                   help=f"tau of the threshold rule: pairs with m_ex >= TAU (default {DEFAULT_PARAMS.threshold:g})")
     p.add_argument("--preset", default=None, help="training preset (default: the method's; see marginlens train --list-presets)")
     p.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
                    help="repeatable training setting, the same for every run (e.g. max_steps=20, learning_rate=1e-5)")
@@ -80,7 +95,9 @@ def cmd_experiment(args: argparse.Namespace) -> int:
     spec = build_spec(
         ws, args.name, metrics=args.metrics.split(","), ratio=args.ratio, method=args.method, seeds=args.seeds,
         eval=args.eval, eval_url=args.eval_url, eval_set=args.eval_set, policy=args.policy, preset=args.preset,
-        overrides=parse_overrides(args.overrides), device=args.device,
+        overrides=parse_overrides(args.overrides), device=args.device, policy_fp=args.policy_table,
+        reward_fp=args.reward_table, reference_fp=args.reference, beta=args.beta, weight=args.weight,
+        signed=args.signed, threshold=args.threshold,
     )
     from marginlens.core.jobs import Job, job_id_for
 

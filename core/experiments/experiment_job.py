@@ -13,6 +13,7 @@ at once (it resumes from its own results). Children run one at a time. Cancellin
 cancels the running child (a train job saves a checkpoint first).
 
   results/eval_set.jsonl     the held-out prompts (when no eval set was given)
+  results/candidates.json    the candidates' count and pair-id hash at the first run (a resume refuses others)
   results/cells/METRIC-sSEED/train.jsonl   the cell's training subset (+ .manifest.json)
   results/state.json         which step each cell is at, the child job ids and the values so far (the page)
   results/table.json         the table so far (core.experiments.experiment_results.results_table)
@@ -28,7 +29,13 @@ from typing import Any
 
 from marginlens.core.atomic import read_json, write_json
 from marginlens.core.errors import MarginLensError
-from marginlens.core.experiments.experiment_plan import Prepared, prepare, selection_for
+from marginlens.core.experiments.experiment_plan import (
+    Prepared,
+    candidate_digest,
+    capped,
+    prepare,
+    selection_for,
+)
 from marginlens.core.experiments.experiment_results import cell_key, results_table
 from marginlens.core.experiments.experiment_spec import ExperimentSpec
 from marginlens.core.job_status import JobState, JobStatus
@@ -38,6 +45,7 @@ from marginlens.core.workspace import Workspace
 STATE_FILE = "state.json"
 TABLE_FILE = "table.json"
 EVAL_SET_FILE = "eval_set.jsonl"
+CANDIDATES_FILE = "candidates.json"
 CHILD_RESTARTS = 2  # a child found killed is resumed this many times before the experiment gives up
 POLL_SECONDS = 0.5
 CANCEL_WAIT_SECONDS = 300.0  # a train job saves a checkpoint before it stops
@@ -124,6 +132,19 @@ class _Orchestrator:
             time.sleep(POLL_SECONDS)
 
     # -- the steps ------------------------------------------------------------------------------------
+    def freeze_candidates(self, prepared: Prepared) -> None:
+        """Finished cells' exports were selected from the first run's candidates: a resume that would
+        select the rest from another set (a score table rewritten under its fingerprint) stops instead."""
+        path = self.results / CANDIDATES_FILE
+        now, first = candidate_digest(prepared), read_json(path)
+        if first is None:
+            write_json(path, now)
+        elif first != now:
+            raise MarginLensError(
+                f"the candidates of {self.spec.dataset!r} changed since this experiment started ({first['pairs']:,} "
+                f"scored pairs then, {now['pairs']:,} now, or other pairs): its finished cells were selected "
+                "from the old set; plan the experiment again")
+
     def eval_set(self, prepared: Prepared) -> Path:
         if self.spec.eval_set is not None:
             return Path(self.spec.eval_set)
@@ -144,8 +165,9 @@ class _Orchestrator:
             record.update(mean=0.5, n=len(load_rows(eval_set)), step="done", note="the starting model against itself")
             self.steps_done += 1
             return
+        evaluator = capped(spec.evaluator, len(load_rows(eval_set)))
         job = self.child(what, lambda: submit_evaluation(
-            self.ws, model, eval_set, spec.evaluator, baseline_model=spec.policy, device=spec.device,
+            self.ws, model, eval_set, evaluator, baseline_model=spec.policy, device=spec.device,
             env=child_env(spec)), record, "eval_job")
         summary = evaluation_summary(job)
         record.update(mean=summary.mean, n=summary.n, invalid=summary.invalid, step="done",
@@ -172,6 +194,7 @@ class _Orchestrator:
         spec, ctx = self.spec, self.ctx
         self.save("preparing: held-out prompts and candidates")
         prepared = prepare(self.ws, spec)
+        self.freeze_candidates(prepared)
         eval_set = self.eval_set(prepared)
         self.state.update(eval_set=str(eval_set), eval_prompts=len(prepared.eval_rows),
                           excluded_pairs=prepared.excluded_pairs)

@@ -5,7 +5,8 @@ Held-out prompts: with no eval set, a seeded share of the dataset's distinct pro
 at most HELDOUT_CAP) becomes the eval set, and every pair with one of those prompts leaves every metric's
 candidates: no metric trains on a test prompt. With an eval set, the dataset's pairs whose prompt is one
 of its prompts leave the candidates too, and the plan says how many. A prompt is its last user turn
-(core.data.pairs.prompt_text), the text an eval-set row holds.
+(core.data.pairs.prompt_text), the text an eval-set row holds: a held-out row keeps neither the earlier
+turns of a multi-turn prompt nor its system prompt.
 """
 
 from __future__ import annotations
@@ -21,7 +22,7 @@ import numpy as np
 import pandas as pd
 from marginlens.core.data.pairs import load_texts, prompt_text
 from marginlens.core.errors import MarginLensError
-from marginlens.core.experiments.experiment_spec import ExperimentSpec
+from marginlens.core.experiments.experiment_spec import HELDOUT_SEED, ExperimentSpec, table_rows
 from marginlens.core.selection.margin_sources import margin_sources
 from marginlens.core.selection.margins import load_margins
 from marginlens.core.selection.select import Selection, SelectionSpec, select
@@ -72,14 +73,16 @@ def prepare(ws: Workspace, spec: ExperimentSpec) -> Prepared:
     if ws.dataset_manifest(spec.dataset).get("fingerprint") != spec.dataset_fingerprint:
         raise MarginLensError(f"dataset {spec.dataset!r} was re-imported since this experiment was planned; "
                               "plan it again")
+    _check_tables(ws, spec)
     texts = load_texts(ws, spec.dataset)
     keys = [_key(prompt_text(p)) for p in texts.column("prompt").to_pylist()]
-    margins = load_margins(ws, spec.dataset, policy_fp=spec.policy_fp, reward_fp=spec.reward_fp)
+    margins = load_margins(ws, spec.dataset, policy_fp=spec.policy_fp, reward_fp=spec.reward_fp,
+                           reference_fp=spec.reference_fp, beta=spec.beta)
     _check_metrics(margins, spec)
     distinct = list(dict.fromkeys(keys))
     if spec.eval_set is None:
         n = heldout_count(len(distinct), spec.heldout_share, spec.heldout_cap)
-        held = set(sorted(distinct, key=lambda k: _rank(0, k))[:n])
+        held = set(sorted(distinct, key=lambda k: _rank(HELDOUT_SEED, k))[:n])
         first = {}
         for i, key in enumerate(keys):
             if key in held and key not in first:
@@ -99,6 +102,7 @@ def prepare(ws: Workspace, spec: ExperimentSpec) -> Prepared:
         overlap = len(held)
     if not eval_rows:
         raise MarginLensError(f"{spec.dataset!r} has too few distinct prompts to hold any out: give --eval-set")
+    _check_needs(spec, eval_rows)
     out = np.array([k in held for k in keys], dtype=bool)
     # frame rows follow the pair table (column "row"), so the mask lines up through it
     drop = out[margins["row"].to_numpy()]
@@ -107,6 +111,45 @@ def prepare(ws: Workspace, spec: ExperimentSpec) -> Prepared:
     if kept.empty:
         raise MarginLensError(f"no pair of {spec.dataset!r} is left to train on once the eval prompts are excluded")
     return Prepared(kept, eval_rows, len(keys), len(distinct), int(drop.sum()), overlap)
+
+
+def _check_tables(ws: Workspace, spec: ExperimentSpec) -> None:
+    """A score table grown under its fingerprint since planning (a larger `score --sample`) changes every
+    metric's candidates: finished cells would mix with cells selected from the larger set."""
+    tables = {"policy": spec.policy_fp, "reward": spec.reward_fp, "reference": spec.reference_fp}
+    now = table_rows(ws, spec.dataset, tables)
+    for role, rows in spec.table_rows.items():
+        if now.get(role, rows) != rows:
+            raise MarginLensError(
+                f"the {role} score table {tables[role]} of {spec.dataset!r} held {rows:,} rows when this experiment "
+                f"was planned and holds {now[role]:,} now (scored again with another --sample): plan it again")
+
+
+def _check_needs(spec: ExperimentSpec, rows: list[dict[str, Any]]) -> None:
+    """A verifier's fields on every eval row, before any model generates: a missing `answer` would fail
+    only after the baseline's generation, with no row named."""
+    evaluator = spec.evaluator
+    if evaluator.kind != "verifier":
+        return
+    from marginlens.core.experiments.verifiers import get_verifier
+
+    where = spec.eval_set or f"the held-out rows of dataset {spec.dataset!r}"
+    for field_name in get_verifier(evaluator.target).needs:
+        for row in rows:
+            if row.get(field_name) in (None, ""):
+                hint = ("" if spec.eval_set else " (its records carry no such field: give --eval-set with "
+                        f"{field_name!r} on each row, or another --eval)")
+                raise MarginLensError(f"{where}: row {row.get('id')!r} has no {field_name!r}, which verifier "
+                                      f"{evaluator.target!r} needs{hint}")
+
+
+def candidate_digest(prepared: Prepared) -> dict[str, Any]:
+    """The candidates every metric selects from, as a count and a hash of their scored pair ids: recorded
+    at an experiment's first run, so a resume never mixes cells of two candidate sets."""
+    frame = prepared.margins
+    scored = frame["scored"].to_numpy(dtype=bool) if "scored" in frame else np.ones(len(frame), dtype=bool)
+    ids = sorted(frame["pair_id"].to_numpy()[scored].tolist())
+    return {"pairs": len(ids), "sha256": hashlib.sha256("\n".join(ids).encode()).hexdigest()}
 
 
 def _check_metrics(margins: pd.DataFrame, spec: ExperimentSpec) -> None:
@@ -120,7 +163,22 @@ def _check_metrics(margins: pd.DataFrame, spec: ExperimentSpec) -> None:
 
 def selection_for(prepared: Prepared, spec: ExperimentSpec, metric: str, seed: int) -> Selection:
     """The cell's subset: the metric's top `ratio` of the candidates (the seed reaches the random metric)."""
-    return select(prepared.margins, SelectionSpec(metric=metric, ratio=spec.ratio, seed=seed))
+    return select(prepared.margins, SelectionSpec(metric=metric, ratio=spec.ratio, seed=seed, weight=spec.weight,
+                                                  signed=spec.signed, threshold=spec.threshold))
+
+
+def capped(evaluator: Any, n_prompts: int) -> Any:
+    """An LLM evaluator with no request cap of its own gets the plan's count for one model plus a quarter for
+    retries, which count against the cap (name max_calls=N in --eval to set it)."""
+    import dataclasses
+
+    from marginlens.core.experiments.evaluate_job import evaluation_cost
+
+    if not evaluator.asks_llm or evaluator.max_calls is not None:
+        return evaluator
+    cost = evaluation_cost(evaluator, n_prompts, 1)
+    needed = cost["judge_requests"] + cost["rating_requests"]
+    return dataclasses.replace(evaluator, max_calls=needed + math.ceil(needed / 4))
 
 
 def steps_per_run(n_pairs: int, trl: dict[str, Any], settings: dict[str, Any]) -> int:
@@ -155,7 +213,8 @@ class ExperimentPlan:
         """The estimate as the CLI prints it and the page shows it."""
         per = ", ".join(f"{m} {self.pairs_per_metric[m]:,} pairs / {self.steps_per_metric[m]:,} steps"
                         for m in self.pairs_per_metric)
-        where = ("held out from the dataset (their pairs are no metric's candidates)" if self.held_out else
+        where = ("held out from the dataset, each prompt's last user turn only (their pairs are no metric's "
+                 "candidates)" if self.held_out else
                  f"from the eval set; {self.eval_prompts_in_dataset} of them are dataset prompts, whose "
                  f"{self.excluded_pairs} pairs are no metric's candidates")
         cost = ", ".join(f"{v:,} {k.replace('_', ' ')}" for k, v in self.evaluation.items())
@@ -190,6 +249,9 @@ def plan_experiment(ws: Workspace, spec: ExperimentSpec, prepared: Prepared | No
         notes.append("a metric selects no pair at this ratio: raise --ratio")
     runs = len(spec.cells)
     n_eval = len(prepared.eval_rows)
+    if spec.evaluator.asks_llm:
+        notes.append(f"requests capped at {capped(spec.evaluator, n_eval).max_calls:,} per evaluated model "
+                     "(retries count; max_calls=N in the evaluator sets another cap)")
     return ExperimentPlan(
         runs=runs, pairs_per_metric=pairs, candidates_per_metric=candidates, steps_per_metric=steps,
         total_steps=sum(steps[m] for m, _ in spec.cells), eval_prompts=n_eval,

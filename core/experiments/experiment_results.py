@@ -19,6 +19,10 @@ from marginlens.core.workspace import Workspace
 
 INTERVAL_METHOD = "95% t-interval over seeds (Student's t, n-1 degrees of freedom)"
 ONE_SEED = "one seed: no interval (run --seeds 2 or more for one)"
+# An audit records the pairs it sampled, not the ratio or score tables it drew them with, and draws from
+# the whole dataset (held-out prompts included): its subsets are never shown as the experiment's own.
+AUDIT_SUBSETS = ("different subsets: the audit's own draw (each metric's top-k of the whole dataset at the "
+                 "audit's ratio and score tables), not the pairs this experiment trained on")
 
 
 def t_quantile(df: int, level: float = 0.95) -> float:
@@ -87,7 +91,7 @@ def table_lines(table: Mapping[str, Any], agreement: Mapping[str, Any] | None = 
     subsets = (agreement or {}).get("subsets", {})
     head = ["metric", "mean", "95% interval", "per seed", "n prompts", "pairs"]
     if subsets:
-        head.append(f"judge agreement ({agreement['judge_model']})")
+        head.append(f"judge agreement ({agreement['judge_model']}, audit's own subsets)")
     body = []
     base = table.get("baseline")
     if base:
@@ -106,23 +110,28 @@ def table_lines(table: Mapping[str, Any], agreement: Mapping[str, Any] | None = 
     widths = [max(len(r[i]) for r in [head, *body]) for i in range(len(head))]
     lines = [f"{table['evaluator']}: {table['interval']}"]
     lines += ["  ".join(c.ljust(w) for c, w in zip(r, widths, strict=True)).rstrip() for r in [head, *body]]
+    if subsets:
+        lines.append(f"judge agreement: audit {agreement.get('audit_job')}; {AUDIT_SUBSETS}")
     return lines
 
 
 def audit_agreement(ws: Workspace, dataset: str) -> dict[str, Any] | None:
     """The newest audit of `dataset` that judged anything: its judge agreement per subset (subsets are the
-    metrics' top-k of the whole dataset, as the audit drew them). None when there is none."""
+    metrics' top-k of the whole dataset, as the audit drew them: "subsets" says so). None when there is none."""
     from marginlens.core.audit.audit_job import list_audits
     from marginlens.core.audit.audit_params import AuditParams
     from marginlens.core.audit.audit_report import audit_report
+    from marginlens.core.errors import MarginLensError
 
     for job in list_audits(ws, dataset):
         try:
             report = audit_report(ws, AuditParams.from_dict(job.spec["params"]))
-        except Exception:  # an unreadable old spec must not hide the experiment's own table
+        except (MarginLensError, KeyError, TypeError, ValueError):  # an old or unreadable audit spec must not
+            # hide the experiment's own table
             continue
         if any(s.get("decisive") for s in report["subsets"].values()):
             keep = ("agreement", "ci_low", "ci_high", "decisive", "n")
-            return {"judge_model": report["judge_model"], "audit_job": job.id,
+            return {"judge_model": report["judge_model"], "audit_job": job.id, "same_subsets": False,
+                    "subsets_note": AUDIT_SUBSETS,
                     "subsets": {name: {k: s.get(k) for k in keep} for name, s in report["subsets"].items()}}
     return None
