@@ -51,6 +51,7 @@ def main(argv: list[str] | None = None) -> int:
                         help="default: the demo's held-out eval set (DEMO_EVAL_FILE); 'heldout': a seeded share of "
                              "the demo's own prompts instead")
     parser.add_argument("--policy", default=None, help="default: SmolLM2-135M-Instruct")
+    parser.add_argument("--device", default="cpu", help="cpu (the benchmark) or cuda (the same lab on a GPU)")
     parser.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE")
     args = parser.parse_args(argv)
     os.environ.setdefault("HF_HUB_OFFLINE", "1")
@@ -73,13 +74,13 @@ def main(argv: list[str] | None = None) -> int:
         from marginlens.core.demo.build import DEMO_EVAL_FILE
 
         eval_set = DEMO_EVAL_FILE
-    dtype = dtype_for("cpu")
+    dtype = dtype_for(args.device)
     overrides = {**SETTINGS, **({"bf16": True} if dtype == "bfloat16" else {}), **parse_overrides(args.overrides)}
     spec = build_spec(ws, DEMO_NAME, metrics=args.metrics.split(","), ratio=args.ratio, method=args.method,
                       seeds=args.seeds, eval=args.eval, eval_set=eval_set, policy=args.policy,
-                      overrides=overrides, device="cpu")
+                      overrides=overrides, device=args.device)
     plan = plan_experiment(ws, spec)
-    print(f"experiment on the demo ({dtype} on the CPU, {os.cpu_count()} cores):")
+    print(f"experiment on the demo ({dtype} on {args.device}, {os.cpu_count()} CPU cores):")
     print("\n".join(f"  {line}" for line in plan.lines()), flush=True)
     started = time.time()
     job = submit_experiment(ws, spec, env=child_env(spec))
@@ -100,12 +101,21 @@ def main(argv: list[str] | None = None) -> int:
         "date": date, "duration_s": round(duration, 1), "job_started": status.started_at,
         "job_finished": status.finished_at, "resumed": status.resumed,
         "machine": {"cpu": platform.processor() or platform.machine(), "cores": os.cpu_count(), "dtype": dtype,
+                    "device": args.device, "gpu": _gpu_name(args.device),
                     "python": platform.python_version()},
         "experiment_job": job.id, "spec": spec.to_params(), "plan": plan.to_dict(), "table": table,
         "cells": state.get("cells"), "baseline": state.get("baseline"),
     })
     print(f"wrote {args.out}")
     return 0
+
+
+def _gpu_name(device: str) -> str | None:
+    if not device.startswith("cuda"):
+        return None
+    import torch
+
+    return torch.cuda.get_device_name(0)
 
 
 if __name__ == "__main__":

@@ -168,11 +168,14 @@ def fidelity(report: Any, args: Any, deadline: float) -> None:
     report.put("fidelity", model_kind=kind, data=data, pairs=len(rows), max_length=1024)
     options = {"max_length": 1024, "max_prompt_length": 512}
     scored: dict[str, list[Any]] = {}
+    default_layouts: dict[str, str] = {}
     for dtype in ("float32", "bfloat16"):
         if time.monotonic() > deadline:
             report.put("fidelity", status="failed", error=f"out of time before the {dtype} runs")
             return
         model, tokenizer, _ = load_causal_lm(str(folder), device=args.device, dtype=dtype)
+        default = ImplicitScorer(model, tokenizer, **options)  # the layout a plain `marginlens score` picks
+        default_layouts[dtype] = "packed" if default.packing else "tree" if default.tree else "padded"
         for packed in (False, True):
             scorer = ImplicitScorer(model, tokenizer, packing=packed, **options)
             start = time.perf_counter()
@@ -189,6 +192,7 @@ def fidelity(report: Any, args: Any, deadline: float) -> None:
         token_logp_mean_abs_diff=float(diff.mean()),
         **agreement(scored["float32-padded"], scored["bfloat16-packed" if args.device == "cuda" else "bfloat16-padded"]),
         bf16_path="packed (the CUDA default)" if args.device == "cuda" else "padded (the CPU default)",
+        default_layouts=default_layouts,
         packed_vs_padded_fp32_max_abs_diff=exact["sum_logp_max_abs_diff"],
         packed_vs_padded_fp32_ntok_equal=exact["ntok_equal"],
         bf16_padded_vs_fp32=agreement(scored["float32-padded"], scored["bfloat16-padded"]),

@@ -245,3 +245,21 @@ def test_an_llm_evaluator_is_capped_at_the_plans_requests(lab_ws):
     assert capped(spec.evaluator, 2).max_calls == 5
     assert capped(_spec(lab_ws, eval="judge:j,base_url=http://127.0.0.1:9/v1,max_calls=9").evaluator, 2).max_calls == 9
     assert capped(_spec(lab_ws).evaluator, 2).max_calls is None  # a verifier sends nothing
+
+
+def test_the_plan_warns_when_runs_would_barely_train(lab_ws):
+    from marginlens.core.experiments.experiment_plan import FEW_STEPS, plan_experiment
+
+    few = plan_experiment(lab_ws, _spec(lab_ws, overrides={**SETTINGS, "max_steps": 1}))
+    assert any("only 1 optimizer step(s)" in line for line in few.lines())
+    enough = plan_experiment(lab_ws, _spec(lab_ws, overrides={**SETTINGS, "max_steps": FEW_STEPS}))
+    assert not any("optimizer step(s)" in line for line in enough.lines())
+
+
+def test_a_dead_judge_endpoint_is_refused_before_anything_starts(lab_ws):
+    from marginlens.core.experiments.experiment_job import submit_experiment
+
+    spec = _spec(lab_ws, eval="judge:j,base_url=http://127.0.0.1:9/v1")
+    with pytest.raises(MarginLensError, match="cannot reach the judge endpoint http://127.0.0.1:9/v1"):
+        submit_experiment(lab_ws, spec, env={"OPENAI_API_KEY": "sk-test"})
+    assert not list(lab_ws.jobs_dir.glob("experiment-*")), "nothing was submitted"

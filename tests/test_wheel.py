@@ -50,6 +50,10 @@ def installed(tmp_path_factory) -> Path:
     for page in PAGES:
         assert f"marginlens/pages/{page}_page.py" in names
     assert "marginlens/app/main.py" in names
+    # every module of the source tree ships (a subpackage missing from pyproject's list would not)
+    modules = {f"marginlens/{path.relative_to(REPO).as_posix()}" for folder in ("core", "app", "pages")
+               for path in (REPO / folder).rglob("*.py")}
+    assert not modules - set(names), sorted(modules - set(names))
     assert any(n.startswith("marginlens/core/demo/demo_data/scores/") for n in names)
     assert not any(n.startswith(("core/", "app/", "pages/", "tests/")) for n in names), "generic top-level packages"
 

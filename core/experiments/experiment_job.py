@@ -51,9 +51,20 @@ POLL_SECONDS = 0.5
 CANCEL_WAIT_SECONDS = 300.0  # a train job saves a checkpoint before it stops
 
 
-def submit_experiment(ws: Workspace, spec: ExperimentSpec, env: dict[str, str] | None = None) -> Job:
+def submit_experiment(ws: Workspace, spec: ExperimentSpec, env: dict[str, str] | None = None,
+                      check: bool = True) -> Job:
     """Start (or join, or resume) the experiment's job. `env`: secrets its evaluate jobs need (a judge's
-    API key), passed to the worker's environment only."""
+    API key), passed to the worker's environment only. `check`: an LLM evaluator's endpoint must answer
+    first (reachable, key accepted; core.audit.endpoint_check), so a dead one is said now, not after the
+    baseline's generation."""
+    evaluator = spec.evaluator
+    if check and evaluator.asks_llm:
+        from marginlens.core.audit.endpoint_check import check_endpoint
+        from marginlens.core.chat_client import KEY_ENV, Endpoint
+
+        name = evaluator.api_key_env or KEY_ENV
+        check_endpoint(Endpoint(model=evaluator.target, base_url=evaluator.base_url),
+                       (env or {}).get(name) or os.environ.get(name))
     return submit(ws, "experiment", spec.to_params(), env=env)
 
 

@@ -167,6 +167,9 @@ def selection_for(prepared: Prepared, spec: ExperimentSpec, metric: str, seed: i
                                                   signed=spec.signed, threshold=spec.threshold))
 
 
+FEW_STEPS = 5  # optimizer steps per run below which the plan warns: the lab would compare untrained models
+
+
 def capped(evaluator: Any, n_prompts: int) -> Any:
     """An LLM evaluator with no request cap of its own gets the plan's count for one model plus a quarter for
     retries, which count against the cap (name max_calls=N in --eval to set it)."""
@@ -247,6 +250,12 @@ def plan_experiment(ws: Workspace, spec: ExperimentSpec, prepared: Prepared | No
     notes = []
     if any(n == 0 for n in pairs.values()):
         notes.append("a metric selects no pair at this ratio: raise --ratio")
+    elif min(steps.values()) < FEW_STEPS:
+        batch = resolved["settings"].get("effective_batch_size")
+        against = f" against an effective batch of {batch} pairs" if batch else ""
+        notes.append(f"each run takes only {min(steps.values())} optimizer step(s): a subset of "
+                     f"{min(pairs.values())} pairs{against} barely moves the model; "
+                     "lower effective_batch_size or raise num_train_epochs (or max_steps) in the training settings")
     runs = len(spec.cells)
     n_eval = len(prepared.eval_rows)
     if spec.evaluator.asks_llm:
