@@ -49,10 +49,10 @@ def table_frame(table: dict[str, Any], agreement: dict[str, Any] | None = None) 
     rows = []
     base = table.get("baseline")
     if base:
-        rows.append({"metric": BASELINE, "mean": base.get("mean"), "95% interval": "", "ci_low": None,
-                     "ci_high": None, "per seed": "", "n prompts": base.get("n"), "pairs": None})
+        rows.append({"metric": BASELINE, "mean": base.get("mean"), "95% interval": None, "ci_low": None,
+                     "ci_high": None, "per seed": None, "n prompts": base.get("n"), "pairs": None})
     for row in table["rows"]:
-        interval = "" if row["ci_low"] is None else f"[{row['ci_low']:.3f}, {row['ci_high']:.3f}]"
+        interval = None if row["ci_low"] is None else f"[{row['ci_low']:.3f}, {row['ci_high']:.3f}]"
         rows.append({"metric": row["metric"], "mean": row["mean"], "95% interval": interval, "ci_low": row["ci_low"],
                      "ci_high": row["ci_high"],
                      "per seed": " ".join("-" if v is None else f"{v:.3f}" for v in row["values"]),

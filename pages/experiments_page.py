@@ -161,7 +161,7 @@ def _results() -> None:
         return
     agreement = ev.cached_agreement(str(ws.root), spec.dataset, ev.audit_stamp(ws, spec.dataset))
     frame = ev.table_frame(table, agreement)
-    st.dataframe(frame.drop(columns=["ci_low", "ci_high"]), hide_index=True)
+    st.dataframe(widgets.dash_missing(frame.drop(columns=["ci_low", "ci_high"])), hide_index=True)
     st.caption(ev.interval_caption(table))
     if agreement:
         st.caption(ev.agreement_caption(agreement))

@@ -130,6 +130,8 @@ class _Orchestrator:
         while True:
             status = job.status()
             if not status.live:
+                # the child's final state, so a finished experiment never shows its last child as running
+                self.ctx.progress(self.steps_done, self.steps_total, child=job.id, child_state=status.state.value)
                 return status
             if self.ctx.cancelled():
                 job.cancel()
