@@ -42,6 +42,9 @@ def interval_caption(table: dict[str, Any]) -> str:
             "(and, for the random metric, the subset drawn); it does not cover the eval set's own sampling noise.")
 
 
+DASH = "—"  # a value that does not exist (the baseline's interval, one seed's), not a zero
+
+
 def table_frame(table: dict[str, Any], agreement: dict[str, Any] | None = None) -> pd.DataFrame:
     """One row per metric, the baseline first: mean, interval, per-seed values, prompts, training pairs,
     and the audit's judge agreement on that metric's subset when an audit is given."""
@@ -49,14 +52,14 @@ def table_frame(table: dict[str, Any], agreement: dict[str, Any] | None = None) 
     rows = []
     base = table.get("baseline")
     if base:
-        rows.append({"metric": BASELINE, "mean": base.get("mean"), "95% interval": None, "ci_low": None,
-                     "ci_high": None, "per seed": None, "n prompts": base.get("n"), "pairs": None})
+        rows.append({"metric": BASELINE, "mean": base.get("mean"), "95% interval": DASH, "ci_low": None,
+                     "ci_high": None, "per seed": DASH, "n prompts": base.get("n"), "pairs": DASH})
     for row in table["rows"]:
-        interval = None if row["ci_low"] is None else f"[{row['ci_low']:.3f}, {row['ci_high']:.3f}]"
+        interval = DASH if row["ci_low"] is None else f"[{row['ci_low']:.3f}, {row['ci_high']:.3f}]"
         rows.append({"metric": row["metric"], "mean": row["mean"], "95% interval": interval, "ci_low": row["ci_low"],
                      "ci_high": row["ci_high"],
                      "per seed": " ".join("-" if v is None else f"{v:.3f}" for v in row["values"]),
-                     "n prompts": row["n_prompts"], "pairs": row["pairs"]})
+                     "n prompts": row["n_prompts"], "pairs": DASH if row["pairs"] is None else str(row["pairs"])})
     frame = pd.DataFrame(rows)
     if subsets:
         def agree(metric: str) -> str:

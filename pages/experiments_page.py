@@ -161,7 +161,8 @@ def _results() -> None:
         return
     agreement = ev.cached_agreement(str(ws.root), spec.dataset, ev.audit_stamp(ws, spec.dataset))
     frame = ev.table_frame(table, agreement)
-    st.dataframe(widgets.dash_missing(frame.drop(columns=["ci_low", "ci_high"])), hide_index=True)
+    st.dataframe(frame.drop(columns=["ci_low", "ci_high"]), hide_index=True,
+                 column_config={"mean": st.column_config.NumberColumn(format="%.3f")})
     st.caption(ev.interval_caption(table))
     if agreement:
         st.caption(ev.agreement_caption(agreement))
