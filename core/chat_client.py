@@ -21,18 +21,23 @@ stored raw text (`redact` removes it should a server echo it back).
 
 from __future__ import annotations
 
+import hashlib
 import json
 import os
 import random
 import threading
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from email.utils import parsedate_to_datetime
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 from urllib.parse import urlsplit, urlunsplit
 
 from marginlens.core.errors import MarginLensError
+
+if TYPE_CHECKING:
+    from marginlens.core.keyed_log import KeyedLog
 
 KEY_ENV = "OPENAI_API_KEY"
 CHARS_PER_TOKEN = 4  # rough, model-independent: good enough for a cost estimate before a run
@@ -331,3 +336,34 @@ class JudgeClient:
             self.budget.settle(reserved, prompt_tokens, completion_tokens)
             if self._ledger and (prompt_tokens or completion_tokens):
                 self._ledger.used(prompt_tokens, completion_tokens)
+
+
+def request_key(messages: list[dict[str, str]]) -> str:
+    """A request's identity: the hash of its messages (what a stored answer is found by)."""
+    return hashlib.sha256(json.dumps(messages, sort_keys=True).encode()).hexdigest()
+
+
+def ask_once(store: KeyedLog, client: JudgeClient, messages: list[dict[str, str]],
+             answer: Callable[[Completion], dict[str, Any]], out_of_budget: Callable[[BudgetExhausted], str],
+             **meta: Any) -> dict[str, Any]:
+    """The stored answer to `messages`, or ask, store and return it: a request is paid for once per store.
+
+    `answer` turns the completion into the record's own fields (a verdict, a rating), `meta` adds what
+    produced it (model, prompt or rubric version, public URL); the request's key, the raw answer, its
+    tokens, attempts and time are always kept. A spent budget raises MarginLensError(out_of_budget(exc)).
+    """
+    key = request_key(messages)
+    stored = store.get(key)
+    if stored is not None:
+        return stored
+    # No lock while asking: another job asking other requests of this store never waits on ours.
+    try:
+        completion = client.complete(messages)
+    except BudgetExhausted as exc:
+        raise MarginLensError(out_of_budget(exc)) from None
+    record = {"key": key, **answer(completion), "raw": completion.raw, **meta,
+              "prompt_tokens": completion.prompt_tokens, "completion_tokens": completion.completion_tokens,
+              "attempts": completion.attempts, "time": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())}
+    if store.append(record):
+        return record
+    return store.get(key) or record  # a job running beside this one stored it meanwhile: theirs stands

@@ -24,7 +24,6 @@ import json
 import math
 import os
 import re
-import time
 from collections.abc import Mapping, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import asdict, dataclass
@@ -268,27 +267,17 @@ class JudgeEvaluator:
 
     def ask(self, messages: list[dict[str, str]]) -> dict[str, Any]:
         from marginlens.core.audit.judge_prompt import PROMPT_VERSION, parse_completion
-        from marginlens.core.chat_client import BudgetExhausted, public_url
-        from marginlens.core.scoring.llm_rating import request_key
+        from marginlens.core.chat_client import ask_once, public_url
 
-        key = request_key(messages)
-        stored = self.store.get(key)
-        if stored is not None:
-            return stored
-        try:
-            completion = self.client.complete(messages)
-        except BudgetExhausted as exc:
-            raise MarginLensError(f"judge {self.endpoint.model} stopped: {exc} (max_calls); the answers so far are "
-                                  "stored and never asked again: submit with a larger max_calls to go on") from None
-        parsed = parse_completion(completion)
-        record = {"key": key, "choice": parsed.choice, "valid": parsed.valid, "invalid_reason": parsed.reason,
-                  "raw": completion.raw, "judge_model": self.endpoint.model, "prompt_version": PROMPT_VERSION,
-                  "base_url": public_url(self.endpoint.base_url), "prompt_tokens": completion.prompt_tokens,
-                  "completion_tokens": completion.completion_tokens, "attempts": completion.attempts,
-                  "time": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())}
-        if self.store.append(record):
-            return record
-        return self.store.get(key) or record  # stored meanwhile by a job judging beside this one: theirs stands
+        def answer(completion: Any) -> dict[str, Any]:
+            parsed = parse_completion(completion)
+            return {"choice": parsed.choice, "valid": parsed.valid, "invalid_reason": parsed.reason}
+
+        return ask_once(
+            self.store, self.client, messages, answer,
+            lambda exc: (f"judge {self.endpoint.model} stopped: {exc} (max_calls); the answers so far are stored "
+                         "and never asked again: submit with a larger max_calls to go on"),
+            judge_model=self.endpoint.model, prompt_version=PROMPT_VERSION, base_url=public_url(self.endpoint.base_url))
 
     def _one(self, row: dict[str, Any], response: str, baseline: str) -> dict[str, Any]:
         from marginlens.core.audit.judge_prompt import build_messages, chosen_position

@@ -32,7 +32,6 @@ import hashlib
 import json
 import math
 import os
-import time
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -41,11 +40,12 @@ from urllib.parse import urlsplit
 from marginlens.core.chat_client import (
     KEY_ENV,
     Budget,
-    BudgetExhausted,
+    Completion,
     Endpoint,
     JudgeClient,
     RequestLedger,
     RetryPolicy,
+    ask_once,
     public_url,
 )
 from marginlens.core.errors import MarginLensError
@@ -80,10 +80,6 @@ def check_base_url(base_url: str | None) -> str | None:
     if "@" in parts.netloc or parts.query:
         raise MarginLensError(f"rating endpoint {public_url(base_url)!r}: put the key in ${KEY_ENV}, not in the URL")
     return base_url.rstrip("/")
-
-
-def request_key(messages: list[dict[str, str]]) -> str:
-    return hashlib.sha256(json.dumps(messages, sort_keys=True).encode()).hexdigest()
 
 
 @dataclass(frozen=True)
@@ -167,25 +163,16 @@ class LLMRatingScorer(Scorer[LLMRatingConfig]):
         return [list(range(i, min(i + size, len(prepared)))) for i in range(0, len(prepared), size)]
 
     def _rate(self, messages: list[dict[str, str]]) -> dict[str, Any]:
-        key = request_key(messages)
-        stored = self.store.get(key)
-        if stored is not None:
-            return stored
-        # No lock while asking: another job rating other responses with this rater never waits on our requests.
-        try:
-            completion = self.client.complete(messages)
-        except BudgetExhausted as exc:
-            raise MarginLensError(f"LLM rating stopped: {exc}; {len(self.store)} ratings are stored and will not be "
-                                  "asked again: submit with a larger budget to go on") from None
-        rating = None if completion.malformed else parse_rating(completion.text)
-        record = {"key": key, "rating": rating, "valid": rating is not None, "raw": completion.raw,
-                  "model": self.config.model, "rubric_version": self.config.rubric_version,
-                  "rubric_sha256": rubric_sha256(), "base_url": public_url(self.config.base_url),
-                  "prompt_tokens": completion.prompt_tokens, "completion_tokens": completion.completion_tokens,
-                  "attempts": completion.attempts, "time": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())}
-        if self.store.append(record):
-            return record
-        return self.store.get(key) or record  # a job running beside this one stored it meanwhile: theirs stands
+        def answer(completion: Completion) -> dict[str, Any]:
+            rating = None if completion.malformed else parse_rating(completion.text)
+            return {"rating": rating, "valid": rating is not None}
+
+        return ask_once(
+            self.store, self.client, messages, answer,
+            lambda exc: (f"LLM rating stopped: {exc}; {len(self.store)} ratings are stored and will not be asked "
+                         "again: submit with a larger budget to go on"),
+            model=self.config.model, rubric_version=self.config.rubric_version, rubric_sha256=rubric_sha256(),
+            base_url=public_url(self.config.base_url))
 
     def compute(self, batch: PairBatch) -> list[dict[str, Any]]:
         out = []
