@@ -146,8 +146,9 @@ def _results() -> None:
     st.session_state[JOB_KEY] = job_id
     job = runs[job_id]
     spec = ExperimentSpec.from_params(job.spec["params"])
-    job_panel(job, title="experiment", on_resume=lambda: submit_experiment(ws, spec, env=_env(spec)), cancel_help="cancels the running training or evaluation too (a training "
-                                                   "run saves a checkpoint); Resume continues where it stopped")
+    job_panel(job, title="experiment", on_resume=lambda: submit_experiment(ws, spec, env=_env(spec)),
+              cancel_help="cancels the running training or evaluation too (a training run saves a checkpoint); "
+                          "Resume continues where it stopped")
     state = experiment_state(job)
     if state.get("cells"):
         steps = {}

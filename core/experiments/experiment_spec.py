@@ -174,7 +174,8 @@ def build_spec(
         metrics=metrics, ratio=float(ratio), method=method, seeds=seed_list, eval=dataclasses.asdict(evaluator),
         policy=source.spec, policy_fp=policy_fp, reward_fp=reward_fp, eval_set=set_path,
         eval_set_fingerprint=set_fp, heldout_share=float(heldout_share), heldout_cap=int(heldout_cap), preset=preset,
-        overrides=overrides, device=device, policy_identity=_identity(source.spec) if folder else None, reference_fp=reference_fp or None,
+        overrides=overrides, device=device, policy_identity=_identity(source.spec) if folder else None,
+        reference_fp=reference_fp or None,
         beta=float(beta), weight=float(weight), signed=bool(signed), threshold=float(threshold),
         table_rows=table_rows(ws, dataset, {"policy": policy_fp, "reward": reward_fp, "reference": reference_fp}),
     )
