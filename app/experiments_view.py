@@ -93,7 +93,7 @@ def results_figure(table: dict[str, Any]) -> go.Figure:
     return fig
 
 
-def _stat(path: str | None) -> list[Any]:
+def path_stat(path: str | None) -> list[Any]:
     """Size and modification time of a file, or of every file in a folder (a model retrained in place)."""
     if not path:
         return []
@@ -109,7 +109,7 @@ def plan_inputs(ws: Workspace, dataset: str, form: dict[str, Any]) -> str:
 
     tables = [(m["fingerprint"], m.get("rows"), m.get("created")) for m in list_score_tables(ws, dataset)]
     return json.dumps({"dataset": ws.dataset_manifest(dataset).get("fingerprint"), "tables": tables,
-                       "eval_set": _stat(form.get("eval_set")), "policy": _stat(form.get("policy")),
+                       "eval_set": path_stat(form.get("eval_set")), "policy": path_stat(form.get("policy")),
                        "verifiers": os.environ.get("MARGINLENS_VERIFIER_MODULES")}, default=str)
 
 

@@ -11,10 +11,13 @@ from __future__ import annotations
 import importlib
 import json
 import os
+import signal
 import sys
+import time
 from pathlib import Path
 
 from helpers_app import POLICY_FP, write_policy
+from marginlens.core import jobs
 from marginlens.core.atomic import read_json, write_json
 from marginlens.core.data.ingest import import_dataset
 from marginlens.core.experiments import verifiers
@@ -97,3 +100,18 @@ def stamp_policy(ws: Workspace, policy: str, fingerprint: str = POLICY_FP) -> No
     manifest["model"] = model
     manifest["spec"] = {**manifest.get("spec", {}), "model": model, "identity": identity}
     write_json(path, manifest)
+
+
+def kill_job(job: jobs.Job) -> None:
+    """SIGKILL a job's worker (once it has written its pid) and wait until it is gone."""
+    deadline = time.monotonic() + 30
+    # a worker just started is alive before it writes its pid
+    while (pid := (read_json(job.dir / "status.json") or {}).get("pid")) is None and job.is_alive():
+        assert time.monotonic() < deadline, f"{job.id} never wrote its pid"
+        time.sleep(0.05)
+    if pid is None:
+        return
+    os.kill(int(pid), signal.SIGKILL)
+    while job.is_alive():
+        assert time.monotonic() < deadline, f"{job.id} still alive after SIGKILL"
+        time.sleep(0.1)

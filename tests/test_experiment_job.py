@@ -6,8 +6,6 @@ the CLI prints it and writes it as JSON; the Experiments page shows it."""
 from __future__ import annotations
 
 import json
-import os
-import signal
 import time
 
 import pytest
@@ -16,6 +14,7 @@ from helpers_experiment import (
     DATASET,
     VERIFIER,
     build_dataset,
+    kill_job,
     register_test_verifier,
     unregister_test_verifier,
 )
@@ -37,20 +36,6 @@ FAST = {"learning_rate": 1e-3, "lr_scheduler_type": "constant", "warmup_steps": 
 EVAL = f"verifier:{VERIFIER},max_new_tokens=8"
 
 
-def _kill(job: jobs.Job) -> None:
-    deadline = time.monotonic() + 30
-    # a worker just started is alive before it writes its pid
-    while (pid := (read_json(job.dir / "status.json") or {}).get("pid")) is None and job.is_alive():
-        assert time.monotonic() < deadline, f"{job.id} never wrote its pid"
-        time.sleep(0.05)
-    if pid is None:
-        return
-    os.kill(int(pid), signal.SIGKILL)
-    while job.is_alive():
-        assert time.monotonic() < deadline, f"{job.id} still alive after SIGKILL"
-        time.sleep(0.1)
-
-
 @pytest.fixture(scope="module")
 def lab(tmp_path_factory, tiny_llama):  # noqa: F811
     folder = tmp_path_factory.mktemp("lab")
@@ -69,9 +54,9 @@ def lab(tmp_path_factory, tiny_llama):  # noqa: F811
         assert time.monotonic() < deadline, job.log_tail(30)
         time.sleep(0.05)
     child = jobs.get_job(ws, cell["train_job"])
-    _kill(job)
+    kill_job(job)
     if child.is_alive():
-        _kill(child)
+        kill_job(child)
     assert job.status().state is JobState.INTERRUPTED
     resumed = submit_experiment(ws, spec)
     assert resumed.id == job.id

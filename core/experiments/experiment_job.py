@@ -5,12 +5,9 @@ For each (metric, seed), seed by seed: select the metric's top `ratio` of the ca
 configuration for every cell, the seed in the trainer's `seed` setting), then evaluate the final model on
 the eval set (an "evaluate" job). The starting model is evaluated once, first: the baseline row.
 
-Every step is a child job whose id is a hash of its spec, and each cell's export is a file at a fixed
-place in this job's results folder, so the orchestrator keeps no state that cannot be rebuilt: a killed
-orchestrator is resumed by resubmitting it, which resubmits each child (finished -> returned as done,
-running -> waited for, killed -> resumed). A child killed while the orchestrator waits is resubmitted
-at once (it resumes from its own results). Children run one at a time. Cancelling the experiment
-cancels the running child (a train job saves a checkpoint first).
+Every step is a child job (core.experiments.job_tree: ids hash their specs; a killed orchestrator is
+resumed by resubmitting it; a cancel reaches the running child), and each cell's export is a file at a
+fixed place in this job's results folder, so the orchestrator keeps no state that cannot be rebuilt.
 
   results/eval_set.jsonl     the held-out prompts (when no eval set was given)
   results/candidates.json    the candidates' count and pair-id hash at the first run (a resume refuses others)
@@ -22,8 +19,6 @@ cancels the running child (a train job saves a checkpoint first).
 from __future__ import annotations
 
 import os
-import time
-from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -32,23 +27,19 @@ from marginlens.core.errors import MarginLensError
 from marginlens.core.experiments.experiment_plan import (
     Prepared,
     candidate_digest,
-    capped,
     prepare,
     selection_for,
 )
 from marginlens.core.experiments.experiment_results import cell_key, results_table
 from marginlens.core.experiments.experiment_spec import ExperimentSpec
-from marginlens.core.job_status import JobState, JobStatus
-from marginlens.core.jobs import Job, JobCancelled, JobContext, submit
+from marginlens.core.experiments.job_tree import JobTree
+from marginlens.core.jobs import Job, JobContext, submit
 from marginlens.core.workspace import Workspace
 
 STATE_FILE = "state.json"
 TABLE_FILE = "table.json"
 EVAL_SET_FILE = "eval_set.jsonl"
 CANDIDATES_FILE = "candidates.json"
-CHILD_RESTARTS = 2  # a child found killed is resumed this many times before the experiment gives up
-POLL_SECONDS = 0.5
-CANCEL_WAIT_SECONDS = 300.0  # a train job saves a checkpoint before it stops
 
 
 def submit_experiment(ws: Workspace, spec: ExperimentSpec, env: dict[str, str] | None = None,
@@ -89,13 +80,11 @@ def child_env(spec: ExperimentSpec) -> dict[str, str]:
     return {name: os.environ[name]} if name and name in os.environ else {}
 
 
-class _Orchestrator:
+class _Orchestrator(JobTree):
     def __init__(self, ctx: JobContext, spec: ExperimentSpec):
-        self.ctx, self.spec, self.ws = ctx, spec, ctx.workspace
-        self.results = ctx.results_dir
+        super().__init__(ctx, steps_total=1 + 2 * len(spec.cells))
+        self.spec = spec
         self.state: dict[str, Any] = {"baseline": {}, "cells": {}}
-        self.steps_total = 1 + 2 * len(spec.cells)
-        self.steps_done = 0
 
     # -- bookkeeping ----------------------------------------------------------------------------------
     def save(self, message: str) -> None:
@@ -106,43 +95,7 @@ class _Orchestrator:
         if cells or baseline:
             table = results_table(self.spec.metrics, self.spec.seeds, cells, _public(baseline), self.spec.evaluator.label)
             write_json(self.results / TABLE_FILE, table)
-        self.ctx.progress(self.steps_done, self.steps_total, force=True, step=message)
-        self.ctx.log(message)
-
-    def child(self, what: str, submit_child: Callable[[], Job], record: dict[str, Any], key: str) -> Job:
-        """Submit a child and wait for it; resubmit it when it is found killed; propagate a cancel."""
-        for attempt in range(CHILD_RESTARTS + 1):
-            self.ctx.check_cancel()
-            job = submit_child()
-            record[key] = job.id
-            self.save(f"{what}: job {job.id}" + (f" (resumed, attempt {attempt + 1})" if attempt else ""))
-            status = self._wait(job)
-            if status.state is JobState.DONE:
-                return job
-            if status.state is JobState.FAILED:
-                raise MarginLensError(f"{what} failed (job {job.id}): {status.message}")
-            if status.state is JobState.CANCELLED:
-                raise MarginLensError(f"{what} was cancelled (job {job.id}); resubmit the experiment to resume it")
-            self.ctx.log(f"{what}: job {job.id} was interrupted; resuming it")
-        raise MarginLensError(f"{what} (job {job.id}) stopped {CHILD_RESTARTS + 1} times; see its log")
-
-    def _wait(self, job: Job) -> JobStatus:
-        while True:
-            status = job.status()
-            if not status.live:
-                # the child's final state, so a finished experiment never shows its last child as running
-                self.ctx.progress(self.steps_done, self.steps_total, child=job.id, child_state=status.state.value)
-                return status
-            if self.ctx.cancelled():
-                job.cancel()
-                try:
-                    job.wait(poll=POLL_SECONDS, timeout=CANCEL_WAIT_SECONDS)
-                except TimeoutError:
-                    self.ctx.log(f"job {job.id} did not stop within {CANCEL_WAIT_SECONDS:.0f} s; left to stop")
-                raise JobCancelled()
-            self.ctx.progress(self.steps_done, self.steps_total, child=job.id, child_state=status.state.value,
-                              child_done=status.done, child_total=status.total)
-            time.sleep(POLL_SECONDS)
+        super().save(message)
 
     # -- the steps ------------------------------------------------------------------------------------
     def freeze_candidates(self, prepared: Prepared) -> None:
@@ -169,23 +122,9 @@ class _Orchestrator:
         return path
 
     def evaluate(self, what: str, model: str, eval_set: Path, record: dict[str, Any]) -> None:
-        from marginlens.core.experiments.eval_set import load_eval_set as load_rows
-        from marginlens.core.experiments.evaluate_job import evaluation_summary, submit_evaluation
-
         spec = self.spec
-        if model == spec.policy and spec.evaluator.kind == "judge":
-            # the judge compares against the starting model: against itself it is a tie by definition
-            record.update(mean=0.5, n=len(load_rows(eval_set)), step="done", note="the starting model against itself")
-            self.steps_done += 1
-            return
-        evaluator = capped(spec.evaluator, len(load_rows(eval_set)))
-        job = self.child(what, lambda: submit_evaluation(
-            self.ws, model, eval_set, evaluator, baseline_model=spec.policy, device=spec.device,
-            env=child_env(spec)), record, "eval_job")
-        summary = evaluation_summary(job)
-        record.update(mean=summary.mean, n=summary.n, invalid=summary.invalid, step="done",
-                      **{k: getattr(summary, k) for k in ("wins", "ties", "losses") if getattr(summary, k) is not None})
-        self.steps_done += 1
+        self.evaluate_model(what, model, eval_set, record, spec.evaluator, baseline_model=spec.policy,
+                            device=spec.device, env=child_env(spec))
 
     def export(self, prepared: Prepared, metric: str, seed: int) -> Path:
         from marginlens.core.selection.export import export_selection

@@ -29,11 +29,12 @@ from marginlens.core.selection.select import Selection, SelectionSpec, select
 from marginlens.core.workspace import Workspace
 
 
-def _key(text: str) -> str:
+def prompt_key(text: str) -> str:
+    """What makes two prompts the same prompt: their text with whitespace collapsed."""
     return " ".join(text.split())
 
 
-def _rank(seed: int, key: str) -> str:
+def seeded_rank(seed: int, key: str) -> str:
     return hashlib.sha256(f"{seed}:{key}".encode()).hexdigest()
 
 
@@ -45,7 +46,7 @@ def heldout_count(n_prompts: int, share: float, cap: int) -> int:
     return min(cap, max(1, round(share * n_prompts)), n_prompts - 1)
 
 
-def _eval_row(prompt: str, source_json: str | None) -> dict[str, Any]:
+def eval_row(prompt: str, source_json: str | None) -> dict[str, Any]:
     row: dict[str, Any] = {"id": hashlib.sha256(prompt.encode()).hexdigest()[:12], "prompt": prompt}
     try:
         source = json.loads(source_json) if source_json else {}
@@ -55,6 +56,22 @@ def _eval_row(prompt: str, source_json: str | None) -> dict[str, Any]:
         if isinstance(source, dict) and source.get(name) not in (None, ""):
             row[name] = str(source[name])
     return row
+
+
+def held_out_rows(texts: Any, keys: list[str], share: float, cap: int) -> tuple[list[dict[str, Any]], set[str]]:
+    """The seeded held-out share of a pair table's distinct prompts: (eval rows in table order, their keys).
+    `keys`: prompt_key of each row's prompt text. One draw (HELDOUT_SEED) for every caller, so an experiment
+    and a self-play run on one dataset test on the same prompts."""
+    distinct = list(dict.fromkeys(keys))
+    n = heldout_count(len(distinct), share, cap)
+    held = set(sorted(distinct, key=lambda k: seeded_rank(HELDOUT_SEED, k))[:n])
+    first: dict[str, int] = {}
+    for i, key in enumerate(keys):
+        if key in held and key not in first:
+            first[key] = i
+    sources = texts.column("source_json").to_pylist()
+    prompts = texts.column("prompt")
+    return [eval_row(prompt_text(prompts[i].as_py()), sources[i]) for i in sorted(first.values())], held
 
 
 @dataclass
@@ -75,21 +92,13 @@ def prepare(ws: Workspace, spec: ExperimentSpec) -> Prepared:
                               "plan it again")
     _check_tables(ws, spec)
     texts = load_texts(ws, spec.dataset)
-    keys = [_key(prompt_text(p)) for p in texts.column("prompt").to_pylist()]
+    keys = [prompt_key(prompt_text(p)) for p in texts.column("prompt").to_pylist()]
     margins = load_margins(ws, spec.dataset, policy_fp=spec.policy_fp, reward_fp=spec.reward_fp,
                            reference_fp=spec.reference_fp, beta=spec.beta)
     _check_metrics(margins, spec)
     distinct = list(dict.fromkeys(keys))
     if spec.eval_set is None:
-        n = heldout_count(len(distinct), spec.heldout_share, spec.heldout_cap)
-        held = set(sorted(distinct, key=lambda k: _rank(HELDOUT_SEED, k))[:n])
-        first = {}
-        for i, key in enumerate(keys):
-            if key in held and key not in first:
-                first[key] = i
-        sources = texts.column("source_json").to_pylist()
-        eval_rows = [_eval_row(prompt_text(texts.column("prompt")[i].as_py()), sources[i])
-                     for i in sorted(first.values())]
+        eval_rows, held = held_out_rows(texts, keys, spec.heldout_share, spec.heldout_cap)
         overlap = len(held)
     else:
         from marginlens.core.experiments.eval_set import eval_set_fingerprint, load_eval_set
@@ -98,7 +107,7 @@ def prepare(ws: Workspace, spec: ExperimentSpec) -> Prepared:
         if eval_set_fingerprint(Path(path)) != spec.eval_set_fingerprint:
             raise MarginLensError(f"{path} changed since this experiment was planned; plan it again")
         eval_rows = load_eval_set(Path(path))
-        held = {_key(str(r["prompt"])) for r in eval_rows} & set(distinct)
+        held = {prompt_key(str(r["prompt"])) for r in eval_rows} & set(distinct)
         overlap = len(held)
     if not eval_rows:
         raise MarginLensError(f"{spec.dataset!r} has too few distinct prompts to hold any out: give --eval-set")
