@@ -87,6 +87,7 @@ class Endpoint:
     timeout: float = 60.0  # seconds per request
     max_output_tokens: int = 128
     temperature: float = 0.0
+    top_p: float | None = None  # None: not sent (the server's default); self-play's evolver samples with one
 
 
 @dataclass(frozen=True)
@@ -300,6 +301,7 @@ class JudgeClient:
                 messages=messages,  # type: ignore[arg-type]
                 max_tokens=self.endpoint.max_output_tokens,
                 temperature=self.endpoint.temperature,
+                **({"top_p": self.endpoint.top_p} if self.endpoint.top_p is not None else {}),
             )
             body = response.http_response.text
             try:
