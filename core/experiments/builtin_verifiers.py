@@ -5,8 +5,11 @@ from __future__ import annotations
 
 import re
 import unicodedata
+from collections import Counter
 from collections.abc import Mapping
 from typing import Any
+
+from marginlens.core.errors import MarginLensError
 
 _UNITS = ["zero", "one", "two", "three", "four", "five", "six", "seven", "eight", "nine", "ten", "eleven",
           "twelve", "thirteen", "fourteen", "fifteen", "sixteen", "seventeen", "eighteen", "nineteen"]
@@ -142,4 +145,37 @@ ANSWER_MATCH: dict[str, Any] = {
                    "for closeness",
     "check": answer_match,
 }
-BUILTIN: tuple[dict[str, Any], ...] = (ANSWER_MATCH,)
+
+
+def majority_vote(response: str, row: Mapping[str, Any]) -> float:
+    """majority-vote v1: reference-free, for self-play on questions with a numeric answer.
+
+    1.0 when the response's claimed number (`claimed_number`, the extraction answer-match uses; the row's
+    prompt is the question) equals the number claimed most often among `row["samples"]`, the sibling answers
+    to the same prompt (the response itself among them); a tie between numbers goes to the one claimed
+    first. 0.0 when it claims another number or none, or when no sibling claims one. A self-consistency
+    reward: it rewards agreeing with the policy's own majority, which is right only as often as that is.
+    """
+    samples = row["samples"]
+    if not isinstance(samples, (list, tuple)) or not all(isinstance(s, str) for s in samples):
+        raise MarginLensError(f"verifier 'majority-vote': row id {row.get('id')!r}, field 'samples': "
+                              "expected a list of answer strings")
+    question = str(row.get("prompt") or "")
+    claims = [c for c in (claimed_number(s, question) for s in samples) if c is not None]
+    if not claims:
+        return 0.0
+    counts = Counter(claims)
+    # dict.fromkeys keeps first-claim order, and max returns the first of equal counts: ties go to the earliest
+    majority = max(dict.fromkeys(claims), key=counts.__getitem__)
+    mine = claimed_number(response, question)
+    return 1.0 if mine is not None and mine == majority else 0.0
+
+
+MAJORITY_VOTE: dict[str, Any] = {
+    "name": "majority-vote", "version": "1",
+    "description": "reference-free (self-play): 1.0 when the claimed number is the one most sibling answers "
+                   "claim; needs the row's 'samples'",
+    "check": majority_vote,
+    "needs": ("samples",),
+}
+BUILTIN: tuple[dict[str, Any], ...] = (ANSWER_MATCH, MAJORITY_VOTE)
