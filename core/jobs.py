@@ -43,10 +43,13 @@ __all__ = ["FINISHED", "KINDS", "LIVE", "RESUMABLE", "Job", "JobCancelled", "Job
 KINDS: dict[str, str] = {
     "audit": "marginlens.core.audit.audit_job:run",
     "evaluate": "marginlens.core.experiments.evaluate_job:run",
+    "evolve": "marginlens.core.selfplay.evolve_job:run",
     "experiment": "marginlens.core.experiments.experiment_job:run",
     "import": "marginlens.core.data.import_job:run",
     "push": "marginlens.core.selection.push_job:run",
+    "rollout": "marginlens.core.selfplay.rollout_job:run",
     "score": "marginlens.core.scoring.score_job:run",
+    "selfplay": "marginlens.core.selfplay.selfplay_job:run",
     "train": "marginlens.core.training.train_job:run",
 }
 

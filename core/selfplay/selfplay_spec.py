@@ -1,0 +1,304 @@
+"""What a self-play run is: the typed params of the "selfplay" job (core.selfplay.selfplay_job), its seed
+prompts and eval set, and what it will take (the estimate the CLI prints and the page shows).
+
+A run starts from a dataset's distinct prompts (at most `max_prompts`, a seeded draw) and a starting policy.
+For each (metric, seed) it runs `iterations` rounds of: sample `n` answers per prompt, annotate them, pair
+best against worst, select the top `ratio` of the prompts by the metric, evolve those with the rewrite
+strategies, sample and pair the rewrites too, train on both pair sets, evaluate (the lab's evaluators).
+The rewrites are the next round's prompts. Defaults follow the authors' evolve-then-select scripts:
+n = 5, temperature 0.8, top_p 0.95, ratio 0.25, rewrites within 5x the original length, metric
+z(m_ex) - z(|m_im|) with w = 1; eva's own rule (the reward gap) is the metric "explicit".
+
+The eval set is the held-out share of the dataset's prompts (the experiments lab's draw, so both test on
+the same prompts) or a user's file; its prompts are never seed prompts and a rewrite equal to one is dropped.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from collections.abc import Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from marginlens.core.errors import MarginLensError
+from marginlens.core.experiments.experiment_spec import HELDOUT_CAP, HELDOUT_SHARE, seeds_for
+from marginlens.core.selection.metrics import DEFAULT_PARAMS, metric_names
+from marginlens.core.training.presets import check_method
+from marginlens.core.workspace import Workspace
+
+DEFAULT_METRICS = ("map", "explicit")  # M_AP against eva's reward-gap rule
+DEFAULT_RATIO = 0.25
+DEFAULT_ITERATIONS = 2
+DEFAULT_MAX_PROMPTS = 64
+SEED_DRAW = 1  # the seed prompts' draw (the eval set's is the lab's HELDOUT_SEED): fixed, the seeds vary the rest
+
+
+def sampling_settings(n: int, temperature: float, top_p: float, max_new_tokens: int) -> dict[str, Any]:
+    """The rollouts' generation settings as the spec stores them: always all four, so the CLI and the page
+    name the same run (and job id) for the same values."""
+    return {"n": int(n), "temperature": float(temperature), "top_p": float(top_p),
+            "max_new_tokens": int(max_new_tokens)}
+
+
+def evolve_settings(max_new_tokens: int, max_ratio: float) -> dict[str, Any]:
+    return {"max_new_tokens": int(max_new_tokens), "max_ratio": float(max_ratio)}
+
+
+@dataclass(frozen=True)
+class SelfPlaySpec:
+    dataset: str
+    dataset_fingerprint: str
+    policy: str  # the starting model (a core.scoring.models spec), evaluated once as the baseline
+    annotate: dict[str, Any]  # the annotator: core.experiments.evaluators.EvalSpec fields (verifier/reward/rating)
+    eval: dict[str, Any]  # the evaluator of every trained model (EvalSpec fields)
+    evolver: dict[str, Any]  # core.selfplay.evolve_job.EvolverSpec fields
+    iterations: int = DEFAULT_ITERATIONS
+    metrics: tuple[str, ...] = DEFAULT_METRICS
+    seeds: tuple[int, ...] = (DEFAULT_PARAMS.seed,)
+    ratio: float = DEFAULT_RATIO
+    weight: float = DEFAULT_PARAMS.weight
+    signed: bool = DEFAULT_PARAMS.signed
+    strategies: tuple[str, ...] = ()  # strategy tags "name@version"; () = every registered strategy
+    max_prompts: int = DEFAULT_MAX_PROMPTS
+    sampling: dict[str, Any] = dataclasses.field(default_factory=dict)  # GenerationParams fields but the seed
+    evolve: dict[str, Any] = dataclasses.field(default_factory=dict)  # EvolveParams fields but the seed
+    backend: str = "auto"  # sampling: "auto" | "transformers" | "vllm"
+    eval_set: str | None = None
+    eval_set_fingerprint: str | None = None
+    heldout_share: float = HELDOUT_SHARE
+    heldout_cap: int = HELDOUT_CAP
+    method: str = "simpo"
+    preset: str | None = None
+    overrides: dict[str, Any] = dataclasses.field(default_factory=dict)
+    device: str | None = None
+    policy_identity: str | None = None  # a folder's files (generation_identity): retrained in place = new run
+
+    def __post_init__(self) -> None:
+        for name in ("metrics", "strategies"):
+            object.__setattr__(self, name, tuple(getattr(self, name)))
+        object.__setattr__(self, "seeds", tuple(int(s) for s in self.seeds))
+        for name in ("annotate", "eval", "evolver", "sampling", "evolve", "overrides"):
+            object.__setattr__(self, name, dict(getattr(self, name) or {}))
+
+    @property
+    def annotator(self) -> Any:
+        from marginlens.core.experiments.evaluators import EvalSpec
+
+        return EvalSpec(**self.annotate)
+
+    @property
+    def evaluator(self) -> Any:
+        from marginlens.core.experiments.evaluators import EvalSpec
+
+        return EvalSpec(**self.eval)
+
+    @property
+    def chains(self) -> list[tuple[str, int]]:
+        """(metric, seed): one line of models each, trained iteration after iteration."""
+        return [(metric, seed) for seed in self.seeds for metric in self.metrics]
+
+    def sampling_params(self, seed: int) -> Any:
+        from marginlens.core.selfplay.rollout_job import SAMPLING
+
+        return dataclasses.replace(SAMPLING, **self.sampling, seed=seed)
+
+    def evolve_params(self, seed: int) -> Any:
+        from marginlens.core.selfplay.evolve_job import EvolveParams
+
+        return dataclasses.replace(EvolveParams(), **self.evolve, seed=seed)
+
+    def to_params(self) -> dict[str, Any]:
+        out = dataclasses.asdict(self)
+        for name in ("metrics", "seeds", "strategies"):
+            out[name] = list(getattr(self, name))
+        return out
+
+    @classmethod
+    def from_params(cls, params: dict[str, Any]) -> SelfPlaySpec:
+        return cls(**{f.name: params[f.name] for f in dataclasses.fields(cls) if f.name in params})
+
+
+def build_selfplay_spec(
+    ws: Workspace,
+    dataset: str,
+    *,
+    annotate: str | Any,
+    eval: str | Any,
+    policy: str | None = None,
+    evolver: str | None = None,
+    evolver_url: str | None = None,
+    iterations: int = DEFAULT_ITERATIONS,
+    metrics: Sequence[str] = DEFAULT_METRICS,
+    seeds: int | Sequence[int] = 1,
+    ratio: float = DEFAULT_RATIO,
+    weight: float = DEFAULT_PARAMS.weight,
+    signed: bool = DEFAULT_PARAMS.signed,
+    strategies: str | Sequence[str] | None = None,
+    max_prompts: int = DEFAULT_MAX_PROMPTS,
+    sampling: dict[str, Any] | None = None,
+    evolve: dict[str, Any] | None = None,
+    backend: str = "auto",
+    eval_set: str | Path | None = None,
+    method: str = "simpo",
+    preset: str | None = None,
+    overrides: dict[str, Any] | None = None,
+    device: str | None = None,
+) -> SelfPlaySpec:
+    """Check the request and resolve what the run depends on; raises MarginLensError naming what is wrong.
+    `evolver`: "local:MODEL", "openai:MODEL" or None (the starting policy, kept fixed across iterations)."""
+    from marginlens.core.experiments.eval_set import eval_set_fingerprint, load_eval_set
+    from marginlens.core.experiments.evaluators import parse_eval
+    from marginlens.core.experiments.generation import generation_identity
+    from marginlens.core.scoring.models import resolve_model
+    from marginlens.core.selfplay.evolve_job import EvolveParams, parse_evolver
+    from marginlens.core.selfplay.rollout_job import SAMPLING
+    from marginlens.core.selfplay.strategies import DEFAULT_STRATEGIES, parse_strategies, strategy_tag
+    from marginlens.core.training.settings import resolve_settings
+
+    metrics = tuple(dict.fromkeys(m.strip() for m in metrics if m.strip()))
+    unknown = [m for m in metrics if m not in metric_names()]
+    if not metrics or unknown:
+        raise MarginLensError(f"unknown metric {unknown[0]!r} (known: {', '.join(metric_names())})" if unknown
+                              else "name at least one metric (--metrics map,explicit)")
+    if iterations < 1:
+        raise MarginLensError(f"--iterations must be at least 1, got {iterations}")
+    if not 0 < ratio <= 1:
+        raise MarginLensError(f"--ratio must be in (0, 1], got {ratio}")
+    if max_prompts < 2:
+        raise MarginLensError(f"--max-prompts must be at least 2, got {max_prompts}")
+    if backend not in ("auto", "transformers", "vllm"):
+        raise MarginLensError(f"--backend must be auto, transformers or vllm, got {backend!r}")
+    check_method(method)
+    seed_list = seeds_for(seeds) if isinstance(seeds, int) else tuple(dict.fromkeys(int(s) for s in seeds))
+    annotator = parse_eval(annotate) if isinstance(annotate, str) else annotate
+    if annotator.kind == "judge":
+        raise MarginLensError("the annotator scores one answer at a time: use verifier:NAME, reward:MODEL or "
+                              "rating:MODEL (a judge compares two models; it is an evaluator)")
+    evaluator = parse_eval(eval) if isinstance(eval, str) else eval
+    overrides = dict(overrides or {})
+    if "seed" in overrides:
+        raise MarginLensError("the training seed is the run's: use --seeds, not --set seed=...")
+    resolve_settings(method, preset, overrides, device)
+    sampling = dict(sampling or {})
+    evolve = dict(evolve or {})
+    for name, base, given in (("sampling", SAMPLING, sampling), ("evolution", EvolveParams(), evolve)):
+        known = {f.name for f in dataclasses.fields(base)} - {"seed"}
+        wrong = sorted(set(given) - known)
+        if wrong:
+            raise MarginLensError(f"unknown {name} setting {wrong[0]!r} (known: {', '.join(sorted(known))})")
+        dataclasses.replace(base, **given)  # checks the values now, not inside the worker
+    source = resolve_model(policy)
+    folder = Path(source.spec).expanduser().is_dir()
+    evolver_spec = parse_evolver(evolver or f"local:{source.spec}", base_url=evolver_url)
+    tags = tuple(strategy_tag(s) for s in parse_strategies(strategies or list(DEFAULT_STRATEGIES)))
+    set_path = set_fp = None
+    if eval_set is not None:
+        path = Path(eval_set).expanduser().resolve()
+        load_eval_set(path)
+        set_path, set_fp = str(path), eval_set_fingerprint(path)
+    manifest = ws.dataset_manifest(dataset)
+    return SelfPlaySpec(
+        dataset=dataset, dataset_fingerprint=str(manifest.get("fingerprint") or manifest.get("data")),
+        policy=source.spec, annotate=dataclasses.asdict(annotator), eval=dataclasses.asdict(evaluator),
+        evolver=evolver_spec.to_dict(), iterations=int(iterations), metrics=metrics, seeds=seed_list,
+        ratio=float(ratio), weight=float(weight), signed=bool(signed), strategies=tags,
+        max_prompts=int(max_prompts), sampling=sampling, evolve=evolve, backend=backend, eval_set=set_path,
+        eval_set_fingerprint=set_fp, method=method, preset=preset, overrides=overrides, device=device,
+        policy_identity=generation_identity(source.spec) if folder else None)
+
+
+@dataclass
+class SeedPrompts:
+    """The first pool (prompt-pool rows, core.selfplay.prompt_pool) and the eval rows."""
+
+    pool: list[dict[str, Any]]
+    eval_rows: list[dict[str, Any]]
+    n_prompts: int  # distinct prompts in the dataset
+    held_out: int  # of them, held out or in the user's eval set
+
+
+def seed_prompts(ws: Workspace, spec: SelfPlaySpec) -> SeedPrompts:
+    """The dataset's distinct prompts minus the eval prompts, a seeded draw of at most `max_prompts`, in
+    dataset order. A prompt is its last user turn (core.data.pairs.prompt_text), as in the lab."""
+    from marginlens.core.data.pairs import load_texts, prompt_text
+    from marginlens.core.experiments.eval_set import eval_set_fingerprint, load_eval_set
+    from marginlens.core.experiments.experiment_plan import eval_row, held_out_rows, prompt_key, seeded_rank
+
+    if ws.dataset_manifest(spec.dataset).get("fingerprint") != spec.dataset_fingerprint:
+        raise MarginLensError(f"dataset {spec.dataset!r} was re-imported since this run was planned; plan it again")
+    texts = load_texts(ws, spec.dataset)
+    prompts = [prompt_text(p) for p in texts.column("prompt").to_pylist()]
+    keys = [prompt_key(p) for p in prompts]
+    if spec.eval_set is None:
+        eval_rows, held = held_out_rows(texts, keys, spec.heldout_share, spec.heldout_cap)
+    else:
+        if eval_set_fingerprint(Path(spec.eval_set)) != spec.eval_set_fingerprint:
+            raise MarginLensError(f"{spec.eval_set} changed since this run was planned; plan it again")
+        eval_rows = load_eval_set(Path(spec.eval_set))
+        held = {prompt_key(str(r["prompt"])) for r in eval_rows}
+    if not eval_rows:
+        raise MarginLensError(f"{spec.dataset!r} has too few distinct prompts to hold any out: give --eval-set")
+    first: dict[str, int] = {}
+    for i, key in enumerate(keys):
+        if key not in held and key not in first and key:
+            first[key] = i
+    drawn = sorted(first, key=lambda k: seeded_rank(SEED_DRAW, k))[:spec.max_prompts]
+    sources = texts.column("source_json").to_pylist()
+    pool = []
+    for i in sorted(first[k] for k in drawn):
+        row = eval_row(prompts[i], sources[i])
+        pool.append({**row, "parent": None, "strategy": None, "iteration": 0, "root": row["id"]})
+    if len(pool) < 2:
+        raise MarginLensError(f"{spec.dataset!r} has {len(pool)} prompt(s) left once the eval prompts are out: "
+                              "self-play needs at least 2")
+    return SeedPrompts(pool, eval_rows, len(set(keys)), len(held & set(keys)))
+
+
+@dataclass
+class SelfPlayPlan:
+    seed_prompts: int
+    eval_prompts: int
+    held_out_of_dataset: int
+    chains: int
+    iterations: int
+    selected_per_round: int  # prompts evolved in the first round
+    rewrites_asked: int  # evolution requests in the first round
+    answers_first_round: int  # sampled answers of the first round's seed prompts (per chain; shared by metrics)
+    trainings: int
+    evaluations: int  # the baseline included
+    lines_: list[str] = dataclasses.field(default_factory=list)
+
+    def lines(self) -> list[str]:
+        return self.lines_
+
+    def to_dict(self) -> dict[str, Any]:
+        out = dataclasses.asdict(self)
+        out["lines"] = out.pop("lines_")
+        return out
+
+
+def plan_selfplay(ws: Workspace, spec: SelfPlaySpec, seeds: SeedPrompts | None = None) -> SelfPlayPlan:
+    """What the run will take. Later rounds' sizes depend on how many rewrites survive the filters, so only
+    the first round is counted exactly; later ones are at most (ratio * prompts * strategies) prompts."""
+    seeds = seeds or seed_prompts(ws, spec)
+    n = int(spec.sampling.get("n", spec.sampling_params(0).n))
+    k = max(1, int(spec.ratio * len(seeds.pool)))
+    strategies = len(spec.strategies)
+    chains = len(spec.chains)
+    evolver = spec.evolver
+    lines = [
+        f"{len(seeds.pool)} seed prompts from {spec.dataset!r} ({seeds.n_prompts} distinct, at most "
+        f"{spec.max_prompts} drawn); {len(seeds.eval_rows)} eval prompts "
+        + ("held out from the dataset" if spec.eval_set is None else f"from {spec.eval_set}"),
+        f"{chains} chain(s) ({', '.join(spec.metrics)} x seeds {', '.join(map(str, spec.seeds))}), "
+        f"{spec.iterations} iteration(s) each",
+        f"round 1: {n} answers per prompt ({n * len(seeds.pool)} in all, shared by the metrics of one seed), "
+        f"the top {k} prompts by the metric evolved with {strategies} strategies ({k * strategies} rewrites "
+        f"asked of {evolver.get('kind')}:{evolver.get('model')}), then {n} answers per kept rewrite",
+        f"{chains * spec.iterations} training runs ({spec.method}), {chains * spec.iterations + 1} evaluations "
+        f"({spec.evaluator.label}, the starting model once)",
+    ]
+    return SelfPlayPlan(len(seeds.pool), len(seeds.eval_rows), seeds.held_out, chains, spec.iterations, k,
+                        k * strategies, n * len(seeds.pool), chains * spec.iterations, chains * spec.iterations + 1,
+                        lines)
