@@ -17,6 +17,7 @@ PAGES: dict[str, tuple[str, str]] = {
     "export": ("Export", ":material/download:"),
     "train": ("Train", ":material/model_training:"),
     "experiments": ("Experiments", ":material/science:"),
+    "selfplay": ("Self-play", ":material/autorenew:"),
 }
 
 

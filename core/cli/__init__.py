@@ -23,6 +23,7 @@ COMMAND_MODULES = [
     "marginlens.core.cli.audit_commands",
     "marginlens.core.cli.train_commands",
     "marginlens.core.cli.experiment_commands",
+    "marginlens.core.cli.selfplay_commands",
     "marginlens.core.cli.score_commands",
     "marginlens.core.cli.job_commands",
 ]

@@ -1,0 +1,144 @@
+"""The Self-play page's logic, without widgets: the form's spec and plan (cached across script reruns, keyed
+on what they read), how a run is labelled, the results table per iteration and metric as a frame, and the
+chart of the mean (with its 95% interval) against the iteration, iteration 0 being the starting model.
+The timeline of a run's rounds and the lineage of its rewrites are in app.selfplay_timeline."""
+
+from __future__ import annotations
+
+import json
+from typing import Any
+
+import pandas as pd
+import plotly.graph_objects as go
+import streamlit as st
+from marginlens.app.experiments_view import path_stat
+from marginlens.core.errors import MarginLensError
+from marginlens.core.experiments.experiment_results import INTERVAL_METHOD, ONE_SEED
+from marginlens.core.jobs import Job
+from marginlens.core.selfplay.selfplay_spec import SelfPlaySpec
+from marginlens.core.workspace import Workspace
+
+STARTING = "starting model"
+DASH = "—"  # a value that does not exist (the starting model's interval, one seed's), not a zero
+METRICS_CAPTION = ("map: M_AP = z(m_ex) - w·z(|m_im|), the alignment potential; explicit: eva's own rule, the "
+                   "reward gap m_ex between the best and the worst answer.")
+
+
+def check_form(form: dict[str, Any]) -> None:
+    """What the page refuses before building anything, in the page's words (build_selfplay_spec says the rest)."""
+    if not str(form.get("annotate") or "").strip():
+        raise MarginLensError("name an annotator: how each sampled answer is scored (e.g. verifier:majority-vote, "
+                              "reward:MODEL or rating:MODEL)")
+    if not str(form.get("eval") or "").strip():
+        raise MarginLensError("name an evaluator: how each trained model is scored on the eval set (e.g. "
+                              "verifier:answer-match)")
+    if not form.get("metrics"):
+        raise MarginLensError("pick at least one metric")
+    if not form.get("strategies"):
+        raise MarginLensError("pick at least one rewrite strategy")
+
+
+def plan_inputs(ws: Workspace, dataset: str, form: dict[str, Any]) -> str:
+    """What the spec and plan read besides the form: the dataset's import, the eval set file, the starting
+    model's folder and the verifier plug-ins. Only a cache key."""
+    import os
+
+    from marginlens.core.experiments.verifiers import PLUGINS_ENV
+
+    return json.dumps({"dataset": ws.dataset_manifest(dataset).get("fingerprint"),
+                       "eval_set": path_stat(form.get("eval_set")), "policy": path_stat(form.get("policy")),
+                       "verifiers": os.environ.get(PLUGINS_ENV)}, default=str)
+
+
+@st.cache_data(max_entries=16, show_spinner=False)
+def cached_plan(root: str, dataset: str, form_json: str, inputs: str) -> tuple[dict[str, Any], list[str]]:
+    """build_selfplay_spec and plan_selfplay of the form (a JSON of build_selfplay_spec's keyword arguments):
+    the spec's params and the plan's lines. `inputs` (plan_inputs) is only the cache key; errors are not cached."""
+    from marginlens.core.selfplay.selfplay_spec import build_selfplay_spec, plan_selfplay
+
+    ws = Workspace(root)
+    spec = build_selfplay_spec(ws, dataset, **json.loads(form_json))
+    return spec.to_params(), plan_selfplay(ws, spec).lines()
+
+
+def llm_parts(spec: SelfPlaySpec) -> list[tuple[str, str]]:
+    """(what, the environment variable of its key) for each part of the run that asks an LLM endpoint."""
+    from marginlens.core.chat_client import KEY_ENV
+
+    parts = [(what, e.api_key_env or KEY_ENV) for what, e in (("annotator", spec.annotator),
+                                                               ("evaluator", spec.evaluator)) if e.asks_llm]
+    if spec.evolver.get("kind") == "openai":
+        parts.append(("evolver", spec.evolver.get("api_key_env") or KEY_ENV))
+    return parts
+
+
+def job_label(job: Job) -> str:
+    try:
+        spec = SelfPlaySpec.from_params(job.spec["params"])
+    except (KeyError, TypeError):  # a folder without a readable spec: still listed, by its id
+        return f"? · {job.id}"
+    return (f"{spec.dataset}: {', '.join(spec.metrics)} x {len(spec.seeds)} seeds, {spec.iterations} iterations, "
+            f"{spec.evaluator.label} · {job.status().state} · {job.id}")
+
+
+def interval_caption(table: dict[str, Any]) -> str:
+    if table.get("interval") == ONE_SEED or len(table.get("seeds") or []) < 2:
+        return "One seed: no interval (two or more seeds give a 95% t-interval)."
+    return (f"Mean over seeds and a {INTERVAL_METHOD}: how much the result moves with the seed; it does not cover "
+            "the eval set's own sampling noise. A chain that stopped early counts only up to its last iteration.")
+
+
+def _fmt(value: float | None) -> str:
+    return "-" if value is None else f"{value:.3f}"
+
+
+def table_frame(table: dict[str, Any]) -> pd.DataFrame:
+    """One row per iteration and metric, iteration 0 (the starting model) first: mean, 95% interval,
+    per-seed values, seeds that got there, eval prompts, training pairs."""
+    rows = []
+    base = table.get("baseline")
+    if base:
+        rows.append({"iteration": 0, "metric": STARTING, "mean": base.get("mean"), "95% interval": DASH,
+                     "per seed": DASH, "seeds": DASH, "n prompts": base.get("n"), "training pairs": DASH})
+    n_seeds = len(table.get("seeds") or [])
+    for it in table.get("iterations", []):
+        for row in it["rows"]:
+            interval = DASH if row.get("ci_low") is None else f"[{row['ci_low']:.3f}, {row['ci_high']:.3f}]"
+            rows.append({"iteration": it["iteration"], "metric": row["metric"], "mean": row.get("mean"),
+                         "95% interval": interval, "per seed": " ".join(_fmt(v) for v in row.get("values", [])),
+                         "seeds": f"{row.get('n_seeds', 0)} of {n_seeds}", "n prompts": row.get("n_prompts"),
+                         "training pairs": DASH if row.get("pairs") is None else str(row["pairs"])})
+    return pd.DataFrame(rows, columns=["iteration", "metric", "mean", "95% interval", "per seed", "seeds",
+                                       "n prompts", "training pairs"])
+
+
+def results_figure(table: dict[str, Any]) -> go.Figure:
+    """Per metric, the mean over seeds against the iteration with its 95% interval as a band; every line starts
+    at the starting model's value (iteration 0)."""
+    fig = go.Figure()
+    base = (table.get("baseline") or {}).get("mean")
+    for metric in table.get("metrics", []):
+        xs, means, lows, highs = [], [], [], []
+        if base is not None:
+            xs, means, lows, highs = [0], [base], [base], [base]
+        for it in table.get("iterations", []):
+            row = next((r for r in it["rows"] if r["metric"] == metric), None)
+            if row is None or row.get("mean") is None:
+                continue
+            xs.append(it["iteration"])
+            means.append(row["mean"])
+            lows.append(row["mean"] if row.get("ci_low") is None else row["ci_low"])
+            highs.append(row["mean"] if row.get("ci_high") is None else row["ci_high"])
+        if not xs:
+            continue
+        line = go.Scatter(x=xs, y=means, mode="lines+markers", name=metric, legendgroup=metric,
+                          hovertemplate=f"{metric}, iteration %{{x}}: %{{y:.3f}}<extra></extra>")
+        fig.add_trace(line)
+        if any(lo != hi for lo, hi in zip(lows, highs, strict=True)):
+            fig.add_trace(go.Scatter(x=xs + xs[::-1], y=highs + lows[::-1], fill="toself", opacity=0.2,
+                                     line={"width": 0}, name=f"{metric} 95% interval", legendgroup=metric,
+                                     hoverinfo="skip", showlegend=False))
+    fig.update_layout(title=f"{table.get('evaluator', '')}: mean over seeds per iteration (0 = starting model)",
+                      xaxis_title="iteration", yaxis_title=table.get("evaluator", ""), height=380,
+                      margin={"t": 50, "b": 40}, xaxis={"dtick": 1})
+    return fig

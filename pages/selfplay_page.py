@@ -1,0 +1,208 @@
+"""Self-play: a model improves itself on evolving prompts, the prompts to evolve selected by a metric (M_AP
+against eva's reward gap). The page plans and submits the run and reads its job folders; nothing runs here."""
+
+from __future__ import annotations
+
+import json
+
+import streamlit as st
+from marginlens.app import selfplay_timeline as tl
+from marginlens.app import selfplay_view as sv
+from marginlens.app import widgets
+from marginlens.app.experiments_view import overrides_from_text
+from marginlens.app.job_panel import job_panel
+from marginlens.app.state import current_dataset, workspace
+from marginlens.core import jobs
+from marginlens.core.errors import MarginLensError
+from marginlens.core.experiments.experiment_results import cell_key
+from marginlens.core.experiments.verifiers import verifier_names
+from marginlens.core.job_status import POLL_SECONDS
+from marginlens.core.scoring.models import DEFAULT_POLICY
+from marginlens.core.selection.metrics import DEFAULT_PARAMS, metric_names
+from marginlens.core.selfplay import selfplay_spec as sps
+from marginlens.core.selfplay.evolve_job import EvolveParams
+from marginlens.core.selfplay.rollout_job import SAMPLING
+from marginlens.core.selfplay.selfplay_job import selfplay_results, selfplay_state, submit_selfplay
+from marginlens.core.selfplay.selfplay_spec import evolve_settings, sampling_settings
+from marginlens.core.selfplay.strategies import DEFAULT_STRATEGIES, STRATEGIES
+from marginlens.core.training.presets import METHODS
+
+JOB_KEY = "selfplay_job"  # the run the page shows; kept across pages
+API_KEY = "_sp_api_key"
+
+ws = workspace()
+st.title("Self-play")
+st.caption("For each metric and seed, each iteration: sample answers from the current model, annotate them and pair "
+           "best against worst, select the top prompts by the metric, evolve them into new prompts, train on the "
+           "pairs, evaluate the trained model on held-out prompts. The rewrites are the next iteration's prompts.")
+
+
+def _verifier(preferred: str) -> str:
+    names = verifier_names()
+    return f"verifier:{preferred}" if preferred in names else (f"verifier:{names[0]}" if names else "")
+
+
+def _form() -> None:
+    names = ws.dataset_names()
+    if not names:
+        st.info("No dataset yet: import one on the Data page (or run `marginlens app --demo`); its prompts seed "
+                "the run.")
+        return
+    current = current_dataset(names)
+    c1, c2 = st.columns([1, 2])
+    dataset = c1.selectbox("Dataset (its prompts seed the run)", names, index=names.index(current), key="_sp_dataset")
+    policy = c2.text_input("Starting model (Hub id or folder)", value=DEFAULT_POLICY, key="_sp_policy")
+    c1, c2, c3 = st.columns(3)
+    annotate = c1.text_input("Annotator (scores each sampled answer)", value=_verifier("majority-vote"),
+                             key="_sp_annotate",
+                             help="verifier:NAME (built in: " + (", ".join(verifier_names()) or "none") + "), "
+                                  "reward:MODEL or rating:MODEL; options after commas: base_url=URL, api_key_env=NAME")
+    evaluator = c2.text_input("Evaluator (scores each trained model)", value=_verifier("answer-match"), key="_sp_eval",
+                              help="verifier:NAME, reward:MODEL, rating:MODEL or judge:MODEL (win rate against the "
+                                   "starting model); options after commas: base_url=URL, api_key_env=NAME")
+    eval_set = c3.text_input("Eval set (JSONL file; empty: held out from the dataset)", key="_sp_eval_set")
+    c1, c2 = st.columns([2, 3])
+    metrics = c1.multiselect("Metrics", metric_names(), default=[m for m in sps.DEFAULT_METRICS if m in metric_names()],
+                             key="_sp_metrics", help="one chain per metric and seed")
+    c1.caption(sv.METRICS_CAPTION)
+    strategies = c2.multiselect("Rewrite strategies", list(STRATEGIES), default=list(DEFAULT_STRATEGIES),
+                                format_func=lambda n: f"{n}: {STRATEGIES[n].description}", key="_sp_strategies")
+    c1, c2, c3, c4, c5 = st.columns(5)
+    seeds = c1.number_input("Seeds", 1, 20, 1, key="_sp_seeds")
+    iterations = c2.number_input("Iterations", 1, 20, sps.DEFAULT_ITERATIONS, key="_sp_iterations")
+    ratio = c3.number_input("Ratio", 0.01, 1.0, sps.DEFAULT_RATIO, 0.05, key="_sp_ratio",
+                            help="the top int(ratio·N) prompts of each round are evolved")
+    n = c4.number_input("Answers per prompt (n)", 2, 64, SAMPLING.n, key="_sp_n")
+    max_prompts = c5.number_input("Max seed prompts", 2, 100_000, sps.DEFAULT_MAX_PROMPTS, key="_sp_max_prompts")
+    c1, c2 = st.columns([3, 2])
+    evolver = c1.text_input("Evolver (empty: the starting model)", key="_sp_evolver",
+                            help="local:MODEL (a folder or hub id) or openai:MODEL (an OpenAI-compatible endpoint)")
+    evolver_url = c2.text_input("Evolver base URL (openai: only)", key="_sp_evolver_url")
+    evolve = EvolveParams()
+    with st.expander("Sampling, evolution and selection settings"):
+        c1, c2, c3, c4 = st.columns(4)
+        temperature = c1.number_input("Temperature", 0.0, 5.0, SAMPLING.temperature, 0.05, key="_sp_temperature")
+        top_p = c2.number_input("Top p", 0.01, 1.0, SAMPLING.top_p, 0.01, key="_sp_top_p")
+        max_new = c3.number_input("Max new tokens (answers)", 1, 8192, SAMPLING.max_new_tokens, key="_sp_max_new")
+        backend = c4.selectbox("Sampling backend", ("auto", "transformers", "vllm"), key="_sp_backend")
+        c1, c2, c3, c4, c5 = st.columns(5)
+        evolve_new = c1.number_input("Max new tokens (rewrites)", 1, 8192, evolve.max_new_tokens, key="_sp_evolve_new")
+        max_ratio = c2.number_input("Max length ratio", 1.01, 100.0, float(evolve.max_ratio), key="_sp_max_ratio",
+                                    help="a rewrite is kept within this factor of its parent's length")
+        weight = c3.number_input("Weight w (M_AP)", value=float(DEFAULT_PARAMS.weight), key="_sp_weight")
+        signed = c4.checkbox("Signed m_im", value=bool(DEFAULT_PARAMS.signed), key="_sp_signed")
+        device = c5.selectbox("Device", ("auto", "cpu", "cuda"), key="_sp_device")
+    c1, c2, c3 = st.columns([1, 2, 4])
+    method = c1.radio("Method", METHODS, index=METHODS.index("simpo"), format_func=str.upper, key="_sp_method")
+    preset = c2.text_input("Preset (empty: the method's)", key="_sp_preset")
+    settings = c3.text_area("Training settings, the same for every run (one key=value per line)", key="_sp_settings",
+                            placeholder="max_steps=20\nlearning_rate=1e-5")
+    form = {"annotate": annotate.strip(), "eval": evaluator.strip(), "policy": policy.strip() or None,
+            "evolver": evolver.strip() or None, "evolver_url": evolver_url.strip() or None,
+            "iterations": int(iterations), "metrics": list(metrics), "seeds": int(seeds), "ratio": float(ratio),
+            "weight": float(weight), "signed": bool(signed), "strategies": list(strategies),
+            "max_prompts": int(max_prompts), "sampling": sampling_settings(n, temperature, top_p, max_new),
+            "evolve": evolve_settings(evolve_new, max_ratio), "backend": backend,
+            "eval_set": eval_set.strip() or None, "method": method, "preset": preset.strip() or None,
+            "device": None if device == "auto" else device}
+    try:
+        sv.check_form(form)
+        form["overrides"] = overrides_from_text(settings)
+        params, lines = sv.cached_plan(str(ws.root), dataset, json.dumps(form, sort_keys=True),
+                                       sv.plan_inputs(ws, dataset, form))
+    except MarginLensError as exc:
+        widgets.show_error(exc)
+        return
+    spec = sps.SelfPlaySpec.from_params(params)
+    with st.container(border=True):
+        st.markdown("**What it will take**")
+        st.markdown("\n".join(f"- {widgets.md_escape(line)}" for line in lines))
+    parts = sv.llm_parts(spec)
+    if parts:
+        st.text_input("API key of the " + ", ".join(what for what, _ in parts) + " (kept in the workers' environment "
+                      "only, never written)", type="password", key=API_KEY)
+    if st.button("Start", type="primary", key="_sp_start"):
+        try:
+            job = submit_selfplay(ws, spec, env=_env(spec))
+        except MarginLensError as exc:  # an endpoint that does not answer, a dataset re-imported meanwhile
+            widgets.show_error(exc)
+            return
+        st.session_state[JOB_KEY] = st.session_state["_sp_run"] = job.id
+        st.success(f"Self-play job {job.id} is {job.status().state}.")
+
+
+def _env(spec: sps.SelfPlaySpec) -> dict[str, str]:
+    """The key typed on this page, for every part that asks an LLM (the environment's otherwise)."""
+    typed = st.session_state.get(API_KEY)
+    return {name: typed for _, name in sv.llm_parts(spec)} if typed else {}
+
+
+def _timeline(job: jobs.Job, order: list[str], live: bool) -> None:
+    @st.fragment(run_every=POLL_SECONDS if live else None)
+    def draw() -> None:
+        state = selfplay_state(job)
+        if state.get("message"):
+            st.caption(widgets.md_escape(state["message"]))
+        st.markdown("**Iteration timeline**")
+        st.caption(widgets.md_escape(tl.baseline_line(ws, state)))
+        frame = tl.timeline_frame(ws, state, order)
+        if frame.empty:
+            st.caption("No round started yet.")
+        else:
+            st.dataframe(widgets.dash_missing(frame), hide_index=True, key="_sp_timeline")
+        table = selfplay_results(job)
+        if not table or (not table.get("baseline") and not any(r.get("mean") is not None for it in
+                                                                 table.get("iterations", []) for r in it["rows"])):
+            st.caption("Results appear once the starting model is evaluated.")
+            return
+        st.markdown("**Results**")
+        st.dataframe(sv.table_frame(table), hide_index=True, key="_sp_table",
+                     column_config={"mean": st.column_config.NumberColumn(format="%.3f")})
+        st.caption(sv.interval_caption(table))
+        st.plotly_chart(sv.results_figure(table), key="_sp_chart", config={"displaylogo": False})
+
+    draw()
+
+
+def _lineage(job: jobs.Job, order: list[str]) -> None:
+    rounds = tl.evolve_rounds(selfplay_state(job), order)
+    if not rounds:
+        return
+    st.markdown("**Lineage of the rewrites**")
+    chosen = st.selectbox("Round", list(rounds), key="_sp_lineage_round")
+    try:
+        kept, dropped = tl.lineage(ws, rounds[chosen])
+    except MarginLensError as exc:
+        widgets.show_error(exc)
+        return
+    st.caption(f"{len(kept)} kept, {len(dropped)} dropped (evolve job {rounds[chosen]})")
+    st.dataframe(kept, hide_index=True, key="_sp_kept")
+    if len(dropped):
+        st.caption("Dropped by the filters, with the reason")
+        st.dataframe(dropped, hide_index=True, key="_sp_dropped")
+
+
+def _results() -> None:
+    st.subheader("Self-play runs")
+    runs = {j.id: j for j in jobs.list_jobs(ws, "selfplay")}
+    if not runs:
+        st.caption("No self-play run yet.")
+        return
+    ids = list(runs)
+    current = st.session_state.get(JOB_KEY)
+    if current in ids and st.session_state.get("_sp_run") not in ids:
+        st.session_state["_sp_run"] = current
+    job_id = st.selectbox("Run", ids, format_func=lambda i: sv.job_label(runs[i]), key="_sp_run")
+    st.session_state[JOB_KEY] = job_id
+    job = runs[job_id]
+    spec = sps.SelfPlaySpec.from_params(job.spec["params"])
+    status = job_panel(job, title="self-play", on_resume=lambda: submit_selfplay(ws, spec, env=_env(spec)),
+                       cancel_help="cancels the running child job too; Resume continues where it stopped")
+    order = [cell_key(metric, seed) for metric, seed in spec.chains]
+    _timeline(job, order, status.live)
+    _lineage(job, order)
+
+
+st.subheader("New run")
+_form()
+_results()

@@ -1,0 +1,171 @@
+"""Self-play page through AppTest: the form and its plan above Start, refusals in words, Start submitting the job
+the CLI would (then cancelled), and a finished run's timeline, results table, chart and lineage, drawn from job
+folders written by hand through core.jobs (no model runs for that part)."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+from helpers_app import app_test, no_errors
+from helpers_experiment import DATASET, build_dataset
+from marginlens.app.widgets import md_escape
+from marginlens.core import jobs
+from marginlens.core.atomic import write_json
+from marginlens.core.experiments.experiment_results import cell_key
+from marginlens.core.job_status import JobState
+from marginlens.core.jobs import Job, job_id_for
+from marginlens.core.selfplay.selfplay_results import selfplay_table
+from marginlens.core.selfplay.selfplay_spec import build_selfplay_spec, plan_selfplay
+from tiny_models import tiny_llama  # noqa: F401  (session fixture)
+
+ANNOTATE, EVAL = "verifier:majority-vote", "verifier:answer-match"
+SAMPLING = {"n": 5, "temperature": 0.8, "top_p": 0.95, "max_new_tokens": 128}  # the page's defaults, spelled out
+EVOLVE = {"max_new_tokens": 128, "max_ratio": 5.0}
+
+
+@pytest.fixture
+def sp_ws(tmp_path):
+    return build_dataset(tmp_path / "workspace")
+
+
+def test_empty_workspace(ws):
+    at = app_test("selfplay_page.py", ws)
+    at.run()
+    no_errors(at)
+    assert any("No dataset yet" in i.value for i in at.info)
+    assert any(c.value == "No self-play run yet." for c in at.caption)
+    assert all(b.key != "_sp_start" for b in at.button)
+
+
+def test_form_plan_and_refusals(sp_ws):
+    at = app_test("selfplay_page.py", sp_ws)
+    at.run()
+    no_errors(at)
+    assert at.multiselect(key="_sp_metrics").value == ["map", "explicit"]
+    assert any("eva's own rule" in c.value for c in at.caption)
+    assert at.multiselect(key="_sp_strategies").value == ["breadth", "deepen", "constrain", "concretize", "reason"]
+    at.number_input(key="_sp_max_prompts").set_value(6)
+    at.multiselect(key="_sp_strategies").set_value(["breadth", "reason"]).run()
+    no_errors(at)
+    spec = build_selfplay_spec(sp_ws, DATASET, annotate=ANNOTATE, eval=EVAL, max_prompts=6,
+                               strategies=["breadth", "reason"], sampling=SAMPLING, evolve=EVOLVE)
+    shown = "\n".join(m.value for m in at.markdown)
+    assert all(md_escape(line) in shown for line in plan_selfplay(sp_ws, spec).lines()), shown
+    assert not jobs.list_jobs(sp_ws)  # the form starts nothing
+    at.text_input(key="_sp_annotate").input("").run()
+    (error,) = [e.value for e in at.error]
+    assert "name an annotator" in error
+    assert all(b.key != "_sp_start" for b in at.button)
+    at.text_input(key="_sp_annotate").input("judge:some-model").run()
+    assert any("a judge compares two models" in e.value for e in at.error), [e.value for e in at.error]
+    at.text_input(key="_sp_annotate").input(ANNOTATE)
+    at.text_input(key="_sp_eval_set").input(str(sp_ws.root / "no-such.jsonl")).run()
+    assert len(at.error) == 1 and "no such file" in at.error[0].value
+    assert not at.exception
+
+
+def test_start_submits_the_cli_spec(sp_ws, tiny_llama):  # noqa: F811
+    at = app_test("selfplay_page.py", sp_ws)
+    at.run()
+    at.text_input(key="_sp_policy").input(str(tiny_llama))
+    at.number_input(key="_sp_iterations").set_value(1)
+    at.number_input(key="_sp_max_prompts").set_value(4)
+    at.text_area(key="_sp_settings").input("max_steps=1").run()
+    no_errors(at)
+    at.button(key="_sp_start").click().run()
+    (job,) = jobs.list_jobs(sp_ws, "selfplay")
+    job.cancel()
+    no_errors(at)
+    spec = build_selfplay_spec(sp_ws, DATASET, annotate=ANNOTATE, eval=EVAL, policy=str(tiny_llama), iterations=1,
+                               max_prompts=4, sampling=SAMPLING, evolve=EVOLVE, overrides={"max_steps": 1})
+    assert job.spec["params"] == spec.to_params()  # the very run `marginlens selfplay` would start
+    assert at.session_state["selfplay_job"] == job.id
+    assert any(job.id in m.value for m in at.markdown)  # its job panel
+    assert job.wait(poll=0.2, timeout=180).state is JobState.CANCELLED, job.log_tail(20)
+    assert not any(j.status().live for j in jobs.list_jobs(sp_ws))
+
+
+# --- a finished run, written by hand -------------------------------------------------------------------------
+def fake_job(ws, kind: str, params: dict, state: str = "done") -> Job:
+    job = Job(ws.jobs_dir / job_id_for(kind, params))
+    write_json(job.dir / "spec.json", {"kind": kind, "params": params, "job_id": job.id, "created": "2026-01-01"})
+    write_json(job.dir / "status.json", {"state": state, "message": state, "done": 1, "total": 1})
+    return job
+
+
+def write_jsonl(path, rows) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text("".join(json.dumps(r) + "\n" for r in rows), encoding="utf-8")
+
+
+def finished_run(ws):
+    spec = build_selfplay_spec(ws, DATASET, annotate=ANNOTATE, eval=EVAL, iterations=2, seeds=2)
+    run = fake_job(ws, "selfplay", spec.to_params())
+    pool = run.dir / "results" / "seeds.jsonl"
+    write_jsonl(pool, [{"id": "p1", "prompt": "What is 2 plus 3?", "parent": None, "strategy": None,
+                        "iteration": 0, "root": "p1"},
+                       {"id": "p2", "prompt": "What is 4 plus 5?", "parent": None, "strategy": None,
+                        "iteration": 0, "root": "p2"}])
+    evolve = fake_job(ws, "evolve", {"prompts": str(pool), "iteration": 1, "tag": "hand"})
+    write_jsonl(evolve.dir / "results" / "evolved.jsonl", [
+        {"id": "p1>reason", "prompt": "Anna has 2 apples and buys 3 more: how many now, step by step?",
+         "parent": "p1", "strategy": "reason@1", "iteration": 1, "root": "p1"}])
+    write_jsonl(evolve.dir / "results" / "dropped.jsonl", [
+        {"id": "p2>breadth", "prompt": "What is 4 plus 5?", "parent": "p2", "strategy": "breadth@1",
+         "iteration": 1, "root": "p2", "reason": "same_as_parent", "raw": "\"What is 4 plus 5?\""}])
+    sampled = fake_job(ws, "rollout", {"prompts": str(pool), "tag": "hand"})
+    means = {("map", 42): (0.30, 0.40), ("map", 43): (0.32, 0.44), ("explicit", 42): (0.25, 0.30),
+             ("explicit", 43): (0.27, 0.28)}
+    state = {"message": "done", "eval_set": "eval.jsonl", "seeds": str(pool),
+             "baseline": {"mean": 0.2, "n": 4, "eval_job": "evaluate-gone", "step": "done"}, "chains": {}}
+    for (metric, seed), values in means.items():
+        rounds = []
+        for t, mean in enumerate(values, 1):
+            rounds.append({"iteration": t, "step": "done",
+                           "pool": {"job": sampled.id, "prompts": 12, "answers": 60, "pairs": 10, "ties": 2,
+                                    "invalid": 0, "truncated": 0},
+                           "selection": {"candidates": 10, "k": 3, "warnings": []},
+                           "evolve": {"job": evolve.id, "asked": 15, "kept": 11,
+                                      "dropped": {"too_long": 3, "duplicate": 1, "empty": 0}},
+                           "rewrites": {"job": sampled.id, "prompts": 11, "answers": 55, "pairs": 9, "ties": 2},
+                           "train": {"job": "train-gone", "pairs": 19},
+                           "eval": {"eval_job": "evaluate-gone", "mean": mean, "n": 4, "invalid": 0}})
+        state["chains"][cell_key(metric, seed)] = {"metric": metric, "seed": seed, "rounds": rounds}
+    write_json(run.dir / "results" / "state.json", state)
+    write_json(run.dir / "results" / "table.json", selfplay_table(spec, state))
+    return run, evolve, sampled
+
+
+def test_finished_run_timeline_table_and_lineage(sp_ws):
+    run, evolve, sampled = finished_run(sp_ws)
+    at = app_test("selfplay_page.py", sp_ws)
+    at.run()
+    no_errors(at)
+    assert at.selectbox(key="_sp_run").value == run.id
+    assert len(at.dataframe) == 4  # timeline, results, kept and dropped rewrites, in that order
+    timeline = at.dataframe[0].value
+    assert len(timeline) == 8  # 2 metrics x 2 seeds x 2 iterations
+    first = timeline.iloc[0]
+    assert first["chain"] == cell_key("map", 42) and first["iteration"] == 1
+    assert first["sampled"] == "12 prompts, 10 pairs, 2 ties" and first["selected"] == "3 of 10"
+    assert first["rewrites asked"] == 15 and first["kept"] == 11 and first["dropped"] == "too_long 3, duplicate 1"
+    assert first["training pairs"] == 19 and first["eval mean"] == pytest.approx(0.30)
+    assert first["evolve job"] == f"done · {evolve.id}" and first["sampling job"] == f"done · {sampled.id}"
+    assert first["train job"] == "missing · train-gone"
+    assert any(md_escape("mean 0.200 over 4 eval prompts") in c.value for c in at.caption)
+    table = at.dataframe[1].value
+    assert list(table["iteration"]) == [0, 1, 1, 2, 2]
+    assert list(table["metric"]) == ["starting model", "map", "explicit", "map", "explicit"]
+    assert table["mean"].iloc[0] == pytest.approx(0.2) and table["mean"].iloc[3] == pytest.approx(0.42)
+    assert table["per seed"].iloc[3] == "0.400 0.440" and table["95% interval"].iloc[3].startswith("[")
+    (chart,) = at.get("plotly_chart")
+    figure = json.loads(chart.proto.spec)
+    lines = {t["name"]: t for t in figure["data"] if t.get("mode") == "lines+markers"}
+    assert set(lines) == {"map", "explicit"}
+    assert lines["map"]["x"] == [0, 1, 2] and lines["map"]["y"] == pytest.approx([0.2, 0.31, 0.42])
+    assert at.selectbox(key="_sp_lineage_round").value == f"{cell_key('map', 42)} iteration 1"
+    kept = at.dataframe[2].value
+    assert list(kept["parent's prompt"]) == ["What is 2 plus 3?"] and list(kept["strategy"]) == ["reason@1"]
+    dropped = at.dataframe[3].value
+    assert list(dropped["reason"]) == ["same_as_parent"] and list(dropped["parent's prompt"]) == ["What is 4 plus 5?"]
