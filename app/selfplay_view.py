@@ -27,7 +27,7 @@ METRICS_CAPTION = ("map: M_AP = z(m_ex) - w·z(|m_im|), the alignment potential;
 def check_form(form: dict[str, Any]) -> None:
     """What the page refuses before building anything, in the page's words (build_selfplay_spec says the rest)."""
     if not str(form.get("annotate") or "").strip():
-        raise MarginLensError("name an annotator: how each sampled answer is scored (e.g. verifier:majority-vote, "
+        raise MarginLensError("name an annotator: how each sampled answer is scored (e.g. verifier:self-consistency, "
                               "reward:MODEL or rating:MODEL)")
     if not str(form.get("eval") or "").strip():
         raise MarginLensError("name an evaluator: how each trained model is scored on the eval set (e.g. "

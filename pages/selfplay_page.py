@@ -53,7 +53,7 @@ def _form() -> None:
     dataset = c1.selectbox("Dataset (its prompts seed the run)", names, index=names.index(current), key="_sp_dataset")
     policy = c2.text_input("Starting model (Hub id or folder)", value=DEFAULT_POLICY, key="_sp_policy")
     c1, c2, c3 = st.columns(3)
-    annotate = c1.text_input("Annotator (scores each sampled answer)", value=_verifier("majority-vote"),
+    annotate = c1.text_input("Annotator (scores each sampled answer)", value=_verifier("self-consistency"),
                              key="_sp_annotate",
                              help="verifier:NAME (built in: " + (", ".join(verifier_names()) or "none") + "), "
                                   "reward:MODEL or rating:MODEL; options after commas: base_url=URL, api_key_env=NAME")

@@ -19,7 +19,7 @@ from marginlens.core.selfplay.selfplay_results import selfplay_table
 from marginlens.core.selfplay.selfplay_spec import build_selfplay_spec, plan_selfplay
 from tiny_models import tiny_llama  # noqa: F401  (session fixture)
 
-ANNOTATE, EVAL = "verifier:majority-vote", "verifier:answer-match"
+ANNOTATE, EVAL = "verifier:self-consistency", "verifier:answer-match"
 SAMPLING = {"n": 5, "temperature": 0.8, "top_p": 0.95, "max_new_tokens": 128}  # the page's defaults, spelled out
 EVOLVE = {"max_new_tokens": 128, "max_ratio": 5.0}
 

@@ -12,7 +12,7 @@ from marginlens.core.job_status import JobState
 from marginlens.core.selfplay.selfplay_spec import build_selfplay_spec, plan_selfplay
 from tiny_models import tiny_llama  # noqa: F401  (session fixture)
 
-BASE = ["--annotate", "verifier:majority-vote", "--eval", "verifier:answer-match"]
+BASE = ["--annotate", "verifier:self-consistency", "--eval", "verifier:answer-match"]
 
 
 @pytest.fixture
@@ -26,7 +26,7 @@ def run(ws, *args: str) -> int:
 
 @pytest.mark.parametrize("args, message", [
     (["--annotate", "judge:some-model", "--eval", "verifier:answer-match"], "a judge compares two models"),
-    (["--annotate", "verifier:majority-vote", "--annotate-url", "http://127.0.0.1:9/v1", "--eval",
+    (["--annotate", "verifier:self-consistency", "--annotate-url", "http://127.0.0.1:9/v1", "--eval",
       "verifier:answer-match"], "--annotate-url sets the endpoint of a rating: or judge: model, not of verifier:"),
     ([*BASE, "--eval-url", "http://127.0.0.1:9/v1"], "--eval-url sets the endpoint"),
     ([*BASE, "--strategies", "breadth,sideways"], "sideways"),
@@ -70,7 +70,7 @@ def test_unknown_dataset_and_missing_annotator(sp_ws, capsys):
 def test_plan_printed_and_no_start_without_yes(sp_ws, capsys):
     assert run(sp_ws, DATASET, *BASE, "--max-prompts", "6", "--strategies", "breadth,reason") == 2
     out, err = capsys.readouterr()
-    spec = build_selfplay_spec(sp_ws, DATASET, annotate="verifier:majority-vote", eval="verifier:answer-match",
+    spec = build_selfplay_spec(sp_ws, DATASET, annotate="verifier:self-consistency", eval="verifier:answer-match",
                                max_prompts=6, strategies="breadth,reason")
     plan = plan_selfplay(sp_ws, spec)
     assert plan.seed_prompts == 6 and plan.rewrites_asked == 2 * max(1, int(0.25 * 6))
@@ -91,7 +91,7 @@ def test_detach_submits_the_spec(sp_ws, tiny_llama, capsys):  # noqa: F811
     job.cancel()  # before the worker reaches its first child: no model is loaded
     assert f"self-play job {job.id}" in out
     spec = build_selfplay_spec(
-        sp_ws, DATASET, annotate="verifier:majority-vote", eval="verifier:answer-match", policy=str(tiny_llama),
+        sp_ws, DATASET, annotate="verifier:self-consistency", eval="verifier:answer-match", policy=str(tiny_llama),
         iterations=3, metrics=["map", "explicit", "random"], seeds=2, ratio=0.5, weight=0.5, signed=True,
         strategies="deepen,constrain", max_prompts=8,
         sampling={"n": 3, "temperature": 0.7, "top_p": 0.9, "max_new_tokens": 16},

@@ -1,6 +1,6 @@
 """The self-play rollout job on a tiny Llama: n sampled answers per prompt, annotated by a throwaway verifier
 that sees each answer's siblings, paired best vs worst, with the policy's SimPO margin; a kill -9 in the
-middle and a resubmission end with the bytes of an uninterrupted run. And the majority-vote verifier on
+middle and a resubmission end with the bytes of an uninterrupted run. And the self-consistency verifier on
 hand rows."""
 
 from __future__ import annotations
@@ -220,8 +220,8 @@ def test_the_job_id_hashes_what_the_pairs_depend_on(plugin, pool, tiny_llama, tm
     write_pool(other, pool_rows())  # the same content at another path: its fingerprint is the pool's
     assert rollout_params(str(tiny_llama), other, annotator, params=PARAMS, device="cpu")["prompts_fingerprint"] == \
         rollout_params(str(tiny_llama), pool, annotator, params=PARAMS, device="cpu")["prompts_fingerprint"]
-    majority = rollout_params(str(tiny_llama), pool, parse_eval("verifier:majority-vote"), params=PARAMS, device="cpu")
-    assert majority["versions"] == {"verifier_version": "1"} and majority["annotator"]["target"] == "majority-vote"
+    consistency = rollout_params(str(tiny_llama), pool, parse_eval("verifier:self-consistency"), params=PARAMS, device="cpu")
+    assert consistency["versions"] == {"verifier_version": "1"} and consistency["annotator"]["target"] == "self-consistency"
 
 
 @pytest.mark.parametrize(("eval_text", "changes", "match"), [
@@ -256,15 +256,15 @@ def test_best_and_worst(rewards, texts, expected):
 
 
 # ------------------------------------------------------------------------------------------------
-# majority-vote
+# self-consistency
 # ------------------------------------------------------------------------------------------------
 def vote(response: str, samples: list[str], prompt: str = "What is 2 plus 3?") -> float:
-    return verifiers.get_verifier("majority-vote").score(response, {"id": "q", "prompt": prompt, "samples": samples})
+    return verifiers.get_verifier("self-consistency").score(response, {"id": "q", "prompt": prompt, "samples": samples})
 
 
-def test_majority_vote_is_registered_reference_free_and_versioned():
-    verifier = verifiers.get_verifier("majority-vote")
-    assert "majority-vote" in verifiers.verifier_names()
+def test_self_consistency_is_registered_reference_free_and_versioned():
+    verifier = verifiers.get_verifier("self-consistency")
+    assert "self-consistency" in verifiers.verifier_names()
     assert verifier.version == "1" and verifier.needs == ("samples",)
     with pytest.raises(MarginLensError, match="needs the field"):
         verifier.score("5", {"id": "q", "prompt": "What is 2 plus 3?", "answer": "5"})
@@ -273,15 +273,14 @@ def test_majority_vote_is_registered_reference_free_and_versioned():
 
 
 @pytest.mark.parametrize(("response", "samples", "expected"), [
-    ("It is 5.", ["It is 5.", "2 + 3 = 5", "The answer is 6", "five"], 1.0),  # 5 claimed thrice (words count)
-    ("The answer is 6", ["It is 5.", "2 + 3 = 5", "The answer is 6", "five"], 0.0),
+    ("It is 5.", ["It is 5.", "2 + 3 = 5", "The answer is 6", "five"], 0.75),  # 5 claimed thrice (words count)
+    ("The answer is 6", ["It is 5.", "2 + 3 = 5", "The answer is 6", "five"], 0.25),
     ("No idea.", ["It is 5.", "5", "No idea."], 0.0),  # claims nothing
-    ("6", ["6", "5", "5", "6"], 1.0),  # a tie between 6 and 5: the one claimed first
-    ("5", ["6", "5", "5", "6"], 0.0),
-    ("2 plus 3 is 5", ["2 plus 3 is 5", "I think 2 and 3 make 7", "7"], 0.0),  # restated operands are not claims
-    ("7", ["2 plus 3 is 5", "I think 2 and 3 make 7", "7"], 1.0),
-    ("Nothing", ["Nothing", "no number here"], 0.0),  # no sibling claims a number
+    ("6", ["6", "5", "5", "6"], 0.5),
+    ("2 plus 3 is 5", ["2 plus 3 is 5", "I think 2 and 3 make 7", "7"], 1 / 3),  # restated operands are no claim
+    ("7", ["2 plus 3 is 5", "I think 2 and 3 make 7", "7"], 2 / 3),
+    ("Nothing", ["Nothing", "no number here"], 0.0),
     ("5", [], 0.0),
 ])
-def test_majority_vote_on_hand_rows(response, samples, expected):
-    assert vote(response, samples) == expected
+def test_self_consistency_on_hand_rows(response, samples, expected):
+    assert vote(response, samples) == pytest.approx(expected)

@@ -1,5 +1,5 @@
 """`marginlens selfplay NAME --policy P --iterations 2 --metrics map,explicit --seeds 2 --ratio 0.25
---annotate verifier:majority-vote --eval verifier:answer-match`: does selecting by M_AP help a model that
+--annotate verifier:self-consistency --eval verifier:answer-match`: does selecting by M_AP help a model that
 improves itself?
 
 The dataset's distinct prompts seed the run (held-out prompts aside for evaluation). For each metric and
@@ -22,7 +22,7 @@ from marginlens.core.atomic import write_json
 from marginlens.core.errors import MarginLensError
 from marginlens.core.workspace import Workspace
 
-ANNOTATE_HELP = ("how each sampled answer is scored to pick the best and worst: verifier:NAME (e.g. majority-vote, "
+ANNOTATE_HELP = ("how each sampled answer is scored to pick the best and worst: verifier:NAME (e.g. self-consistency, "
                  "reference-free; answer-match needs the dataset's answers), reward:MODEL, rating:MODEL "
                  "(--annotate-url); a judge compares two models and cannot annotate")
 EVAL_HELP = ("how each trained model is evaluated on the held-out prompts: verifier:NAME, reward:MODEL, "

@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import re
 import unicodedata
-from collections import Counter
 from collections.abc import Mapping
 from typing import Any
 
@@ -147,35 +146,33 @@ ANSWER_MATCH: dict[str, Any] = {
 }
 
 
-def majority_vote(response: str, row: Mapping[str, Any]) -> float:
-    """majority-vote v1: reference-free, for self-play on questions with a numeric answer.
+def self_consistency(response: str, row: Mapping[str, Any]) -> float:
+    """self-consistency v1: reference-free, for self-play on questions with a numeric answer (a rewritten
+    question has no reference answer to match).
 
-    1.0 when the response's claimed number (`claimed_number`, the extraction answer-match uses; the row's
-    prompt is the question) equals the number claimed most often among `row["samples"]`, the sibling answers
-    to the same prompt (the response itself among them); a tie between numbers goes to the one claimed
-    first. 0.0 when it claims another number or none, or when no sibling claims one. A self-consistency
-    reward: it rewards agreeing with the policy's own majority, which is right only as often as that is.
+    The share of `row["samples"]` (the n sibling answers to the same prompt, the response itself among them)
+    that claim the same number as the response (`claimed_number`, the extraction answer-match uses; the row's
+    prompt is the question). 0.0 when the response claims no number. Graded rather than 0/1 so that the reward
+    gap between the best and the worst answer varies across prompts: 4 answers claiming 14, 14, 14, 9 give
+    0.75, 0.75, 0.75, 0.25 (gap 0.5); 14, 14, 9, 7 give 0.5, 0.5, 0.25, 0.25 (gap 0.25). It rewards agreeing
+    with the policy's own answers, which is right only as often as they are.
     """
     samples = row["samples"]
     if not isinstance(samples, (list, tuple)) or not all(isinstance(s, str) for s in samples):
-        raise MarginLensError(f"verifier 'majority-vote': row id {row.get('id')!r}, field 'samples': "
+        raise MarginLensError(f"verifier 'self-consistency': row id {row.get('id')!r}, field 'samples': "
                               "expected a list of answer strings")
     question = str(row.get("prompt") or "")
-    claims = [c for c in (claimed_number(s, question) for s in samples) if c is not None]
-    if not claims:
-        return 0.0
-    counts = Counter(claims)
-    # dict.fromkeys keeps first-claim order, and max returns the first of equal counts: ties go to the earliest
-    majority = max(dict.fromkeys(claims), key=counts.__getitem__)
     mine = claimed_number(response, question)
-    return 1.0 if mine is not None and mine == majority else 0.0
+    if mine is None or not samples:
+        return 0.0
+    return sum(claimed_number(s, question) == mine for s in samples) / len(samples)
 
 
-MAJORITY_VOTE: dict[str, Any] = {
-    "name": "majority-vote", "version": "1",
-    "description": "reference-free (self-play): 1.0 when the claimed number is the one most sibling answers "
-                   "claim; needs the row's 'samples'",
-    "check": majority_vote,
+SELF_CONSISTENCY: dict[str, Any] = {
+    "name": "self-consistency", "version": "1",
+    "description": "reference-free (self-play): the share of the sibling answers that claim the same number; "
+                   "needs the row's 'samples'",
+    "check": self_consistency,
     "needs": ("samples",),
 }
-BUILTIN: tuple[dict[str, Any], ...] = (ANSWER_MATCH, MAJORITY_VOTE)
+BUILTIN: tuple[dict[str, Any], ...] = (ANSWER_MATCH, SELF_CONSISTENCY)

@@ -1,6 +1,6 @@
 """The "rollout" job: n sampled answers per pool prompt, annotated, paired best vs worst, with margins.
 
-  job = submit_rollout(ws, policy, pool, parse_eval("verifier:majority-vote"))
+  job = submit_rollout(ws, policy, pool, parse_eval("verifier:self-consistency"))
   job.wait(); pairs_path(job); rollout_summary(job)
 
 Steps, each stored as it goes so a killed job resumed by resubmitting redoes nothing stored:
@@ -10,7 +10,7 @@ Steps, each stored as it goes so a killed job resumed by resubmitting redoes not
   annotating        every answer scored by the annotator (a verifier, a reward model or an LLM rating;
                     the pairwise judge compares two models and is refused), the row it sees carrying
                     "samples", all n answers to its prompt, so a verifier may compare siblings
-                    (majority-vote); results/annotations.jsonl, one record per prompt id
+                    (self-consistency); results/annotations.jsonl, one record per prompt id
   implicit margins  best vs worst under `policy` (core.scoring.logprobs.ImplicitScorer, SimPO form);
                     results/implicit.jsonl, one record per prompt id
 Annotation and scoring run over fixed chunks in pool order, and a stored record always stands: a resumed
@@ -77,7 +77,7 @@ def rollout_params(policy: str, prompts: Path, annotator: EvalSpec, *, params: G
 
     if annotator.kind == "judge":
         raise MarginLensError("rollout: the pairwise judge compares two models' answers; annotate each answer "
-                              "with a verifier, a reward model or a rating (e.g. verifier:majority-vote)")
+                              "with a verifier, a reward model or a rating (e.g. verifier:self-consistency)")
     if params.n < 2:
         raise MarginLensError(f"rollout: n = {params.n} answers per prompt cannot make a best-vs-worst pair; "
                               "ask for at least 2")
