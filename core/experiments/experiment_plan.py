@@ -111,7 +111,7 @@ def prepare(ws: Workspace, spec: ExperimentSpec) -> Prepared:
         overlap = len(held)
     if not eval_rows:
         raise MarginLensError(f"{spec.dataset!r} has too few distinct prompts to hold any out: give --eval-set")
-    _check_needs(spec, eval_rows)
+    check_needs(spec, eval_rows)
     out = np.array([k in held for k in keys], dtype=bool)
     # frame rows follow the pair table (column "row"), so the mask lines up through it
     drop = out[margins["row"].to_numpy()]
@@ -134,16 +134,22 @@ def _check_tables(ws: Workspace, spec: ExperimentSpec) -> None:
                 f"was planned and holds {now[role]:,} now (scored again with another --sample): plan it again")
 
 
-def _check_needs(spec: ExperimentSpec, rows: list[dict[str, Any]]) -> None:
+def check_needs(spec: Any, rows: list[dict[str, Any]]) -> None:
     """A verifier's fields on every eval row, before any model generates: a missing `answer` would fail
-    only after the baseline's generation, with no row named."""
+    only after the baseline's generation, with no row named. `spec`: anything with `evaluator`, `eval_set`
+    and `dataset` (an experiment's or a self-play run's)."""
     evaluator = spec.evaluator
     if evaluator.kind != "verifier":
         return
     from marginlens.core.experiments.verifiers import get_verifier
 
     where = spec.eval_set or f"the held-out rows of dataset {spec.dataset!r}"
-    for field_name in get_verifier(evaluator.target).needs:
+    needs = get_verifier(evaluator.target).needs
+    if "samples" in needs:
+        raise MarginLensError(f"verifier {evaluator.target!r} scores an answer against its sibling answers to the "
+                              "same prompt: it annotates self-play's samples and cannot evaluate a model; use "
+                              "another evaluator")
+    for field_name in needs:
         for row in rows:
             if row.get(field_name) in (None, ""):
                 hint = ("" if spec.eval_set else " (its records carry no such field: give --eval-set with "

@@ -175,6 +175,15 @@ def build_selfplay_spec(
     if annotator.kind == "judge":
         raise MarginLensError("the annotator scores one answer at a time: use verifier:NAME, reward:MODEL or "
                               "rating:MODEL (a judge compares two models; it is an evaluator)")
+    if annotator.kind == "verifier":
+        from marginlens.core.experiments.verifiers import get_verifier
+
+        fields = [f for f in get_verifier(annotator.target).needs if f != "samples"]
+        if fields:
+            raise MarginLensError(
+                f"annotator verifier {annotator.target!r} needs the field(s) {', '.join(fields)} of each prompt, and a "
+                "rewritten prompt has none (it is a new question): annotate with a reference-free rule "
+                "(verifier:self-consistency), reward:MODEL or rating:MODEL")
     evaluator = parse_eval(eval) if isinstance(eval, str) else eval
     overrides = dict(overrides or {})
     if "seed" in overrides:
@@ -223,7 +232,13 @@ def seed_prompts(ws: Workspace, spec: SelfPlaySpec) -> SeedPrompts:
     dataset order. A prompt is its last user turn (core.data.pairs.prompt_text), as in the lab."""
     from marginlens.core.data.pairs import load_texts, prompt_text
     from marginlens.core.experiments.eval_set import eval_set_fingerprint, load_eval_set
-    from marginlens.core.experiments.experiment_plan import eval_row, held_out_rows, prompt_key, seeded_rank
+    from marginlens.core.experiments.experiment_plan import (
+        check_needs,
+        eval_row,
+        held_out_rows,
+        prompt_key,
+        seeded_rank,
+    )
 
     if ws.dataset_manifest(spec.dataset).get("fingerprint") != spec.dataset_fingerprint:
         raise MarginLensError(f"dataset {spec.dataset!r} was re-imported since this run was planned; plan it again")
@@ -239,6 +254,7 @@ def seed_prompts(ws: Workspace, spec: SelfPlaySpec) -> SeedPrompts:
         held = {prompt_key(str(r["prompt"])) for r in eval_rows}
     if not eval_rows:
         raise MarginLensError(f"{spec.dataset!r} has too few distinct prompts to hold any out: give --eval-set")
+    check_needs(spec, eval_rows)
     first: dict[str, int] = {}
     for i, key in enumerate(keys):
         if key not in held and key not in first and key:
