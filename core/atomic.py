@@ -12,6 +12,8 @@ from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
+from marginlens.core.errors import MarginLensError
+
 
 def _fsync_dir(path: Path) -> None:
     try:
@@ -102,3 +104,22 @@ def read_json(path: str | os.PathLike, default: Any = None) -> Any:
             return json.load(fh)
     except FileNotFoundError:
         return default
+
+
+def write_jsonl(target: str | os.PathLike, rows: list[dict[str, Any]]) -> None:
+    """One JSON object per line, written atomically (readers see the old file or the whole new one)."""
+    write_bytes(target, "".join(json.dumps(r, ensure_ascii=False) + "\n" for r in rows).encode("utf-8"))
+
+
+def read_jsonl(path: str | os.PathLike) -> list[dict[str, Any]]:
+    """The objects of a JSONL file this project wrote; a damaged line is named by file and line number."""
+    rows = []
+    with open(path, encoding="utf-8") as fh:
+        for number, line in enumerate(fh, 1):
+            if not line.strip():
+                continue
+            try:
+                rows.append(json.loads(line))
+            except json.JSONDecodeError as exc:
+                raise MarginLensError(f"{path}: line {number} is not valid JSON ({exc.msg})") from None
+    return rows

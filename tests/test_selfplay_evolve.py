@@ -284,7 +284,8 @@ def test_openai_evolver_through_the_job(ws, files):
 
         summary = evolution_summary(job)
         assert summary["asked"] == 9 and summary["kept"] == 3 and job.result() == summary
-        assert summary["dropped"] == {"empty": 1, "too_long": 1, "too_short": 1, "same_as_parent": 1, "duplicate": 2}
+        assert summary["dropped"] == {"truncated": 0, "empty": 1, "too_long": 1, "too_short": 1, "same_as_parent": 1,
+                                  "duplicate": 2}
         assert summary["strategies"] == ["breadth@1", "deepen@1", "constrain@1"]
         assert summary["by_strategy"]["constrain@1"] == {"kept": 2, "dropped": 1}
         kept = load_pool(evolved_path(job))
@@ -345,7 +346,9 @@ def test_local_evolver_through_the_job(ws, files, tiny_llama):  # noqa: F811
         assert row["raw"] == raw[row["id"]] and row["prompt"] == clean_rewrite(raw[row["id"]])
     summary = evolution_summary(job)
     assert (summary["asked"], summary["kept"], sum(summary["dropped"].values())) == (4, len(kept), len(dropped))
-    assert summary["truncated"] == sum(m["truncated"][0] for m in made)
+    assert summary["truncated"] == sum(m["truncated"][0] for m in made) == summary["dropped"]["truncated"]
+    cut = {i for i, m in zip(ids, made, strict=True) if m["truncated"][0]}
+    assert {d["id"] for d in dropped if d["reason"] == "truncated"} == cut and not cut & {k["id"] for k in kept}
     again = submit_evolution(ws, pool, ["p2", "p1"], evolver=parse_evolver(f"local:{tiny_llama}"), iteration=1,
                              strategies=["breadth", "reason"], exclude=[eval_set], params=settings, device="cpu")
     assert again.id == job.id and again.status().state == "done"

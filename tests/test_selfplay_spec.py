@@ -55,3 +55,24 @@ def test_an_evaluator_needing_answers_on_a_dataset_without_them_names_the_row(tm
     with pytest.raises(MarginLensError, match=r"the held-out rows of dataset 'plain': row '\w+' has no 'answer', "
                                                "which verifier 'answer-match' needs"):
         seed_prompts(ws, spec)
+
+
+def test_the_table_per_iteration_waits_for_no_stopped_chain(tmp_path):
+    from marginlens.core.selfplay.selfplay_results import selfplay_table, table_lines
+
+    ws = build_dataset(tmp_path / "ws")
+    spec = build_selfplay_spec(ws, DATASET, annotate=ANNOTATE, eval=EVAL, metrics=["map"], seeds=2)
+    state = {"baseline": {"mean": 0.1, "n": 2}, "chains": {
+        "map/42": {"rounds": [{"iteration": 1, "eval": {"mean": 0.2, "n": 2}, "train": {"pairs": 7}, "last": True,
+                               "note": "no rewrite survived the filters"}]},
+        "map/43": {"rounds": [{"iteration": 1, "eval": {"mean": 0.4, "n": 2}, "train": {"pairs": 9}},
+                              {"iteration": 2, "eval": {"mean": 0.5, "n": 2}, "train": {"pairs": 11}}]}}}
+    table = selfplay_table(spec, state)
+    first, second = (it["rows"][0] for it in table["iterations"])
+    # mean 0.3, s = 0.141421, t(0.975, 1) = 12.706205: half-width 12.706205 * 0.141421 / sqrt(2) = 1.270620
+    assert first["mean"] == pytest.approx(0.3) and first["ci_low"] == pytest.approx(0.3 - 1.270620, abs=1e-5)
+    assert first["pairs"] == [7, 9] and second["pairs"] == [None, 11] and second["n_seeds"] == 1
+    assert table["complete"] and table["baseline"]["mean"] == 0.1
+    state["chains"]["map/42"]["rounds"][0].pop("last")  # a chain still going: iteration 2 waits for it
+    assert not selfplay_table(spec, state)["complete"]
+    assert "training pairs: - 11" in "\n".join(table_lines(table))

@@ -29,7 +29,8 @@ class Verifier:
     def score(self, response: str, row: Mapping[str, Any]) -> float:
         missing = [f for f in self.needs if row.get(f) in (None, "")]
         if missing:
-            raise MarginLensError(f"verifier {self.name!r} needs the field(s) {', '.join(missing)} in every row")
+            raise MarginLensError(f"verifier {self.name!r} needs the field(s) {', '.join(missing)} in every row; "
+                                  f"row {row.get('id')!r} has none")
         return float(self.check(response, row))
 
 

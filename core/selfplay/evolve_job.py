@@ -15,7 +15,9 @@ gets the id f"{R}>{S}". The evolver is
 Results folder:
   instructions.jsonl   (local) the instructions, eval-set format, ids as above
   evolved.jsonl        the kept rewrites, pool rows (core.selfplay.prompt_pool)
-  dropped.jsonl        the refused ones: the candidate row, "reason" and the evolver's "raw" text
+  dropped.jsonl        the refused ones: the candidate row, "reason" and the evolver's "raw" text; a local
+                       evolver's rewrite that the token cap cut off is dropped as "truncated" (an endpoint's
+                       finish reason is not read: its rewrites are never marked so)
   summary.json         {"asked", "kept", "dropped": {reason: count}, "strategies", "by_strategy", "truncated"}
 `seen` for the duplicate filter: every prompt of the pool file and of the `exclude` files (eval sets, earlier pools).
 
@@ -34,7 +36,7 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any, Literal
 
-from marginlens.core.atomic import read_json, write_bytes, write_json
+from marginlens.core.atomic import read_json, write_json, write_jsonl
 from marginlens.core.errors import MarginLensError
 from marginlens.core.job_status import JobState
 from marginlens.core.jobs import Job, JobContext, submit
@@ -58,7 +60,8 @@ __all__ = ["EvolveParams", "EvolverSpec", "evolution_summary", "evolved_path", "
            "submit_evolution"]
 
 KIND = "evolve"
-EVOLVE_VERSION = 1  # bump when a change here changes what an evolution produces from the same params
+# bump when a change here changes what an evolution produces from the same params
+EVOLVE_VERSION = 2  # 2: a rewrite cut off by the token cap is dropped ("truncated")
 CONCURRENCY = 4  # requests in flight to an endpoint
 CHUNK = 8  # requests between two cancellation checks
 _ENV_NAME = re.compile(r"^[A-Za-z_][A-Za-z0-9_]*$")
@@ -311,10 +314,6 @@ def _openai_answers(ctx: JobContext, requests: list[dict[str, Any]], evolver: Ev
     return answers
 
 
-def _jsonl(rows: list[dict[str, Any]]) -> bytes:
-    return "".join(json.dumps(r, ensure_ascii=False, sort_keys=True) + "\n" for r in rows).encode("utf-8")
-
-
 def run(ctx: JobContext) -> dict[str, Any]:
     """The "evolve" job kind."""
     params = ctx.params
@@ -333,11 +332,16 @@ def run(ctx: JobContext) -> dict[str, Any]:
         candidates.append({"id": request["id"], "prompt": clean_rewrite(text or ""), "parent": parent["id"],
                            "strategy": request["strategy"], "iteration": params["iteration"], "root": parent["root"]})
         raw[request["id"]] = (raw_text, truncated)
-    kept, dropped = filter_rewrites(candidates, by_id, seen, settings.max_ratio)
+    # A rewrite the token cap cut off is an unfinished question: dropped before the filters look at it.
+    whole = [c for c in candidates if not raw[c["id"]][1]]
+    kept, dropped = filter_rewrites(whole, by_id, seen, settings.max_ratio)
+    order = {c["id"]: i for i, c in enumerate(candidates)}
+    dropped = sorted(dropped + [{**c, "reason": "truncated"} for c in candidates if raw[c["id"]][1]],
+                     key=lambda d: order[d["id"]])
     results = ctx.results_dir
     write_pool(results / "evolved.jsonl", kept)
-    write_bytes(results / "dropped.jsonl", _jsonl([{**d, "raw": raw[d["id"]][0], "truncated": raw[d["id"]][1]}
-                                                   for d in dropped]))
+    write_jsonl(results / "dropped.jsonl", [{**d, "raw": raw[d["id"]][0], "truncated": raw[d["id"]][1]}
+                                            for d in dropped])
     by_strategy = {tag: {"kept": sum(k["strategy"] == tag for k in kept),
                          "dropped": sum(d["strategy"] == tag for d in dropped)} for tag in params["strategies"]}
     summary = {"asked": len(requests), "kept": len(kept), "dropped": drop_counts(dropped),

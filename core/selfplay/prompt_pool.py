@@ -27,7 +27,7 @@ from marginlens.core.errors import MarginLensError
 
 FIELDS = ("id", "prompt", "answer", "task", "parent", "strategy", "iteration", "root")
 LINEAGE = ("parent", "strategy", "iteration", "root")
-DROP_REASONS = ("empty", "too_long", "too_short", "same_as_parent", "duplicate")
+DROP_REASONS = ("truncated", "empty", "too_long", "too_short", "same_as_parent", "duplicate")
 _TAG = re.compile(r"^[a-z][a-z0-9_-]*@[0-9]+$")
 
 

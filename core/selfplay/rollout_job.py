@@ -25,13 +25,12 @@ reach the worker only through `env`.
 
 from __future__ import annotations
 
-import json
 import math
 from dataclasses import asdict
 from pathlib import Path
 from typing import Any
 
-from marginlens.core.atomic import read_json, write_bytes, write_json
+from marginlens.core.atomic import read_json, write_json, write_jsonl
 from marginlens.core.errors import MarginLensError
 from marginlens.core.experiments.evaluators import EvalSpec, evaluator_versions, make_evaluator
 from marginlens.core.experiments.generation import GenerationParams, generate_responses, user_messages
@@ -48,6 +47,7 @@ KIND = "rollout"
 SAMPLING = GenerationParams(max_new_tokens=128, do_sample=True, temperature=0.8, top_p=0.95, seed=42, n=5,
                             batch_size=4)
 BACKENDS = ("auto", "transformers", "vllm")
+ROLLOUT_VERSION = 1  # bump when a change here (pairing, ties, the margin's form) changes a rollout's pairs
 ANNOTATE_CHUNK = 8  # prompts annotated between two appends: a kill loses at most this much annotation
 MARGIN_CHUNK = 16  # pairs scored per call: fixed slices, so a resumed run batches them as an uninterrupted one
 PAIRS_FILE, UNPAIRED_FILE, SUMMARY_FILE = "pairs.jsonl", "unpaired.jsonl", "summary.json"
@@ -87,7 +87,7 @@ def rollout_params(policy: str, prompts: Path, annotator: EvalSpec, *, params: G
     policy = canonical_spec(policy)
     path = Path(prompts).expanduser().resolve()
     out: dict[str, Any] = {
-        "policy": policy, "policy_identity": generation_identity(policy),
+        "version": ROLLOUT_VERSION, "policy": policy, "policy_identity": generation_identity(policy),
         "prompts": str(path), "prompts_fingerprint": pool_fingerprint(load_prompts(path)),
         "generation": asdict(params), "annotator": annotator.to_dict(), "versions": evaluator_versions(annotator),
         "device": device, "dtype": dtype_for(device, dtype), "backend": resolve_backend(backend, device),
@@ -223,10 +223,6 @@ def _margins(ctx: JobContext, rows: list[dict[str, Any]], pairs: list[tuple[int,
     return {r["id"]: r for r in store.records()}
 
 
-def _jsonl(rows: list[dict[str, Any]]) -> bytes:
-    return "".join(json.dumps(r, ensure_ascii=False) + "\n" for r in rows).encode("utf-8")
-
-
 def run(ctx: JobContext) -> dict[str, Any]:
     """The "rollout" job kind."""
     from marginlens.core.selection.margins import simpo_margin
@@ -279,8 +275,8 @@ def run(ctx: JobContext) -> dict[str, Any]:
                     **{k: logps[k] for k in ("chosen_logp", "chosen_ntok", "rejected_logp", "rejected_ntok")},
                     "m_im": None if math.isnan(m_im) else m_im, "rewards": scores,
                     **{k: row[k] for k in LINEAGE}, **{k: row[k] for k in ("answer", "task") if k in row}})
-    write_bytes(ctx.results_dir / PAIRS_FILE, _jsonl(out))
-    write_bytes(ctx.results_dir / UNPAIRED_FILE, _jsonl(unpaired))
+    write_jsonl(ctx.results_dir / PAIRS_FILE, out)
+    write_jsonl(ctx.results_dir / UNPAIRED_FILE, unpaired)
     summary = {"prompts": n, "answers": sum(len(m["responses"]) for m in made), "pairs": len(out),
                "ties": sum(u["reason"] == "tie" for u in unpaired),
                "invalid": sum(u["reason"] == "invalid" for u in unpaired),

@@ -22,13 +22,12 @@ core.experiments.job_tree children: a killed run resumes by resubmitting it, and
 
 from __future__ import annotations
 
-import json
 import os
 from pathlib import Path
 from typing import Any
 
 import numpy as np
-from marginlens.core.atomic import read_json, write_bytes, write_json
+from marginlens.core.atomic import read_json, read_jsonl, write_json, write_jsonl
 from marginlens.core.errors import MarginLensError
 from marginlens.core.experiments.experiment_results import cell_key
 from marginlens.core.experiments.job_tree import JobTree
@@ -121,15 +120,6 @@ def training_rows(pairs: list[dict[str, Any]]) -> list[dict[str, Any]]:
              **{k: p.get(k) for k in keep}} for p in pairs]
 
 
-def _read_jsonl(path: Path) -> list[dict[str, Any]]:
-    with open(path, encoding="utf-8") as fh:
-        return [json.loads(line) for line in fh if line.strip()]
-
-
-def _write_jsonl(path: Path, rows: list[dict[str, Any]]) -> None:
-    write_bytes(path, "".join(json.dumps(r, ensure_ascii=False) + "\n" for r in rows).encode())
-
-
 class _SelfPlay(JobTree):
     def __init__(self, ctx: JobContext, spec: SelfPlaySpec):
         super().__init__(ctx, steps_total=1 + STEPS_PER_ROUND * spec.iterations * len(spec.chains))
@@ -173,9 +163,10 @@ class _SelfPlay(JobTree):
         self.steps_done += 1
         return pairs_path(job)
 
-    def round(self, metric: str, seed: int, t: int, policy: str, pool: Path, eval_set: Path,
+    def round(self, metric: str, seed: int, t: int, policy: str, pools: list[Path], eval_set: Path,
               record: dict[str, Any]) -> tuple[str, Path] | None:
-        """One round; returns (the trained model, the next pool), or None when nothing is left to evolve."""
+        """One round on the last of `pools` (the chain's pools so far, the seeds first); returns (the trained
+        model, the next pool), or None when nothing is left to evolve."""
         from marginlens.core.selfplay.evolve_job import (
             EvolverSpec,
             evolution_summary,
@@ -185,13 +176,14 @@ class _SelfPlay(JobTree):
         from marginlens.core.training.runs import final_model_path, submit_training
 
         spec = self.spec
+        pool = pools[-1]
         where = self.results / "chains" / cell_key(metric, seed).replace("/", "-s") / f"it{t}"
         label = f"{metric} seed {seed} iteration {t}"
         record["step"] = "sample"
-        pool_pairs = _read_jsonl(self.rollout(f"sampling {label}", policy, pool, seed, record.setdefault("pool", {})))
+        pool_pairs = read_jsonl(self.rollout(f"sampling {label}", policy, pool, seed, record.setdefault("pool", {})))
         if not pool_pairs:
-            record["step"] = "stopped"
-            record["note"] = "no prompt of the pool has two answers with different rewards: nothing to select"
+            record.update(step="stopped", last=True,
+                          note="no prompt of the pool has two answers with different rewards: nothing to select")
             return None
         record["step"] = "select"
         selection = select_prompts(pool_pairs, metric, spec.ratio, seed, spec.weight, spec.signed)
@@ -199,7 +191,8 @@ class _SelfPlay(JobTree):
         record["selection"] = {k: selection[k] for k in ("candidates", "k", "warnings")}
         record["step"] = "evolve"
         names = [tag.split("@")[0] for tag in spec.strategies]
-        exclude = [eval_set, self.results / SEEDS_FILE, pool]
+        # a rewrite may repeat no eval prompt and no prompt of this chain's pools so far (every earlier round's)
+        exclude = [eval_set, *pools]
         evolve = self.child(f"evolving {label}", lambda: submit_evolution(
             self.ws, pool, selection["ids"], evolver=EvolverSpec.from_dict(spec.evolver), iteration=t,
             strategies=names, exclude=exclude, params=spec.evolve_params(seed), device=spec.device, env=self.env),
@@ -210,13 +203,13 @@ class _SelfPlay(JobTree):
         new_pairs: list[dict[str, Any]] = []
         if record["evolve"].get("kept"):
             record["step"] = "sample rewrites"
-            new_pairs = _read_jsonl(self.rollout(f"sampling the rewrites of {label}", policy, rewrites, seed,
+            new_pairs = read_jsonl(self.rollout(f"sampling the rewrites of {label}", policy, rewrites, seed,
                                                  record.setdefault("rewrites", {})))
         else:
             self.steps_done += 1
         record["step"] = "train"
         data = where / "train.jsonl"
-        _write_jsonl(data, training_rows(pool_pairs + new_pairs))
+        write_jsonl(data, training_rows(pool_pairs + new_pairs))
         overrides = {**spec.overrides, "seed": seed}
         train = self.child(f"training {label}", lambda: submit_training(
             self.ws, data, spec.method, preset=spec.preset, model=policy, overrides=overrides, device=spec.device),
@@ -228,7 +221,7 @@ class _SelfPlay(JobTree):
                             baseline_model=spec.policy, device=spec.device, env=self.env)
         record["step"] = "done"
         if not record["evolve"].get("kept"):
-            record["note"] = "no rewrite survived the filters: the chain stops after this round"
+            record.update(last=True, note="no rewrite survived the filters: the chain stops after this round")
             return None
         return model, rewrites
 
@@ -239,7 +232,7 @@ class _SelfPlay(JobTree):
         self.state.update(eval_set=str(eval_set), seeds=str(seeds))
         self.evaluate_model("baseline evaluation", spec.policy, eval_set, self.state["baseline"], spec.evaluator,
                             baseline_model=spec.policy, device=spec.device, env=self.env)
-        live = {cell_key(m, s): (spec.policy, seeds) for m, s in spec.chains}
+        live = {cell_key(m, s): (spec.policy, [seeds]) for m, s in spec.chains}
         for m, s in spec.chains:
             self.state["chains"][cell_key(m, s)] = {"metric": m, "seed": s, "rounds": []}
         for t in range(1, spec.iterations + 1):
@@ -250,10 +243,10 @@ class _SelfPlay(JobTree):
                 self.ctx.check_cancel()
                 record: dict[str, Any] = {"iteration": t}
                 self.state["chains"][key]["rounds"].append(record)
-                policy, pool = live.pop(key)
-                nxt = self.round(metric, seed, t, policy, pool, eval_set, record)
+                policy, pools = live.pop(key)
+                nxt = self.round(metric, seed, t, policy, pools, eval_set, record)
                 if nxt is not None:
-                    live[key] = nxt
+                    live[key] = (nxt[0], [*pools, nxt[1]])
                 self.save(f"{metric} seed {seed}: iteration {t} {record['step']}")
         self.save("done")
         return read_json(self.results / TABLE_FILE)

@@ -13,22 +13,30 @@ from marginlens.core.experiments.experiment_results import cell_key, results_tab
 
 
 def selfplay_table(spec: Any, state: dict[str, Any]) -> dict[str, Any]:
-    """`spec`: a SelfPlaySpec; `state`: the job's state.json ({"baseline", "chains": {key: {"rounds": [...]}}})."""
+    """`spec`: a SelfPlaySpec; `state`: the job's state.json ({"baseline", "chains": {key: {"rounds": [...]}}}).
+    A row's "pairs" lists each seed's training pairs (None where that seed has no value); an iteration is
+    complete when every chain still going at it has its value (a chain that stopped early is not waited for)."""
     baseline = state.get("baseline") or {}
     base = {k: baseline[k] for k in ("mean", "n", "invalid", "wins", "ties", "losses", "eval_job")
             if baseline.get(k) is not None} if baseline.get("mean") is not None else None
+    chains = state.get("chains") or {}
     iterations = []
     for t in range(1, spec.iterations + 1):
-        cells = {}
+        cells, expected, got = {}, 0, 0
         for metric, seed in spec.chains:
-            rounds = (state.get("chains") or {}).get(cell_key(metric, seed), {}).get("rounds", [])
+            rounds = chains.get(cell_key(metric, seed), {}).get("rounds", [])
+            stopped = any(r.get("last") and r.get("iteration", t) < t for r in rounds)
+            expected += not stopped
             record = next((r for r in rounds if r.get("iteration") == t), None)
             value = (record or {}).get("eval", {}).get("mean")
             if value is not None:
+                got += 1
                 cells[cell_key(metric, seed)] = {"mean": value, "n": record["eval"].get("n"),
                                                  "pairs": record.get("train", {}).get("pairs")}
         table = results_table(spec.metrics, spec.seeds, cells, base, spec.evaluator.label)
-        iterations.append({"iteration": t, "rows": table["rows"], "complete": table["complete"]})
+        for row in table["rows"]:
+            row["pairs"] = [cells.get(cell_key(row["metric"], seed), {}).get("pairs") for seed in spec.seeds]
+        iterations.append({"iteration": t, "rows": table["rows"], "complete": base is not None and got == expected})
     return {"evaluator": spec.evaluator.label, "seeds": list(spec.seeds), "metrics": list(spec.metrics),
             "interval": results_table(spec.metrics, spec.seeds, {}, None, "")["interval"], "baseline": base,
             "iterations": iterations, "complete": bool(iterations) and all(i["complete"] for i in iterations)}
@@ -46,6 +54,7 @@ def table_lines(table: dict[str, Any]) -> list[str]:
         for row in it["rows"]:
             interval = (f" [{fmt(row['ci_low'])}, {fmt(row['ci_high'])}]" if row.get("ci_low") is not None else "")
             values = " ".join(fmt(v) for v in row["values"])
+            pairs = " ".join("-" if p is None else str(p) for p in row.get("pairs") or [])
             lines.append(f"  iteration {it['iteration']} {row['metric']:<10} {fmt(row['mean'])}{interval}"
-                         f"  per seed: {values}  pairs: {row.get('pairs') if row.get('pairs') is not None else '-'}")
+                         f"  per seed: {values}  training pairs: {pairs or '-'}")
     return lines

@@ -31,6 +31,7 @@ DEFAULT_METRICS = ("map", "explicit")  # M_AP against eva's reward-gap rule
 DEFAULT_RATIO = 0.25
 DEFAULT_ITERATIONS = 2
 DEFAULT_MAX_PROMPTS = 64
+SELFPLAY_VERSION = 1  # bump when a change to the rounds (selection, training data, pools) changes a run's result
 SEED_DRAW = 1  # the seed prompts' draw (the eval set's is the lab's HELDOUT_SEED): fixed, the seeds vary the rest
 
 
@@ -43,6 +44,14 @@ def sampling_settings(n: int, temperature: float, top_p: float, max_new_tokens: 
 
 def evolve_settings(max_new_tokens: int, max_ratio: float) -> dict[str, Any]:
     return {"max_new_tokens": int(max_new_tokens), "max_ratio": float(max_ratio)}
+
+
+def selfplay_metrics() -> tuple[str, ...]:
+    """The registered metrics a round can select by: those that read only m_ex and m_im (a rollout's pairs
+    carry no reference model's margin and no per-response reward columns)."""
+    from marginlens.core.selection.metrics import get_metric
+
+    return tuple(m for m in metric_names() if set(get_metric(m).needs) <= {"m_ex", "m_im"})
 
 
 @dataclass(frozen=True)
@@ -73,6 +82,7 @@ class SelfPlaySpec:
     overrides: dict[str, Any] = dataclasses.field(default_factory=dict)
     device: str | None = None
     policy_identity: str | None = None  # a folder's files (generation_identity): retrained in place = new run
+    version: int = SELFPLAY_VERSION
 
     def __post_init__(self) -> None:
         for name in ("metrics", "strategies"):
@@ -128,6 +138,8 @@ def build_selfplay_spec(
     policy: str | None = None,
     evolver: str | None = None,
     evolver_url: str | None = None,
+    evolver_key_env: str | None = None,
+    evolver_max_calls: int | None = None,
     iterations: int = DEFAULT_ITERATIONS,
     metrics: Sequence[str] = DEFAULT_METRICS,
     seeds: int | Sequence[int] = 1,
@@ -161,6 +173,11 @@ def build_selfplay_spec(
     if not metrics or unknown:
         raise MarginLensError(f"unknown metric {unknown[0]!r} (known: {', '.join(metric_names())})" if unknown
                               else "name at least one metric (--metrics map,explicit)")
+    runnable = selfplay_metrics()
+    for metric in metrics:
+        if metric not in runnable:
+            raise MarginLensError(f"metric {metric!r} reads more than a round's pairs hold (their reward gap and "
+                                  f"implicit margin); self-play can select by {', '.join(runnable)}")
     if iterations < 1:
         raise MarginLensError(f"--iterations must be at least 1, got {iterations}")
     if not 0 < ratio <= 1:
@@ -199,7 +216,8 @@ def build_selfplay_spec(
         dataclasses.replace(base, **given)  # checks the values now, not inside the worker
     source = resolve_model(policy)
     folder = Path(source.spec).expanduser().is_dir()
-    evolver_spec = parse_evolver(evolver or f"local:{source.spec}", base_url=evolver_url)
+    evolver_spec = parse_evolver(evolver or f"local:{source.spec}", base_url=evolver_url, api_key_env=evolver_key_env,
+                                 max_calls=evolver_max_calls)
     tags = tuple(strategy_tag(s) for s in parse_strategies(strategies or list(DEFAULT_STRATEGIES)))
     set_path = set_fp = None
     if eval_set is not None:
@@ -225,6 +243,7 @@ class SeedPrompts:
     eval_rows: list[dict[str, Any]]
     n_prompts: int  # distinct prompts in the dataset
     held_out: int  # of them, held out or in the user's eval set
+    empty: int = 0  # distinct prompts whose last user turn is empty: no seed (said in the plan)
 
 
 def seed_prompts(ws: Workspace, spec: SelfPlaySpec) -> SeedPrompts:
@@ -257,8 +276,9 @@ def seed_prompts(ws: Workspace, spec: SelfPlaySpec) -> SeedPrompts:
     check_needs(spec, eval_rows)
     first: dict[str, int] = {}
     for i, key in enumerate(keys):
-        if key not in held and key not in first and key:
+        if key not in held and key not in first:
             first[key] = i
+    empty = 1 if first.pop("", None) is not None else 0
     drawn = sorted(first, key=lambda k: seeded_rank(SEED_DRAW, k))[:spec.max_prompts]
     sources = texts.column("source_json").to_pylist()
     pool = []
@@ -268,7 +288,7 @@ def seed_prompts(ws: Workspace, spec: SelfPlaySpec) -> SeedPrompts:
     if len(pool) < 2:
         raise MarginLensError(f"{spec.dataset!r} has {len(pool)} prompt(s) left once the eval prompts are out: "
                               "self-play needs at least 2")
-    return SeedPrompts(pool, eval_rows, len(set(keys)), len(held & set(keys)))
+    return SeedPrompts(pool, eval_rows, len(set(keys)), len(held & set(keys)), empty)
 
 
 @dataclass
@@ -278,8 +298,8 @@ class SelfPlayPlan:
     held_out_of_dataset: int
     chains: int
     iterations: int
-    selected_per_round: int  # prompts evolved in the first round
-    rewrites_asked: int  # evolution requests in the first round
+    selected_per_round: int  # prompts evolved in the first round, at most
+    rewrites_asked: int  # evolution requests in the first round, at most
     answers_first_round: int  # sampled answers of the first round's seed prompts (per chain; shared by metrics)
     trainings: int
     evaluations: int  # the baseline included
@@ -295,8 +315,9 @@ class SelfPlayPlan:
 
 
 def plan_selfplay(ws: Workspace, spec: SelfPlaySpec, seeds: SeedPrompts | None = None) -> SelfPlayPlan:
-    """What the run will take. Later rounds' sizes depend on how many rewrites survive the filters, so only
-    the first round is counted exactly; later ones are at most (ratio * prompts * strategies) prompts."""
+    """What the run will take, as upper bounds where they depend on the models: the first round selects at
+    most int(ratio * seed prompts) (the prompts whose answers tie or fail give no pair and are no candidates)
+    and asks at most that many times the strategies; later rounds' pools are the rewrites that survive."""
     seeds = seeds or seed_prompts(ws, spec)
     n = int(spec.sampling.get("n", spec.sampling_params(0).n))
     k = max(1, int(spec.ratio * len(seeds.pool)))
@@ -306,12 +327,13 @@ def plan_selfplay(ws: Workspace, spec: SelfPlaySpec, seeds: SeedPrompts | None =
     lines = [
         f"{len(seeds.pool)} seed prompts from {spec.dataset!r} ({seeds.n_prompts} distinct, at most "
         f"{spec.max_prompts} drawn); {len(seeds.eval_rows)} eval prompts "
-        + ("held out from the dataset" if spec.eval_set is None else f"from {spec.eval_set}"),
+        + ("held out from the dataset" if spec.eval_set is None else f"from {spec.eval_set}")
+        + (f"; {seeds.empty} empty prompt left out" if seeds.empty else ""),
         f"{chains} chain(s) ({', '.join(spec.metrics)} x seeds {', '.join(map(str, spec.seeds))}), "
         f"{spec.iterations} iteration(s) each",
         f"round 1: {n} answers per prompt ({n * len(seeds.pool)} in all, shared by the metrics of one seed), "
-        f"the top {k} prompts by the metric evolved with {strategies} strategies ({k * strategies} rewrites "
-        f"asked of {evolver.get('kind')}:{evolver.get('model')}), then {n} answers per kept rewrite",
+        f"at most the top {k} prompts by the metric evolved with {strategies} strategies (up to {k * strategies} "
+        f"rewrites asked of {evolver.get('kind')}:{evolver.get('model')}), then {n} answers per kept rewrite",
         f"{chains * spec.iterations} training runs ({spec.method}), {chains * spec.iterations + 1} evaluations "
         f"({spec.evaluator.label}, the starting model once)",
     ]
