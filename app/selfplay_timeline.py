@@ -1,7 +1,7 @@
 """A self-play run's rounds as the page shows them, read from the job folders only (no model, no worker):
 the timeline (per chain and iteration: what was sampled, selected, evolved, trained and evaluated, each step
 with its child job and that job's state) and the lineage of one round's rewrites (each kept rewrite beside
-its parent's prompt and strategy, each dropped one with its reason)."""
+its parent's prompt, strategy, iteration and root seed, each dropped one with its reason)."""
 
 from __future__ import annotations
 
@@ -12,8 +12,10 @@ from typing import Any
 
 import pandas as pd
 from marginlens.core.errors import MarginLensError
+from marginlens.core.job_status import JobState
 from marginlens.core.jobs import Job
-from marginlens.core.selfplay.prompt_pool import DROP_REASONS
+from marginlens.core.selfplay.evolve_job import evolution_summary, evolved_path
+from marginlens.core.selfplay.prompt_pool import DROP_REASONS, load_pool, load_prompts
 from marginlens.core.workspace import Workspace
 
 NO_JOB = ""
@@ -107,7 +109,8 @@ def _rounds(state: dict[str, Any], order: Sequence[str]) -> list[dict[str, Any]]
 
 
 def _jsonl(path: Path) -> list[dict[str, Any]]:
-    """Rows of a JSONL file the jobs wrote; a missing file is no rows, a broken line an error naming it."""
+    """Rows of dropped.jsonl (pool rows plus "reason" and the evolver's text, so not a pool file load_pool
+    accepts); a missing file is no rows, a broken line an error naming it."""
     if not path.is_file():
         return []
     rows = []
@@ -121,24 +124,42 @@ def _jsonl(path: Path) -> list[dict[str, Any]]:
     return rows
 
 
-def lineage(ws: Workspace, evolve_job_id: str) -> tuple[pd.DataFrame, pd.DataFrame]:
-    """(kept, dropped) rewrites of one evolve job: id, strategy, the prompt, the parent's prompt; the dropped
-    ones with their reason and the evolver's raw text. Parents come from the pool the job read."""
+def _prompts(path: str | None) -> dict[str, str]:
+    """id -> prompt of a pool or eval-set file (JSONL or JSONL.GZ, every row checked); no path, none."""
+    if not path:
+        return {}
+    return {str(r["id"]): str(r["prompt"]) for r in load_prompts(Path(path))}
+
+
+KEPT_COLUMNS = ["id", "iteration", "strategy", "prompt", "parent's prompt", "root", "root's prompt"]
+DROPPED_COLUMNS = ["id", "strategy", "reason", "prompt", "evolver's text", "parent's prompt"]
+
+
+def lineage(ws: Workspace, evolve_job_id: str, seeds: str | None = None) -> tuple[pd.DataFrame, pd.DataFrame]:
+    """(kept, dropped) rewrites of one evolve job. Kept: id, iteration, strategy, the prompt, the parent's prompt,
+    the root (the seed the line started from) and its prompt when `seeds` (the run's seeds file, state["seeds"])
+    holds it. Dropped: with the reason and the evolver's raw text. Parents come from the pool the job read.
+    A job that is not done yet has no rows."""
     job = Job(ws.jobs_dir / evolve_job_id)
     if not (job.dir / "spec.json").exists():
         raise MarginLensError(f"no evolve job {evolve_job_id!r} in {ws.root}")
-    source = Path(str((job.spec.get("params") or {}).get("prompts") or ""))
-    parents = {str(r.get("id")): str(r.get("prompt", "")) for r in _jsonl(source)} if source.name else {}
-    results = job.dir / "results"
+    kept = pd.DataFrame(columns=KEPT_COLUMNS)
+    dropped = pd.DataFrame(columns=DROPPED_COLUMNS)
+    if job.status().state is not JobState.DONE:
+        return kept, dropped
+    parents = _prompts((job.spec.get("params") or {}).get("prompts"))
+    roots = _prompts(seeds)
+    # an evolution that kept nothing leaves an empty evolved.jsonl, which load_pool refuses as "no rows"
+    rows = load_pool(evolved_path(job)) if int(evolution_summary(job).get("kept") or 0) > 0 else []
 
     def parent(row: dict[str, Any]) -> str:
         return parents.get(str(row.get("parent")), "(not in the pool file)")
 
-    kept = pd.DataFrame([{"id": r.get("id"), "strategy": r.get("strategy"), "prompt": r.get("prompt"),
-                          "parent's prompt": parent(r)} for r in _jsonl(results / "evolved.jsonl")],
-                        columns=["id", "strategy", "prompt", "parent's prompt"])
+    kept = pd.DataFrame([{"id": r["id"], "iteration": r["iteration"], "strategy": r["strategy"], "prompt": r["prompt"],
+                          "parent's prompt": parent(r), "root": r["root"],
+                          "root's prompt": roots.get(r["root"], "(not in the seeds file)" if seeds else "")}
+                         for r in rows], columns=KEPT_COLUMNS)
     dropped = pd.DataFrame([{"id": r.get("id"), "strategy": r.get("strategy"), "reason": r.get("reason"),
                              "prompt": r.get("prompt"), "evolver's text": r.get("raw"), "parent's prompt": parent(r)}
-                            for r in _jsonl(results / "dropped.jsonl")],
-                           columns=["id", "strategy", "reason", "prompt", "evolver's text", "parent's prompt"])
+                            for r in _jsonl(job.results_dir / "dropped.jsonl")], columns=DROPPED_COLUMNS)
     return kept, dropped

@@ -68,8 +68,29 @@ def llm_parts(spec: SelfPlaySpec) -> list[tuple[str, str]]:
     parts = [(what, e.api_key_env or KEY_ENV) for what, e in (("annotator", spec.annotator),
                                                                ("evaluator", spec.evaluator)) if e.asks_llm]
     if spec.evolver.get("kind") == "openai":
-        parts.append(("evolver", spec.evolver.get("api_key_env") or KEY_ENV))
+        parts.append(("evolver", evolver_key_env(spec)))
     return parts
+
+
+def is_openai(evolver: str | None) -> bool:
+    """Whether the evolver text names an OpenAI-compatible endpoint (its key variable and call cap apply)."""
+    return (evolver or "").strip().lower().startswith("openai:")
+
+
+def evolver_key_env(spec: SelfPlaySpec) -> str:
+    from marginlens.core.chat_client import KEY_ENV
+
+    return spec.evolver.get("api_key_env") or KEY_ENV
+
+
+def worker_env(spec: SelfPlaySpec, key: str | None, evolver_key: str | None) -> dict[str, str]:
+    """The workers' extra environment: `key` under the variable of each annotator/evaluator that asks an LLM,
+    `evolver_key` under the openai evolver's variable (it wins where both name the same one). Empty: nothing
+    set, the environment's own value stays."""
+    env = {name: key for what, name in llm_parts(spec) if what != "evolver"} if key else {}
+    if evolver_key and spec.evolver.get("kind") == "openai":
+        env[evolver_key_env(spec)] = evolver_key
+    return env
 
 
 def job_label(job: Job) -> str:
@@ -94,7 +115,7 @@ def _fmt(value: float | None) -> str:
 
 def table_frame(table: dict[str, Any]) -> pd.DataFrame:
     """One row per iteration and metric, iteration 0 (the starting model) first: mean, 95% interval,
-    per-seed values, seeds that got there, eval prompts, training pairs."""
+    per-seed values, seeds that got there, eval prompts, each seed's training pairs."""
     rows = []
     base = table.get("baseline")
     if base:
@@ -107,7 +128,8 @@ def table_frame(table: dict[str, Any]) -> pd.DataFrame:
             rows.append({"iteration": it["iteration"], "metric": row["metric"], "mean": row.get("mean"),
                          "95% interval": interval, "per seed": " ".join(_fmt(v) for v in row.get("values", [])),
                          "seeds": f"{row.get('n_seeds', 0)} of {n_seeds}", "n prompts": row.get("n_prompts"),
-                         "training pairs": DASH if row.get("pairs") is None else str(row["pairs"])})
+                         "training pairs": " ".join(DASH if p is None else str(p) for p in row.get("pairs") or [])
+                         or DASH})
     return pd.DataFrame(rows, columns=["iteration", "metric", "mean", "95% interval", "per seed", "seeds",
                                        "n prompts", "training pairs"])
 

@@ -15,10 +15,10 @@ from marginlens.app.state import current_dataset, workspace
 from marginlens.core import jobs
 from marginlens.core.errors import MarginLensError
 from marginlens.core.experiments.experiment_results import cell_key
-from marginlens.core.experiments.verifiers import verifier_names
+from marginlens.core.experiments.verifiers import get_verifier, verifier_names
 from marginlens.core.job_status import POLL_SECONDS
 from marginlens.core.scoring.models import DEFAULT_POLICY
-from marginlens.core.selection.metrics import DEFAULT_PARAMS, metric_names
+from marginlens.core.selection.metrics import DEFAULT_PARAMS
 from marginlens.core.selfplay import selfplay_spec as sps
 from marginlens.core.selfplay.evolve_job import EvolveParams
 from marginlens.core.selfplay.rollout_job import SAMPLING
@@ -29,6 +29,7 @@ from marginlens.core.training.presets import METHODS
 
 JOB_KEY = "selfplay_job"  # the run the page shows; kept across pages
 API_KEY = "_sp_api_key"
+EVOLVER_KEY = "_sp_evolver_api_key"
 
 ws = workspace()
 st.title("Self-play")
@@ -37,9 +38,13 @@ st.caption("For each metric and seed, each iteration: sample answers from the cu
            "pairs, evaluate the trained model on held-out prompts. The rewrites are the next iteration's prompts.")
 
 
-def _verifier(preferred: str) -> str:
-    names = verifier_names()
+def _verifier(preferred: str, names: list[str]) -> str:
     return f"verifier:{preferred}" if preferred in names else (f"verifier:{names[0]}" if names else "")
+
+
+def _reference_free() -> list[str]:
+    """The verifiers that can annotate a rewrite: none of them reads a field a new question lacks (an answer)."""
+    return [n for n in verifier_names() if set(get_verifier(n).needs) <= {"samples"}]
 
 
 def _form() -> None:
@@ -53,17 +58,22 @@ def _form() -> None:
     dataset = c1.selectbox("Dataset (its prompts seed the run)", names, index=names.index(current), key="_sp_dataset")
     policy = c2.text_input("Starting model (Hub id or folder)", value=DEFAULT_POLICY, key="_sp_policy")
     c1, c2, c3 = st.columns(3)
-    annotate = c1.text_input("Annotator (scores each sampled answer)", value=_verifier("self-consistency"),
+    free = _reference_free()
+    annotate = c1.text_input("Annotator (scores each sampled answer)", value=_verifier("self-consistency", free),
                              key="_sp_annotate",
-                             help="verifier:NAME (built in: " + (", ".join(verifier_names()) or "none") + "), "
-                                  "reward:MODEL or rating:MODEL; options after commas: base_url=URL, api_key_env=NAME")
-    evaluator = c2.text_input("Evaluator (scores each trained model)", value=_verifier("answer-match"), key="_sp_eval",
+                             help="verifier:NAME, reference-free (a rewritten prompt has no reference answer; "
+                                  "available: " + (", ".join(free) or "none") + "), reward:MODEL or rating:MODEL; "
+                                  "options after commas: base_url=URL, api_key_env=NAME")
+    evaluator = c2.text_input("Evaluator (scores each trained model)", value=_verifier("answer-match", verifier_names()),
+                              key="_sp_eval",
                               help="verifier:NAME, reward:MODEL, rating:MODEL or judge:MODEL (win rate against the "
                                    "starting model); options after commas: base_url=URL, api_key_env=NAME")
     eval_set = c3.text_input("Eval set (JSONL file; empty: held out from the dataset)", key="_sp_eval_set")
     c1, c2 = st.columns([2, 3])
-    metrics = c1.multiselect("Metrics", metric_names(), default=[m for m in sps.DEFAULT_METRICS if m in metric_names()],
-                             key="_sp_metrics", help="one chain per metric and seed")
+    runnable = sps.selfplay_metrics()
+    metrics = c1.multiselect("Metrics", runnable, default=[m for m in sps.DEFAULT_METRICS if m in runnable],
+                             key="_sp_metrics", help="one chain per metric and seed; only metrics that read a round's "
+                                                     "reward gap m_ex and implicit margin m_im")
     c1.caption(sv.METRICS_CAPTION)
     strategies = c2.multiselect("Rewrite strategies", list(STRATEGIES), default=list(DEFAULT_STRATEGIES),
                                 format_func=lambda n: f"{n}: {STRATEGIES[n].description}", key="_sp_strategies")
@@ -78,6 +88,15 @@ def _form() -> None:
     evolver = c1.text_input("Evolver (empty: the starting model)", key="_sp_evolver",
                             help="local:MODEL (a folder or hub id) or openai:MODEL (an OpenAI-compatible endpoint)")
     evolver_url = c2.text_input("Evolver base URL (openai: only)", key="_sp_evolver_url")
+    key_env, max_calls = None, None
+    if sv.is_openai(evolver):
+        c1, c2 = st.columns([3, 2])
+        key_env = c1.text_input("Evolver key variable (empty: OPENAI_API_KEY)", key="_sp_evolver_key_env",
+                                help="the environment variable its worker reads the key from; the key itself is "
+                                     "typed below, never stored")
+        max_calls = c2.number_input("Evolver max calls (empty: no cap)", min_value=1, value=None, step=1,
+                                    key="_sp_evolver_max_calls", help="requests one evolve job may make, retries "
+                                                                      "counted: the cost cap")
     evolve = EvolveParams()
     with st.expander("Sampling, evolution and selection settings"):
         c1, c2, c3, c4 = st.columns(4)
@@ -99,6 +118,8 @@ def _form() -> None:
                             placeholder="max_steps=20\nlearning_rate=1e-5")
     form = {"annotate": annotate.strip(), "eval": evaluator.strip(), "policy": policy.strip() or None,
             "evolver": evolver.strip() or None, "evolver_url": evolver_url.strip() or None,
+            "evolver_key_env": (key_env or "").strip() or None,
+            "evolver_max_calls": None if max_calls is None else int(max_calls),
             "iterations": int(iterations), "metrics": list(metrics), "seeds": int(seeds), "ratio": float(ratio),
             "weight": float(weight), "signed": bool(signed), "strategies": list(strategies),
             "max_prompts": int(max_prompts), "sampling": sampling_settings(n, temperature, top_p, max_new),
@@ -117,10 +138,13 @@ def _form() -> None:
     with st.container(border=True):
         st.markdown("**What it will take**")
         st.markdown("\n".join(f"- {widgets.md_escape(line)}" for line in lines))
-    parts = sv.llm_parts(spec)
+    parts = [(what, name) for what, name in sv.llm_parts(spec) if what != "evolver"]
     if parts:
         st.text_input("API key of the " + ", ".join(what for what, _ in parts) + " (kept in the workers' environment "
                       "only, never written)", type="password", key=API_KEY)
+    if spec.evolver.get("kind") == "openai":
+        st.text_input(f"API key of the evolver (its worker's {sv.evolver_key_env(spec)}; empty: the environment's; "
+                      "never written)", type="password", key=EVOLVER_KEY)
     if st.button("Start", type="primary", key="_sp_start"):
         try:
             job = submit_selfplay(ws, spec, env=_env(spec))
@@ -132,9 +156,8 @@ def _form() -> None:
 
 
 def _env(spec: sps.SelfPlaySpec) -> dict[str, str]:
-    """The key typed on this page, for every part that asks an LLM (the environment's otherwise)."""
-    typed = st.session_state.get(API_KEY)
-    return {name: typed for _, name in sv.llm_parts(spec)} if typed else {}
+    """The keys typed on this page, each under the variable its part reads (the environment's otherwise)."""
+    return sv.worker_env(spec, st.session_state.get(API_KEY), st.session_state.get(EVOLVER_KEY))
 
 
 def _timeline(job: jobs.Job, order: list[str], live: bool) -> None:
@@ -165,17 +188,18 @@ def _timeline(job: jobs.Job, order: list[str], live: bool) -> None:
 
 
 def _lineage(job: jobs.Job, order: list[str]) -> None:
-    rounds = tl.evolve_rounds(selfplay_state(job), order)
+    state = selfplay_state(job)
+    rounds = tl.evolve_rounds(state, order)
     if not rounds:
         return
     st.markdown("**Lineage of the rewrites**")
     chosen = st.selectbox("Round", list(rounds), key="_sp_lineage_round")
     try:
-        kept, dropped = tl.lineage(ws, rounds[chosen])
+        kept, dropped = tl.lineage(ws, rounds[chosen], state.get("seeds"))
     except MarginLensError as exc:
         widgets.show_error(exc)
         return
-    st.caption(f"{len(kept)} kept, {len(dropped)} dropped (evolve job {rounds[chosen]})")
+    st.caption(f"{len(kept)} kept, {len(dropped)} dropped (evolve job {tl.child_state(ws, rounds[chosen])})")
     st.dataframe(kept, hide_index=True, key="_sp_kept")
     if len(dropped):
         st.caption("Dropped by the filters, with the reason")

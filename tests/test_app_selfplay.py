@@ -5,21 +5,30 @@ folders written by hand through core.jobs (no model runs for that part)."""
 from __future__ import annotations
 
 import json
+import sys
+import time
+from pathlib import Path
 
 import pytest
 from helpers_app import app_test, no_errors
 from helpers_experiment import DATASET, build_dataset
+from judge_server import ScriptedJudge
+from marginlens.app import selfplay_timeline as tl
+from marginlens.app import selfplay_view as sv
 from marginlens.app.widgets import md_escape
 from marginlens.core import jobs
-from marginlens.core.atomic import write_json
+from marginlens.core.atomic import read_json, write_json
+from marginlens.core.errors import MarginLensError
 from marginlens.core.experiments.experiment_results import cell_key
 from marginlens.core.job_status import JobState
 from marginlens.core.jobs import Job, job_id_for
+from marginlens.core.selfplay.prompt_pool import DROP_REASONS, write_pool
 from marginlens.core.selfplay.selfplay_results import selfplay_table
-from marginlens.core.selfplay.selfplay_spec import build_selfplay_spec, plan_selfplay
+from marginlens.core.selfplay.selfplay_spec import build_selfplay_spec, plan_selfplay, selfplay_metrics
 from tiny_models import tiny_llama  # noqa: F401  (session fixture)
 
 ANNOTATE, EVAL = "verifier:self-consistency", "verifier:answer-match"
+EVOLVER_KEY = "_sp_evolver_api_key"
 SAMPLING = {"n": 5, "temperature": 0.8, "top_p": 0.95, "max_new_tokens": 128}  # the page's defaults, spelled out
 EVOLVE = {"max_new_tokens": 128, "max_ratio": 5.0}
 
@@ -99,21 +108,39 @@ def write_jsonl(path, rows) -> None:
     path.write_text("".join(json.dumps(r) + "\n" for r in rows), encoding="utf-8")
 
 
+REWRITE = "Anna has 2 apples and buys 3 more: how many now, step by step?"
+DEEPER = "Anna has 2 apples, buys 3 more and eats one: how many are left, step by step?"
+
+
+def fake_evolution(ws, pool, iteration: int, kept: list[dict], dropped: list[dict], tag: str = "hand") -> Job:
+    """An evolve job's results as the job writes them: the pool rows through write_pool, the summary."""
+    evolve = fake_job(ws, "evolve", {"prompts": str(pool), "iteration": iteration, "tag": tag})
+    write_pool(evolve.dir / "results" / "evolved.jsonl", kept)  # no rows: an empty file, as the job leaves it
+    write_jsonl(evolve.dir / "results" / "dropped.jsonl", dropped)
+    write_json(evolve.dir / "results" / "summary.json",
+               {"asked": len(kept) + len(dropped), "kept": len(kept), "strategies": ["reason@1", "deepen@1"],
+                "dropped": {r: sum(d["reason"] == r for d in dropped) for r in DROP_REASONS}})
+    return evolve
+
+
 def finished_run(ws):
     spec = build_selfplay_spec(ws, DATASET, annotate=ANNOTATE, eval=EVAL, iterations=2, seeds=2)
     run = fake_job(ws, "selfplay", spec.to_params())
-    pool = run.dir / "results" / "seeds.jsonl"
-    write_jsonl(pool, [{"id": "p1", "prompt": "What is 2 plus 3?", "parent": None, "strategy": None,
-                        "iteration": 0, "root": "p1"},
-                       {"id": "p2", "prompt": "What is 4 plus 5?", "parent": None, "strategy": None,
-                        "iteration": 0, "root": "p2"}])
-    evolve = fake_job(ws, "evolve", {"prompts": str(pool), "iteration": 1, "tag": "hand"})
-    write_jsonl(evolve.dir / "results" / "evolved.jsonl", [
-        {"id": "p1>reason", "prompt": "Anna has 2 apples and buys 3 more: how many now, step by step?",
-         "parent": "p1", "strategy": "reason@1", "iteration": 1, "root": "p1"}])
-    write_jsonl(evolve.dir / "results" / "dropped.jsonl", [
+    pool = run.dir / "results" / "seeds.jsonl.gz"  # gzipped pools are read as the jobs read them
+    write_pool(pool, [{"id": "p1", "prompt": "What is 2 plus 3?", "parent": None, "strategy": None,
+                       "iteration": 0, "root": "p1"},
+                      {"id": "p2", "prompt": "What is 4 plus 5?", "parent": None, "strategy": None,
+                       "iteration": 0, "root": "p2"}])
+    rewrite = {"id": "p1>reason", "prompt": REWRITE, "parent": "p1", "strategy": "reason@1", "iteration": 1,
+               "root": "p1"}
+    evolve = fake_evolution(ws, pool, 1, [rewrite], [
         {"id": "p2>breadth", "prompt": "What is 4 plus 5?", "parent": "p2", "strategy": "breadth@1",
          "iteration": 1, "root": "p2", "reason": "same_as_parent", "raw": "\"What is 4 plus 5?\""}])
+    second_pool = run.dir / "results" / "round-1.jsonl.gz"
+    write_pool(second_pool, [rewrite])
+    evolve2 = fake_evolution(ws, second_pool, 2, [
+        {"id": "p1>reason>deepen", "prompt": DEEPER, "parent": "p1>reason", "strategy": "deepen@1", "iteration": 2,
+         "root": "p1"}], [])
     sampled = fake_job(ws, "rollout", {"prompts": str(pool), "tag": "hand"})
     means = {("map", 42): (0.30, 0.40), ("map", 43): (0.32, 0.44), ("explicit", 42): (0.25, 0.30),
              ("explicit", 43): (0.27, 0.28)}
@@ -126,7 +153,7 @@ def finished_run(ws):
                            "pool": {"job": sampled.id, "prompts": 12, "answers": 60, "pairs": 10, "ties": 2,
                                     "invalid": 0, "truncated": 0},
                            "selection": {"candidates": 10, "k": 3, "warnings": []},
-                           "evolve": {"job": evolve.id, "asked": 15, "kept": 11,
+                           "evolve": {"job": (evolve if t == 1 else evolve2).id, "asked": 15, "kept": 11,
                                       "dropped": {"too_long": 3, "duplicate": 1, "empty": 0}},
                            "rewrites": {"job": sampled.id, "prompts": 11, "answers": 55, "pairs": 9, "ties": 2},
                            "train": {"job": "train-gone", "pairs": 19},
@@ -167,5 +194,107 @@ def test_finished_run_timeline_table_and_lineage(sp_ws):
     assert at.selectbox(key="_sp_lineage_round").value == f"{cell_key('map', 42)} iteration 1"
     kept = at.dataframe[2].value
     assert list(kept["parent's prompt"]) == ["What is 2 plus 3?"] and list(kept["strategy"]) == ["reason@1"]
+    assert list(kept["iteration"]) == [1] and list(kept["root"]) == ["p1"]
+    assert list(kept["root's prompt"]) == ["What is 2 plus 3?"]
     dropped = at.dataframe[3].value
     assert list(dropped["reason"]) == ["same_as_parent"] and list(dropped["parent's prompt"]) == ["What is 4 plus 5?"]
+    assert any(c.value == f"1 kept, 1 dropped (evolve job done · {evolve.id})" for c in at.caption)
+    # the second round: the parent is a rewrite (read from its .jsonl.gz pool), the root the seed it started from
+    at.selectbox(key="_sp_lineage_round").set_value(f"{cell_key('map', 42)} iteration 2").run()
+    no_errors(at)
+    assert len(at.dataframe) == 3  # nothing dropped: no dropped table
+    kept = at.dataframe[2].value
+    assert list(kept["id"]) == ["p1>reason>deepen"] and list(kept["iteration"]) == [2]
+    assert list(kept["parent's prompt"]) == [REWRITE]
+    assert list(kept["root"]) == ["p1"] and list(kept["root's prompt"]) == ["What is 2 plus 3?"]
+
+
+def test_lineage_of_an_empty_a_running_and_a_broken_evolution(sp_ws):
+    run, _, _ = finished_run(sp_ws)
+    pool = run.dir / "results" / "seeds.jsonl.gz"
+    empty = fake_evolution(sp_ws, pool, 1, [], [
+        {"id": "p1>breadth", "prompt": "", "parent": "p1", "strategy": "breadth@1", "iteration": 1, "root": "p1",
+         "reason": "empty", "raw": "``` ```"}], tag="empty")
+    assert (empty.dir / "results" / "evolved.jsonl").read_bytes() == b""  # kept 0: the file is empty, not read
+    kept, dropped = tl.lineage(sp_ws, empty.id, str(pool))
+    assert kept.empty and list(dropped["reason"]) == ["empty"] and list(dropped["parent's prompt"]) == [
+        "What is 2 plus 3?"]
+    running = fake_job(sp_ws, "evolve", {"prompts": str(pool), "iteration": 1, "tag": "running"}, state="running")
+    kept, dropped = tl.lineage(sp_ws, running.id, str(pool))
+    assert kept.empty and dropped.empty  # no rows until it is done
+    # a kept row that breaks the pool format is refused with its file, line and field, not shown half-read
+    row = {"id": "p2>reason", "prompt": "Why 9?", "parent": "p2", "strategy": "reason@1", "iteration": 1, "root": "p2"}
+    broken = fake_evolution(sp_ws, pool, 1, [row], [], tag="broken")
+    write_jsonl(broken.dir / "results" / "evolved.jsonl", [{**row, "strategy": "reason"}])
+    with pytest.raises(MarginLensError, match=r"evolved.jsonl: line 1, field 'strategy'"):
+        tl.lineage(sp_ws, broken.id, str(pool))
+    kept, _ = tl.lineage(sp_ws, fake_evolution(sp_ws, pool, 1, [row], [], tag="no seeds").id)
+    assert list(kept["root's prompt"]) == [""]  # no seeds file named: the root's prompt is not looked up
+
+
+def test_metrics_offered_are_the_selfplay_ones(sp_ws):
+    at = app_test("selfplay_page.py", sp_ws)
+    at.run()
+    no_errors(at)
+    offered = at.multiselect(key="_sp_metrics").options
+    assert offered == list(selfplay_metrics()) and "dpo_gap" not in offered and "rip" not in offered
+    assert "answer-match" not in at.text_input(key="_sp_annotate").help  # needs a reference a rewrite lacks
+
+
+@pytest.mark.skipif(not sys.platform.startswith("linux"), reason="reads the worker's environment from /proc")
+def test_openai_evolver_fields_and_key(sp_ws, tiny_llama):  # noqa: F811
+    at = app_test("selfplay_page.py", sp_ws)
+    at.run()
+    assert not [t for t in at.text_input if t.key in ("_sp_evolver_key_env", EVOLVER_KEY)]  # a local evolver
+    with ScriptedJudge(models=["writer"]) as server:
+        at.text_input(key="_sp_policy").input(str(tiny_llama))
+        at.number_input(key="_sp_iterations").set_value(1)
+        at.number_input(key="_sp_max_prompts").set_value(4)
+        at.text_input(key="_sp_evolver").input("openai:writer")
+        at.text_input(key="_sp_evolver_url").input(server.base_url).run()
+        no_errors(at)
+        at.text_input(key="_sp_evolver_key_env").input("WRITER_KEY")
+        at.number_input(key="_sp_evolver_max_calls").set_value(3).run()
+        no_errors(at)
+        assert "WRITER_KEY" in at.text_input(key=EVOLVER_KEY).label
+        assert all(t.key != "_sp_api_key" for t in at.text_input)  # verifiers ask no endpoint: no other key field
+        at.text_input(key=EVOLVER_KEY).input("sk-typed-on-the-page")
+        at.button(key="_sp_start").click().run()
+        no_errors(at)
+    (job,) = jobs.list_jobs(sp_ws, "selfplay")
+    try:
+        evolver = job.spec["params"]["evolver"]
+        assert (evolver["api_key_env"], evolver["max_calls"], evolver["base_url"]) == ("WRITER_KEY", 3, server.base_url)
+        assert "sk-typed" not in json.dumps(job.spec)  # the key travels in the environment only
+        assert worker_environ(job).get("WRITER_KEY") == "sk-typed-on-the-page"
+    finally:
+        job.cancel()
+    assert job.wait(poll=0.2, timeout=180).state is JobState.CANCELLED, job.log_tail(20)
+
+
+def worker_environ(job: Job, timeout: float = 60) -> dict[str, str]:
+    """The environment the job's worker process runs with (Linux /proc), read while it is alive."""
+    deadline = time.monotonic() + timeout
+    while True:
+        pid = (read_json(job.dir / "status.json") or {}).get("pid")
+        if pid:
+            try:
+                raw = Path(f"/proc/{pid}/environ").read_bytes()
+            except FileNotFoundError:
+                raw = b""
+            if raw:
+                return dict(item.split("=", 1) for item in raw.decode().split("\0") if "=" in item)
+        assert time.monotonic() < deadline, job.log_tail(20)
+        time.sleep(0.05)
+
+
+def test_worker_env_puts_each_key_under_its_variable(sp_ws):
+    spec = build_selfplay_spec(sp_ws, DATASET, annotate="rating:rater,api_key_env=RATER_KEY", eval=EVAL,
+                               evolver="openai:writer", evolver_key_env="WRITER_KEY")
+    assert sv.llm_parts(spec) == [("annotator", "RATER_KEY"), ("evolver", "WRITER_KEY")]
+    assert sv.worker_env(spec, "k-rater", "k-writer") == {"RATER_KEY": "k-rater", "WRITER_KEY": "k-writer"}
+    assert sv.worker_env(spec, "k-rater", None) == {"RATER_KEY": "k-rater"}  # the evolver's own stays
+    assert sv.worker_env(spec, None, None) == {}
+    shared = build_selfplay_spec(sp_ws, DATASET, annotate=ANNOTATE, eval="judge:judge", evolver="openai:writer")
+    assert sv.worker_env(shared, "k-judge", "k-writer") == {"OPENAI_API_KEY": "k-writer"}  # the evolver's field wins
+    assert sv.worker_env(shared, "k-judge", "") == {"OPENAI_API_KEY": "k-judge"}

@@ -35,6 +35,11 @@ def run(ws, *args: str) -> int:
     ([*BASE, "--evolver", "somewhere:model"], "expected local:MODEL"),
     ([*BASE, "--set", "seed=3"], "use --seeds"),
     (["--annotate", "verifier:no-such", "--eval", "verifier:answer-match"], "no-such"),
+    (["--annotate", "verifier:answer-match", "--eval", "verifier:answer-match"], "a rewritten prompt has none"),
+    ([*BASE, "--metrics", "map,dpo_gap"], "self-play can select by map, explicit"),
+    ([*BASE, "--evolver-max-calls", "5"], "for openai evolvers only"),
+    ([*BASE, "--evolver", "openai:writer", "--evolver-max-calls", "0"], "max_calls must be a positive number"),
+    ([*BASE, "--evolver", "openai:writer", "--evolver-key-env", "not a name"], "api_key_env names an environment"),
 ])
 def test_argument_errors_are_clear(sp_ws, capsys, args, message):
     assert run(sp_ws, DATASET, *args, "--yes", "--detach") == 2
@@ -55,6 +60,38 @@ def test_urls_reach_the_annotator_the_evaluator_and_the_evolver(sp_ws):
     assert (spec.annotator.kind, spec.annotator.target, spec.annotator.base_url) == ("rating", "rater", url)
     assert (spec.evaluator.kind, spec.evaluator.base_url) == ("judge", url)
     assert (spec.evolver["kind"], spec.evolver["model"], spec.evolver["base_url"]) == ("openai", "writer", url)
+    assert spec.evolver["api_key_env"] is None and spec.evolver["max_calls"] is None  # no cap unless asked
+
+
+def test_evolver_key_variable_and_call_cap_reach_the_spec(sp_ws):
+    from marginlens.core.cli import build_parser
+    from marginlens.core.cli.selfplay_commands import spec_from_args
+    from marginlens.core.selfplay.evolve_job import EvolverSpec
+
+    args = build_parser().parse_args(["selfplay", DATASET, *BASE, "--evolver", "openai:writer", "--evolver-key-env",
+                                      "WRITER_KEY", "--evolver-max-calls", "7"])
+    spec = spec_from_args(sp_ws, args)
+    assert spec.evolver == EvolverSpec("openai", "writer", None, "WRITER_KEY", 7).to_dict()
+    assert spec.to_params() == build_selfplay_spec(
+        sp_ws, DATASET, annotate="verifier:self-consistency", eval="verifier:answer-match", evolver="openai:writer",
+        evolver_key_env="WRITER_KEY", evolver_max_calls=7,
+        sampling={"n": 5, "temperature": 0.8, "top_p": 0.95, "max_new_tokens": 128},
+        evolve={"max_new_tokens": 128, "max_ratio": 5.0}).to_params()  # the CLI's defaults, spelled out
+
+
+def test_help_names_what_self_play_can_use(capsys):
+    from marginlens.core.selfplay.selfplay_spec import selfplay_metrics
+
+    with pytest.raises(SystemExit):
+        main(["selfplay", "--help"])
+    out = " ".join(capsys.readouterr().out.split("options:")[1].split())  # the options, not the usage line
+    annotate = out.split("--annotate EVAL")[1].split("--annotate-url")[0]
+    assert "verifier:self-consistency" in annotate and "reward:MODEL" in annotate and "rating:MODEL" in annotate
+    assert "answer-match" not in annotate  # a rewrite has no reference answer to match
+    metrics = out.split("--metrics METRICS")[1].split("--seeds")[0]
+    assert ", ".join(selfplay_metrics()) in metrics
+    assert "dpo_gap" not in metrics and "rip" not in metrics.replace("eva's", "")
+    assert "--evolver-key-env NAME" in out and "--evolver-max-calls N" in out
 
 
 def test_unknown_dataset_and_missing_annotator(sp_ws, capsys):

@@ -1,6 +1,6 @@
 """The self-play rollout job on a tiny Llama: n sampled answers per prompt, annotated by a throwaway verifier
 that sees each answer's siblings, paired best vs worst, with the policy's SimPO margin; a kill -9 in the
-middle and a resubmission end with the bytes of an uninterrupted run. And the self-consistency verifier on
+annotation, or in the implicit margins, and a resubmission end with the bytes of an uninterrupted run. And the self-consistency verifier on
 hand rows."""
 
 from __future__ import annotations
@@ -23,7 +23,10 @@ from marginlens.core.job_status import JobState
 from marginlens.core.jobs import Job
 from marginlens.core.selfplay.prompt_pool import write_pool
 from marginlens.core.selfplay.rollout_job import (
+    PAIRS_FILE,
     SAMPLING,
+    SUMMARY_FILE,
+    UNPAIRED_FILE,
     best_and_worst,
     pairs_path,
     rollout_params,
@@ -150,6 +153,56 @@ def test_kill_9_then_resubmit_gives_the_bytes_of_an_uninterrupted_run(rolled):
     assert log.count("generating 11 of 11 prompts") == 1 and "generating" not in log.split("annotating")[-1]
     assert f"annotating {11 - stored} of 11 prompts" in log or stored == 11
     assert _lines(job.results_dir / "annotations.jsonl") == 11
+
+
+def _step(job: Job) -> str | None:
+    return ((read_json(job.dir / "status.json") or {}).get("extra") or {}).get("step")
+
+
+@pytest.fixture(scope="module")
+def killed_in_margins(rolled, plugin, pool, tiny_llama, tmp_path_factory):  # noqa: F811
+    """A rollout killed -9 in its last step (the implicit margins: samples and annotations all stored), then
+    resubmitted. That step is short on a tiny model (a model load and a few forward passes), so a run that
+    finishes before the poll sees it is retried in a fresh workspace."""
+    annotator = parse_eval(f"verifier:{plugin}")
+    root = tmp_path_factory.mktemp("rollout-late")
+    for attempt in range(3):
+        ws = Workspace(root / f"try{attempt}")
+        job = submit_rollout(ws, str(tiny_llama), pool, annotator, params=PARAMS, device="cpu")
+        deadline = time.monotonic() + 300
+        while job.status().live and _step(job) != "implicit margins":
+            assert time.monotonic() < deadline, job.log_tail(30)
+            time.sleep(0.005)
+        status = read_json(job.dir / "status.json") or {}
+        if _step(job) != "implicit margins" or not job.status().live:
+            continue  # done before the poll saw the step: try again
+        os.kill(int(status["pid"]), signal.SIGKILL)
+        while job.is_alive():
+            assert time.monotonic() < deadline, f"{job.id} still alive after SIGKILL"
+            time.sleep(0.05)
+        if pairs_path(job).exists():
+            continue  # killed after writing its results after all
+        break
+    else:
+        pytest.fail("the rollout finished before its implicit-margin step could be interrupted, three times")
+    assert job.status().state is JobState.INTERRUPTED
+    assert _lines(job.results_dir / "annotations.jsonl") == 11  # everything before the margins was stored
+    again = submit_rollout(ws, str(tiny_llama), pool, annotator, params=PARAMS, device="cpu")
+    assert again.id == job.id
+    assert job.wait(poll=0.2, timeout=300).state is JobState.DONE, job.log_tail(40)
+    return rolled[0], job
+
+
+def test_kill_9_in_the_implicit_margins_then_resubmit_gives_the_same_bytes(killed_in_margins):
+    plain, job = killed_in_margins
+    for name in (PAIRS_FILE, UNPAIRED_FILE, SUMMARY_FILE):
+        assert (job.results_dir / name).read_bytes() == (plain.results_dir / name).read_bytes(), name
+    # the resumed worker neither sampled nor annotated again: only the margins were left to do
+    log = job.log_path.read_text()
+    assert log.count("rollout of ") == 2, log
+    resumed = log.split("rollout of ")[-1]
+    assert "generating" not in resumed and "annotating" not in resumed, resumed
+    assert log.count("generating 11 of 11 prompts") == 1 and log.count("annotating 11 of 11 prompts") == 1
 
 
 def test_pairs_are_best_vs_worst_with_lineage_and_ties_recorded(rolled, pool, tiny_llama):  # noqa: F811

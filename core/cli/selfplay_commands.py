@@ -22,9 +22,10 @@ from marginlens.core.atomic import write_json
 from marginlens.core.errors import MarginLensError
 from marginlens.core.workspace import Workspace
 
-ANNOTATE_HELP = ("how each sampled answer is scored to pick the best and worst: verifier:NAME (e.g. self-consistency, "
-                 "reference-free; answer-match needs the dataset's answers), reward:MODEL, rating:MODEL "
-                 "(--annotate-url); a judge compares two models and cannot annotate")
+ANNOTATE_HELP = ("how each sampled answer is scored to pick the best and worst: verifier:self-consistency "
+                 "(reference-free, numeric answers: agreement with the other sampled answers), reward:MODEL or "
+                 "rating:MODEL (--annotate-url). A rewritten prompt has no reference answer, so a verifier that "
+                 "needs one cannot annotate; nor can a judge (it compares two models)")
 EVAL_HELP = ("how each trained model is evaluated on the held-out prompts: verifier:NAME, reward:MODEL, "
              "rating:MODEL or judge:MODEL (win rate against the starting model; --eval-url)")
 
@@ -51,6 +52,7 @@ def register(sub: argparse._SubParsersAction, common: argparse.ArgumentParser) -
         DEFAULT_MAX_PROMPTS,
         DEFAULT_METRICS,
         DEFAULT_RATIO,
+        selfplay_metrics,
     )
     from marginlens.core.selfplay.strategies import DEFAULT_STRATEGIES
 
@@ -62,8 +64,9 @@ def register(sub: argparse._SubParsersAction, common: argparse.ArgumentParser) -
     p.add_argument("--iterations", type=int, default=DEFAULT_ITERATIONS,
                    help=f"rounds per metric and seed (default {DEFAULT_ITERATIONS})")
     p.add_argument("--metrics", default=",".join(DEFAULT_METRICS),
-                   help=f"comma-separated selection metrics (default {','.join(DEFAULT_METRICS)}; explicit is "
-                        "eva's reward-gap rule)")
+                   help=f"comma-separated selection metrics, those that read only a round's reward gap m_ex and "
+                        f"implicit margin m_im: {', '.join(selfplay_metrics())} (default {','.join(DEFAULT_METRICS)}; "
+                        "explicit is eva's reward-gap rule)")
     p.add_argument("--seeds", type=int, default=1,
                    help=f"chains per metric, seeds {FIRST_SEED}, {FIRST_SEED + 1}, ...: sampling, evolution and "
                         "training seeds (default 1)")
@@ -80,6 +83,11 @@ def register(sub: argparse._SubParsersAction, common: argparse.ArgumentParser) -
                    help="who rewrites the prompts: local:MODEL (a folder or hub id) or openai:MODEL "
                         "(--evolver-url); default: the starting model, kept fixed")
     p.add_argument("--evolver-url", default=None, help="OpenAI-compatible base URL of an openai: evolver")
+    p.add_argument("--evolver-key-env", default=None, metavar="NAME",
+                   help="environment variable holding an openai: evolver's key (default OPENAI_API_KEY); the key "
+                        "reaches the workers through the environment, never the job's spec")
+    p.add_argument("--evolver-max-calls", type=int, default=None, metavar="N",
+                   help="requests one evolve job of an openai: evolver may make, retries counted (default: no cap)")
     p.add_argument("--strategies", default=None,
                    help=f"comma-separated rewrite strategies (default all: {','.join(DEFAULT_STRATEGIES)})")
     p.add_argument("--max-prompts", type=int, default=DEFAULT_MAX_PROMPTS,
@@ -124,7 +132,8 @@ def spec_from_args(ws: Workspace, args: argparse.Namespace) -> Any:
     return build_selfplay_spec(
         ws, args.name, annotate=with_base_url(args.annotate, args.annotate_url, "--annotate-url"),
         eval=with_base_url(args.eval, args.eval_url, "--eval-url"), policy=args.policy, evolver=args.evolver,
-        evolver_url=args.evolver_url, iterations=args.iterations, metrics=args.metrics.split(","), seeds=args.seeds,
+        evolver_url=args.evolver_url, evolver_key_env=args.evolver_key_env, evolver_max_calls=args.evolver_max_calls,
+        iterations=args.iterations, metrics=args.metrics.split(","), seeds=args.seeds,
         ratio=args.ratio, weight=args.weight, signed=args.signed, strategies=args.strategies,
         max_prompts=args.max_prompts,
         sampling=sampling_settings(args.n, args.temperature, args.top_p, args.max_new_tokens),

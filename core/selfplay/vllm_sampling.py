@@ -8,13 +8,15 @@ everything after sampling is the same on both backends.
 Prompts are rendered by the policy's own chat template (core.scoring.tokenization.Renderer, as the
 transformers path does) and handed over as token ids, so the template's BOS is not added twice. Each
 prompt gets its own seed (the run's seed and the prompt's index in the file): its answers do not depend
-on how prompts are batched, so a resumed run samples exactly what an uninterrupted one would. Records
+on which prompts share a batch, so a resumed run draws the same samples an uninterrupted one would, up to
+the low bits batched GPU kernels may change (which can flip a near-tie token). Records
 are appended per chunk to a KeyedLog the caller owns (the rollout job's results folder, whose id hashes
 the backend): what is stored is never sampled again.
 
 Not run by the test suite (no GPU, no vllm on the CI machines): keep it small, and check it on a GPU.
 vLLM reserves GPU memory up to `GPU_MEMORY_UTILIZATION`; the engine is dropped before returning, and the
-rollout's implicit-margin step loads the policy again with transformers.
+rollout's implicit-margin step loads the policy again with transformers (whether vLLM's engine process has
+released its memory by then has not been checked).
 """
 
 from __future__ import annotations
