@@ -98,7 +98,7 @@ def test_the_run_finishes_with_a_value_per_iteration(run):
     assert [it["iteration"] for it in table["iterations"]] == [1, 2]
     for it in table["iterations"]:
         (row,) = it["rows"]
-        assert row["metric"] == "map" and math.isfinite(row["mean"]) and row["pairs"] >= 1
+        assert row["metric"] == "map" and math.isfinite(row["mean"]) and row["pairs"][0] >= 1
 
 
 def test_every_step_is_one_child_job_and_the_first_iteration_was_not_redone(run):
