@@ -26,19 +26,20 @@ def _is_gz(path: Path) -> bool:
     return path.name.lower().endswith(".gz")
 
 
-def _read_text(path: Path) -> str:
+def read_jsonl_text(path: Path, what: str = "eval set") -> str:
+    """The text of a JSONL or JSONL.GZ file; errors say `what` it is (an eval set, a prompt pool) and why."""
     try:
         raw = path.read_bytes()
     except FileNotFoundError:
-        raise MarginLensError(f"eval set {path}: no such file") from None
+        raise MarginLensError(f"{what} {path}: no such file") from None
     except IsADirectoryError:
-        raise MarginLensError(f"eval set {path}: a folder, not a JSONL file") from None
+        raise MarginLensError(f"{what} {path}: a folder, not a JSONL file") from None
     try:
         if _is_gz(path):
             raw = gzip.decompress(raw)
         return raw.decode("utf-8")
     except (OSError, EOFError, UnicodeDecodeError) as exc:
-        raise MarginLensError(f"eval set {path}: cannot read it as {'gzipped ' if _is_gz(path) else ''}UTF-8 "
+        raise MarginLensError(f"{what} {path}: cannot read it as {'gzipped ' if _is_gz(path) else ''}UTF-8 "
                               f"JSONL: {exc}") from None
 
 
@@ -77,7 +78,7 @@ def load_eval_set(path: Path) -> list[dict[str, Any]]:
     path = Path(path)
     rows: list[dict[str, Any]] = []
     seen: dict[str, int] = {}
-    for line, text in enumerate(_read_text(path).splitlines(), start=1):
+    for line, text in enumerate(read_jsonl_text(path).splitlines(), start=1):
         if not text.strip():
             continue
         try:

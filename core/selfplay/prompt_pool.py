@@ -80,16 +80,9 @@ def check_row(path: Path, line: int, record: Any) -> dict[str, Any]:
 
 
 def _read_records(path: Path) -> list[tuple[int, Any]]:
-    try:
-        raw = path.read_bytes()
-    except FileNotFoundError:
-        raise MarginLensError(f"prompt pool {path}: no such file") from None
-    except IsADirectoryError:
-        raise MarginLensError(f"prompt pool {path}: a folder, not a JSONL file") from None
-    try:
-        text = (gzip.decompress(raw) if path.name.lower().endswith(".gz") else raw).decode("utf-8")
-    except (OSError, EOFError, UnicodeDecodeError) as exc:
-        raise MarginLensError(f"prompt pool {path}: cannot read it as UTF-8 JSONL: {exc}") from None
+    from marginlens.core.experiments.eval_set import read_jsonl_text
+
+    text = read_jsonl_text(path, "prompt pool")
     records = []
     for line, content in enumerate(text.splitlines(), start=1):
         if not content.strip():
