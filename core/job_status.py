@@ -226,10 +226,15 @@ def _experiment_details(extra: Mapping[str, Any]) -> list[str]:
     return [str(extra.get("step") or ""), f"{child} {extra.get('child_state', '')}".strip() if child else ""]
 
 
+def _step_details(extra: Mapping[str, Any]) -> list[str]:
+    return [str(extra.get("step") or extra.get("phase") or "")]
+
+
 _DETAILS = {"score": _score_details, "audit": _audit_details, "train": _train_details,
-            "experiment": _experiment_details}
+            "experiment": _experiment_details, "selfplay": _experiment_details, "rollout": _step_details,
+            "evolve": _step_details}
 UNITS = {"score": "pairs", "audit": "judgments", "train": "steps", "import": "rows", "push": "rows",
-         "experiment": "child jobs"}
+         "experiment": "child jobs", "selfplay": "steps", "evolve": "rewrites"}
 
 
 def unit_of(kind: str | None) -> str:

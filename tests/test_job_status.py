@@ -144,6 +144,12 @@ def test_kind_details_come_from_what_the_job_reports():
     assert details("train", JobStatus(JobState.RUNNING, extra={"loss": 0.69314, "accuracy": 0.5})) == \
         "loss 0.6931 · rewards/accuracies 0.5"
     assert details("import", audit) == ""
+    # self-play's kinds: the rollout's stage, the orchestrator's step and running child
+    assert details("rollout", JobStatus(JobState.RUNNING, extra={"step": "annotating"})) == "annotating"
+    assert details("evolve", JobStatus(JobState.RUNNING, extra={"phase": "asking"})) == "asking"
+    assert details("selfplay", JobStatus(JobState.RUNNING, extra={"step": "evolving", "child": "evolve-1",
+                                                                  "child_state": "running"})) == \
+        "evolving · evolve-1 running"
 
 
 def test_wait_returns_a_typed_final_status(ws):
