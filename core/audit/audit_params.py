@@ -66,7 +66,8 @@ class AuditParams:
         return {
             "dataset": self.dataset,
             "samples": {name: list(ids) for name, ids in self.samples.items()},
-            "endpoint": asdict(self.endpoint),
+            # top_p only when set: the audits written before Endpoint had it keep their job ids
+            "endpoint": {k: v for k, v in asdict(self.endpoint).items() if k != "top_p" or v is not None},
             "max_calls": self.max_calls,
             "max_tokens": self.max_tokens,
             "concurrency": self.concurrency,
