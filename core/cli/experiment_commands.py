@@ -12,11 +12,10 @@ agreement per subset when the dataset has an audit.
 from __future__ import annotations
 
 import argparse
-import sys
 from pathlib import Path
 
 from marginlens.core.atomic import write_json
-from marginlens.core.errors import MarginLensError
+from marginlens.core.cli.follow import confirm_start
 from marginlens.core.workspace import Workspace
 
 EVAL_HELP = ("how a model is evaluated: verifier:NAME (a checkable-answer verifier), reward:MODEL (a reward "
@@ -75,13 +74,6 @@ def register(sub: argparse._SubParsersAction, common: argparse.ArgumentParser) -
     p.set_defaults(func=cmd_experiment)
 
 
-def _confirm() -> bool:
-    if not sys.stdin.isatty():
-        raise MarginLensError("no terminal to confirm on: pass --yes to start the experiment")
-    answer = input("start it? [y/N] ").strip().lower()
-    return answer in ("y", "yes")
-
-
 def cmd_experiment(args: argparse.Namespace) -> int:
     from marginlens.core.cli.follow import follow
     from marginlens.core.experiments.experiment_job import child_env, experiment_table, submit_experiment
@@ -109,7 +101,7 @@ def cmd_experiment(args: argparse.Namespace) -> int:
               f"{spec.method}, evaluated by {args.eval}")
         for line in plan.lines():
             print(f"  {line}")
-        if not known and not args.yes and not _confirm():
+        if not known and not args.yes and not confirm_start("the experiment"):
             print("not started")
             return 1
     job = submit_experiment(ws, spec, env=child_env(spec))

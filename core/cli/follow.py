@@ -15,6 +15,7 @@ import time
 from collections.abc import Callable, Iterable
 from typing import TextIO
 
+from marginlens.core.errors import MarginLensError
 from marginlens.core.job_status import POLL_SECONDS, JobState, JobStatus, details, progress_line, unit_of
 from marginlens.core.jobs import Job
 from marginlens.core.workspace import Workspace
@@ -117,3 +118,11 @@ def follow(job: Job, *, lines: Callable[[JobStatus], Iterable[str]] | None = Non
     if status.resumable:
         print(f"resume it: marginlens jobs resume {job.id}{workspace_option(job)}", file=sys.stderr)
     return 1
+
+
+def confirm_start(what: str) -> bool:
+    """Ask on the terminal before a long run starts (`what`: "the experiment"); no terminal: say --yes."""
+    if not sys.stdin.isatty():
+        raise MarginLensError(f"no terminal to confirm on: pass --yes to start {what}")
+    answer = input("start it? [y/N] ").strip().lower()
+    return answer in ("y", "yes")

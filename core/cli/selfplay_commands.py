@@ -14,11 +14,11 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
-import sys
 from pathlib import Path
 from typing import Any
 
 from marginlens.core.atomic import write_json
+from marginlens.core.cli.follow import confirm_start
 from marginlens.core.errors import MarginLensError
 from marginlens.core.workspace import Workspace
 
@@ -118,13 +118,6 @@ def register(sub: argparse._SubParsersAction, common: argparse.ArgumentParser) -
     p.set_defaults(func=cmd_selfplay)
 
 
-def _confirm() -> bool:
-    if not sys.stdin.isatty():
-        raise MarginLensError("no terminal to confirm on: pass --yes to start the self-play run")
-    answer = input("start it? [y/N] ").strip().lower()
-    return answer in ("y", "yes")
-
-
 def spec_from_args(ws: Workspace, args: argparse.Namespace) -> Any:
     from marginlens.core.selfplay.selfplay_spec import build_selfplay_spec, evolve_settings, sampling_settings
     from marginlens.core.training.settings import parse_overrides
@@ -161,7 +154,7 @@ def cmd_selfplay(args: argparse.Namespace) -> int:
               f"{spec.evaluator.label}")
         for line in plan.lines():
             print(f"  {line}")
-        if not known and not args.yes and not _confirm():
+        if not known and not args.yes and not confirm_start("the self-play run"):
             print("not started")
             return 1
     job = submit_selfplay(ws, spec)
