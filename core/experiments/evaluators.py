@@ -138,6 +138,17 @@ def evaluator_versions(spec: EvalSpec) -> dict[str, str]:
     return {}  # a reward model: its identity is in the params already
 
 
+def check_llm_endpoint(model: str, base_url: str | None, key_env: str | None,
+                       env: Mapping[str, str] | None = None) -> None:
+    """An OpenAI-compatible endpoint must answer now (reachable, key accepted; core.audit.endpoint_check), so
+    a dead one is said before hours of generation. The key: `env`'s, else this process's, under `key_env`."""
+    from marginlens.core.audit.endpoint_check import check_endpoint
+    from marginlens.core.chat_client import KEY_ENV, Endpoint
+
+    name = key_env or KEY_ENV
+    check_endpoint(Endpoint(model=model, base_url=base_url), (env or {}).get(name) or os.environ.get(name))
+
+
 def api_key(spec: EvalSpec) -> str | None:
     from marginlens.core.chat_client import KEY_ENV
 

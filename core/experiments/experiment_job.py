@@ -50,12 +50,9 @@ def submit_experiment(ws: Workspace, spec: ExperimentSpec, env: dict[str, str] |
     baseline's generation."""
     evaluator = spec.evaluator
     if check and evaluator.asks_llm:
-        from marginlens.core.audit.endpoint_check import check_endpoint
-        from marginlens.core.chat_client import KEY_ENV, Endpoint
+        from marginlens.core.experiments.evaluators import check_llm_endpoint
 
-        name = evaluator.api_key_env or KEY_ENV
-        check_endpoint(Endpoint(model=evaluator.target, base_url=evaluator.base_url),
-                       (env or {}).get(name) or os.environ.get(name))
+        check_llm_endpoint(evaluator.target, evaluator.base_url, evaluator.api_key_env, env)
     return submit(ws, "experiment", spec.to_params(), env=env)
 
 

@@ -59,18 +59,13 @@ def secret_env(spec: SelfPlaySpec) -> dict[str, str]:
 
 def check_endpoints(spec: SelfPlaySpec, env: dict[str, str] | None = None) -> None:
     """Every LLM endpoint the run asks must answer now, not after an hour of sampling."""
-    from marginlens.core.audit.endpoint_check import check_endpoint
-    from marginlens.core.chat_client import KEY_ENV, Endpoint
-
-    def key(name: str | None) -> str | None:
-        return (env or {}).get(name or KEY_ENV) or os.environ.get(name or KEY_ENV)
+    from marginlens.core.experiments.evaluators import check_llm_endpoint
 
     for evaluator in (spec.annotator, spec.evaluator):
         if evaluator.asks_llm:
-            check_endpoint(Endpoint(model=evaluator.target, base_url=evaluator.base_url), key(evaluator.api_key_env))
+            check_llm_endpoint(evaluator.target, evaluator.base_url, evaluator.api_key_env, env)
     if spec.evolver.get("kind") == "openai":
-        check_endpoint(Endpoint(model=spec.evolver["model"], base_url=spec.evolver.get("base_url")),
-                       key(spec.evolver.get("api_key_env")))
+        check_llm_endpoint(spec.evolver["model"], spec.evolver.get("base_url"), spec.evolver.get("api_key_env"), env)
 
 
 def submit_selfplay(ws: Workspace, spec: SelfPlaySpec, env: dict[str, str] | None = None, check: bool = True) -> Job:
