@@ -32,9 +32,12 @@ def download_payload(path: str | Path) -> tuple[bytes, str, str]:
 def page_error(exc: MarginLensError) -> str:
     """The error as the page says it: its toggles instead of the CLI's flags."""
     if isinstance(exc, ExportExists):
-        return f"{exc.path} already exists; turn on 'Overwrite an existing export' to replace it, or change the path."
+        return (f"{exc.path} already exists; turn on 'Overwrite an existing export' to replace it (only a previous "
+                "MarginLens export is replaced), or change the path.")
     if isinstance(exc, OutsideWorkspace):
-        return f"{exc.path} is outside the workspace; turn on 'Allow a path outside the workspace' to write there."
+        return (f"{exc.path} is outside the workspace: the dashboard writes exports only under "
+                f"{exc.root / 'exports'}. Give a relative path, or write elsewhere from the command line "
+                "(marginlens select ... --outside-workspace).")
     return str(exc)
 
 

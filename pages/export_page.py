@@ -50,17 +50,19 @@ layout = cols[1].selectbox("Layout", LAYOUTS, key="_export_layout",
                            help="source: the dataset's own layout; explicit: always an explicit prompt column")
 default_name = export_download.default_name(dataset, spec.metric, controls.ratio, fmt, cut)
 # keyed by what the default depends on, so the suggested name follows the format and the scatter cut
-out = cols[2].text_input("Path (relative paths go under the workspace's exports/)", value=default_name,
+out = cols[2].text_input("Path inside the workspace's exports/ (relative paths go there)", value=default_name,
                          key=f"_export_path_{fmt}_{'cut' if cut else 'all'}")
-# Two per row: four to a row cut the labels off mid-word.
+# Two per row: four to a row cut the labels off mid-word. No "outside the workspace" switch: the page
+# writes only under exports/; a path elsewhere is the CLI's --outside-workspace, for someone at the shell.
 o1, o2 = st.columns(2)
-o3, o4 = st.columns(2)
+o3, _ = st.columns(2)
 with_metrics = o1.toggle("Metric columns (pair_id, m_ex, m_im, score, rank)", value=True, key="_export_metrics")
 apply_flags = o2.toggle("Apply audit flags", value=True, key="_export_flags",
                         help="leave out pairs an audit flagged 'exclude' and swap those flagged 'swap' "
                              "(set on the Audit page)")
-overwrite = o3.toggle("Overwrite an existing export", value=False, key="_export_overwrite")
-outside = o4.toggle("Allow a path outside the workspace", value=False, key="_export_outside")
+overwrite = o3.toggle("Overwrite an existing export", value=False, key="_export_overwrite",
+                      help="replaces only a previous MarginLens export at this path (recognised by its manifest); "
+                           "any other file or folder is left alone")
 
 st.subheader("Preview")
 counts = selection.counts()
@@ -82,8 +84,7 @@ for warning in selection.warnings:
 if st.button("Write export", type="primary", disabled=counts["selected"] == 0, key="_export_write"):
     try:
         result = export_selection(ws, dataset, selection, margins, out.strip(), fmt, layout=layout,
-                                  include_metrics=with_metrics, overwrite=overwrite, allow_outside=outside,
-                                  apply_flags=apply_flags)
+                                  include_metrics=with_metrics, overwrite=overwrite, apply_flags=apply_flags)
     except MarginLensError as exc:
         widgets.show_error(export_download.page_error(exc))
     else:

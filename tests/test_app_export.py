@@ -92,10 +92,21 @@ def test_download_button_and_page_wording(ws):
     assert len(download) == 1 and download[0].proto.label == f"Download {path.name}"
     at.button(key="_export_write").click().run()  # again: the page names its own toggle, not a CLI flag
     (error,) = at.error
-    assert "Overwrite an existing export" in error.value and "--overwrite" not in error.value
+    assert "Overwrite an existing export" in error.value and "--overwrite" not in error.value.replace("\\", "")
     at.text_input(key="_export_path_jsonl_all").set_value("/tmp/elsewhere.jsonl").run()
     at.button(key="_export_write").click().run()
-    assert any("Allow a path outside the workspace" in e.value and "--outside" not in e.value for e in at.error)
+    # the page has no switch for it: a path outside the workspace is refused, and only the CLI can write there
+    assert not [t for t in at.toggle if t.key == "_export_outside"]
+    shown = [e.value.replace("\\", "") for e in at.error]  # the page escapes markdown
+    assert any("the dashboard writes exports only under" in e and "--outside-workspace" in e for e in shown)
+    # overwrite switched on, a path up into the workspace: refused, the datasets still there
+    before = sorted(str(p) for p in ws.root.rglob("*"))
+    at.toggle(key="_export_overwrite").set_value(True).run()
+    at.text_input(key="_export_path_jsonl_all").set_value("..").run()
+    at.button(key="_export_write").click().run()
+    assert any("it is the workspace itself" in e.value.replace("\\", "") for e in at.error)
+    assert sorted(str(p) for p in ws.root.rglob("*")) == before and ws.dataset_names() == [DATASET]
+    at.toggle(key="_export_overwrite").set_value(False).run()
     # a save_to_disk folder downloads as one zip holding its files and manifest
     at.selectbox(key="_export_format").set_value("hf").run()
     at.button(key="_export_write").click().run()

@@ -57,7 +57,8 @@ def register(sub: argparse._SubParsersAction, common: argparse.ArgumentParser) -
     p.add_argument("--filter-stage", choices=FILTER_STAGES, default="before",
                    help="before: filters choose the candidates that are ranked; after: they prune the top-k")
     p.add_argument("--out", required=True,
-                   help="output path; a relative path goes under the workspace's exports/ folder")
+                   help="output path (symlinks resolved): a relative path goes under the workspace's exports/ "
+                        "folder, and an absolute one must lie there too unless --outside-workspace")
     p.add_argument("--format", choices=("jsonl", "parquet", "hf"), default=None,
                    help="default: from the --out extension (.jsonl, .parquet; none: a save_to_disk folder); "
                         "an extension that contradicts it is an error")
@@ -67,8 +68,14 @@ def register(sub: argparse._SubParsersAction, common: argparse.ArgumentParser) -
     p.add_argument("--ignore-flags", action="store_true",
                    help="export flagged pairs as they are (default: pairs flagged 'exclude' are left out and "
                         "pairs flagged 'swap' are label-swapped; see `marginlens flag`)")
-    p.add_argument("--overwrite", action="store_true", help="replace an existing export")
-    p.add_argument("--outside-workspace", action="store_true", help="allow an output path outside the workspace")
+    p.add_argument("--overwrite", action="store_true",
+                   help="replace a previous MarginLens export at exactly --out: a file with OUT.manifest.json "
+                        "beside it, or a save_to_disk folder holding only its files and marginlens_manifest.json. "
+                        "Any other file or folder there is refused, never deleted; the new export is written "
+                        "beside it and renamed into place")
+    p.add_argument("--outside-workspace", action="store_true",
+                   help="allow an output path outside the workspace; never the workspace itself, a folder "
+                        "holding it, or anything in it outside exports/ (datasets, scores, jobs, audits, ...)")
     p.add_argument("--push-to-hub", default=None, metavar="REPO_ID", help="then push the export to the Hub as a background job (needs network)")
     p.add_argument("--token", default=None, help="Hub token (default: $HF_TOKEN)")
     p.set_defaults(func=cmd_select)

@@ -129,12 +129,15 @@ class _Orchestrator(JobTree):
         path = self.results / "cells" / f"{metric}-s{seed}" / "train.jsonl"
         if path.is_file() and path.with_name(path.name + ".manifest.json").is_file():
             return path  # the manifest is written last: the export is whole
+        # A killed run may leave the data without its manifest: this job's own half-written file, which the
+        # export's overwrite (it replaces recognised exports only) would refuse forever on resume.
+        path.unlink(missing_ok=True)
         selection = selection_for(prepared, self.spec, metric, seed)
         if not selection.pair_ids:
             raise MarginLensError(f"metric {metric!r} selects no pair at ratio {self.spec.ratio}: raise the ratio")
         # The metric's own picks: noisy-pair flags would shrink some subsets and not others.
         export_selection(self.ws, self.spec.dataset, selection, prepared.margins, path, "jsonl",
-                         overwrite=True, apply_flags=False)
+                         overwrite=True, apply_flags=False, within=self.results)
         return path
 
     def run(self) -> dict[str, Any]:

@@ -20,8 +20,9 @@ whether they were applied, and how many exported pairs each action touched.
 Files: PATH (jsonl or parquet) plus PATH.manifest.json; `hf` writes a save_to_disk folder with
 marginlens_manifest.json inside. Rows are in pair-table order, JSON is written with fixed key order
 and no timestamps, so the same inputs give byte-identical data files. Every write is atomic.
-A relative PATH is placed under the workspace's exports/ folder; a PATH outside the workspace needs
-`allow_outside=True`; an existing PATH needs `overwrite=True`.
+Where PATH may be and what `overwrite` may replace is core.selection.export_target's decision: PATH
+lies in the workspace's exports/ folder (a relative PATH is placed there), or outside the workspace with
+`allow_outside=True`; `overwrite=True` replaces only a previous MarginLens export at PATH.
 """
 
 from __future__ import annotations
@@ -40,38 +41,31 @@ import pandas as pd
 import pyarrow as pa
 import pyarrow.parquet as pq
 from marginlens.core import __version__
-from marginlens.core.atomic import atomic_path, write_bytes, write_json
+from marginlens.core.atomic import write_json
 from marginlens.core.data.flags import flags_summary
 from marginlens.core.data.formats import HH_ASSISTANT, hh_prompt_cut
 from marginlens.core.data.pairs import MESSAGE_TYPE, load_texts
 from marginlens.core.data.sources import file_sha256
 from marginlens.core.errors import MarginLensError
 from marginlens.core.scoring.score_tables import score_manifest
+from marginlens.core.selection.export_target import (
+    EXPORT_KIND,
+    HF_MANIFEST,
+    install,
+    manifest_path_for,
+    resolve_output,
+)
+from marginlens.core.selection.export_target import ExportExists as ExportExists  # the errors callers catch
+from marginlens.core.selection.export_target import NotAnExport as NotAnExport
+from marginlens.core.selection.export_target import OutsideWorkspace as OutsideWorkspace
+from marginlens.core.selection.export_target import ProtectedPath as ProtectedPath
 from marginlens.core.selection.select import Selection
 from marginlens.core.workspace import Workspace
 
 FORMATS = ("jsonl", "parquet", "hf")
 LAYOUTS = ("source", "explicit")
-HF_MANIFEST = "marginlens_manifest.json"
 _STRING_FORMATS = ("trl-standard", "hh-rlhf")
 _MESSAGES = pa.list_(MESSAGE_TYPE)
-
-
-class ExportExists(MarginLensError):
-    """The output path (or its manifest) exists and replacing it was not asked for."""
-
-    def __init__(self, path: Path):
-        super().__init__(f"{path} already exists; pass --overwrite to replace it")
-        self.path = path
-
-
-class OutsideWorkspace(MarginLensError):
-    """The output path is outside the workspace and writing there was not allowed."""
-
-    def __init__(self, path: Path, root: Path):
-        super().__init__(f"{path} is outside the workspace {root}; pass --outside-workspace (allow_outside=True) "
-                         "to write there")
-        self.path = path
 
 
 @dataclass
@@ -107,24 +101,6 @@ def format_for(out: str | os.PathLike, fmt: str | None = None) -> str:
         raise MarginLensError(f"{Path(out).name!r} has the extension of {implied}, but the format asked is {fmt}: "
                               f"rename it or change the format")
     return fmt
-
-
-def resolve_output(ws: Workspace, out: str | os.PathLike, fmt: str, allow_outside: bool, overwrite: bool) -> Path:
-    """Where the export goes, refusing paths outside the workspace or over existing files unless asked."""
-    if fmt not in FORMATS:
-        raise MarginLensError(f"unknown export format {fmt!r} (expected one of {', '.join(FORMATS)})")
-    path = Path(out).expanduser()
-    path = (path if path.is_absolute() else ws.exports_dir / path).resolve()
-    if not path.is_relative_to(ws.root) and not allow_outside:
-        raise OutsideWorkspace(path, ws.root)
-    existing = [p for p in (path, manifest_path_for(path, fmt)) if p.exists()]
-    if existing and not overwrite:
-        raise ExportExists(existing[0])
-    return path
-
-
-def manifest_path_for(path: Path, fmt: str) -> Path:
-    return path / HF_MANIFEST if fmt == "hf" else path.with_name(path.name + ".manifest.json")
 
 
 def _split_hh(chosen: str, rejected: str) -> tuple[str, str, str]:
@@ -304,11 +280,15 @@ def export_selection(
     overwrite: bool = False,
     allow_outside: bool = False,
     apply_flags: bool = True,
+    within: Path | None = None,
 ) -> ExportResult:
     """Write the selected pairs of `margins` (the frame `selection` was computed on) and a manifest.
-    Noisy-pair flags are applied unless `apply_flags` is False (see the module docstring)."""
+    Noisy-pair flags are applied unless `apply_flags` is False (see the module docstring). `overwrite`
+    replaces only a previous export at that path; `allow_outside` admits a path outside the workspace
+    (the CLI's --outside-workspace only); `within` is a job's own results folder, used instead of exports/
+    (core.selection.export_target)."""
     fmt = format_for(out, fmt)
-    path = resolve_output(ws, out, fmt, allow_outside, overwrite)
+    path = resolve_output(ws, out, fmt, allow_outside, overwrite, within)
     selected = selection  # what the metric picked; from here on `selection` is what gets written
     selection, swapped, flags = apply_flags_to(ws, dataset, selected, apply_flags)
     table, shape = build_records(ws, dataset, selection, margins, layout, include_metrics, swapped, ranked=selected)
@@ -320,6 +300,7 @@ def export_selection(
     m_im = margins["m_im"].to_numpy(np.float64, na_value=np.nan)
     manifest: dict[str, Any] = {
         "tool": "marginlens",
+        "kind": EXPORT_KIND,  # what lets a later --overwrite recognise this path as an export to replace
         "tool_version": __version__,
         "created": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
         "source": {"dataset": dataset, "fingerprint": source.get("fingerprint"), "format": source.get("format"),
@@ -341,25 +322,30 @@ def export_selection(
     }
     manifest_path = manifest_path_for(path, fmt)
     if fmt == "hf":
-        _write_hf(path, table, manifest)
+        _write_hf(path, table, manifest, overwrite)
     else:
-        if fmt == "jsonl":
-            write_bytes(path, _jsonl_bytes(table))
-        else:
-            with atomic_path(path) as tmp:
-                pq.write_table(table, tmp)
-        manifest["output"]["sha256"] = file_sha256(path)
+        def write(staged: Path) -> None:
+            if fmt == "jsonl":
+                staged.write_bytes(_jsonl_bytes(table))
+            else:
+                pq.write_table(table, staged)
+            manifest["output"]["sha256"] = file_sha256(staged)
+
+        install(path, fmt, overwrite, write)
         write_json(manifest_path, manifest)  # written last: its presence marks a finished export
     return ExportResult(path, manifest_path, table.num_rows, manifest)
 
 
-def _write_hf(path: Path, table: pa.Table, manifest: dict[str, Any]) -> None:
+def _write_hf(path: Path, table: pa.Table, manifest: dict[str, Any], overwrite: bool) -> None:
     import datasets
 
     # A fixed, content-derived fingerprint keeps state.json identical across runs (datasets would
     # otherwise draw a random one for an in-memory table).
     digest = hashlib.sha256(_jsonl_bytes(table)).hexdigest()[:16]
-    with atomic_path(path) as tmp:
-        datasets.Dataset(table, fingerprint=digest).save_to_disk(str(tmp))
+
+    def write(staged: Path) -> None:
+        datasets.Dataset(table, fingerprint=digest).save_to_disk(str(staged))
         manifest["output"]["sha256"] = digest
-        write_json(tmp / HF_MANIFEST, manifest)  # inside the folder, renamed into place with it
+        write_json(staged / HF_MANIFEST, manifest)  # inside the folder, renamed into place with it
+
+    install(path, "hf", overwrite, write)
