@@ -76,13 +76,14 @@ def generation_key(model_identity: str, eval_fp: str, params: GenerationParams, 
 def generation_identity(spec: str) -> str:
     """The model's identity (weights and tokenizer files) plus, for a folder, its generation_config.json:
     the end-of-sequence ids there decide where a response stops."""
+    from marginlens.core.scoring.model_content import generation_config_content
     from marginlens.core.scoring.models import model_identity, resolve_model
 
     identity = model_identity(spec)
     source = resolve_model(spec)
     config = Path(source.path) / "generation_config.json"
     if source.is_local and config.is_file():
-        identity += ":gen-" + hashlib.sha256(config.read_bytes()).hexdigest()[:12]
+        identity += ":gen-" + hashlib.sha256(generation_config_content(config)).hexdigest()[:12]
     return identity
 
 

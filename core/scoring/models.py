@@ -13,7 +13,6 @@ the job submitter only need fingerprints).
 from __future__ import annotations
 
 import fcntl
-import hashlib
 import importlib.util
 import json
 import os
@@ -24,6 +23,7 @@ from typing import Any
 
 from marginlens.core.atomic import atomic_path
 from marginlens.core.errors import MarginLensError
+from marginlens.core.scoring import model_content
 
 DEFAULT_POLICY = "HuggingFaceTB/SmolLM2-135M-Instruct"
 CACHE_ENV = "MARGINLENS_MODEL_CACHE"
@@ -31,7 +31,6 @@ SMOLLM2_GGUF = "SmolLM2-135M-Instruct.Q4_1.gguf"
 # The folder name carries the GGUF's name: a different quantisation gets a different folder.
 SMOLLM2_FOLDER = "SmolLM2-135M-Instruct-from-Q4_1-gguf"
 
-_WEIGHT_SUFFIXES = (".safetensors", ".bin", ".pt", ".gguf", ".pth")
 _CAUSAL_SUFFIXES = ("ForCausalLM", "LMHeadModel", "ForConditionalGeneration")
 
 
@@ -161,56 +160,23 @@ def canonical_spec(spec: str) -> str:
     return str(local.resolve()) if local.is_dir() else spec.strip()
 
 
-def _file_digest(path: Path, hasher: Any) -> None:
-    """Feed a weight file's identity to `hasher`: whole small files, sampled slices of big ones.
-
-    Sampling keeps fingerprinting a 16 GB checkpoint instant while any retrain or conversion
-    (which changes the header or the bytes everywhere) still changes the hash.
-    """
-    size = path.stat().st_size
-    hasher.update(f"{path.name}:{size}".encode())
-    chunk = 1 << 20
-    with open(path, "rb") as fh:
-        if size <= 64 * chunk:
-            hasher.update(fh.read())
-            return
-        for i in range(16):
-            fh.seek((size - chunk) * i // 15)
-            hasher.update(fh.read(chunk))
-
-
 def model_fingerprint(source: ModelSource) -> str:
-    """Stable identity of the weights: a content hash for folders, the commit for Hub models."""
+    """Stable identity of the weights: for a folder, a hash of its tensors and its config.json without the
+    stamps a re-save rewrites (`model_content`: a new transformers release re-converting the same model must
+    not make its score tables stale); the commit for Hub models."""
     if source.is_local:
-        hasher = hashlib.sha256()
-        folder = Path(source.path)
-        for name in ("config.json",):
-            hasher.update((folder / name).read_bytes())
-        for path in sorted(folder.iterdir()):
-            if path.is_file() and path.name.endswith(_WEIGHT_SUFFIXES):
-                _file_digest(path, hasher)
-        return "sha256:" + hasher.hexdigest()[:24]
+        return model_content.weights_digest(Path(source.path))
     return "rev:" + _hub_commit(source)
 
 
-# Tokenizer files hashed with a local model's weights: the chat template lives in them, and it decides
-# what is scored.
-_TOKENIZER_FILES = ("tokenizer.json", "tokenizer_config.json", "chat_template.jinja", "special_tokens_map.json",
-                    "tokenizer.model", "vocab.json", "merges.txt")
-
-
 def model_identity(spec: str, trust_remote_code: bool = False) -> str:
-    """A scorer fingerprint's model identity: weights plus tokenizer files for folders; the commit for the Hub.
+    """A scorer fingerprint's model identity: for a folder, `model_fingerprint` plus the tokenizer and chat
+    templates (they decide what is scored), stamps and storage layout left out; the commit for the Hub.
     Running a model's own code is part of it (the same weights may score differently through it)."""
     source = resolve_model(spec)
     identity = model_fingerprint(source)
     if source.is_local:
-        hasher = hashlib.sha256(identity.encode())
-        for name in _TOKENIZER_FILES:
-            path = Path(source.path) / name
-            if path.is_file():
-                hasher.update(name.encode() + path.read_bytes())
-        identity = "sha256:" + hasher.hexdigest()[:24]
+        identity = model_content.with_tokenizer(identity, Path(source.path))
     return identity + (":remote-code" if trust_remote_code else "")
 
 
