@@ -10,29 +10,31 @@
 The job id is a hash of (kind, params): submitting the same spec twice gives the same job. The
 worker holds an exclusive flock on jobs/JOB_ID/worker.lock for its whole life; the submitter takes
 that lock *before* spawning and hands the descriptor to the child, so there is no window in which
-two workers can start, and a SIGKILLed worker releases the lock with its process.
+two workers can start, and a SIGKILLed worker releases the lock with its process. The worker process
+itself is core.job_worker.
 """
 
 from __future__ import annotations
 
+import contextlib
 import fcntl
 import hashlib
-import importlib
 import json
 import os
 import subprocess
 import sys
 import threading
 import time
-import traceback
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from marginlens.core import actor, job_status
 from marginlens.core.atomic import read_json, write_json
 from marginlens.core.errors import MarginLensError
+from marginlens.core.job_disk import write_status
 from marginlens.core.job_status import FINISHED, LIVE, RESUMABLE, JobState, JobStatus
 from marginlens.core.workspace import Workspace
 
@@ -108,7 +110,7 @@ class Job:
 
     @property
     def spec(self) -> dict[str, Any]:
-        return read_json(self.dir / "spec.json") or {}
+        return job_status.read_job_file(self.dir / "spec.json", self.workspace.doctor_command()) or {}
 
     @property
     def kind(self) -> str | None:
@@ -133,6 +135,13 @@ class Job:
         with _flock(self.dir / "worker.lock", blocking=False) as fd:
             return fd is None
 
+    @contextmanager
+    def idle(self) -> Iterator[bool]:
+        """Hold the worker lock, so that no worker starts while the caller works on the folder (`jobs clean`);
+        yields False, holding nothing, while a worker runs."""
+        with _flock(self.dir / "worker.lock", blocking=False) as fd:
+            yield fd is not None
+
     def status(self) -> JobStatus:
         raw = self._read_status()
         if JobState.parse(raw.get("state", JobState.QUEUED)).live and not self.is_alive():
@@ -143,10 +152,10 @@ class Job:
         return JobStatus.from_dict(raw)
 
     def _read_status(self) -> dict[str, Any]:
-        raw = read_json(self.dir / "status.json")
-        return raw if isinstance(raw, dict) else {}
+        return job_status.read_job_file(self.dir / "status.json", self.workspace.doctor_command()) or {}
 
     def cancel(self) -> None:
+        actor.require_write("cancel a job")
         (self.dir / "cancel").touch()
 
     def log_tail(self, lines: int = 40) -> str:
@@ -171,7 +180,7 @@ class Job:
             time.sleep(poll)
 
     def result(self) -> dict[str, Any] | None:
-        return read_json(self.dir / "result.json")
+        return job_status.read_job_file(self.dir / "result.json", self.workspace.doctor_command())
 
 
 def _wait_for_exiting_worker(job: Job, fd: int, timeout: float = 30.0) -> bool:
@@ -213,12 +222,13 @@ def submit(
     """
     if kind not in KINDS:
         raise MarginLensError(f"unknown job kind {kind!r} (known: {', '.join(sorted(KINDS))})")
+    started_by = actor.require_write(f"start a {kind} job").name
     job = Job(ws.jobs_dir / job_id_for(kind, params))
     job.dir.mkdir(parents=True, exist_ok=True)
     with _flock(job.dir / ".submit.lock"):
         if not (job.dir / "spec.json").exists():
             write_json(job.dir / "spec.json", {"kind": kind, "params": params, "job_id": job.id, "created": _now(),
-                                               "launcher": launcher})
+                                               "launcher": launcher, "started_by": started_by})
         launcher = launcher or job.spec.get("launcher")
         if job.status().state is JobState.DONE:
             return job
@@ -230,7 +240,7 @@ def submit(
             previous = read_json(job.dir / "status.json") or {}
             write_json(job.dir / "status.json",
                        {**previous, "state": JobState.QUEUED.value, "message": "starting", "heartbeat": _now()})
-            command = [*(launcher or [sys.executable]), "-m", "marginlens.core.jobs", "run", str(job.dir)]
+            command = [*(launcher or [sys.executable]), "-m", "marginlens.core.job_worker", "run", str(job.dir)]
             child_env = {**os.environ, **(env or {}), "MARGINLENS_JOB_LOCK_FD": str(lock_fd)}
             with open(job.log_path, "ab") as log:
                 subprocess.Popen(
@@ -256,8 +266,8 @@ def resume(ws: Workspace, job: Job, env: dict[str, str] | None = None) -> Job:
 def list_jobs(ws: Workspace, kind: str | None = None) -> list[Job]:
     jobs = [Job(p.parent) for p in ws.jobs_dir.glob("*/spec.json")]
     if kind:
-        jobs = [j for j in jobs if j.spec.get("kind") == kind]
-    return sorted(jobs, key=lambda j: j.spec.get("created", ""), reverse=True)
+        jobs = [j for j in jobs if job_status.listed_spec(j.dir).get("kind") == kind]
+    return sorted(jobs, key=lambda j: str(job_status.listed_spec(j.dir).get("created", "")), reverse=True)
 
 
 def get_job(ws: Workspace, job_id: str) -> Job:
@@ -334,16 +344,20 @@ class JobContext:
         self.set_state(JobState.RUNNING, "running", started=_now(), finished=None, resumed=bool(previous.get("started")),
                        rate_since=now, rate_base=int(previous.get("done") or 0), progress_at=now)
 
-    def set_state(self, state: JobState | str, message: str = "", **fields: Any) -> None:
+    def set_state(self, state: JobState | str, message: str = "", *, extra: dict[str, Any] | None = None,
+                  **fields: Any) -> None:
         with self._lock:
+            if extra:
+                self._status.setdefault("extra", {}).update(extra)
             self._status.update(state=JobState(state).value, message=message, **fields)
-            self._write()
+            self._write(final=JobState(state).finished)
 
-    def _write(self) -> None:
+    def _write(self, final: bool = False) -> None:
         if not self.is_main:
             return
         self._status.update(heartbeat=_now(), pid=os.getpid())
-        write_json(self.job.dir / "status.json", self._status)
+        # an outcome is written even on a full disk (write_status's fallbacks): else the job reads as dead
+        (write_status if final else write_json)(self.job.dir / "status.json", self._status)
         self._last_write = time.monotonic()
 
     def heartbeat_forever(self) -> None:
@@ -352,47 +366,5 @@ class JobContext:
             with self._lock:
                 if JobState.parse(self._status.get("state")).finished:
                     return
-                self._write()
-
-
-def run_worker(job_dir: Path) -> int:
-    """Worker entry point: run the job's function, record the outcome. Exit code 0 unless it failed."""
-    job = Job(Path(job_dir))
-    spec = job.spec
-    workspace = job.workspace
-    rank = int(os.environ.get("RANK", 0))
-    world = int(os.environ.get("WORLD_SIZE", 1))
-    ctx = JobContext(job, workspace, rank=rank, world_size=world)
-    ctx.start()
-    threading.Thread(target=ctx.heartbeat_forever, daemon=True).start()
-    module_name, func_name = KINDS[spec["kind"]].split(":")
-    try:
-        result = getattr(importlib.import_module(module_name), func_name)(ctx)
-    except JobCancelled:
-        ctx.log("cancelled")
-        ctx.set_state(JobState.CANCELLED, "cancelled by user", finished=_now())
-        return 0
-    except Exception as exc:  # the job's error becomes its status; the traceback goes to the log
-        traceback.print_exc()
-        message = str(exc) if isinstance(exc, MarginLensError) else f"{type(exc).__name__}: {exc}"
-        ctx.set_state(JobState.FAILED, message, finished=_now())
-        return 1
-    if ctx.is_main:
-        write_json(job.dir / "result.json", result or {})
-    ctx.set_state(JobState.DONE, "done", finished=_now())
-    return 0
-
-
-def main(argv: list[str] | None = None) -> int:
-    argv = sys.argv[1:] if argv is None else argv
-    if len(argv) != 2 or argv[0] != "run":
-        print("usage: python -m marginlens.core.jobs run JOB_DIR", file=sys.stderr)
-        return 2
-    return run_worker(Path(argv[1]))
-
-
-if __name__ == "__main__":
-    # Run through the imported module, not __main__, so KINDS and classes are the shared ones.
-    from marginlens.core.jobs import main as _main
-
-    sys.exit(_main())
+                with contextlib.suppress(OSError, MarginLensError):  # a full disk: the job's own writes say so
+                    self._write()

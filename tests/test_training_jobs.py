@@ -61,7 +61,7 @@ def dpo_run(tmp_path_factory, tiny_llama):  # noqa: F811
     # what core.selection.export writes beside an export: the dataset it was selected from (the M_AP loop re-scores it)
     (folder / "conversational.jsonl.manifest.json").write_text(json.dumps({"source": {"dataset": "pairs"}}))
     job = runs.submit_training(ws, data, "dpo", model=str(tiny_llama), device="cpu",
-                                   overrides={**FAST, "max_steps": 8, "save_steps": 4})
+                                   overrides={**FAST, "max_steps": 8, "save_steps": 4, "keep_checkpoints": True})
     _finished(job)
     return ws, job, data
 
@@ -119,8 +119,8 @@ def test_dpo_job_loss_falls_metrics_checkpoints_and_trl_config(dpo_run, tiny_lla
     assert Path(config.output_dir) != job.results_dir / runs.CHECKPOINTS_DIR
 
     # the same run submitted again is the same finished job: nothing is retrained
-    assert runs.submit_training(ws, data, "dpo", model=str(tiny_llama), device="cpu",
-                                    overrides={**FAST, "max_steps": 8, "save_steps": 4}).id == job.id
+    assert runs.submit_training(ws, data, "dpo", model=str(tiny_llama), device="cpu", overrides={
+        **FAST, "max_steps": 8, "save_steps": 4, "keep_checkpoints": True}).id == job.id
     assert len(runs.read_metrics(job)) == 8
 
 

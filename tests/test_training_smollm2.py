@@ -44,4 +44,4 @@ def test_smollm2_dpo_smoke_through_the_cli(ws, tmp_path, smollm2, capsys):  # no
     assert rows[1]["rewards/margins"] != 0  # step 1 moved the policy away from its reference
     model = AutoModelForCausalLM.from_pretrained(runs.final_model_path(job), dtype=torch.float32)
     assert model.config.vocab_size == 49152
-    assert [p.name for p in runs.checkpoints(job)] == ["checkpoint-2"]
+    assert runs.checkpoints(job) == []  # removed once the final model was saved (keep_checkpoints=true keeps them)

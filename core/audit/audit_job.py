@@ -265,7 +265,8 @@ def run(ctx: JobContext) -> dict[str, Any]:
                          retries=client.retries, errors=client.errors, last_error=client.last_error)
 
     with _dataset_lock(ws, params.dataset, ctx):
-        ctx.set_state(JobState.RUNNING, "judging")
+        # the total goes with the state: a reader between these two writes never sees "judging 0 of ?"
+        ctx.set_state(JobState.RUNNING, "judging", total=total)
         pending = params.pending(store)
         progress(JudgingOutcome(), force=True)  # the total and the counts from the start, not "0 of ?"
         ctx.log(f"{len(pair_ids)} pairs, {len(pending)} of {total} judgments to request "

@@ -26,6 +26,7 @@ COMMAND_MODULES = [
     "marginlens.core.cli.selfplay_commands",
     "marginlens.core.cli.score_commands",
     "marginlens.core.cli.job_commands",
+    "marginlens.core.cli.doctor_commands",
 ]
 
 
@@ -79,4 +80,14 @@ def main(argv: list[str] | None = None) -> int:
         # `marginlens compare x | head`: the reader left; say nothing more (stdout is gone)
         os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
         return 0
+    except Exception as exc:
+        # A full disk is the user's to fix, not a bug: one line naming the file (or, when the library that
+        # wrote did not say, the workspace) and the space, like any MarginLensError. Anything else is a bug.
+        from marginlens.core.atomic import disk_full_error, is_disk_full
+        from marginlens.core.workspace import Workspace
+
+        if not is_disk_full(exc):
+            raise
+        print(f"error: {disk_full_error(exc, near=Workspace.resolve(args.workspace).root, late=True)}", file=sys.stderr)
+        return 2
 

@@ -60,10 +60,22 @@ def cmd_list(args: argparse.Namespace) -> int:
     if not names:
         print(f"no datasets in {ws.root} (import one with `marginlens import SRC --name NAME`)")
         return 0
+    from marginlens.core.integrity import DamagedFile
+
     print(f"{'name':<28} {'rows':>8} {'rejected':>8}  {'format':<28} source")
+    damaged = 0
     for name in names:
-        m = ws.dataset_manifest(name)
+        try:
+            m = ws.dataset_manifest(name)
+            ws.pairs_path(name)  # there (whether it reads back whole is `marginlens doctor`'s to check)
+        except DamagedFile as exc:
+            damaged += 1
+            print(f"{name:<28} {'DAMAGED':>8} {'':>8}  {exc}")
+            continue
         print(f"{name:<28} {m['rows']['imported']:>8} {m['rows']['rejected']:>8}  {m['format']:<28} {m['source']}")
+    if damaged:
+        print(f"{damaged} damaged dataset{'s' if damaged > 1 else ''}: `{ws.doctor_command()}` repairs what it can "
+              f"(`{ws.doctor_command(repair=False)}` only lists the problems)", file=sys.stderr)
     return 0
 
 

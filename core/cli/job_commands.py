@@ -1,4 +1,5 @@
-"""`marginlens jobs [list | show | follow | cancel | resume] [JOB_ID]`: every background job, whatever started it."""
+"""`marginlens jobs [list | show | follow | cancel | resume | clean] [JOB_ID]`: every background job, whatever
+started it. `show` says what the job keeps on disk; `clean` removes a finished job's leftovers (core.job_disk)."""
 
 from __future__ import annotations
 
@@ -11,14 +12,19 @@ from marginlens.core.workspace import Workspace
 if TYPE_CHECKING:
     from marginlens.core.jobs import Job
 
-ACTIONS = ("list", "show", "follow", "cancel", "resume")
+ACTIONS = ("list", "show", "follow", "cancel", "resume", "clean")
 
 
 def register(sub: argparse._SubParsersAction, common: argparse.ArgumentParser) -> None:
-    p = sub.add_parser("jobs", parents=[common], help="list background jobs, or show / follow / cancel / resume one")
+    p = sub.add_parser("jobs", parents=[common],
+                       help="list background jobs, or show / follow / cancel / resume / clean one")
     p.add_argument("action", nargs="?", choices=ACTIONS, default="list")
-    p.add_argument("job_id", nargs="?", help="job id (for show, follow, cancel, resume)")
+    p.add_argument("job_id", nargs="?", help="job id (for show, follow, cancel, resume, clean)")
     p.add_argument("--kind", default=None, help="only jobs of this kind (score, audit, train, import, push)")
+    p.add_argument("--all-finished", action="store_true",
+                   help="clean: every finished job (done, failed or cancelled; with --kind, of that kind). Removes "
+                        "leftovers -- a done job's checkpoints and merged part files, unfinished writes -- never "
+                        "final models, tables, exports or what a resume continues from")
     p.set_defaults(func=cmd_jobs)
 
 
@@ -42,26 +48,88 @@ def follow_any(job: Job) -> int:
     return follow_job(job)
 
 
-def cmd_jobs(args: argparse.Namespace) -> int:
+def clean(job: Job) -> str:
+    """Remove the job's leftovers (core.job_disk.leftovers) under its worker lock; what was done, as a line."""
+    from marginlens.core import job_disk
+    from marginlens.core.atomic import format_bytes
+    from marginlens.core.errors import MarginLensError
+    from marginlens.core.job_status import JobState
+
+    status = job.status()  # before the lock: its liveness probe takes the same lock
+    with job.idle() as idle:
+        if status.live:
+            raise MarginLensError(f"job {job.id} is {status.state}: its files are in use; clean it once it has "
+                                  f"finished (or stop it: marginlens jobs cancel {job.id})")
+        if not idle:
+            raise MarginLensError(f"job {job.id} is {status.state} but a worker holds it (starting, or exiting): "
+                                  "its files are in use; try again in a moment")
+        # a job done before the lock stays done (nothing restarts it); any other is cleaned as not done
+        done = status.state is JobState.DONE
+        found = job_disk.leftovers(job.dir, job.kind, done)
+        freed = job_disk.remove(found)
+    names = ", ".join(str(p.relative_to(job.dir)) for p in found)
+    line = f"{job.id}: removed {names} ({format_bytes(freed)})" if found else f"{job.id}: no leftovers"
+    line += f"; {format_bytes(job_disk.bytes_on_disk(job.dir))} left in the job folder"
+    if not done and status.resumable:
+        line += f" (what `marginlens jobs resume {job.id}` continues from is kept)"
+    return line
+
+
+def clean_finished(ws: Workspace, kind: str | None) -> None:
     from marginlens.core import jobs
     from marginlens.core.errors import MarginLensError
 
+    cleaned = 0
+    for job in jobs.list_jobs(ws, kind=kind):
+        try:
+            if job.status().finished:
+                print(clean(job))
+                cleaned += 1
+        except MarginLensError as exc:  # a damaged or newly started job: the others are still cleaned
+            print(f"{job.id}: skipped: {exc}")
+    if not cleaned:
+        print(f"no finished jobs to clean in {ws.root}")
+
+
+def cmd_jobs(args: argparse.Namespace) -> int:
+    from marginlens.core import jobs
+    from marginlens.core.errors import MarginLensError
+    from marginlens.core.integrity import DamagedFile
+
     ws = Workspace.resolve(args.workspace)
+    if args.action == "clean" and args.all_finished:
+        if args.job_id:
+            raise MarginLensError("`marginlens jobs clean` takes a job id or --all-finished, not both")
+        clean_finished(ws, args.kind)
+        return 0
     if args.action == "list":
         rows = jobs.list_jobs(ws, kind=args.kind)
         if not rows:
             print(f"no jobs in {ws.root}")
         for job in rows:
-            status = job.status()
+            try:
+                spec, status = job.spec, job.status()
+                created, by = str(spec.get("created") or ""), str(spec.get("started_by") or "-")
+            except DamagedFile as exc:  # listed as damaged; the other jobs still list
+                print(f"{job.id:<28} {'':<21} {'':<16} {'damaged':<12} {'-':>12}  {exc}")
+                continue
             done = f"{status.done}/{status.total}" if status.total else "-"
-            print(f"{job.id:<28} {job.spec.get('created', ''):<21} {status.state:<12} {done:>12}  {status.message}")
+            print(f"{job.id:<28} {created:<21} {by[:16]:<16} {status.state:<12} {done:>12}  {status.message}")
         return 0
     if not args.job_id:
         raise MarginLensError(f"`marginlens jobs {args.action}` needs a job id (see `marginlens jobs`)")
     job = jobs.get_job(ws, args.job_id)
     if args.action == "show":
-        print(json.dumps({"spec": job.spec, "status": job.status().to_dict(), "result": job.result()}, indent=2))
+        from marginlens.core import job_disk
+        from marginlens.core.job_status import JobState
+
+        status, result = job.status(), job.result()
+        print(json.dumps({"spec": job.spec, "status": status.to_dict(), "result": result}, indent=2))
         print(job.log_tail())
+        use = job_disk.disk_use(job.dir, job.kind, result, done=status.state is JobState.DONE)
+        print("\n".join(job_disk.disk_lines(use, job.id, idle=not status.live)))
+    elif args.action == "clean":
+        print(clean(job))
     elif args.action == "follow":
         return follow_any(job)
     elif args.action == "cancel":

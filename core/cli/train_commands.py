@@ -77,7 +77,14 @@ def follow_job(job: Job) -> int:
 
     code = follow(job, lines=steps)
     if code == 0:
-        print(f"done: final model in {runs.final_model_path(job)}")
+        from marginlens.core.atomic import format_bytes
+
+        result = job.result() or {}
+        size = f" ({format_bytes(result['final_model_bytes'])})" if "final_model_bytes" in result else ""
+        print(f"done: final model in {runs.final_model_path(job)}{size}")
+        if result.get("removed_checkpoint_bytes"):
+            print(f"removed its checkpoints ({format_bytes(result['removed_checkpoint_bytes'])}); "
+                  "--set keep_checkpoints=true keeps them")
     return code
 
 

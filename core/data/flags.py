@@ -19,6 +19,7 @@ from typing import Any
 
 import pyarrow as pa
 import pyarrow.compute as pc
+from marginlens.core import actor
 from marginlens.core.atomic import read_json, write_json
 from marginlens.core.data.pairs import load_texts
 from marginlens.core.errors import MarginLensError
@@ -70,6 +71,7 @@ def flag_pairs(
     judge_model: str | None = None,
 ) -> int:
     """Flag pairs as noisy; returns how many flags were added or changed. Ids must be in the dataset."""
+    actor.require_write("flag pairs")
     if action not in FLAG_ACTIONS:
         raise MarginLensError(f"flag action must be one of {', '.join(FLAG_ACTIONS)}, got {action!r}")
     _require_pairs(ws, dataset, list(dict.fromkeys(pair_ids)))
@@ -88,6 +90,7 @@ def flag_pairs(
 
 def unflag_pairs(ws: Workspace, dataset: str, pair_ids: list[str] | None = None) -> int:
     """Remove flags (all of them when pair_ids is None); returns how many were removed."""
+    actor.require_write("remove flags")
     with _flags_locked(ws, dataset) as flags:
         targets = list(flags) if pair_ids is None else [pid for pid in pair_ids if pid in flags]
         for pid in targets:

@@ -36,6 +36,7 @@ from marginlens.core.data.formats import (
 from marginlens.core.data.pairs import SCHEMA, make_row
 from marginlens.core.data.sources import Record, Source, iter_records, open_source
 from marginlens.core.errors import MarginLensError, RowError
+from marginlens.core.integrity import DamagedFile, sha256_file
 from marginlens.core.workspace import Workspace, check_name
 
 Policy = Literal["strict", "skip"]
@@ -164,20 +165,20 @@ def import_dataset(
     dataset_dir = workspace.dataset_dir(name)
     dataset_dir.mkdir(parents=True, exist_ok=True)
     with _import_lock(dataset_dir):
-        old = workspace.dataset_manifest(name) if workspace.has_dataset(name) else None
+        old, intact = _existing(workspace, name, replace)
         if old is not None:
-            if _unchanged(old, opened.fingerprint, options):
+            if intact and _unchanged(old, opened.fingerprint, options):
                 return _unchanged_report(name, old)
             # A Hub source's fingerprint is only known after loading: the same id is a refresh.
             refresh = opened.kind == "hub" and old.get("source") == opened.label and old.get("options") == options
-            if not (replace or refresh):
+            if not (replace or refresh or (not intact and _unchanged(old, opened.fingerprint, options))):
                 raise MarginLensError(f"dataset {name!r} already exists from another source or with other options; "
                                       "pass --replace to replace it, or choose another --name")
         tmp = Path(tempfile.mkdtemp(prefix=".import-", dir=dataset_dir))
         try:
             report = _import_into(tmp, opened, name, format, mapping, policy, max_prompt_chars,
                                   allow_empty_responses, progress)
-            if old is not None and _unchanged(old, opened.fingerprint, options):
+            if old is not None and intact and _unchanged(old, opened.fingerprint, options):
                 return _unchanged_report(name, old)
             fingerprint = hashlib.sha256(json.dumps([opened.fingerprint, options, SCHEMA.to_string()],
                                                     sort_keys=True).encode()).hexdigest()
@@ -193,6 +194,7 @@ def import_dataset(
                 "fingerprint": fingerprint,
                 "options": options,
                 "data": data_name,
+                "pairs_sha256": sha256_file(dataset_dir / data_name / "pairs.arrow"),  # checked by `marginlens doctor`
                 "created": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
                 "tool_version": __version__,
             })
@@ -202,6 +204,25 @@ def import_dataset(
             shutil.rmtree(tmp, ignore_errors=True)
     report.rejects_path = workspace.rejects_path(name) if report.rejected else None
     return report
+
+
+def _existing(workspace: Workspace, name: str, replace: bool) -> tuple[dict[str, Any] | None, bool]:
+    """The current manifest of `name` (None: no dataset yet) and whether its data is all there and reads
+    back as written: a no-op import must not keep a dataset whose pairs.arrow is gone or damaged."""
+    if not workspace.has_dataset(name):
+        return None, False
+    try:
+        manifest = workspace.dataset_manifest(name)
+    except DamagedFile as exc:
+        if not replace:
+            raise MarginLensError(f"dataset {name!r} is damaged ({exc}); pass --replace to import it again from "
+                                  "this source") from None
+        return None, False  # nothing of it can be trusted: imported afresh
+    try:
+        workspace.verify_dataset(name)
+    except DamagedFile:
+        return manifest, False
+    return manifest, True
 
 
 def _unchanged(old: dict[str, Any], source_fingerprint: str, options: dict[str, Any]) -> bool:

@@ -92,5 +92,4 @@ def load_texts(ws: Workspace, dataset: str) -> pa.Table:
     is the same zero-copy table (Workspace.load_pairs(...).data.table) without importing `datasets`
     (seconds, on a page's first render) or its per-call bookkeeping.
     """
-    # not closed here: the table's buffers live in the mapping (as with `datasets`, the map goes with them)
-    return pa.ipc.open_stream(pa.memory_map(str(ws.pairs_path(dataset)), "r")).read_all()
+    return ws.pairs_table(dataset)  # the guarded read: a damaged file raises DamagedFile naming it

@@ -20,6 +20,7 @@ from pathlib import Path
 from typing import Any
 
 from marginlens.core.errors import NotADatasetError, RowError
+from marginlens.core.integrity import sha256_file as file_sha256
 
 SUPPORTED = ".jsonl, .ndjson, .json, .parquet, .csv (each optionally .gz), a save_to_disk folder, or a Hub id"
 
@@ -45,14 +46,6 @@ class Source:
     hub_id: str | None = None
     split: str | None = None
     total: int | None = None
-
-
-def file_sha256(path: Path) -> str:
-    digest = hashlib.sha256()
-    with open(path, "rb") as fh:
-        for block in iter(lambda: fh.read(1 << 20), b""):
-            digest.update(block)
-    return digest.hexdigest()
 
 
 def _folder_sha256(path: Path) -> str:

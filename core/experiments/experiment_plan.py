@@ -226,6 +226,7 @@ class ExperimentPlan:
     eval_prompts_in_dataset: int
     held_out: bool  # the eval set is a held-out share of the dataset
     notes: list[str] = field(default_factory=list)
+    disk: str = ""  # what the runs will keep on disk (core.training.train_disk)
 
     def lines(self) -> list[str]:
         """The estimate as the CLI prints it and the page shows it."""
@@ -242,6 +243,7 @@ class ExperimentPlan:
             f"total optimizer steps: {self.total_steps:,}",
             f"eval prompts: {self.eval_prompts:,}, {where}",
             f"evaluation of {self.runs + 1} models (the runs and the baseline): {cost}",
+            *([self.disk] if self.disk else []),
             *self.notes,
         ]
 
@@ -276,9 +278,25 @@ def plan_experiment(ws: Workspace, spec: ExperimentSpec, prepared: Prepared | No
     if spec.evaluator.asks_llm:
         notes.append(f"requests capped at {capped(spec.evaluator, n_eval).max_calls:,} per evaluated model "
                      "(retries count; max_calls=N in the evaluator sets another cap)")
+    evaluation = evaluation_cost(spec.evaluator, n_eval, runs + 1)
     return ExperimentPlan(
         runs=runs, pairs_per_metric=pairs, candidates_per_metric=candidates, steps_per_metric=steps,
         total_steps=sum(steps[m] for m, _ in spec.cells), eval_prompts=n_eval,
-        evaluation=evaluation_cost(spec.evaluator, n_eval, runs + 1), excluded_pairs=prepared.excluded_pairs,
+        evaluation=evaluation, excluded_pairs=prepared.excluded_pairs,
         eval_prompts_in_dataset=prepared.eval_prompts_in_dataset, held_out=spec.eval_set is None, notes=notes,
+        disk=_disk(ws, spec, prepared, resolved, steps, pairs, evaluation),
     )
+
+
+def _disk(ws: Workspace, spec: ExperimentSpec, prepared: Prepared, resolved: dict[str, Any], steps: dict[str, int],
+          pairs: dict[str, int], evaluation: dict[str, int]) -> str:
+    """The plan's disk line: the trained models (the longest run's checkpoints while it trains), each cell's
+    exported subset (sized by the dataset's stored pairs) and the evaluation's answers."""
+    from marginlens.core.training.train_disk import answers_bytes, disk_line, model_folder, run_disk
+
+    folder = model_folder(spec.policy)
+    run = run_disk(folder, resolved["settings"], resolved["trl"], max(steps.values())) if folder else None
+    per_pair = ws.pairs_path(spec.dataset).stat().st_size / max(1, prepared.n_pairs)
+    subsets = int(per_pair * sum(pairs[m] for m, _ in spec.cells))
+    other = subsets + answers_bytes(evaluation["generations"], evaluation["generated_tokens"])
+    return disk_line(len(spec.cells), run, other, "training subsets and evaluation answers", spec.policy)

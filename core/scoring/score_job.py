@@ -30,6 +30,7 @@ from marginlens.core.scoring.score_parts import (
     PartWriter,
     in_dataset_order,
     merge_parts,
+    read_kept_json,
     unique_by_pair_id,
     written_ids,
 )
@@ -90,7 +91,8 @@ def _todo(ctx: jobs.JobContext, params: ScoreJobParams, task: Task, pair_ids: li
     another job grows the table would otherwise slice different lists (leaving pairs to no rank), and a
     resume would score, and merge, other pairs than the start it continues."""
     path = ctx.results_dir / task.fingerprint / "todo.json"
-    if read_json(path) is None:
+    # a damaged list is quarantined and chosen again; merge_parts keeps only the pairs on the new one
+    if read_kept_json(path, ctx.log, required=("positions",)) is None:
         create_json(path, {"positions": _unscored(ctx.workspace, params, task, pair_ids, targets)})
     return [int(i) for i in read_json(path)["positions"]]
 
@@ -109,7 +111,7 @@ def _set_up(ctx: jobs.JobContext, task: Task, options: RunOptions, folder: Path,
     ctx.log(f"loading {task.role} {what}" + (f" on {options.device}" if scorer.needs_device else ""))
     # The batch plan must be the same on every resume for identical numbers: keep the first run's settings.
     plan_path = folder / f"plan-rank{ctx.rank}.json"
-    settings = read_json(plan_path)
+    settings = read_kept_json(plan_path, ctx.log)
     options = dataclasses.replace(options, workspace=str(ctx.workspace.root), state_dir=str(folder))
     scorer.setup(dataclasses.replace(options, **settings) if settings else options)
     if settings is None:
@@ -121,7 +123,7 @@ def _set_up(ctx: jobs.JobContext, task: Task, options: RunOptions, folder: Path,
 def _score_shard(ctx: jobs.JobContext, task: Task, options: RunOptions, pairs: Any, shard: list[int],
                  folder: Path, progress: ShardProgress) -> None:
     scorer = task.scorer
-    written = written_ids(folder)
+    written = written_ids(folder, ctx.log)  # a damaged part is quarantined: its pairs are scored again
     writer = PartWriter(folder, ctx.rank, scorer.output_schema())
     columns = list(dict.fromkeys(["pair_id", *scorer.reads]))
     ready = False
@@ -168,9 +170,10 @@ def _merge(ctx: jobs.JobContext, params: ScoreJobParams, task: Task, pair_ids: l
         ctx.check_cancel()
         time.sleep(0.2)
     schema = task.scorer.output_schema()
-    table, missing = merge_parts(folder, schema, todo_ids)
+    table, missing = merge_parts(folder, schema, todo_ids, ctx.log)
     if missing:
-        raise MarginLensError(f"{missing} pairs have no {task.role} scores after all ranks finished")
+        raise MarginLensError(f"{missing} pairs have no {task.role} scores after all ranks finished (a damaged "
+                              f"part is moved to {ctx.job.dir / 'quarantine'}); resuming the job scores them")
     ws = ctx.workspace
     with table_lock(ws, params.dataset, task.fingerprint):  # the table as it is now, not as it was at start
         if table_current(ws, params.dataset, task.fingerprint, params.dataset_fingerprint):

@@ -3,28 +3,81 @@ and their merge into one table in dataset order.
 
 Parts are written atomically, at most every FLUSH_SECONDS, and never overwritten (the nanosecond
 timestamp in the name), so a killed worker leaves whole parts only and a resumed one adds to them.
+A part damaged after it was written (cut short, overwritten) is moved to the job's quarantine/ folder
+when it is read, never deleted, and its pairs count as not scored: the resume scores them again instead
+of failing on the same file every time.
 """
 
 from __future__ import annotations
 
 import os
 import time
-from collections.abc import Iterable, Sequence
+from collections.abc import Callable, Iterable, Sequence
 from pathlib import Path
 from typing import Any
 
 from marginlens.core.atomic import write_with
+from marginlens.core.integrity import DamagedFile, quarantine, read_json_object
 
 FLUSH_SECONDS = float(os.environ.get("MARGINLENS_SCORE_FLUSH_SECONDS", "5"))
 
 
-def written_ids(folder: Path) -> set[str]:
-    """Pair ids already in the folder's parts (all ranks')."""
+def _job_dir(path: Path) -> Path:
+    """JOB for a file of JOB/results/FINGERPRINT/."""
+    return path.parent.parent.parent
+
+
+def read_part(path: Path, columns: list[str] | None = None, log: Callable[[str], None] = print) -> Any | None:
+    """The part's rows; None when it is gone or damaged (then moved to the job's quarantine/ folder)."""
+    import pyarrow as pa
     import pyarrow.parquet as pq
 
+    try:
+        return pq.read_table(path, columns=columns)
+    except FileNotFoundError:
+        return None
+    except (pa.ArrowException, OSError, ValueError) as exc:
+        _set_aside(path, f"part {path} cannot be read ({exc})", "its pairs are scored again", log)
+        return None
+
+
+def part_problem(path: Path) -> str | None:
+    """What is wrong with a part, read whole but left where it is (`marginlens doctor`); None: nothing."""
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    try:
+        pq.read_table(path)
+    except (pa.ArrowException, OSError, ValueError) as exc:
+        return f"cannot be read as Parquet ({exc})"
+    return None
+
+
+def read_kept_json(path: Path, log: Callable[[str], None] = print, required: Sequence[str] = ()) -> dict[str, Any] | None:
+    """One of the job's own JSON files (todo.json, plan-rankR.json); a damaged one is quarantined and read as
+    absent, so the job makes it again rather than failing on it at every resume."""
+    try:
+        return read_json_object(path, required=required)
+    except DamagedFile as exc:
+        _set_aside(path, f"{path} is damaged ({exc.problem})", "made again", log)
+        return None
+
+
+def _set_aside(path: Path, what: str, then: str, log: Callable[[str], None]) -> None:
+    try:
+        moved = quarantine(path, _job_dir(path))
+    except FileNotFoundError:
+        return  # another rank of the job moved it first
+    log(f"{what}: moved to {moved}; {then}")
+
+
+def written_ids(folder: Path, log: Callable[[str], None] = print) -> set[str]:
+    """Pair ids already in the folder's parts (all ranks')."""
     ids: set[str] = set()
-    for part in folder.glob("part-*.parquet"):
-        ids.update(pq.read_table(part, columns=["pair_id"]).column("pair_id").to_pylist())
+    for part in sorted(folder.glob("part-*.parquet")):
+        table = read_part(part, ["pair_id"], log)
+        if table is not None:
+            ids.update(table.column("pair_id").to_pylist())
     return ids
 
 
@@ -75,7 +128,8 @@ def in_dataset_order(table: Any, pair_ids: Sequence[str]) -> Any:
     return table.take(pc.cast(sorted(range(len(positions)), key=positions.__getitem__), "int64"))
 
 
-def merge_parts(folder: Path, schema: Any, pair_ids: Sequence[str]) -> tuple[Any, int]:
+def merge_parts(folder: Path, schema: Any, pair_ids: Sequence[str],
+                log: Callable[[str], None] = print) -> tuple[Any, int]:
     """All ranks' parts as one table in dataset order, and how many of `pair_ids` it lacks.
 
     Rows of other pairs are left out: a job started before its to-do list was kept (score_job's
@@ -83,10 +137,9 @@ def merge_parts(folder: Path, schema: Any, pair_ids: Sequence[str]) -> tuple[Any
     the table are no longer on it; the table keeps those."""
     import pyarrow as pa
     import pyarrow.compute as pc
-    import pyarrow.parquet as pq
 
-    parts = sorted(folder.glob("part-*.parquet"))
-    table = pa.concat_tables([pq.read_table(p) for p in parts]) if parts else schema.empty_table()
+    parts = [t for t in (read_part(p, log=log) for p in sorted(folder.glob("part-*.parquet"))) if t is not None]
+    table = pa.concat_tables([t.cast(schema) for t in parts]) if parts else schema.empty_table()
     table = unique_by_pair_id(table.cast(schema))
     table = table.filter(pc.is_in(table.column("pair_id"), value_set=pa.array(list(pair_ids), pa.string())))
     missing = set(pair_ids) - set(table.column("pair_id").to_pylist())

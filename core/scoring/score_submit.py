@@ -17,7 +17,13 @@ from marginlens.core.data.pair_sample import DEFAULT_SEED, sample_positions
 from marginlens.core.errors import MarginLensError
 from marginlens.core.scoring.score_parts import unique_by_pair_id
 from marginlens.core.scoring.score_spec import ScoreJobParams, ScoreSpec, Task, plan_tasks
-from marginlens.core.scoring.score_tables import save_score_table, score_manifest, table_dir, table_lock
+from marginlens.core.scoring.score_tables import (
+    load_score_table,
+    save_score_table,
+    score_manifest,
+    score_table_rows,
+    table_lock,
+)
 from marginlens.core.scoring.scorers import PairBatch, RunOptions, scored_rows
 from marginlens.core.workspace import Workspace
 
@@ -32,10 +38,7 @@ def scored_ids(ws: Workspace, dataset: str, fingerprint: str, dataset_fp: str | 
     """Pair ids the current table under `fingerprint` holds (a sampled scoring holds some of the pairs)."""
     if not table_current(ws, dataset, fingerprint, dataset_fp):
         return set()
-    import pyarrow.parquet as pq
-
-    return set(pq.read_table(table_dir(ws, dataset, fingerprint) / "scores.parquet",
-                             columns=["pair_id"]).column("pair_id").to_pylist())
+    return set(load_score_table(ws, dataset, fingerprint, columns=["pair_id"]).column("pair_id").to_pylist())
 
 
 def save_task_table(ws: Workspace, dataset: str, dataset_fp: str | None, task: Task, table: Any,
@@ -92,8 +95,7 @@ def submit_scoring(ws: Workspace, spec: ScoreSpec, launcher: list[str] | None = 
 def _covers(ws: Workspace, dataset: str, fingerprint: str, dataset_fp: str | None, targets: set[str],
             n_pairs: int) -> bool:
     """The current table holds every targeted pair; one row per pair, so a full-size table holds all."""
-    manifest = score_manifest(ws, dataset, fingerprint)
-    if table_current(ws, dataset, fingerprint, dataset_fp) and manifest.get("rows") == n_pairs:
+    if table_current(ws, dataset, fingerprint, dataset_fp) and score_table_rows(ws, dataset, fingerprint) == n_pairs:
         return True
     return targets <= scored_ids(ws, dataset, fingerprint, dataset_fp)
 

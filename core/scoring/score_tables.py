@@ -8,14 +8,16 @@ Stored as scores/DATASET/FINGERPRINT/{scores.parquet, manifest.json}. Two kinds,
   reward:  pair_id, chosen_reward, rejected_reward, truncated   (explicit rewards: a reward model's,
            the dataset's columns, ...)
 A scorer's table holds its kind's columns and may add its own (core.scoring.scorers, `output_schema`).
-The manifest holds {"fingerprint", "kind", "model", "spec", "rows", "created"}.
+The manifest holds {"fingerprint", "kind", "model", "spec", "rows", "created", "sha256"} (the parquet's
+checksum, for `marginlens doctor`; tables written before it have none). The readers here are the only ones
+of a table's files: a damaged one raises core.integrity.DamagedFile naming it.
 """
 
 from __future__ import annotations
 
 import fcntl
 import os
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from datetime import datetime, timezone
 from pathlib import Path
@@ -23,8 +25,9 @@ from typing import Any
 
 import pyarrow as pa
 import pyarrow.parquet as pq
-from marginlens.core.atomic import read_json, write_json, write_with
+from marginlens.core.atomic import write_json, write_with
 from marginlens.core.errors import MarginLensError
+from marginlens.core.integrity import check_sha256, read_json_object, sha256_file
 from marginlens.core.workspace import Workspace
 
 LOGPROB_SCHEMA = pa.schema(
@@ -83,7 +86,8 @@ def save_score_table(
                               f"types; this one lacks or retypes {', '.join(wrong)}")
     table = table.select(schema.names).cast(schema)
     folder = table_dir(ws, dataset, fingerprint)
-    write_with(folder / "scores.parquet", lambda p: pq.write_table(table, p))
+    digest: list[str] = []
+    write_with(folder / "scores.parquet", lambda p: (pq.write_table(table, p), digest.append(sha256_file(p))))
     write_json(
         folder / "manifest.json",
         {
@@ -94,22 +98,60 @@ def save_score_table(
             "rows": table.num_rows,
             # microseconds: "newest first" must order tables written within the same second
             "created": datetime.now(timezone.utc).strftime("%Y-%m-%dT%H:%M:%S.%fZ"),
+            "sha256": digest[0],
         },
     )
 
 
+MANIFEST_FIELDS = ("fingerprint", "kind", "created")
+
+
 def score_manifest(ws: Workspace, dataset: str, fingerprint: str) -> dict[str, Any] | None:
-    return read_json(table_dir(ws, dataset, fingerprint) / "manifest.json")
+    """The table's manifest; None when the table is not finished; DamagedFile when it cannot be read."""
+    manifest = read_json_object(table_dir(ws, dataset, fingerprint) / "manifest.json", ws.doctor_command(),
+                                required=MANIFEST_FIELDS)
+    if manifest is not None and manifest["kind"] not in KIND_SCHEMAS:
+        raise ws.damaged(table_dir(ws, dataset, fingerprint) / "manifest.json",
+                         f"unknown table kind {manifest['kind']!r}")
+    return manifest
 
 
-def load_score_table(ws: Workspace, dataset: str, fingerprint: str) -> pa.Table:
-    if score_manifest(ws, dataset, fingerprint) is None:
+def load_score_table(ws: Workspace, dataset: str, fingerprint: str, columns: list[str] | None = None) -> pa.Table:
+    return _read(ws, dataset, fingerprint, lambda path: pq.read_table(path, columns=columns))
+
+
+def score_table_rows(ws: Workspace, dataset: str, fingerprint: str) -> int:
+    """The table's row count from its parquet footer: a cheap read that still finds a file cut short."""
+    return _read(ws, dataset, fingerprint, lambda path: pq.ParquetFile(path).metadata).num_rows
+
+
+def _read(ws: Workspace, dataset: str, fingerprint: str, read: Callable[[Path], Any]) -> Any:
+    manifest = score_manifest(ws, dataset, fingerprint)
+    if manifest is None:
         raise MarginLensError(f"no finished score table {fingerprint!r} for dataset {dataset!r}")
-    return pq.read_table(table_dir(ws, dataset, fingerprint) / "scores.parquet")
+    path = table_dir(ws, dataset, fingerprint) / "scores.parquet"
+    try:
+        return read(path)
+    except FileNotFoundError:
+        raise ws.damaged(path, "missing, though the table's manifest.json says it is finished") from None
+    except (pa.ArrowException, OSError, ValueError) as exc:
+        raise ws.damaged(path, f"cannot be read as Parquet ({exc})") from None
+
+
+def verify_score_table(ws: Workspace, dataset: str, fingerprint: str) -> None:
+    """Read the table whole, and compare its rows and checksum with its manifest's (`marginlens doctor`).
+    Under the table's lock: a writer replaces the parquet, then the manifest, and between the two they differ."""
+    with table_lock(ws, dataset, fingerprint):
+        table = load_score_table(ws, dataset, fingerprint)
+        manifest = score_manifest(ws, dataset, fingerprint) or {}
+        path = table_dir(ws, dataset, fingerprint) / "scores.parquet"
+        if isinstance(manifest.get("rows"), int) and table.num_rows != manifest["rows"]:
+            raise ws.damaged(path, f"holds {table.num_rows} rows, its manifest.json says {manifest['rows']}")
+        check_sha256(path, manifest.get("sha256"), ws.doctor_command())
 
 
 def list_score_tables(ws: Workspace, dataset: str, kind: str | None = None) -> list[dict[str, Any]]:
-    """Manifests of the finished tables for a dataset, newest first."""
-    manifests = [read_json(p) for p in (ws.scores_dir / dataset).glob("*/manifest.json")]
+    """Manifests of the finished tables for a dataset, newest first (a damaged one raises DamagedFile)."""
+    manifests = [score_manifest(ws, dataset, p.parent.name) for p in (ws.scores_dir / dataset).glob("*/manifest.json")]
     manifests = [m for m in manifests if m and (kind is None or m["kind"] == kind)]
-    return sorted(manifests, key=lambda m: m["created"], reverse=True)
+    return sorted(manifests, key=lambda m: str(m["created"]), reverse=True)

@@ -40,7 +40,7 @@ import numpy as np
 import pandas as pd
 import pyarrow as pa
 import pyarrow.parquet as pq
-from marginlens.core import __version__
+from marginlens.core import __version__, actor
 from marginlens.core.atomic import write_json
 from marginlens.core.data.flags import flags_summary
 from marginlens.core.data.formats import HH_ASSISTANT, hh_prompt_cut
@@ -288,6 +288,7 @@ def export_selection(
     (the CLI's --outside-workspace only); `within` is a job's own results folder, used instead of exports/
     (core.selection.export_target)."""
     fmt = format_for(out, fmt)
+    actor.require_write("write an export")
     path = resolve_output(ws, out, fmt, allow_outside, overwrite, within)
     selected = selection  # what the metric picked; from here on `selection` is what gets written
     selection, swapped, flags = apply_flags_to(ws, dataset, selected, apply_flags)

@@ -336,7 +336,35 @@ def plan_selfplay(ws: Workspace, spec: SelfPlaySpec, seeds: SeedPrompts | None =
         f"rewrites asked of {evolver.get('kind')}:{evolver.get('model')}), then {n} answers per kept rewrite",
         f"{chains * spec.iterations} training runs ({spec.method}), {chains * spec.iterations + 1} evaluations "
         f"({spec.evaluator.label}, the starting model once)",
+        _disk_line(spec, seeds, n, strategies),
     ]
     return SelfPlayPlan(len(seeds.pool), len(seeds.eval_rows), seeds.held_out, chains, spec.iterations, k,
                         k * strategies, n * len(seeds.pool), chains * spec.iterations, chains * spec.iterations + 1,
                         lines)
+
+
+def _disk_line(spec: SelfPlaySpec, seeds: SeedPrompts, n: int, strategies: int) -> str:
+    """What the run keeps on disk, as an upper bound: every round's trained model (the next round's policy),
+    and the answers and rewrites of each chain's rounds (a round's prompts: at most the top ratio of the
+    last round's, times the strategies) and of every evaluation."""
+    from marginlens.core.experiments.evaluate_job import evaluation_cost
+    from marginlens.core.experiments.experiment_plan import steps_per_run
+    from marginlens.core.training.settings import resolve_settings
+    from marginlens.core.training.train_disk import answers_bytes, disk_line, model_folder, run_disk
+
+    resolved = resolve_settings(spec.method, spec.preset, spec.overrides, spec.device)
+    sample_tokens, rewrite_tokens = spec.sampling_params(0).max_new_tokens, spec.evolve_params(0).max_new_tokens
+    prompts, answers, tokens, most_pairs = len(seeds.pool), 0, 0, 0
+    for _ in range(spec.iterations):
+        rewrites = max(1, int(spec.ratio * prompts)) * strategies
+        answers += n * (prompts + rewrites) + rewrites
+        tokens += n * (prompts + rewrites) * sample_tokens + rewrites * rewrite_tokens
+        most_pairs, prompts = max(most_pairs, prompts + rewrites), rewrites
+    evaluation = evaluation_cost(spec.evaluator, len(seeds.eval_rows), len(spec.chains) * spec.iterations + 1)
+    other = len(spec.chains) * answers_bytes(answers, tokens) + answers_bytes(evaluation["generations"],
+                                                                            evaluation["generated_tokens"])
+    folder = model_folder(spec.policy)
+    steps = steps_per_run(most_pairs, resolved["trl"], resolved["settings"])
+    run = run_disk(folder, resolved["settings"], resolved["trl"], steps) if folder else None
+    return disk_line(len(spec.chains) * spec.iterations, run, other, "sampled answers, rewrites and evaluation "
+                     "answers", spec.policy)

@@ -47,6 +47,8 @@ SETTINGS_KEYS = {
     "lora_target_modules": "modules LoRA adapts ('all-linear' or a list of module names)",
     "num_processes": "processes (GPUs) to train on; more than 1 runs under accelerate launch",
     "accelerate_config": "an accelerate config file, or a TRL preset name (zero2, zero3, fsdp2, multi_gpu, ...)",
+    "keep_checkpoints": "keep the trainer's checkpoints (model plus optimizer state, about 3x the model each) "
+    "after a run finishes; by default only the final model stays",
 }
 SETTINGS_DEFAULTS: dict[str, Any] = {
     "effective_batch_size": 128,

@@ -28,6 +28,9 @@ from marginlens.core.workspace import Workspace
 METRICS_FILE = "metrics.jsonl"
 CHECKPOINTS_DIR = "checkpoints"
 FINAL_DIR = "final"
+# The run's result, written once the final model is saved and before the checkpoints are removed: a worker
+# killed in between is resumed by returning it, not by training again from a checkpoint that is gone.
+FINISHED_FILE = "finished.json"
 
 # The curves the Train page plots, in the names the metrics file uses.
 CURVE_KEYS = (

@@ -95,6 +95,7 @@ _SETTINGS_TYPES: dict[str, Any] = {
     "lora_target_modules": str | list,
     "num_processes": int,
     "accelerate_config": str | None,
+    "keep_checkpoints": bool,
 }
 
 
@@ -231,6 +232,9 @@ def resolve_settings(
         trl["gradient_accumulation_steps"] = max(1, math.ceil(settings["effective_batch_size"] / per_step))
     if settings["lora"]:
         require_peft()
+    if not settings.get("keep_checkpoints"):
+        # stored only when asked for: runs submitted before the setting existed keep their job ids
+        settings.pop("keep_checkpoints", None)
     return {"preset": preset, "device": device, "settings": settings, "trl": trl}
 
 

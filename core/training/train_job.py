@@ -6,8 +6,11 @@ Its params are a TrainSpec (core.training.runs.build_spec). In the job's results
   metrics.jsonl        one JSON line per optimizer step: step, epoch, time, loss, rewards/chosen,
                        rewards/rejected, rewards/margins, rewards/accuracies, learning_rate,
                        tokens_per_s, plus whatever else TRL logs (grad_norm, logps/..., ...)
-  checkpoints/checkpoint-N/   the trainer's checkpoints (model, tokenizer, optimizer, RNG, state)
+  checkpoints/checkpoint-N/   the trainer's checkpoints (model, tokenizer, optimizer, RNG, state), while
+                       the run trains; removed once the final model is saved, unless the run's settings
+                       say keep_checkpoints=true (a checkpoint is ~3x the model: its optimizer state)
   final/               the trained model (full weights; LoRA adapters merged), from_pretrained-ready
+  finished.json        the result, written between saving final/ and removing the checkpoints
 
 A stop request (Job.cancel) saves a checkpoint at the current step and ends the job "cancelled"; a
 killed worker leaves the last checkpoint. Submitting the same spec again resumes from the newest
@@ -23,8 +26,9 @@ import time
 from pathlib import Path
 from typing import Any
 
-from marginlens.core.atomic import write_text
+from marginlens.core.atomic import format_bytes, read_json, write_json, write_text
 from marginlens.core.errors import MarginLensError
+from marginlens.core.job_disk import bytes_on_disk, remove
 from marginlens.core.jobs import JobCancelled, JobContext
 from marginlens.core.training import runs, settings, train_data, train_slot
 from marginlens.core.training.train_spec import TrainSpec
@@ -149,9 +153,25 @@ def _save_final(ctx: JobContext, trainer: Any, results: Path) -> Path:
     return final
 
 
+def _keep_only_final(ctx: JobContext, spec: TrainSpec, results: Path) -> dict[str, Any]:
+    """Once the final model is saved: remove the checkpoints unless the run keeps them; what stays, in bytes."""
+    folder = results / runs.CHECKPOINTS_DIR
+    removed = 0
+    if ctx.is_main and not spec.settings.get("keep_checkpoints") and folder.exists():
+        removed = remove([folder])
+        ctx.log(f"removed the checkpoints ({format_bytes(removed)}): a finished run keeps its final model "
+                "(keep_checkpoints=true keeps them too)")
+    return {"final_model_bytes": bytes_on_disk(results / runs.FINAL_DIR), "removed_checkpoint_bytes": removed,
+            "kept_checkpoints": [p.name for p in runs.list_checkpoints(folder)]}
+
+
 def run(ctx: JobContext) -> dict[str, Any]:
     spec = TrainSpec.from_params(ctx.params)
     results = ctx.results_dir
+    finished = read_json(results / runs.FINISHED_FILE)
+    if isinstance(finished, dict) and (results / runs.FINAL_DIR / "config.json").is_file():
+        ctx.log("the run had finished before its worker stopped: its final model is kept, nothing is retrained")
+        return {**finished, **_keep_only_final(ctx, spec, results)}
     if ctx.is_main:
         text = settings.trl_config_text(spec, output_dir=str(results / "trl-cli-output"), job_id=ctx.job.id)
         write_text(results / settings.TRL_CONFIG_FILE, text)
@@ -180,7 +200,7 @@ def _train(ctx: JobContext, spec: TrainSpec, results: Path) -> dict[str, Any]:
     # a stop that arrives after the last step is too late to stop anything: the run is finished
     final = _save_final(ctx, trainer, results)
     ctx.progress(trainer.state.global_step, trainer.state.max_steps, force=True)
-    return {
+    result = {
         "final_model": str(final),
         "global_step": trainer.state.global_step,
         "resumed_from_step": runs.checkpoint_step(resume) if resume else None,
@@ -189,3 +209,6 @@ def _train(ctx: JobContext, spec: TrainSpec, results: Path) -> dict[str, Any]:
         "metrics_file": str(metrics),
         "trl_config": str(results / settings.TRL_CONFIG_FILE),
     }
+    if ctx.is_main:
+        write_json(results / runs.FINISHED_FILE, result)
+    return {**result, **_keep_only_final(ctx, spec, results)}
