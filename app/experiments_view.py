@@ -93,6 +93,20 @@ def results_figure(table: dict[str, Any]) -> go.Figure:
     return fig
 
 
+def table_choices(ws: Workspace, dataset: str) -> dict[str, list[str | None]]:
+    """The dataset's score tables a form may name, per kind, after None (the default): a fingerprint is picked
+    from these, never typed (it becomes a path under scores/)."""
+    from marginlens.core.scoring.score_tables import list_score_tables
+
+    return {kind: [None, *(m["fingerprint"] for m in list_score_tables(ws, dataset, kind))]
+            for kind in ("logprob", "reward")}
+
+
+def table_label(default: str) -> Any:
+    """How a table choice shows: None as what the default means."""
+    return lambda fp: f"(default: {default})" if fp is None else fp
+
+
 def path_stat(path: str | None) -> list[Any]:
     """Size and modification time of a file, or of every file in a folder (a model retrained in place)."""
     if not path:

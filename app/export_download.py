@@ -9,6 +9,8 @@ from pathlib import Path
 
 from marginlens.core.errors import MarginLensError
 from marginlens.core.selection.export import ExportExists, OutsideWorkspace
+from marginlens.core.selection.export_target import not_an_export
+from marginlens.core.workspace import Workspace
 
 MIME = {".jsonl": "application/jsonl", ".parquet": "application/vnd.apache.parquet"}
 
@@ -27,6 +29,26 @@ def download_payload(path: str | Path) -> tuple[bytes, str, str]:
         return path.read_bytes(), path.name, MIME.get(path.suffix.lower(), "application/octet-stream")
     except FileNotFoundError:
         raise MarginLensError(f"{path} is gone (moved or deleted since it was written)") from None
+
+
+def workspace_exports(ws: Workspace, limit: int = 200) -> list[Path]:
+    """The MarginLens exports under the workspace's exports/ (a manifest recognises each; anything else a
+    user put there is not offered), newest first."""
+    root = ws.exports_dir
+    if not root.is_dir():
+        return []
+    found = []
+    for manifest in root.rglob("*manifest.json"):
+        if manifest.name == "marginlens_manifest.json":
+            path, fmt = manifest.parent, "hf"
+        elif manifest.name.endswith(".manifest.json"):
+            path = manifest.with_name(manifest.name[: -len(".manifest.json")])
+            fmt = path.suffix.lstrip(".").lower()
+        else:
+            continue
+        if fmt in ("jsonl", "parquet", "hf") and not_an_export(path, fmt) is None:
+            found.append(path)
+    return sorted(found, key=lambda p: p.stat().st_mtime, reverse=True)[:limit]
 
 
 def page_error(exc: MarginLensError) -> str:

@@ -1,7 +1,9 @@
 """One panel for a background job, on every page that runs one: state, progress and ETA, the last
 error, the log, Cancel and Resume.
 
-It reads the job folder only (core.jobs), so a refresh or a second tab shows the same job, and it polls
+Who started the job is shown beside it (its spec's "started_by"); Cancel and Resume are the operator's alone
+(access.can_operate). It reads the job folder only (core.jobs), so a refresh or a second tab shows the same
+job, and it polls
 (a fragment re-run every POLL_SECONDS, not the page) only while the job is live. When the job stops,
 the whole page reruns once: polling ends, and whatever the page draws from the outcome (a new score
 table, an imported dataset, a report) appears.
@@ -12,7 +14,10 @@ from __future__ import annotations
 from collections.abc import Callable
 
 import streamlit as st
+from marginlens.app import access
 from marginlens.app.widgets import md_escape, show_error
+from marginlens.core.errors import MarginLensError
+from marginlens.core.integrity import DamagedFile
 from marginlens.core.job_status import POLL_SECONDS, JobState, JobStatus, details, progress_line, unit_of
 from marginlens.core.jobs import Job, resume
 
@@ -31,11 +36,21 @@ def job_panel(
     `on_resume`: how to resubmit it when the job's own spec is not enough (an API key for the worker's
     environment); by default core.jobs.resume.
     """
-    status = job.status()
+    try:
+        status = job.status()
+    except DamagedFile as exc:  # its file, what is wrong, the repair: the page around it goes on
+        with st.container(border=True):
+            st.markdown(f"**damaged** · `{job.id}` · {md_escape(title)}")
+            show_error(exc)
+        return JobStatus(JobState.INTERRUPTED, message=str(exc))
 
     @st.fragment(run_every=POLL_SECONDS if status.live else None)
     def panel() -> None:
-        now = job.status()
+        try:
+            now = job.status()
+        except DamagedFile as exc:  # damaged while the panel polled
+            show_error(exc)
+            return
         seen = st.session_state.setdefault(_SEEN, {})
         previous, seen[job.id] = seen.get(job.id), now.state.value
         if previous is not None and JobState(previous).live and not now.live:
@@ -46,10 +61,21 @@ def job_panel(
     return status
 
 
+def is_live(job: Job) -> bool:
+    """Whether a worker has `job` (or is about to); a job whose status.json is damaged is not (its panel, if
+    drawn, shows the damage)."""
+    try:
+        return job.status().live
+    except DamagedFile:
+        return False
+
+
 def _draw(job: Job, status: JobStatus, title: str, on_resume: Callable[[], object] | None, cancel_help: str | None) -> None:
     with st.container(border=True):
         head, actions = st.columns([5, 1])
-        head.markdown(f"**{status.state}** · `{job.id}` · {md_escape(title)}")
+        who = job.spec.get("started_by")
+        head.markdown(f"**{status.state}** · `{job.id}` · {md_escape(title)}"
+                      + (f" · started by {md_escape(who)}" if who else ""))
         if status.total:
             head.progress(status.fraction or 0.0, text=progress_line(status, unit_of(job.kind)))
         elif status.live:
@@ -60,16 +86,22 @@ def _draw(job: Job, status: JobStatus, title: str, on_resume: Callable[[], objec
         if status.error:
             with head:
                 show_error(status.error)  # may quote a row or a server's answer: escaped
-        if status.live:
+        operator = access.can_operate()
+        if operator and status.live:
             if actions.button("Cancel", key=f"_job_cancel_{job.id}", help=cancel_help):
                 job.cancel()
                 st.toast(f"Cancel requested: {job.id} stops at its next check.")
-        elif status.resumable:
+        elif operator and status.resumable:
             if actions.button("Resume", key=f"_job_resume_{job.id}", help="continues from what it already wrote"):
-                if on_resume is not None:
-                    on_resume()
+                try:
+                    if on_resume is not None:
+                        on_resume()
+                    else:
+                        resume(job.workspace, job)
+                except MarginLensError as exc:  # e.g. the endpoint does not answer: said, the panel stays
+                    with head:
+                        show_error(exc)
                 else:
-                    resume(job.workspace, job)
-                st.rerun()
+                    st.rerun()
         with head.expander("Log"):
             st.code(job.log_tail(15) or "(empty)", language=None)

@@ -19,6 +19,8 @@ PAGES: dict[str, tuple[str, str]] = {
     "experiments": ("Experiments", ":material/science:"),
     "selfplay": ("Self-play", ":material/autorenew:"),
 }
+# What a viewer (read-only sign-in) is shown: browsing, audit results and downloads.
+VIEWER_PAGES = ("data", "explore", "audit", "export")
 
 
 def page(name: str) -> st.Page:

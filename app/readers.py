@@ -7,6 +7,7 @@ from typing import Any
 import pandas as pd
 import streamlit as st
 from marginlens.core.data.pairs import load_texts, prompt_text
+from marginlens.core.integrity import DamagedFile
 from marginlens.core.scoring.score_tables import score_manifest
 from marginlens.core.selection.compare import CompareReport, compare_metrics
 from marginlens.core.selection.margins import has_dataset_scores, load_margins
@@ -18,6 +19,24 @@ PREVIEW_CHARS = 200
 
 def manifest(ws: Workspace, name: str) -> dict[str, Any]:
     return ws.dataset_manifest(name)
+
+
+def dataset_rows(ws: Workspace, names: list[str]) -> pd.DataFrame:
+    """The Data page's list of datasets: a damaged one is listed as damaged, with its file and the repair
+    command, and the others still list (a cheap check: the manifest, and that its pairs.arrow is there)."""
+    rows = []
+    for name in names:
+        try:
+            m = ws.dataset_manifest(name)
+            ws.pairs_path(name)
+        except DamagedFile as exc:
+            rows.append({"name": name, "pairs": None, "rejected": None, "format": "", "scores": "", "source": "",
+                         "status": f"damaged: {exc}"})
+            continue
+        rows.append({"name": name, "pairs": m["rows"]["imported"], "rejected": m["rows"]["rejected"],
+                     "format": m["format"], "scores": "yes" if m.get("has_scores") else "no", "source": m["source"],
+                     "status": "ok"})
+    return pd.DataFrame(rows)
 
 
 @st.cache_data(max_entries=32, show_spinner=False)

@@ -9,6 +9,8 @@ from __future__ import annotations
 import dataclasses
 from typing import Any
 
+from marginlens.app import llm_endpoints
+from marginlens.app.access import EndpointChoice
 from marginlens.core import jobs
 from marginlens.core.errors import MarginLensError
 from marginlens.core.scoring.models import DEFAULT_POLICY, DTYPES
@@ -23,7 +25,7 @@ EXPLICIT_LABELS = {DATASET_SOURCE: "dataset scores (as imported)",
                    **{s.name: s.option.label for s in explicit_scorers() if s.option}}
 EXPLICIT_VALUE_HELP = "; ".join(f"{s.option.label}: {s.option.hint}" for s in explicit_scorers() if s.option)
 
-API_KEY = "_score_rating_api_key"  # session state only: the typed key for submits and resumes
+ENDPOINT_KEY = "_score_rating"  # the LLM-rating endpoint picker's widgets (access.endpoint_picker)
 
 __all__ = ["DEFAULT_MAX_LENGTH", "DEFAULT_MAX_PROMPT_LENGTH", "DEFAULT_POLICY", "DTYPES", "MODES"]
 
@@ -80,20 +82,38 @@ def reward_model_note(dataset: str) -> str:
     return note(dataset)
 
 
-def with_rating(spec: Any, base_url: str, max_calls: int) -> Any:
-    """The spec with the LLM rater's endpoint and call budget (0: none); only for the LLM-rating source."""
+def confined_models(ws: Workspace, policy: str, reference: str, source: str,
+                    explicit_value: str) -> tuple[str, str, str]:
+    """The form's model texts through access.model_spec: a Hub id as typed, a folder only under a data root or
+    the workspace. The explicit value is a model only for a scorer that loads one (the reward model)."""
+    from marginlens.app.access import model_spec
+    from marginlens.core.scoring.scorers import load_scorers
+
+    policy = model_spec(policy, ws.root, "policy model") if policy.strip() else ""
+    reference = model_spec(reference, ws.root, "reference model") if reference.strip() else ""
+    scorer = load_scorers().get(source)
+    if scorer is not None and getattr(scorer, "needs_device", False) and explicit_value.strip():
+        explicit_value = model_spec(explicit_value, ws.root, EXPLICIT_LABELS.get(source, source))
+    return policy, reference, explicit_value
+
+
+def with_rating(spec: Any, endpoint: EndpointChoice | None, max_calls: int) -> Any:
+    """The spec with the LLM rater's endpoint (picked, never typed into the spec by hand) and call budget
+    (0: none); only for the LLM-rating source."""
     if spec.explicit != "llm_rating":
         return spec
-    options = {"base_url": base_url.strip() or None, "max_calls": int(max_calls) or None}
+    url = llm_endpoints.chosen_url(endpoint or EndpointChoice(None, None), "LLM rating endpoint")
+    options = {"base_url": url, "max_calls": int(max_calls) or None}
     return dataclasses.replace(spec, scorer_options={k: v for k, v in options.items() if v is not None})
 
 
-def submit(ws: Workspace, spec: Any, api_key: str | None = None) -> str:
-    """Start or join the job for `spec`; a one-line summary of what happened. `api_key` reaches only the
-    worker's environment (core.jobs.submit), never a file."""
+def submit(ws: Workspace, spec: Any, endpoint: EndpointChoice | None = None) -> str:
+    """Start or join the job for `spec`; a one-line summary of what happened. The picked endpoint's key reaches
+    only the worker's environment (core.jobs.submit), never a file, and only for an LLM rating."""
     from marginlens.core.scoring.score_submit import submit_scoring
 
-    handle = submit_scoring(ws, spec, env=_key_env(api_key))
+    env = llm_endpoints.key_env(endpoint) if spec.explicit == "llm_rating" else None
+    handle = submit_scoring(ws, spec, env=env)
     cached = ", ".join(handle.cached)
     part = ""
     if handle.targeted is not None and handle.targeted < (handle.total or 0):
@@ -104,16 +124,20 @@ def submit(ws: Workspace, spec: Any, api_key: str | None = None) -> str:
             + (f"; cached: {cached}" if cached else ""))
 
 
-def resume(ws: Workspace, job: jobs.Job, api_key: str | None = None) -> jobs.Job:
-    """Resume `job` (core.jobs.resume) with the typed key in the worker's environment, as its first submit had
-    it: an LLM-rating job resumed without it would ask with none."""
-    return jobs.resume(ws, job, env=_key_env(api_key))
+def rating_url(job: jobs.Job) -> tuple[bool, str | None]:
+    """(whether the job rates with an LLM, the rater's base URL as its spec records it)."""
+    for task in job.spec.get("params", {}).get("tasks", []):
+        if task.get("role") == "llm_rating":
+            return True, (task.get("scorer") or {}).get("base_url")
+    return False, None
 
 
-def _key_env(api_key: str | None) -> dict[str, str] | None:
-    from marginlens.core.chat_client import KEY_ENV
-
-    return {KEY_ENV: api_key} if api_key else None
+def resume(ws: Workspace, job: jobs.Job, picked: list[EndpointChoice] | None = None) -> jobs.Job:
+    """Resume `job` (core.jobs.resume). An LLM-rating job gets the key for the URL its spec asks (the endpoint
+    picked for that URL, or the configured one there), never the key of another URL."""
+    rates, url = rating_url(job)
+    env = llm_endpoints.key_env(llm_endpoints.for_url(url, picked or [])) if rates else None
+    return jobs.resume(ws, job, env=env)
 
 
 def score_jobs(ws: Workspace, dataset: str) -> list[jobs.Job]:

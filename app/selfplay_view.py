@@ -6,11 +6,14 @@ The timeline of a run's rounds and the lineage of its rewrites are in app.selfpl
 from __future__ import annotations
 
 import json
+from pathlib import Path
 from typing import Any
 
 import pandas as pd
 import plotly.graph_objects as go
 import streamlit as st
+from marginlens.app import llm_endpoints
+from marginlens.app.access import EndpointChoice
 from marginlens.app.experiments_view import path_stat
 from marginlens.core.errors import MarginLensError
 from marginlens.core.experiments.experiment_results import INTERVAL_METHOD, ONE_SEED
@@ -61,36 +64,64 @@ def cached_plan(root: str, dataset: str, form_json: str, inputs: str) -> tuple[d
     return spec.to_params(), plan_selfplay(ws, spec).lines()
 
 
-def llm_parts(spec: SelfPlaySpec) -> list[tuple[str, str]]:
-    """(what, the environment variable of its key) for each part of the run that asks an LLM endpoint."""
+# The variables the workers of each part read their key from (the spec's api_key_env): set by the page, one per
+# part, so that each key reaches only the worker asking its own endpoint.
+KEY_VARIABLES = {"annotator": "MARGINLENS_ANNOTATOR_KEY", "evaluator": "MARGINLENS_EVALUATOR_KEY",
+                 "evolver": "MARGINLENS_EVOLVER_KEY"}
+
+
+def llm_parts(spec: SelfPlaySpec) -> list[tuple[str, str, str | None, str]]:
+    """(what, model, base URL, the environment variable of its key) for each part of the run that asks an LLM."""
     from marginlens.core.chat_client import KEY_ENV
 
-    parts = [(what, e.api_key_env or KEY_ENV) for what, e in (("annotator", spec.annotator),
-                                                               ("evaluator", spec.evaluator)) if e.asks_llm]
+    parts = [(what, e.target, e.base_url, e.api_key_env or KEY_ENV)
+             for what, e in (("annotator", spec.annotator), ("evaluator", spec.evaluator)) if e.asks_llm]
     if spec.evolver.get("kind") == "openai":
-        parts.append(("evolver", evolver_key_env(spec)))
+        parts.append(("evolver", spec.evolver["model"], spec.evolver.get("base_url"),
+                      spec.evolver.get("api_key_env") or KEY_ENV))
     return parts
 
 
 def is_openai(evolver: str | None) -> bool:
-    """Whether the evolver text names an OpenAI-compatible endpoint (its key variable and call cap apply)."""
+    """Whether the evolver text names an OpenAI-compatible endpoint (its endpoint picker and call cap apply)."""
     return (evolver or "").strip().lower().startswith("openai:")
 
 
-def evolver_key_env(spec: SelfPlaySpec) -> str:
+def evolver_text(evolver: str, workspace_root: Path) -> str:
+    """A local evolver's model confined like any model (access.model_spec); an openai one as typed."""
+    from marginlens.app.access import model_spec
+
+    kind, sep, model = evolver.strip().partition(":")
+    if sep and kind.strip().lower() == "local" and model.strip():
+        return f"local:{model_spec(model, workspace_root, 'evolver model')}"
+    return evolver.strip()
+
+
+def _choice(what: str, url: str | None, picked: dict[str, EndpointChoice | None]) -> EndpointChoice:
+    own = picked.get(what)
+    others = [c for w, c in picked.items() if w != what and c is not None]
+    return llm_endpoints.for_url(url, ([own] if own is not None else []) + others)
+
+
+def worker_env(spec: SelfPlaySpec, picked: dict[str, EndpointChoice | None]) -> dict[str, str]:
+    """The workers' extra environment: under each LLM part's variable, the key for that part's own URL (the one
+    picked for the part, else for that URL, else a configured endpoint's there), "" for none; OPENAI_API_KEY
+    set too (to "" when no part reads it), so no child worker inherits one."""
     from marginlens.core.chat_client import KEY_ENV
 
-    return spec.evolver.get("api_key_env") or KEY_ENV
-
-
-def worker_env(spec: SelfPlaySpec, key: str | None, evolver_key: str | None) -> dict[str, str]:
-    """The workers' extra environment: `key` under the variable of each annotator/evaluator that asks an LLM,
-    `evolver_key` under the openai evolver's variable (it wins where both name the same one). Empty: nothing
-    set, the environment's own value stays."""
-    env = {name: key for what, name in llm_parts(spec) if what != "evolver"} if key else {}
-    if evolver_key and spec.evolver.get("kind") == "openai":
-        env[evolver_key_env(spec)] = evolver_key
+    env: dict[str, str] = {KEY_ENV: ""}
+    for what, _, url, variable in llm_parts(spec):
+        env.update(llm_endpoints.key_env(_choice(what, url, picked), variable))
     return env
+
+
+def check_endpoints(spec: SelfPlaySpec, picked: dict[str, EndpointChoice | None]) -> None:
+    """Every LLM endpoint the run asks must answer now, each with its own key (not this process's)."""
+    for what, model, url, _ in llm_parts(spec):
+        try:
+            llm_endpoints.check(model, _choice(what, url, picked))
+        except MarginLensError as exc:
+            raise MarginLensError(f"the {what}'s endpoint: {exc}") from None
 
 
 def job_label(job: Job) -> str:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import streamlit as st
+from marginlens.core.integrity import DamagedFile
 from marginlens.core.workspace import Workspace
 
 
@@ -52,5 +53,25 @@ def page_with_dataset(title: str, sidebar_picker: bool = False) -> tuple[Workspa
         st.stop()
     if sidebar_picker:
         with st.sidebar:
-            return ws, dataset_picker(names)
-    return ws, dataset_picker(names)
+            name = dataset_picker(names)
+    else:
+        name = dataset_picker(names)
+    stop_if_damaged(ws, name, tables=True)
+    return ws, name
+
+
+def stop_if_damaged(ws: Workspace, name: str, tables: bool = False) -> None:
+    """Stop the page with the error of a damaged dataset -- the file, what is wrong, the repair command --
+    rather than a traceback further down; the picker above it stays, so another dataset can be chosen.
+    `tables`: the dataset's score table manifests too (the pages that pick tables list them all)."""
+    from marginlens.core.scoring.score_tables import list_score_tables
+
+    try:
+        ws.pairs_path(name)  # the manifest, and the file it points at
+        if tables:
+            list_score_tables(ws, name)
+    except DamagedFile as exc:
+        from marginlens.app.widgets import show_error
+
+        show_error(exc)
+        st.stop()

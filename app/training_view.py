@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import dataclasses
 import json
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -90,6 +91,32 @@ def overrides_from_form(prefilled: dict[str, Any], edited: dict[str, Any], extra
     lines = [line.strip() for line in extra.splitlines() if line.strip() and not line.strip().startswith("#")]
     overrides.update(parse_overrides(lines))
     return overrides
+
+
+# Training settings a dashboard client may not set: they name files on the server (DeepSpeed, FSDP and accelerator
+# configs), reach the network with the server's credentials (the Hub, experiment trackers), or pass options to
+# model loading (remote code, a cache folder, a token). The command line sets them, for someone at the shell.
+SERVER_SIDE_SETTINGS = ("deepspeed", "fsdp_config", "accelerator_config", "model_init_kwargs",
+                        "ref_model_init_kwargs", "report_to", "push_to_hub")
+SERVER_SIDE_PREFIXES = ("hub_", "trackio_", "push_to_hub")
+_HARMLESS = {"report_to": ("none", None, [], ["none"]), "push_to_hub": (False, None)}
+
+
+def dashboard_overrides(overrides: dict[str, Any], server_path: Callable[[str, str], Path]) -> dict[str, Any]:
+    """`overrides` as the dashboard accepts them: server-side settings refused, an accelerate config file
+    confined by `server_path` (access.server_path: under a data root); a TRL preset name stays as it is."""
+    for key, value in overrides.items():
+        server_side = key in SERVER_SIDE_SETTINGS or key.startswith(SERVER_SIDE_PREFIXES)
+        if server_side and value not in _HARMLESS.get(key, ()):
+            raise MarginLensError(f"training setting {key!r} is not taken from the dashboard (it names server files, "
+                                  "the network or model loading); set it from the command line: "
+                                  f"marginlens train EXPORT --set {key}=...")
+    out = dict(overrides)
+    config = out.get("accelerate_config")
+    if isinstance(config, str) and (config.strip().startswith(("/", ".", "~")) or "/" in config
+                                    or config.strip().endswith((".yaml", ".yml", ".json"))):
+        out["accelerate_config"] = str(server_path(config, "accelerate_config"))
+    return out
 
 
 def export_label(export: dict[str, Any]) -> str:

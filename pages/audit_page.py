@@ -2,8 +2,10 @@
 selection subset? Plan and estimate an audit, run it as a background job, read the paper-style chart
 and the verdicts, and flag the pairs the judge shows to be noisy. All work is core.audit / core.data.flags.
 
-The API key lives only in this session's widget state and reaches only the worker's environment
-(core.audit.audit_job.submit_audit): never a job spec, a verdict, a log or a file. Judge answers and pair texts
+The judge's endpoint is picked with access.endpoint_picker: a configured one carries the server's key to its own
+URL, a typed URL only the key typed beside it (kept in this session's widget state), and either reaches only the
+worker's environment (app.audit_start): never a job spec, a verdict, a log or a file. Viewers read the audits;
+starting, resuming and flagging are the operator's. Judge answers and pair texts
 are untrusted: they are shown in dataframes and code blocks, never as markdown or HTML.
 """
 
@@ -11,11 +13,11 @@ from __future__ import annotations
 
 import pandas as pd
 import streamlit as st
-from marginlens.app import explore_state, widgets
+from marginlens.app import access, audit_start, explore_state, llm_endpoints, widgets
 from marginlens.app.job_panel import job_panel
 from marginlens.app.state import page_with_dataset
 from marginlens.core.audit.agreement_chart import agreement_figure, chart_frame
-from marginlens.core.audit.audit_job import list_audits, submit_audit
+from marginlens.core.audit.audit_job import list_audits
 from marginlens.core.audit.audit_params import DEFAULT_CONCURRENCY, AuditParams, audit_params, reask_params
 from marginlens.core.audit.audit_report import (
     audit_report,
@@ -41,7 +43,7 @@ from marginlens.core.selection.margin_sources import margin_sources
 from marginlens.core.selection.margins import pair_texts, scored_note
 from marginlens.core.selection.metrics import MetricParams, metric_names
 
-KEY = "_audit_api_key"
+ENDPOINT_KEY = "_audit_endpoint"  # the judge endpoint picker's widgets (access.endpoint_picker)
 PLAN = "_audit_plan"
 NOTICE = "_audit_notice"
 NEXT_JOB = "_audit_next_job"
@@ -66,57 +68,59 @@ except MarginLensError:
 if sources is not None and sources.note:
     st.info(sources.note)
 
-st.text_input("API key", type="password", key=KEY,
-              help="Kept in this browser session only and handed to the audit worker's environment; never "
-                   "written to disk. Empty: the server's OPENAI_API_KEY.")
-with st.form("_audit_form"):
-    c1, c2 = st.columns(2)
-    base_url = c1.text_input("Endpoint base URL", key="_audit_base_url", placeholder="https://api.openai.com/v1",
-                             help="Any OpenAI-compatible server; empty: api.openai.com")
-    model = c2.text_input("Judge model", key="_audit_model", placeholder="gpt-4o")
-    # A row of its own: in a quarter-width column the chosen subsets showed two chips and a sliver.
-    subsets = st.multiselect("Subsets (top-k of each metric)", metric_names(),
-                             default=list(sources.paper_runnable if sources is not None else metric_names()),
-                             key="_audit_subsets")
-    s = st.columns(3)
-    n = s[0].number_input("Pairs per subset", min_value=1, value=DEFAULT_N, step=10, key="_audit_n")
-    ratio = s[1].number_input("Top-k ratio", min_value=0.01, max_value=1.0, value=float(defaults.ratio), step=0.05,
-                              key="_audit_ratio")
-    weight = s[2].number_input("M_AP weight w", min_value=0.0, value=float(defaults.weight), step=0.1,
-                               key="_audit_weight", help=widgets.WEIGHT_HELP)
-    b = st.columns(4)
-    max_calls = b[0].number_input("Max calls (0: no limit)", min_value=0, value=0, step=100, key="_audit_max_calls")
-    max_tokens = b[1].number_input("Max tokens (0: no limit)", min_value=0, value=0, step=10_000,
-                                   key="_audit_max_tokens")
-    concurrency = b[2].number_input("Concurrency", min_value=1, max_value=64, value=DEFAULT_CONCURRENCY,
-                                    key="_audit_concurrency")
-    timeout = b[3].number_input("Timeout per request (s)", min_value=1.0, value=60.0, step=10.0, key="_audit_timeout")
-    p = st.columns(4)
-    max_output = p[0].number_input("Max answer tokens", min_value=1, value=128, step=32, key="_audit_max_output")
-    seed = p[1].number_input("Sampling seed", value=DEFAULT_SAMPLE_SEED, step=1, key="_audit_seed")
-    price_in = p[2].number_input("USD per 1M input tokens", min_value=0.0, value=0.0, key="_audit_price_in",
-                                 help="optional: for the cost estimate")
-    price_out = p[3].number_input("USD per 1M output tokens", min_value=0.0, value=0.0, key="_audit_price_out")
-    estimate_clicked = st.form_submit_button("Estimate cost")
+operator = access.operator_only("running an audit or flagging pairs")
+judge_endpoint = None
+if operator:
+    # Outside the form: an endpoint picked for a Resume counts without a form submit.
+    judge_endpoint = access.endpoint_picker("Judge endpoint", ENDPOINT_KEY, url_placeholder="https://api.openai.com/v1")
+    with st.form("_audit_form"):
+        model = st.text_input("Judge model", key="_audit_model", placeholder="gpt-4o")
+        # A row of its own: in a quarter-width column the chosen subsets showed two chips and a sliver.
+        subsets = st.multiselect("Subsets (top-k of each metric)", metric_names(),
+                                 default=list(sources.paper_runnable if sources is not None else metric_names()),
+                                 key="_audit_subsets")
+        s = st.columns(3)
+        n = s[0].number_input("Pairs per subset", min_value=1, value=DEFAULT_N, step=10, key="_audit_n")
+        ratio = s[1].number_input("Top-k ratio", min_value=0.01, max_value=1.0, value=float(defaults.ratio),
+                                  step=0.05, key="_audit_ratio")
+        weight = s[2].number_input("M_AP weight w", min_value=0.0, value=float(defaults.weight), step=0.1,
+                                   key="_audit_weight", help=widgets.WEIGHT_HELP)
+        b = st.columns(4)
+        max_calls = b[0].number_input("Max calls (0: no limit)", min_value=0, value=0, step=100,
+                                      key="_audit_max_calls")
+        max_tokens = b[1].number_input("Max tokens (0: no limit)", min_value=0, value=0, step=10_000,
+                                       key="_audit_max_tokens")
+        concurrency = b[2].number_input("Concurrency", min_value=1, max_value=64, value=DEFAULT_CONCURRENCY,
+                                        key="_audit_concurrency")
+        timeout = b[3].number_input("Timeout per request (s)", min_value=1.0, value=60.0, step=10.0,
+                                    key="_audit_timeout")
+        p = st.columns(4)
+        max_output = p[0].number_input("Max answer tokens", min_value=1, value=128, step=32, key="_audit_max_output")
+        seed = p[1].number_input("Sampling seed", value=DEFAULT_SAMPLE_SEED, step=1, key="_audit_seed")
+        price_in = p[2].number_input("USD per 1M input tokens", min_value=0.0, value=0.0, key="_audit_price_in",
+                                     help="optional: for the cost estimate")
+        price_out = p[3].number_input("USD per 1M output tokens", min_value=0.0, value=0.0, key="_audit_price_out")
+        estimate_clicked = st.form_submit_button("Estimate cost")
 
-if estimate_clicked:
-    try:
-        picked = build_subsets(ws, dataset, metrics=tuple(subsets), ratio=float(ratio),
-                               params=MetricParams(weight=float(weight)), policy_fp=scorers["policy"],
-                               reward_fp=scorers["reward"])
-        endpoint = Endpoint(model.strip(), base_url.strip() or None, timeout=float(timeout),
-                            max_output_tokens=int(max_output))
-        params = audit_params(dataset, sample_subsets(picked, int(n), int(seed)), endpoint,
-                              max_calls=int(max_calls) or None, max_tokens=int(max_tokens) or None,
-                              concurrency=int(concurrency))
-        prices = (price_in, price_out) if price_in or price_out else (None, None)
-        st.session_state[PLAN] = {"dataset": dataset, "params": params, "estimate": estimate_cost(ws, params, *prices)}
-    except MarginLensError as exc:
-        st.session_state.pop(PLAN, None)
-        widgets.show_error(exc)
+    if estimate_clicked:
+        try:
+            picked = build_subsets(ws, dataset, metrics=tuple(subsets), ratio=float(ratio),
+                                   params=MetricParams(weight=float(weight)), policy_fp=scorers["policy"],
+                                   reward_fp=scorers["reward"])
+            endpoint = Endpoint(model.strip(), llm_endpoints.chosen_url(judge_endpoint, "Judge endpoint"),
+                                timeout=float(timeout), max_output_tokens=int(max_output))
+            params = audit_params(dataset, sample_subsets(picked, int(n), int(seed)), endpoint,
+                                  max_calls=int(max_calls) or None, max_tokens=int(max_tokens) or None,
+                                  concurrency=int(concurrency))
+            prices = (price_in, price_out) if price_in or price_out else (None, None)
+            st.session_state[PLAN] = {"dataset": dataset, "params": params,
+                                      "estimate": estimate_cost(ws, params, *prices)}
+        except MarginLensError as exc:
+            st.session_state.pop(PLAN, None)
+            widgets.show_error(exc)
 
 plan = st.session_state.get(PLAN)
-if plan and plan["dataset"] == dataset:
+if operator and plan and plan["dataset"] == dataset:
     est = plan["estimate"]
     m = st.columns(4)
     m[0].metric("Calls to make", f"{est.calls:,}", help=f"{est.calls_stored:,} of {est.calls_total:,} "
@@ -128,8 +132,8 @@ if plan and plan["dataset"] == dataset:
         st.warning("The budget stops the audit before every call is made: the report will be partial.")
     if st.button("Start audit", type="primary", key="_audit_start"):
         try:
-            job = submit_audit(ws, plan["params"], api_key=st.session_state.get(KEY) or None,
-                               on_warning=st.warning)  # e.g. the model is not in the server's list
+            job = audit_start.start(ws, plan["params"], [judge_endpoint],
+                                    on_warning=st.warning)  # e.g. the model is not in the server's list
         except MarginLensError as exc:
             widgets.show_error(exc)
         else:
@@ -138,7 +142,8 @@ if plan and plan["dataset"] == dataset:
 
 audits = list_audits(ws, dataset)
 if not audits:
-    st.info("No audit of this dataset yet: fill in the endpoint, estimate the cost, then start one.")
+    st.info("No audit of this dataset yet" + (": pick the endpoint, estimate the cost, then start one." if operator
+                                               else "."))
     st.stop()
 titles, labels = {}, {}
 for job in audits:
@@ -157,8 +162,7 @@ job_id = st.selectbox("Audit", list(labels), format_func=labels.get, key="_audit
 
 job = get_job(ws, job_id)
 status = job_panel(job, title=titles[job_id],
-                   on_resume=lambda: submit_audit(ws, AuditParams.from_dict(job.spec["params"]),
-                                                 api_key=st.session_state.get(KEY) or None))
+                   on_resume=lambda: audit_start.start(ws, AuditParams.from_dict(job.spec["params"]), [judge_endpoint]))
 if status.extra.get("budget_stop"):
     st.warning("Stopped at the budget. Raise max calls / tokens and start again: stored verdicts are reused.")
 
@@ -186,14 +190,14 @@ right.caption("agreement: share of decisive pairs (same answer in both orders) w
 
 if notice := st.session_state.pop(NOTICE, None):
     st.success(notice)
-reask = reask_params(VerdictStore.for_dataset(ws, params.dataset), params) if not status.live else None
+reask = reask_params(VerdictStore.for_dataset(ws, params.dataset), params) if operator and not status.live else None
 if reask is not None:
     n_reask = len(reask.pending(VerdictStore.for_dataset(ws, params.dataset)))
     if st.button(f"Re-ask the judge for {n_reask} off-format answers", key="_audit_reask",
                  help=f"{n_reask} new calls to {judge}, charged like any other and recorded as re-ask round "
                       f"{reask.reask}; the answers they replace stay in the verdict file"):
         try:
-            again = submit_audit(ws, reask, api_key=st.session_state.get(KEY) or None)
+            again = audit_start.start(ws, reask, [judge_endpoint])
         except MarginLensError as exc:
             widgets.show_error(exc)
         else:
@@ -223,23 +227,24 @@ pair_id = st.selectbox("Pair", pair_ids, key="_audit_pair", help="or click a row
 
 flags = load_flags(ws, dataset)
 current = flags.get(pair_id)
-action = st.radio("Flag action", FLAG_ACTIONS, horizontal=True, key="_audit_action", format_func=ACTION_LABELS.get)
-reversed_here = disagreements(ws, dataset, judge, params.prompt_version, params.pair_ids)
-f1, f2, f3 = st.columns(3)
-if f1.button("Flag as noisy", key="_audit_flag", type="primary"):
-    flag_pairs(ws, dataset, [pair_id], action=action, reason=f"flagged on the Audit page (judge {judge})",
-               judge_model=judge)
-    st.session_state[NOTICE] = f"Flagged {pair_id} ({action})."
-    st.rerun()
-if f2.button("Remove flag", key="_audit_unflag", disabled=current is None):
-    unflag_pairs(ws, dataset, [pair_id])
-    st.session_state[NOTICE] = f"Removed the flag of {pair_id}."
-    st.rerun()
-if f3.button(f"Flag all {len(reversed_here)} disagreements", key="_audit_flag_all", disabled=not reversed_here):
-    ids = flag_disagreements(ws, dataset, judge, action=action, prompt_version=params.prompt_version,
-                             pair_ids=params.pair_ids)
-    st.session_state[NOTICE] = f"Flagged {len(ids)} pairs the judge reverses ({action})."
-    st.rerun()
+if operator:  # flags change what every export leaves out: the operator's
+    action = st.radio("Flag action", FLAG_ACTIONS, horizontal=True, key="_audit_action", format_func=ACTION_LABELS.get)
+    reversed_here = disagreements(ws, dataset, judge, params.prompt_version, params.pair_ids)
+    f1, f2, f3 = st.columns(3)
+    if f1.button("Flag as noisy", key="_audit_flag", type="primary"):
+        flag_pairs(ws, dataset, [pair_id], action=action, reason=f"flagged on the Audit page (judge {judge})",
+                   judge_model=judge)
+        st.session_state[NOTICE] = f"Flagged {pair_id} ({action})."
+        st.rerun()
+    if f2.button("Remove flag", key="_audit_unflag", disabled=current is None):
+        unflag_pairs(ws, dataset, [pair_id])
+        st.session_state[NOTICE] = f"Removed the flag of {pair_id}."
+        st.rerun()
+    if f3.button(f"Flag all {len(reversed_here)} disagreements", key="_audit_flag_all", disabled=not reversed_here):
+        ids = flag_disagreements(ws, dataset, judge, action=action, prompt_version=params.prompt_version,
+                                 pair_ids=params.pair_ids)
+        st.session_state[NOTICE] = f"Flagged {len(ids)} pairs the judge reverses ({action})."
+        st.rerun()
 summary = flags_summary(ws, dataset)
 st.caption(f"This pair: {'flagged ' + current['action'] if current else 'not flagged'}. Dataset: "
            f"{len(summary['excluded'])} pairs flagged exclude, {len(summary['swapped'])} flagged swap; exports "

@@ -4,9 +4,10 @@ from __future__ import annotations
 
 import pandas as pd
 import streamlit as st
-from marginlens.app import readers, widgets
-from marginlens.app.job_panel import job_panel
-from marginlens.app.state import dataset_picker, select_dataset, workspace
+from marginlens.app import access, readers, uploads, widgets
+from marginlens.app.job_panel import is_live, job_panel
+from marginlens.app.state import dataset_picker, select_dataset, stop_if_damaged, workspace
+from marginlens.app.workspace_check import workspace_check
 from marginlens.core import jobs
 from marginlens.core.data.formats import FORMATS
 from marginlens.core.data.import_job import import_spec, submit_import
@@ -22,17 +23,28 @@ NAME_KEY, NAME_SUGGESTED = "_data_name", "_data_name_suggested"
 ws = workspace()
 st.title("Data")
 
-with st.expander("Import a dataset", expanded=not ws.dataset_names()):
+def _import_form() -> None:
+    roots = access.data_roots()
     upload_tab, path_tab, hub_tab = st.tabs(["Upload a file", "Path on the server", "Hub id"])
     with upload_tab:
-        uploaded = st.file_uploader("Preference data", type=["jsonl", "json", "parquet", "csv", "gz"])
+        uploaded = st.file_uploader("Preference data", type=uploads.UPLOAD_TYPES)
+        if uploaded is not None:
+            st.caption(f"Stored under the workspace's uploads/ by its content hash; "
+                       f"{widgets.md_escape(uploads.label(uploaded.name))} is only its label.")
     with path_tab:
-        server_path = st.text_input("File or save_to_disk folder", placeholder="/data/prefs.jsonl")
+        if roots:
+            server_path = st.text_input("File or save_to_disk folder", key="_data_server_path",
+                                        placeholder=f"{roots[0]}/prefs.jsonl",
+                                        help="under " + ", ".join(str(r) for r in roots))
+        else:
+            server_path = ""
+            st.info("This dashboard reads no folder of the server: upload the file instead, or ask whoever runs it "
+                    "to start it with `marginlens app --data-root DIR`.")
     with hub_tab:
-        hub_id = st.text_input("Hub dataset id (needs network)", placeholder="owner/name")
+        hub_text = st.text_input("Hub dataset id (needs network)", placeholder="owner/name", key="_data_hub_id")
     cols = st.columns(4)
     # Suggested from the source until the user types a name of their own, which a new source never overwrites.
-    suggestion = name_for_source(uploaded.name if uploaded else server_path or hub_id)
+    suggestion = name_for_source(uploads.label(uploaded.name) if uploaded else server_path or hub_text)
     if st.session_state.get(NAME_KEY, "") in ("", st.session_state.get(NAME_SUGGESTED, "")):
         st.session_state[NAME_KEY] = suggestion
     st.session_state[NAME_SUGGESTED] = suggestion
@@ -45,27 +57,36 @@ with st.expander("Import a dataset", expanded=not ws.dataset_names()):
                      format_func={"keep": "keep and flag (empty_response)", "reject": "reject as bad rows"}.get,
                      help="HH-RLHF prefers an empty answer to some harmful requests: a legitimate preference")
     replace = st.checkbox("Replace a dataset with the same name")
-    if st.button("Import", type="primary"):
+    if not st.button("Import", type="primary"):
+        return
+    try:
+        # Every source is checked before anything is written or read: the browser's file name never becomes a
+        # path, a typed path must lie under a data root, a Hub id must not name a file here.
         if uploaded is not None:
-            target = ws.root / "uploads" / uploaded.name
-            target.parent.mkdir(parents=True, exist_ok=True)
-            target.write_bytes(uploaded.getvalue())
-            source = str(target)
+            source = str(uploads.store_upload(ws, uploaded.name, uploaded.getvalue()))
+        elif server_path.strip():
+            source = str(access.server_path(server_path, "Path on the server"))
+        elif hub_text.strip():
+            source = uploads.hub_id(hub_text)
         else:
-            source = server_path.strip() or hub_id.strip()
-        try:
-            request = import_spec(source, name.strip(), format=fmt, mapping=parse_mapping(mapping_text),
-                                  policy=policy, max_prompt_chars=max_prompt or None, replace=replace,
-                                  allow_empty_responses=empty == "keep")
-            st.session_state[IMPORT_JOB] = submit_import(ws, request).id
-        except MarginLensError as exc:
-            widgets.show_error(exc)
+            raise MarginLensError("choose a file, a path or a Hub id first")
+        request = import_spec(source, name.strip(), format=fmt, mapping=parse_mapping(mapping_text),
+                              policy=policy, max_prompt_chars=max_prompt or None, replace=replace,
+                              allow_empty_responses=empty == "keep")
+        st.session_state[IMPORT_JOB] = submit_import(ws, request).id
+    except MarginLensError as exc:
+        widgets.show_error(exc)
+
+
+with st.expander("Import a dataset", expanded=not ws.dataset_names()):
+    if access.operator_only("importing a dataset"):
+        _import_form()
 
 
 # The import this session started, and any other one still running (from another tab).
 mine = st.session_state.get(IMPORT_JOB)
 for job in jobs.list_jobs(ws, "import"):
-    if job.id != mine and not job.status().live:
+    if job.id != mine and not is_live(job):
         continue
     spec = job.spec.get("params", {})
     status = job_panel(job, title=f"import of {spec.get('source')} as {spec.get('name')}")
@@ -84,25 +105,11 @@ if not names:
     st.stop()
 
 st.subheader("Datasets")
-st.dataframe(
-    pd.DataFrame(
-        [
-            {
-                "name": n,
-                "pairs": (m := readers.manifest(ws, n))["rows"]["imported"],
-                "rejected": m["rows"]["rejected"],
-                "format": m["format"],
-                "scores": "yes" if m.get("has_scores") else "no",
-                "source": m["source"],
-            }
-            for n in names
-        ]
-    ),
-    hide_index=True,
-    width="stretch",
-)
+st.dataframe(readers.dataset_rows(ws, names), hide_index=True, width="stretch")  # a damaged one listed as such
+workspace_check(ws)
 
 name = dataset_picker(names)
+stop_if_damaged(ws, name)
 manifest = readers.manifest(ws, name)
 rows = manifest["rows"]
 c1, c2, c3, c4 = st.columns(4)

@@ -6,15 +6,17 @@ from __future__ import annotations
 import json
 
 import streamlit as st
+from marginlens.app import access, llm_endpoints, widgets
 from marginlens.app import experiments_view as ev
-from marginlens.app import widgets
+from marginlens.app.access import EndpointChoice
 from marginlens.app.job_panel import job_panel
 from marginlens.app.state import current_dataset, workspace
 from marginlens.app.theory_view import render_theory
+from marginlens.app.training_view import dashboard_overrides
 from marginlens.core import jobs
+from marginlens.core.chat_client import KEY_ENV
 from marginlens.core.errors import MarginLensError
 from marginlens.core.experiments.experiment_job import (
-    child_env,
     experiment_state,
     experiment_table,
     submit_experiment,
@@ -34,7 +36,7 @@ from marginlens.core.selection.metrics import DEFAULT_PARAMS, metric_names
 from marginlens.core.training.presets import METHODS
 
 JOB_KEY = "experiments_job"  # the experiment the page shows; kept across pages
-API_KEY = "_exp_api_key"
+ENDPOINT_KEY = "_exp_endpoint"  # the evaluator endpoint picker's widgets (access.endpoint_picker)
 
 ws = workspace()
 st.title("Experiments")
@@ -49,11 +51,14 @@ def _default_eval() -> str:
     return "verifier:answer-match" if "answer-match" in names else (f"verifier:{names[0]}" if names else "")
 
 
-def _form() -> None:
+def _form() -> EndpointChoice | None:
+    """The new-experiment form; the evaluator endpoint picked in it (for a Resume below), if any."""
     names = ws.dataset_names()
     if not names:
         st.info("No dataset yet: import one on the Data page (or run `marginlens app --demo`).")
-        return
+        return None
+    if not access.operator_only("running an experiment"):
+        return None
     current = current_dataset(names)
     c1, c2, c3, c4 = st.columns([2, 3, 1, 1])
     dataset = c1.selectbox("Dataset", names, index=names.index(current), key="_exp_dataset")
@@ -68,11 +73,14 @@ def _form() -> None:
         "Evaluator", value=_default_eval(), key="_exp_eval",
         help="verifier:NAME (checkable answers; built in: " + (", ".join(verifier_names()) or "none") + "), "
              "reward:MODEL, rating:MODEL or judge:MODEL (win rate against the starting model, both orders); "
-             "options after commas: base_url=URL, max_new_tokens=N, api_key_env=NAME")
+             "options after commas: max_new_tokens=N, max_calls=N. A rating's or judge's endpoint is picked below.")
     eval_set = c3.text_input(
-        "Eval set (JSONL file; empty: held out from the dataset)", key="_exp_eval_set",
+        "Eval set (JSONL file on the server; empty: held out from the dataset)", key="_exp_eval_set",
         help=f"empty: a seeded {HELDOUT_SHARE:.0%} of the dataset's prompts (at most {HELDOUT_CAP}) is held out "
-             "and none of its pairs is trained on")
+             "and none of its pairs is trained on; a file must lie under a data root of this dashboard")
+    endpoint = None
+    if llm_endpoints.asks_llm(evaluator):
+        endpoint = access.endpoint_picker("Evaluator endpoint", ENDPOINT_KEY)
     c1, c2 = st.columns([3, 1])
     policy = c1.text_input("Starting model (Hub id or folder)", value=DEFAULT_POLICY, key="_exp_policy")
     device = c2.selectbox("Device", ("auto", "cpu", "cuda"), key="_exp_device")
@@ -85,54 +93,58 @@ def _form() -> None:
                                key="_exp_beta")
         signed = c4.checkbox("Signed m_im", value=bool(DEFAULT_PARAMS.signed), key="_exp_signed")
         c1, c2, c3 = st.columns(3)
-        policy_fp = c1.text_input("Policy table (empty: the newest scored with the starting model)", key="_exp_policy_fp")
-        reward_fp = c2.text_input("Reward table (empty: the dataset's scores, else the newest)", key="_exp_reward_fp")
-        reference_fp = c3.text_input("Reference table (the DPO form; dpo_gap needs it)", key="_exp_reference_fp")
+        tables = ev.table_choices(ws, dataset)
+        policy_fp = c1.selectbox("Policy table", tables["logprob"], format_func=ev.table_label(
+            "the newest scored with the starting model"), key="_exp_policy_fp")
+        reward_fp = c2.selectbox("Reward table", tables["reward"], format_func=ev.table_label(
+            "the dataset's scores, else the newest"), key="_exp_reward_fp")
+        reference_fp = c3.selectbox("Reference table (the DPO form; dpo_gap needs it)", tables["logprob"],
+                                    format_func=ev.table_label("none"), key="_exp_reference_fp")
     settings = st.text_area("Training settings, the same for every run (one key=value per line; preset defaults "
                             "otherwise)", key="_exp_settings", placeholder="max_steps=20\nlearning_rate=1e-5")
-    form = {"metrics": list(metrics), "ratio": float(ratio), "method": method, "seeds": int(seeds), "eval": evaluator,
-            "eval_set": eval_set.strip() or None, "policy": policy.strip() or None,
-            "device": None if device == "auto" else device, "weight": float(weight), "signed": bool(signed),
-            "threshold": float(threshold), "beta": float(beta), "policy_fp": policy_fp.strip() or None,
-            "reward_fp": reward_fp.strip() or None, "reference_fp": reference_fp.strip() or None}
     try:
-        form["overrides"] = ev.overrides_from_text(settings)
+        text = llm_endpoints.evaluator_text(evaluator, ws.root, "Evaluator")
+        if endpoint is not None:
+            text = llm_endpoints.with_endpoint(text, endpoint, "Evaluator endpoint")
+        form = {"metrics": list(metrics), "ratio": float(ratio), "method": method, "seeds": int(seeds), "eval": text,
+                "eval_set": str(access.server_path(eval_set, "Eval set")) if eval_set.strip() else None,
+                "policy": access.model_spec(policy, ws.root, "starting model") if policy.strip() else None,
+                "device": None if device == "auto" else device, "weight": float(weight), "signed": bool(signed),
+                "threshold": float(threshold), "beta": float(beta), "policy_fp": policy_fp, "reward_fp": reward_fp,
+                "reference_fp": reference_fp}
+        form["overrides"] = dashboard_overrides(ev.overrides_from_text(settings), access.server_path)
         params, lines = ev.cached_plan(str(ws.root), dataset, json.dumps(form, sort_keys=True),
                                        ev.plan_inputs(ws, dataset, form))
     except MarginLensError as exc:
         widgets.show_error(exc)
-        return
+        return endpoint
     spec = ExperimentSpec.from_params(params)
     with st.container(border=True):
         st.markdown("**What it will take**")
         st.markdown("\n".join(f"- {widgets.md_escape(line)}" for line in lines))
-    if spec.evaluator.asks_llm:
-        st.text_input("API key (kept in the worker's environment only, never written)", type="password", key=API_KEY)
     if st.button("Start", type="primary", key="_exp_start"):
-        env = _env(spec)
-        if spec.evaluator.asks_llm and not env:
-            from marginlens.core.chat_client import KEY_ENV
-
-            st.error(f"{spec.evaluator.label} asks an LLM: type its API key above (or set "
-                     f"${spec.evaluator.api_key_env or KEY_ENV} before starting the dashboard)")
-            return
-        job = submit_experiment(ws, spec, env=env)
+        try:
+            job = _submit(spec, endpoint)
+        except MarginLensError as exc:
+            widgets.show_error(exc)
+            return endpoint
         st.session_state[JOB_KEY] = st.session_state["_exp_run"] = job.id
         st.success(f"Experiment job {job.id} is {job.status().state}.")
+    return endpoint
 
 
-def _env(spec: ExperimentSpec) -> dict[str, str]:
-    """The evaluator's key for the worker: the one typed on this page, else the environment's."""
-    env = child_env(spec)
-    typed = st.session_state.get(API_KEY)
-    if typed and spec.evaluator.asks_llm:
-        from marginlens.core.chat_client import KEY_ENV
+def _env(spec: ExperimentSpec, endpoint: EndpointChoice | None) -> dict[str, str]:
+    """The evaluator's key for the worker, under the variable it reads (a spec the CLI made may name its own:
+    it is overwritten too, never inherited): the key picked for the evaluator's own URL (or the configured
+    endpoint's there), "" for none; nothing for an evaluator that asks no LLM."""
+    if not spec.evaluator.asks_llm:
+        return {}
+    picked = [endpoint] if endpoint is not None else []
+    choice = llm_endpoints.for_url(spec.evaluator.base_url, picked)
+    return llm_endpoints.key_env(choice, spec.evaluator.api_key_env or KEY_ENV)
 
-        env[spec.evaluator.api_key_env or KEY_ENV] = typed
-    return env
 
-
-def _results() -> None:
+def _results(endpoint: EndpointChoice | None) -> None:
     st.subheader("Experiments run")
     runs = {j.id: j for j in jobs.list_jobs(ws, "experiment")}
     if not runs:
@@ -146,7 +158,7 @@ def _results() -> None:
     st.session_state[JOB_KEY] = job_id
     job = runs[job_id]
     spec = ExperimentSpec.from_params(job.spec["params"])
-    job_panel(job, title="experiment", on_resume=lambda: submit_experiment(ws, spec, env=_env(spec)),
+    job_panel(job, title="experiment", on_resume=lambda: _submit(spec, endpoint),
               cancel_help="cancels the running training or evaluation too (a training run saves a checkpoint); "
                           "Resume continues where it stopped")
     state = experiment_state(job)
@@ -170,9 +182,16 @@ def _results() -> None:
     st.plotly_chart(ev.results_figure(table), key="_exp_chart", config={"displaylogo": False})
 
 
+def _submit(spec: ExperimentSpec, endpoint: EndpointChoice | None) -> jobs.Job:
+    """Start, join or resume the experiment: its LLM evaluator is asked first, with the key for its own URL."""
+    if spec.evaluator.asks_llm:
+        llm_endpoints.check(spec.evaluator.target, llm_endpoints.for_url(spec.evaluator.base_url,
+                                                                         [endpoint] if endpoint else []))
+    return submit_experiment(ws, spec, env=_env(spec, endpoint), check=False)
+
+
 with lab:
     st.subheader("New experiment")
     st.caption("For each metric and seed: select the metric's top pairs, train with one identical configuration, "
                "evaluate the trained model on held-out prompts; the starting model is evaluated once as the baseline.")
-    _form()
-    _results()
+    _results(_form())

@@ -7,7 +7,7 @@ import json
 import numpy as np
 import pandas as pd
 import streamlit as st
-from marginlens.app import explore_state, export_download, widgets
+from marginlens.app import access, explore_state, export_download, widgets
 from marginlens.app.explore_brush import brush_mask, describe_brush, restrict_selection
 from marginlens.app.explore_view import compute_view, effective_controls, needs_texts
 from marginlens.app.state import page_with_dataset
@@ -81,7 +81,9 @@ st.dataframe(summary, width="stretch")
 for warning in selection.warnings:
     st.caption(f"note: {widgets.md_escape(warning)}")
 
-if st.button("Write export", type="primary", disabled=counts["selected"] == 0, key="_export_write"):
+# Writing to the server is the operator's; a viewer sees the preview (access.operator_only says who can write).
+if access.operator_only("writing an export") and st.button("Write export", type="primary",
+                                                            disabled=counts["selected"] == 0, key="_export_write"):
     try:
         result = export_selection(ws, dataset, selection, margins, out.strip(), fmt, layout=layout,
                                   include_metrics=with_metrics, overwrite=overwrite, apply_flags=apply_flags)
@@ -108,3 +110,13 @@ if last:
             st.json(json.load(fh), expanded=1)
     except FileNotFoundError:
         st.warning("The manifest of the last export is gone (moved or deleted).")
+
+# Every signed-in user, viewers included, downloads what operators exported; the bytes are read on click.
+exports = export_download.workspace_exports(ws)
+if exports:
+    st.subheader("Exports in this workspace")
+    for i, path in enumerate(exports):
+        c1, c2 = st.columns([3, 1])
+        c1.markdown(f"`{path.relative_to(ws.exports_dir)}`")
+        c2.download_button("Download", lambda p=path: export_download.download_payload(p)[0],
+                           file_name=path.name + (".zip" if path.is_dir() else ""), key=f"_export_dl_{i}")

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pandas as pd
 import streamlit as st
-from marginlens.app import score_form, widgets
+from marginlens.app import access, score_form, widgets
 from marginlens.app.job_panel import job_panel
 from marginlens.app.state import page_with_dataset
 from marginlens.core.errors import MarginLensError
@@ -15,55 +15,58 @@ missing = score_form.explicit_note(ws, dataset)
 if missing:
     st.info(missing)
 
-# Outside the form, as on the Audit page: a key typed for a Resume counts without a form submit.
-st.text_input("LLM rating: API key", type="password", key=score_form.API_KEY,
-              help="for LLM rating: kept in this browser session and handed to the job's environment only (on "
-                   "start and on Resume), never written to disk; empty: the server's OPENAI_API_KEY")
-with st.form("score_form"):
-    st.markdown("**Implicit margin** (log-probs under a causal LM)")
-    c1, c2 = st.columns(2)
-    policy = c1.text_input("Policy model (Hub id or folder)", value=score_form.DEFAULT_POLICY,
-                           help="empty: skip the implicit margin")
-    reference = c2.text_input("Reference model (optional: DPO-form margin)", value="")
-    st.markdown("**Explicit margin**")
-    e1, e2 = st.columns([1, 2])
-    source = e1.radio("Source", score_form.EXPLICIT_SOURCES, format_func=score_form.EXPLICIT_LABELS.get)
-    explicit_value = e2.text_input(
-        "Columns or model", value="", help=score_form.EXPLICIT_VALUE_HELP)
-    st.caption(score_form.reward_model_note(dataset))
-    r1, r2 = st.columns(2)
-    rating_url = r1.text_input("LLM rating: endpoint", value="", placeholder="http://127.0.0.1:8000/v1",
-                               help="any OpenAI-compatible server; empty: api.openai.com. The model name goes in "
-                                    "'Columns or model'.")
-    rating_calls = r2.number_input("LLM rating: max calls (0: no limit)", min_value=0, value=0, step=100)
-    s1, s2, s3, s4, s5 = st.columns(5)
-    device = s1.selectbox("Device", ("auto", "cpu", "cuda"))
-    dtype = s5.selectbox("Dtype", score_form.DTYPES, help=score_form.DTYPE_HELP)
-    max_length = s2.number_input("Max length (tokens)", min_value=16, value=score_form.DEFAULT_MAX_LENGTH, step=128)
-    max_prompt = s3.number_input("Max prompt length", min_value=8, value=score_form.DEFAULT_MAX_PROMPT_LENGTH,
-                                 step=128)
-    mode = s4.selectbox("Tokenisation", score_form.MODES,
-                        help="clean: generation prompt in the prompt; reference: the paper's exact preprocessing")
-    p1, p2 = st.columns(2)
-    sample = p1.number_input("Sample (pairs; 0 = all)", min_value=0, value=0, step=100,
-                             help="score a seeded sample: the same pairs every time, and a larger sample "
-                                  "reuses the pairs already scored")
-    seed = p2.number_input("Sample seed", min_value=0, value=0, step=1)
-    submitted = st.form_submit_button("Start scoring", type="primary")
+if access.operator_only("scoring"):
+    # Outside the form, as on the Audit page: an endpoint picked for a Resume counts without a form submit.
+    with st.expander("LLM rating endpoint (for the LLM-rating source only)"):
+        rating = access.endpoint_picker("Endpoint", score_form.ENDPOINT_KEY)
+    with st.form("score_form"):
+        st.markdown("**Implicit margin** (log-probs under a causal LM)")
+        c1, c2 = st.columns(2)
+        policy = c1.text_input("Policy model (Hub id or folder)", value=score_form.DEFAULT_POLICY, key="_score_policy",
+                               help="empty: skip the implicit margin")
+        reference = c2.text_input("Reference model (optional: DPO-form margin)", value="", key="_score_reference")
+        st.markdown("**Explicit margin**")
+        e1, e2 = st.columns([1, 2])
+        source = e1.radio("Source", score_form.EXPLICIT_SOURCES, format_func=score_form.EXPLICIT_LABELS.get)
+        explicit_value = e2.text_input("Columns or model", value="", help=score_form.EXPLICIT_VALUE_HELP,
+                                       key="_score_explicit_value")
+        st.caption(score_form.reward_model_note(dataset))
+        rating_calls = st.number_input("LLM rating: max calls (0: no limit)", min_value=0, value=0, step=100,
+                                       help="the rater's endpoint is picked above; its model name goes in "
+                                            "'Columns or model'")
+        s1, s2, s3, s4, s5 = st.columns(5)
+        device = s1.selectbox("Device", ("auto", "cpu", "cuda"))
+        dtype = s5.selectbox("Dtype", score_form.DTYPES, help=score_form.DTYPE_HELP)
+        max_length = s2.number_input("Max length (tokens)", min_value=16, value=score_form.DEFAULT_MAX_LENGTH,
+                                     step=128)
+        max_prompt = s3.number_input("Max prompt length", min_value=8, value=score_form.DEFAULT_MAX_PROMPT_LENGTH,
+                                     step=128)
+        mode = s4.selectbox("Tokenisation", score_form.MODES,
+                            help="clean: generation prompt in the prompt; reference: the paper's exact preprocessing")
+        p1, p2 = st.columns(2)
+        sample = p1.number_input("Sample (pairs; 0 = all)", min_value=0, value=0, step=100,
+                                 help="score a seeded sample: the same pairs every time, and a larger sample "
+                                      "reuses the pairs already scored")
+        seed = p2.number_input("Sample seed", min_value=0, value=0, step=1)
+        submitted = st.form_submit_button("Start scoring", type="primary")
 
-if submitted:
-    try:
-        spec = score_form.build_spec(dataset, policy, reference, source, explicit_value, device, int(max_length),
-                                     int(max_prompt), mode)
-        spec = score_form.with_dtype(spec, dtype)
-        spec = score_form.with_sample(spec, int(sample), int(seed))
-        spec = score_form.with_rating(spec, rating_url, int(rating_calls))
-        with st.spinner("Planning (hashing model files) ..."):
-            message = score_form.submit(ws, spec, api_key=st.session_state.get(score_form.API_KEY) or None)
-    except MarginLensError as exc:
-        widgets.show_error(exc)
-    else:
-        st.success(message)
+    if submitted:
+        try:
+            policy, reference, explicit_value = score_form.confined_models(ws, policy, reference, source,
+                                                                           explicit_value)
+            spec = score_form.build_spec(dataset, policy, reference, source, explicit_value, device, int(max_length),
+                                         int(max_prompt), mode)
+            spec = score_form.with_dtype(spec, dtype)
+            spec = score_form.with_sample(spec, int(sample), int(seed))
+            spec = score_form.with_rating(spec, rating, int(rating_calls))
+            with st.spinner("Planning (hashing model files) ..."):
+                message = score_form.submit(ws, spec, rating)
+        except MarginLensError as exc:
+            widgets.show_error(exc)
+        else:
+            st.success(message)
+else:
+    rating = None
 
 
 st.subheader("Scoring jobs")
@@ -72,7 +75,7 @@ if not score_jobs:
     st.caption("No scoring job for this dataset yet.")
 for job in score_jobs:
     job_panel(job, title=score_form.models_label(job),
-              on_resume=lambda job=job: score_form.resume(ws, job, st.session_state.get(score_form.API_KEY) or None))
+              on_resume=lambda job=job: score_form.resume(ws, job, [rating] if rating else []))
 
 st.subheader("Finished score tables")
 tables = list_score_tables(ws, dataset)

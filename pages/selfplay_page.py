@@ -6,12 +6,14 @@ from __future__ import annotations
 import json
 
 import streamlit as st
+from marginlens.app import access, llm_endpoints, widgets
 from marginlens.app import selfplay_timeline as tl
 from marginlens.app import selfplay_view as sv
-from marginlens.app import widgets
+from marginlens.app.access import EndpointChoice
 from marginlens.app.experiments_view import overrides_from_text
 from marginlens.app.job_panel import job_panel
 from marginlens.app.state import current_dataset, workspace
+from marginlens.app.training_view import dashboard_overrides
 from marginlens.core import jobs
 from marginlens.core.errors import MarginLensError
 from marginlens.core.experiments.experiment_results import cell_key
@@ -28,8 +30,6 @@ from marginlens.core.selfplay.strategies import DEFAULT_STRATEGIES, STRATEGIES
 from marginlens.core.training.presets import METHODS
 
 JOB_KEY = "selfplay_job"  # the run the page shows; kept across pages
-API_KEY = "_sp_api_key"
-EVOLVER_KEY = "_sp_evolver_api_key"
 
 ws = workspace()
 st.title("Self-play")
@@ -47,12 +47,20 @@ def _reference_free() -> list[str]:
     return [n for n in verifier_names() if set(get_verifier(n).needs) <= {"samples"}]
 
 
-def _form() -> None:
+def _picker(what: str, text: str, key: str, kinds: tuple[str, ...] = llm_endpoints.LLM_KINDS) -> EndpointChoice | None:
+    """The endpoint picker of a part whose text asks an LLM (None for one that asks none)."""
+    return access.endpoint_picker(f"{what} endpoint", key) if llm_endpoints.kind_of(text) in kinds else None
+
+
+def _form() -> dict[str, EndpointChoice | None]:
+    """The new-run form; the endpoints picked in it, per part (for a Resume below)."""
     names = ws.dataset_names()
     if not names:
         st.info("No dataset yet: import one on the Data page (or run `marginlens app --demo`); its prompts seed "
                 "the run.")
-        return
+        return {}
+    if not access.operator_only("starting a self-play run"):
+        return {}
     current = current_dataset(names)
     c1, c2 = st.columns([1, 2])
     dataset = c1.selectbox("Dataset (its prompts seed the run)", names, index=names.index(current), key="_sp_dataset")
@@ -63,12 +71,16 @@ def _form() -> None:
                              key="_sp_annotate",
                              help="verifier:NAME, reference-free (a rewritten prompt has no reference answer; "
                                   "available: " + (", ".join(free) or "none") + "), reward:MODEL or rating:MODEL; "
-                                  "options after commas: base_url=URL, api_key_env=NAME")
+                                  "a rating's endpoint is picked below")
     evaluator = c2.text_input("Evaluator (scores each trained model)", value=_verifier("answer-match", verifier_names()),
                               key="_sp_eval",
                               help="verifier:NAME, reward:MODEL, rating:MODEL or judge:MODEL (win rate against the "
-                                   "starting model); options after commas: base_url=URL, api_key_env=NAME")
-    eval_set = c3.text_input("Eval set (JSONL file; empty: held out from the dataset)", key="_sp_eval_set")
+                                   "starting model); a rating's or judge's endpoint is picked below")
+    eval_set = c3.text_input("Eval set (JSONL file on the server; empty: held out from the dataset)",
+                             key="_sp_eval_set", help="a file must lie under a data root of this dashboard")
+    # a judge compares two models: never an annotator (the spec says so), so no endpoint to pick for one
+    picked = {"annotator": _picker("Annotator", annotate, "_sp_annotate_endpoint", ("rating",)),
+              "evaluator": _picker("Evaluator", evaluator, "_sp_eval_endpoint")}
     c1, c2 = st.columns([2, 3])
     runnable = sps.selfplay_metrics()
     metrics = c1.multiselect("Metrics", runnable, default=[m for m in sps.DEFAULT_METRICS if m in runnable],
@@ -84,16 +96,14 @@ def _form() -> None:
                             help="the top int(ratio·N) prompts of each round are evolved")
     n = c4.number_input("Answers per prompt (n)", 2, 64, SAMPLING.n, key="_sp_n")
     max_prompts = c5.number_input("Max seed prompts", 2, 100_000, sps.DEFAULT_MAX_PROMPTS, key="_sp_max_prompts")
-    c1, c2 = st.columns([3, 2])
-    evolver = c1.text_input("Evolver (empty: the starting model)", key="_sp_evolver",
-                            help="local:MODEL (a folder or hub id) or openai:MODEL (an OpenAI-compatible endpoint)")
-    evolver_url = c2.text_input("Evolver base URL (openai: only)", key="_sp_evolver_url")
-    key_env, max_calls = None, None
+    evolver = st.text_input("Evolver (empty: the starting model)", key="_sp_evolver",
+                            help="local:MODEL (a folder or hub id) or openai:MODEL (an OpenAI-compatible endpoint, "
+                                 "picked below)")
+    max_calls = None
     if sv.is_openai(evolver):
         c1, c2 = st.columns([3, 2])
-        key_env = c1.text_input("Evolver key variable (empty: OPENAI_API_KEY)", key="_sp_evolver_key_env",
-                                help="the environment variable its worker reads the key from; the key itself is "
-                                     "typed below, never stored")
+        with c1:
+            picked["evolver"] = access.endpoint_picker("Evolver endpoint", "_sp_evolver_endpoint")
         max_calls = c2.number_input("Evolver max calls (empty: no cap)", min_value=1, value=None, step=1,
                                     key="_sp_evolver_max_calls", help="requests one evolve job may make, retries "
                                                                       "counted: the cost cap")
@@ -116,48 +126,63 @@ def _form() -> None:
     preset = c2.text_input("Preset (empty: the method's)", key="_sp_preset")
     settings = c3.text_area("Training settings, the same for every run (one key=value per line)", key="_sp_settings",
                             placeholder="max_steps=20\nlearning_rate=1e-5")
-    form = {"annotate": annotate.strip(), "eval": evaluator.strip(), "policy": policy.strip() or None,
-            "evolver": evolver.strip() or None, "evolver_url": evolver_url.strip() or None,
-            "evolver_key_env": (key_env or "").strip() or None,
-            "evolver_max_calls": None if max_calls is None else int(max_calls),
-            "iterations": int(iterations), "metrics": list(metrics), "seeds": int(seeds), "ratio": float(ratio),
-            "weight": float(weight), "signed": bool(signed), "strategies": list(strategies),
-            "max_prompts": int(max_prompts), "sampling": sampling_settings(n, temperature, top_p, max_new),
-            "evolve": evolve_settings(evolve_new, max_ratio), "backend": backend,
-            "eval_set": eval_set.strip() or None, "method": method, "preset": preset.strip() or None,
-            "device": None if device == "auto" else device}
     try:
+        form = {"annotate": annotate.strip(), "eval": evaluator.strip(), "policy": policy.strip() or None,
+                "evolver": evolver.strip() or None, "evolver_url": None, "evolver_key_env": None,
+                "evolver_max_calls": None if max_calls is None else int(max_calls),
+                "iterations": int(iterations), "metrics": list(metrics), "seeds": int(seeds), "ratio": float(ratio),
+                "weight": float(weight), "signed": bool(signed), "strategies": list(strategies),
+                "max_prompts": int(max_prompts), "sampling": sampling_settings(n, temperature, top_p, max_new),
+                "evolve": evolve_settings(evolve_new, max_ratio), "backend": backend,
+                "eval_set": eval_set.strip() or None, "method": method, "preset": preset.strip() or None,
+                "device": None if device == "auto" else device}
         sv.check_form(form)
-        form["overrides"] = overrides_from_text(settings)
+        _confine(form, picked)
+        form["overrides"] = dashboard_overrides(overrides_from_text(settings), access.server_path)
         params, lines = sv.cached_plan(str(ws.root), dataset, json.dumps(form, sort_keys=True),
                                        sv.plan_inputs(ws, dataset, form))
     except MarginLensError as exc:
         widgets.show_error(exc)
-        return
+        return picked
     spec = sps.SelfPlaySpec.from_params(params)
     with st.container(border=True):
         st.markdown("**What it will take**")
         st.markdown("\n".join(f"- {widgets.md_escape(line)}" for line in lines))
-    parts = [(what, name) for what, name in sv.llm_parts(spec) if what != "evolver"]
-    if parts:
-        st.text_input("API key of the " + ", ".join(what for what, _ in parts) + " (kept in the workers' environment "
-                      "only, never written)", type="password", key=API_KEY)
-    if spec.evolver.get("kind") == "openai":
-        st.text_input(f"API key of the evolver (its worker's {sv.evolver_key_env(spec)}; empty: the environment's; "
-                      "never written)", type="password", key=EVOLVER_KEY)
     if st.button("Start", type="primary", key="_sp_start"):
         try:
-            job = submit_selfplay(ws, spec, env=_env(spec))
+            job = _submit(spec, picked)
         except MarginLensError as exc:  # an endpoint that does not answer, a dataset re-imported meanwhile
             widgets.show_error(exc)
-            return
+            return picked
         st.session_state[JOB_KEY] = st.session_state["_sp_run"] = job.id
         st.success(f"Self-play job {job.id} is {job.status().state}.")
+    return picked
 
 
-def _env(spec: sps.SelfPlaySpec) -> dict[str, str]:
-    """The keys typed on this page, each under the variable its part reads (the environment's otherwise)."""
-    return sv.worker_env(spec, st.session_state.get(API_KEY), st.session_state.get(EVOLVER_KEY))
+def _confine(form: dict, picked: dict[str, EndpointChoice | None]) -> None:
+    """The form's paths, models and endpoints as the dashboard allows them (access): texts naming an endpoint or
+    a key variable refused, the picked endpoints' URLs and the page's key variables put in instead."""
+    for field, what in (("annotate", "annotator"), ("eval", "evaluator")):
+        text = llm_endpoints.evaluator_text(form[field], ws.root, what.capitalize())
+        if picked[what] is not None:
+            text = llm_endpoints.with_endpoint(text, picked[what], f"{what.capitalize()} endpoint",
+                                               sv.KEY_VARIABLES[what])
+        form[field] = text
+    if form["policy"]:
+        form["policy"] = access.model_spec(form["policy"], ws.root, "starting model")
+    if form["evolver"]:
+        form["evolver"] = sv.evolver_text(form["evolver"], ws.root)
+    if picked.get("evolver") is not None:
+        form["evolver_url"] = llm_endpoints.chosen_url(picked["evolver"], "Evolver endpoint")
+        form["evolver_key_env"] = sv.KEY_VARIABLES["evolver"]
+    if form["eval_set"]:
+        form["eval_set"] = str(access.server_path(form["eval_set"], "Eval set"))
+
+
+def _submit(spec: sps.SelfPlaySpec, picked: dict[str, EndpointChoice | None]) -> jobs.Job:
+    """Start, join or resume the run: each LLM endpoint is asked first, with the key for its own URL."""
+    sv.check_endpoints(spec, picked)
+    return submit_selfplay(ws, spec, env=sv.worker_env(spec, picked), check=False)
 
 
 def _timeline(job: jobs.Job, order: list[str], live: bool) -> None:
@@ -206,7 +231,7 @@ def _lineage(job: jobs.Job, order: list[str]) -> None:
         st.dataframe(dropped, hide_index=True, key="_sp_dropped")
 
 
-def _results() -> None:
+def _results(picked: dict[str, EndpointChoice | None]) -> None:
     st.subheader("Self-play runs")
     runs = {j.id: j for j in jobs.list_jobs(ws, "selfplay")}
     if not runs:
@@ -220,7 +245,7 @@ def _results() -> None:
     st.session_state[JOB_KEY] = job_id
     job = runs[job_id]
     spec = sps.SelfPlaySpec.from_params(job.spec["params"])
-    status = job_panel(job, title="self-play", on_resume=lambda: submit_selfplay(ws, spec, env=_env(spec)),
+    status = job_panel(job, title="self-play", on_resume=lambda: _submit(spec, picked),
                        cancel_help="cancels the running child job too; Resume continues where it stopped")
     order = [cell_key(metric, seed) for metric, seed in spec.chains]
     _timeline(job, order, status.live)
@@ -228,5 +253,4 @@ def _results() -> None:
 
 
 st.subheader("New run")
-_form()
-_results()
+_results(_form())

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import streamlit as st
-from marginlens.app import navigation, widgets
+from marginlens.app import access, navigation, widgets
 from marginlens.app import training_view as tv
 from marginlens.app.job_panel import job_panel
 from marginlens.app.state import workspace
@@ -31,9 +31,10 @@ st.title("Train")
 # ---- a new run --------------------------------------------------------------------------------------
 st.subheader("New run")
 exports = list_exports(ws)
-if not exports:
+operator = access.operator_only("training")  # the page is not in a viewer's navigation: a second lock
+if operator and not exports:
     st.info("No exports yet: write a curated subset on the Export page, then train on it here.")
-else:
+elif operator:
     c1, c2, c3, c4 = st.columns([3, 1, 2, 1])
     paths = [e["path"] for e in exports]
     by_path = {e["path"]: e for e in exports}
@@ -74,7 +75,7 @@ else:
         extra = st.text_area("Other settings (one key=value per line: any DPOConfig / CPOConfig field)",
                              key=prefix + "extra", placeholder="e.g. optim=sgd\nmax_prompt_length=512")
         try:
-            overrides = tv.overrides_from_form(prefilled, edited, extra)
+            overrides = tv.dashboard_overrides(tv.overrides_from_form(prefilled, edited, extra), access.server_path)
             fitted = resolve_settings(method, preset, overrides, device=device)
         except MarginLensError as exc:
             widgets.show_error(exc)
@@ -89,9 +90,10 @@ else:
         launch = st.button("Launch training", type="primary", key="_train_launch", disabled=fitted is None)
     if launch and overrides is not None:
         try:
+            policy = access.model_spec(model, ws.root, "policy model") if model.strip() else None
             with st.spinner("Checking the data and settings, hashing the model ..."):
-                job = submit_training(ws, export, method, preset=preset, model=model.strip() or None,
-                                      overrides=overrides, device=device)
+                job = submit_training(ws, export, method, preset=preset, model=policy, overrides=overrides,
+                                      device=device)
         except MarginLensError as exc:
             widgets.show_error(exc)
         else:
@@ -156,7 +158,7 @@ if status.state is JobState.DONE:
     dataset = r1.selectbox("Dataset to re-score", names, index=names.index(source) if source in names else 0,
                            key="_train_rescore_dataset", help="default: the dataset the export was selected from")
     started = st.session_state.setdefault(RESCORE_KEY, {})
-    if r2.button("Re-score with the trained model", key="_train_rescore"):
+    if operator and r2.button("Re-score with the trained model", key="_train_rescore"):
         try:
             handle = rescore(ws, dataset, job, device=spec.device or "auto")
         except MarginLensError as exc:

@@ -91,3 +91,17 @@ def metrics(at) -> dict[str, str]:
 def no_errors(at) -> None:
     assert not at.exception, [e.message for e in at.exception]
     assert not at.error, [e.value for e in at.error]
+
+
+def serve_config(monkeypatch, folder: Path, data_roots=(), endpoints=()) -> Path:
+    """Pages under AppTest read what `marginlens app` was launched with from the file MARGINLENS_SERVE_CONFIG
+    names (app.serve_config.load): data roots, and endpoints as (name, url, key or None)."""
+    from marginlens.app.serve_config import CONFIG_ENV, Endpoint, ServeConfig
+
+    config = ServeConfig(auth="none", data_roots=tuple(str(Path(r).resolve()) for r in data_roots),
+                         endpoints=tuple(Endpoint(*e) for e in endpoints))
+    path = Path(folder) / "serve.json"
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(config.to_json(), encoding="utf-8")
+    monkeypatch.setenv(CONFIG_ENV, str(path))
+    return path

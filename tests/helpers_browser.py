@@ -1,4 +1,4 @@
-"""Headless Debian Chromium against a real Streamlit server on 127.0.0.1: what the browser tests share."""
+"""Headless Debian Chromium against a real dashboard (`marginlens app`) on 127.0.0.1: what the browser tests share."""
 
 from __future__ import annotations
 
@@ -57,18 +57,28 @@ def wait_healthy(url: str, proc: subprocess.Popen, timeout: float = 60) -> None:
     raise TimeoutError("streamlit did not become healthy")
 
 
+# The operator's and a viewer's sign-in tokens for every test server (`marginlens app --token ...`).
+TOKEN = "test-operator-token-0123456789"
+VIEWER_TOKEN = "test-viewer-token-0123456789"
+
+
+def signed_in(url: str, path: str = "/", token: str = TOKEN) -> str:
+    """The URL that signs a browser in (the gate sets its cookie and redirects to `path`)."""
+    return f"{url}{path}?token={token}"
+
+
 @contextmanager
 def dashboard_server(workspace: str | os.PathLike, log: str | os.PathLike | None = None,
-                     env: dict[str, str] | None = None) -> Iterator[str]:
-    """`streamlit run app/main.py` on a free port of 127.0.0.1 over `workspace`, offline; yields its URL once
-    healthy and stops it afterwards. Its output goes to `log` (discarded when None)."""
-    port = free_port()
-    env = {**os.environ, "MARGINLENS_WORKSPACE": str(workspace), "HF_HUB_OFFLINE": "1", **(env or {})}
+                     env: dict[str, str] | None = None, args: list[str] | None = None,
+                     port: int | None = None) -> Iterator[str]:
+    """`marginlens app` on a free port of 127.0.0.1 over `workspace`, offline, with the test tokens (and
+    `args`); yields its base URL once healthy and stops it afterwards. Its output goes to `log`."""
+    port = port or free_port()
+    env = {**os.environ, "HF_HUB_OFFLINE": "1", **(env or {})}
     out = open(log, "wb") if log is not None else subprocess.DEVNULL
     proc = subprocess.Popen(
-        [sys.executable, "-m", "streamlit", "run", "app/main.py", "--server.address", "127.0.0.1",
-         "--server.port", str(port), "--server.headless", "true", "--browser.gatherUsageStats", "false",
-         "--server.fileWatcherType", "none"],
+        [str(Path(sys.executable).parent / "marginlens"), "app", "--workspace", str(workspace), "--port", str(port),
+         *([] if "--auth" in (args or []) else ["--token", TOKEN, "--viewer-token", VIEWER_TOKEN]), *(args or [])],
         cwd=REPO, env=env, stdout=out, stderr=subprocess.STDOUT,
     )
     url = f"http://127.0.0.1:{port}"

@@ -1,6 +1,7 @@
 """Audit page: plan and estimate an audit, start it (a real worker process judging through a real scripted
-OpenAI-compatible server on 127.0.0.1), cancel and resume it, read the chart and the verdicts, and flag
-pairs; the key typed into the page never reaches a file, and judge/pair texts never reach markdown."""
+OpenAI-compatible server on 127.0.0.1, picked as "another URL" with a key typed beside it), cancel and resume it,
+read the chart and the verdicts, and flag pairs; the key typed into the page never reaches a file, and judge/pair
+texts never reach markdown. Where keys must not go is in test_app_attacks.py."""
 
 from __future__ import annotations
 
@@ -50,7 +51,12 @@ def test_page_without_audit_and_a_bad_plan(ws):
     at.run()
     no_errors(at)
     assert any("No audit of this dataset yet" in el.value for el in at.info)
-    assert at.text_input(key="_audit_api_key").proto.type == at.text_input(key="_audit_api_key").proto.PASSWORD
+    key_field = at.text_input(key="_audit_endpoint_key")
+    assert key_field.proto.type == key_field.proto.PASSWORD
+    button(at, "Estimate cost").click().run()  # no endpoint picked
+    (error,) = [e.value for e in at.error]
+    assert "pick a configured endpoint" in error
+    at.text_input(key="_audit_endpoint_url").input("http://127.0.0.1:9/v1")
     button(at, "Estimate cost").click().run()  # no judge model given
     assert [e.value for e in at.error] == ["the judge model name is empty"]
     assert not [b for b in at.button if b.label == "Start audit"]
@@ -69,8 +75,8 @@ def test_estimate_start_cancel_resume_report_and_flags(ws):
     at = app_test("audit_page.py", ws)
     at.run()
     with ScriptedJudge(answer=answer, delay=0.05) as judge:
-        at.text_input(key="_audit_api_key").input(KEY)
-        at.text_input(key="_audit_base_url").input(judge.base_url)
+        at.text_input(key="_audit_endpoint_key").input(KEY)
+        at.text_input(key="_audit_endpoint_url").input(judge.base_url)
         at.text_input(key="_audit_model").input("judge-page")
         at.number_input(key="_audit_n").set_value(3)
         at.number_input(key="_audit_concurrency").set_value(1)

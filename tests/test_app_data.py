@@ -1,15 +1,26 @@
-"""Data: import from a server path with a bad row, read the validation report, list and preview pairs."""
+"""Data: import from a server path (under the dashboard's data root) with a bad row, read the validation report,
+list and preview pairs. The attacks on the import (upload names, paths outside the roots) are in
+test_app_attacks.py."""
 
 from __future__ import annotations
 
 import json
 import re
 
-from helpers_app import app_test, metrics, no_errors, records
+import pytest
+from helpers_app import app_test, metrics, no_errors, records, serve_config
 from marginlens.core import jobs
 from marginlens.core.data.ingest import import_dataset
 from marginlens.core.job_status import JobState
 from marginlens.core.workspace import Workspace
+
+PATH = "_data_server_path"
+
+
+@pytest.fixture(autouse=True)
+def data_root(tmp_path, monkeypatch):
+    """The sources these tests write lie in tmp_path: the dashboard was launched with it as its data root."""
+    serve_config(monkeypatch, tmp_path / "serve", data_roots=[tmp_path])
 
 
 def finish_import(at, ws, state: JobState = JobState.DONE) -> None:
@@ -31,7 +42,7 @@ def test_import_report_list_and_preview(tmp_path):
     at.run()
     no_errors(at)
     assert any("No datasets yet" in i.value for i in at.info)
-    at.text_input[0].input(str(source))  # "File or save_to_disk folder"
+    at.text_input(key=PATH).input(str(source))  # "File or save_to_disk folder"
     name = next(t for t in at.text_input if t.label == "Name")
     name.input("mine")
     at.button[0].click().run()
@@ -66,7 +77,7 @@ def test_an_import_error_quoting_untrusted_text_is_shown_as_text(tmp_path):
     source.write_text(json.dumps(row) + "\n", encoding="utf-8")
     at = app_test("data_page.py", ws)
     at.run()
-    at.text_input[0].input(str(source))
+    at.text_input(key=PATH).input(str(source))
     next(t for t in at.text_input if t.label == "Name").input("evil")
     next(s for s in at.selectbox if s.label == "Bad rows").set_value("strict")
     at.button[0].click().run()
@@ -90,7 +101,7 @@ def test_after_an_import_the_page_shows_the_new_dataset(tmp_path):
     at = app_test("data_page.py", ws)
     at.run()
     assert metrics(at)["Pairs"] == "30"
-    at.text_input[0].input(str(second))
+    at.text_input(key=PATH).input(str(second))
     next(t for t in at.text_input if t.label == "Name").input("zzz-second")
     at.button[0].click().run()
     finish_import(at, ws)
@@ -106,7 +117,7 @@ def test_a_path_prefills_the_name_and_imports_without_typing_one(tmp_path):
     source.write_text("\n".join(json.dumps(r) for r in records(5)) + "\n", encoding="utf-8")
     at = app_test("data_page.py", ws)
     at.run()
-    at.text_input[0].input(str(source)).run()
+    at.text_input(key=PATH).input(str(source)).run()
     assert next(t for t in at.text_input if t.label == "Name").value == "hh-rlhf-harmless"
     at.button[0].click().run()
     no_errors(at)
@@ -129,7 +140,7 @@ def test_a_name_the_user_typed_is_never_replaced_by_a_suggestion(tmp_path):
     at = app_test("data_page.py", ws)
     at.run()
     next(t for t in at.text_input if t.label == "Name").input("mine").run()
-    at.text_input[0].input(str(tmp_path / "other.jsonl")).run()
+    at.text_input(key=PATH).input(str(tmp_path / "other.jsonl")).run()
     assert next(t for t in at.text_input if t.label == "Name").value == "mine"
 
 

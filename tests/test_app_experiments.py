@@ -8,7 +8,7 @@ import json
 import time
 
 import pytest
-from helpers_app import app_test, no_errors
+from helpers_app import app_test, no_errors, serve_config
 from helpers_experiment import (
     DATASET,
     VERIFIER,
@@ -29,7 +29,8 @@ from tiny_models import tiny_llama  # noqa: F401  (session fixture)
 
 
 @pytest.fixture
-def lab_ws(tmp_path, tiny_llama):  # noqa: F811
+def lab_ws(tmp_path, tiny_llama, monkeypatch):  # noqa: F811
+    serve_config(monkeypatch, tmp_path / "serve", data_roots=[tiny_llama, tmp_path])  # the model, eval sets
     register_test_verifier(tmp_path / "plugin")
     yield build_dataset(tmp_path / "workspace", policy=str(tiny_llama))
     unregister_test_verifier(tmp_path / "plugin")
@@ -97,15 +98,24 @@ def test_refusals_are_shown_in_words(lab_ws, tmp_path):
     assert all(b.key != "_exp_start" for b in at.button)  # nothing to start
 
 
-def test_start_refuses_an_llm_evaluator_without_a_key(lab_ws, tiny_llama, monkeypatch):  # noqa: F811
-    from marginlens.core.chat_client import KEY_ENV
-
-    monkeypatch.delenv(KEY_ENV, raising=False)
+def test_an_llm_evaluator_asks_the_picked_endpoint(lab_ws, tiny_llama):  # noqa: F811
     at = app_test("experiments_page.py", lab_ws)
     at.run()
     at.text_input(key="_exp_policy").input(str(tiny_llama))
-    at.text_input(key="_exp_eval").input("judge:test-judge,base_url=http://127.0.0.1:9/v1").run()
+    at.text_input(key="_exp_eval").input("judge:test-judge").run()
+    assert any("pick a configured endpoint" in e.value for e in at.error), [e.value for e in at.error]
+    at.text_input(key="_exp_endpoint_url").input("http://127.0.0.1:9/v1").run()
     assert not at.error, [e.value for e in at.error]
     at.button(key="_exp_start").click().run()
-    assert any("type its API key" in e.value for e in at.error), [e.value for e in at.error]
+    assert any("cannot reach the judge endpoint" in e.value for e in at.error), [e.value for e in at.error]
     assert not jobs.list_jobs(lab_ws, "experiment")
+
+
+def test_an_eval_set_outside_the_data_roots_is_refused(lab_ws, tiny_llama):  # noqa: F811
+    at = app_test("experiments_page.py", lab_ws)
+    at.run()
+    at.text_input(key="_exp_policy").input(str(tiny_llama))
+    at.text_input(key="_exp_eval").input(f"verifier:{VERIFIER}")
+    at.text_input(key="_exp_eval_set").input("/etc/hostname").run()
+    assert any("outside the data roots" in e.value for e in at.error), [e.value for e in at.error]
+    assert all(b.key != "_exp_start" for b in at.button)

@@ -88,8 +88,10 @@ def test_download_button_and_page_wording(ws):
     at.button(key="_export_write").click().run()
     no_errors(at)
     path = ws.exports_dir / f"{DATASET}-explicit-25pct.jsonl"
-    download = at.get("download_button")
-    assert len(download) == 1 and download[0].proto.label == f"Download {path.name}"
+    download = {d.key: d for d in at.get("download_button")}
+    assert download["_export_download"].proto.label == f"Download {path.name}"
+    # and in the list every signed-in user (a viewer too) downloads from
+    assert set(download) == {"_export_download", "_export_dl_0"}
     at.button(key="_export_write").click().run()  # again: the page names its own toggle, not a CLI flag
     (error,) = at.error
     assert "Overwrite an existing export" in error.value and "--overwrite" not in error.value.replace("\\", "")

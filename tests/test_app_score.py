@@ -6,7 +6,7 @@ from __future__ import annotations
 import time
 
 import pytest
-from helpers_app import DATASET, app_test, build_workspace, no_errors
+from helpers_app import DATASET, app_test, build_workspace, no_errors, serve_config
 from marginlens.app import score_form
 from marginlens.core import jobs
 from marginlens.core.errors import MarginLensError
@@ -36,25 +36,34 @@ def wait_state(job: jobs.Job, states: tuple[str, ...], timeout: float = 120) -> 
     raise AssertionError(f"job stayed {job.status().state}; log:\n{job.log_tail()}")
 
 
-def test_submit_cancel_resume_and_list_tables(ws, tiny_llama):  # noqa: F811
+def device(at):
+    return next(s for s in at.selectbox if s.label == "Device")
+
+
+def start(at):
+    next(b for b in at.button if b.label == "Start scoring").click().run()
+
+
+def test_submit_cancel_resume_and_list_tables(ws, tiny_llama, tmp_path, monkeypatch):  # noqa: F811
+    serve_config(monkeypatch, tmp_path / "serve", data_roots=[tiny_llama])  # the model folder is a server path
     at = app_test("score_page.py", ws)
     at.run()
     no_errors(at)
-    at.text_input[1].input(str(tiny_llama))  # policy (0 is the LLM-rating key, above the form)
-    at.selectbox[1].set_value("cpu")  # device (selectbox 0 is the dataset picker)
-    at.button[0].click().run()
+    at.text_input(key="_score_policy").input(str(tiny_llama))
+    device(at).set_value("cpu")
+    start(at)
     no_errors(at)
     assert at.success and "Scoring job score-" in at.success[0].value
     (job,) = score_jobs(ws)
-    assert job.spec["params"]["tasks"][0]["model"] == str(tiny_llama)
+    assert job.spec["params"]["tasks"][0]["model"] == str(tiny_llama.resolve())
 
     # a second tab (a fresh session) sees the same job, and submitting again joins it
     other = app_test("score_page.py", ws)
     other.run()
     assert any(job.id in el.value for el in other.markdown)
-    other.text_input[1].input(str(tiny_llama))
-    other.selectbox[1].set_value("cpu")
-    other.button[0].click().run()
+    other.text_input(key="_score_policy").input(str(tiny_llama))
+    device(other).set_value("cpu")
+    start(other)
     assert len(score_jobs(ws)) == 1
 
     # cancel from the page; the worker stops at its next check
@@ -92,6 +101,23 @@ def test_spec_from_form_values():
     assert score_form.build_spec(DATASET, "p", "", "dataset", "", "cpu", 2048, 1800, "clean").explicit is None
     with pytest.raises(MarginLensError, match="reward model id"):
         score_form.build_spec(DATASET, "p", "", "reward_model", " ", "cpu", 2048, 1800, "clean")
+
+
+def test_a_model_folder_outside_the_data_roots_is_refused(ws, tiny_llama, tmp_path, monkeypatch):  # noqa: F811
+    serve_config(monkeypatch, tmp_path / "serve")  # no data root: a folder outside the workspace is no model
+    at = app_test("score_page.py", ws)
+    at.run()
+    for field in ("_score_policy", "_score_reference"):
+        at.text_input(key="_score_policy").input("")
+        at.text_input(key=field).input(str(tiny_llama))
+        start(at)
+        assert any("reads no server paths" in e.value for e in at.error), [e.value for e in at.error]
+    at.text_input(key="_score_reference").input("")
+    at.radio[0].set_value("reward_model")
+    at.text_input(key="_score_explicit_value").input("../../../etc")
+    start(at)
+    assert any("reads no server paths" in e.value for e in at.error), [e.value for e in at.error]
+    assert not score_jobs(ws)
 
 
 def test_progress_text():

@@ -8,7 +8,7 @@ import re
 
 import numpy as np
 import pyarrow as pa
-from helpers_app import DATASET, app_test, build_workspace, metrics, no_errors
+from helpers_app import DATASET, app_test, build_workspace, metrics, no_errors, serve_config
 from marginlens.core import jobs
 from marginlens.core.job_status import JobState
 from marginlens.core.scoring.score_tables import save_score_table
@@ -46,7 +46,7 @@ def test_export_and_audit_pages_say_how_many_pairs_are_scored(tmp_path):
 
 
 def _import(at, ws, source, name: str, empty: str, policy: str) -> JobState:
-    at.text_input[0].input(str(source))
+    at.text_input(key="_data_server_path").input(str(source))
     next(t for t in at.text_input if t.label == "Name").input(name)
     next(s for s in at.selectbox if s.label == "Bad rows").set_value(policy)
     at.radio(key="_data_empty_responses").set_value(empty)
@@ -57,7 +57,8 @@ def _import(at, ws, source, name: str, empty: str, policy: str) -> JobState:
     return state
 
 
-def test_data_page_switch_keeps_and_flags_or_rejects_empty_responses(tmp_path):
+def test_data_page_switch_keeps_and_flags_or_rejects_empty_responses(tmp_path, monkeypatch):
+    serve_config(monkeypatch, tmp_path / "serve", data_roots=[tmp_path])  # the source below is a server path
     ws = Workspace(tmp_path / "workspace")
     source = tmp_path / "prefs.jsonl"
     rows = [{"prompt": "Q?", "chosen": "yes", "rejected": "no"}, {"prompt": "Harm?", "chosen": "", "rejected": "Sure."}]
@@ -79,11 +80,11 @@ def test_score_page_passes_the_sample_to_the_scoring(tmp_path):
     ws = build_workspace(tmp_path / "workspace", n=N)
     at = app_test("score_page.py", ws)
     at.run()
-    at.text_input[1].input("")  # no policy (0 is the LLM-rating key, above the form)
+    at.text_input(key="_score_policy").input("")  # no policy
     at.radio[0].set_value("columns")
-    at.text_input[3].input("score_chosen,score_rejected")
+    at.text_input(key="_score_explicit_value").input("score_chosen,score_rejected")
     next(n for n in at.number_input if n.label.startswith("Sample (pairs")).set_value(5)
-    at.button[0].click().run()
+    next(b for b in at.button if b.label == "Start scoring").click().run()
     no_errors(at)
     assert at.success and "a sample of 5 of 41 pairs" in at.success[0].value
 

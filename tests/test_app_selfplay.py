@@ -10,7 +10,7 @@ import time
 from pathlib import Path
 
 import pytest
-from helpers_app import app_test, no_errors
+from helpers_app import app_test, no_errors, serve_config
 from helpers_experiment import DATASET, build_dataset
 from judge_server import ScriptedJudge
 from marginlens.app import selfplay_timeline as tl
@@ -28,14 +28,19 @@ from marginlens.core.selfplay.selfplay_spec import build_selfplay_spec, plan_sel
 from tiny_models import tiny_llama  # noqa: F401  (session fixture)
 
 ANNOTATE, EVAL = "verifier:self-consistency", "verifier:answer-match"
-EVOLVER_KEY = "_sp_evolver_api_key"
 SAMPLING = {"n": 5, "temperature": 0.8, "top_p": 0.95, "max_new_tokens": 128}  # the page's defaults, spelled out
 EVOLVE = {"max_new_tokens": 128, "max_ratio": 5.0}
 
 
 @pytest.fixture
-def sp_ws(tmp_path):
+def sp_ws(tmp_path, monkeypatch):
+    serve_config(monkeypatch, tmp_path / "serve", data_roots=[tmp_path])  # eval sets are server paths
     return build_dataset(tmp_path / "workspace")
+
+
+def model_root(tmp_path, monkeypatch, model) -> None:
+    """The dashboard launched with the test's model folder as a data root too."""
+    serve_config(monkeypatch, tmp_path / "serve", data_roots=[tmp_path, model])
 
 
 def test_empty_workspace(ws):
@@ -74,7 +79,8 @@ def test_form_plan_and_refusals(sp_ws):
     assert not at.exception
 
 
-def test_start_submits_the_cli_spec(sp_ws, tiny_llama):  # noqa: F811
+def test_start_submits_the_cli_spec(sp_ws, tiny_llama, tmp_path, monkeypatch):  # noqa: F811
+    model_root(tmp_path, monkeypatch, tiny_llama)
     at = app_test("selfplay_page.py", sp_ws)
     at.run()
     at.text_input(key="_sp_policy").input(str(tiny_llama))
@@ -242,31 +248,32 @@ def test_metrics_offered_are_the_selfplay_ones(sp_ws):
 
 
 @pytest.mark.skipif(not sys.platform.startswith("linux"), reason="reads the worker's environment from /proc")
-def test_openai_evolver_fields_and_key(sp_ws, tiny_llama):  # noqa: F811
+def test_openai_evolver_endpoint_and_key(sp_ws, tiny_llama, tmp_path, monkeypatch):  # noqa: F811
+    model_root(tmp_path, monkeypatch, tiny_llama)
     at = app_test("selfplay_page.py", sp_ws)
     at.run()
-    assert not [t for t in at.text_input if t.key in ("_sp_evolver_key_env", EVOLVER_KEY)]  # a local evolver
+    assert not [t for t in at.text_input if "endpoint" in (t.key or "")]  # a local evolver asks no endpoint
     with ScriptedJudge(models=["writer"]) as server:
         at.text_input(key="_sp_policy").input(str(tiny_llama))
         at.number_input(key="_sp_iterations").set_value(1)
         at.number_input(key="_sp_max_prompts").set_value(4)
-        at.text_input(key="_sp_evolver").input("openai:writer")
-        at.text_input(key="_sp_evolver_url").input(server.base_url).run()
-        no_errors(at)
-        at.text_input(key="_sp_evolver_key_env").input("WRITER_KEY")
+        at.text_input(key="_sp_evolver").input("openai:writer").run()
+        assert any("pick a configured endpoint" in e.value for e in at.error), [e.value for e in at.error]
+        at.text_input(key="_sp_evolver_endpoint_url").input(server.base_url)
         at.number_input(key="_sp_evolver_max_calls").set_value(3).run()
         no_errors(at)
-        assert "WRITER_KEY" in at.text_input(key=EVOLVER_KEY).label
-        assert all(t.key != "_sp_api_key" for t in at.text_input)  # verifiers ask no endpoint: no other key field
-        at.text_input(key=EVOLVER_KEY).input("sk-typed-on-the-page")
+        assert not [t for t in at.text_input if "key_env" in (t.key or "")]  # no variable a client could name
+        assert not [t for t in at.text_input if t.key in ("_sp_annotate_endpoint_url", "_sp_eval_endpoint_url")]
+        at.text_input(key="_sp_evolver_endpoint_key").input("sk-typed-on-the-page")
         at.button(key="_sp_start").click().run()
         no_errors(at)
     (job,) = jobs.list_jobs(sp_ws, "selfplay")
     try:
         evolver = job.spec["params"]["evolver"]
-        assert (evolver["api_key_env"], evolver["max_calls"], evolver["base_url"]) == ("WRITER_KEY", 3, server.base_url)
+        assert (evolver["api_key_env"], evolver["max_calls"], evolver["base_url"]) == (
+            sv.KEY_VARIABLES["evolver"], 3, server.base_url)
         assert "sk-typed" not in json.dumps(job.spec)  # the key travels in the environment only
-        assert worker_environ(job).get("WRITER_KEY") == "sk-typed-on-the-page"
+        assert worker_environ(job).get(sv.KEY_VARIABLES["evolver"]) == "sk-typed-on-the-page"
     finally:
         job.cancel()
     assert job.wait(poll=0.2, timeout=180).state is JobState.CANCELLED, job.log_tail(20)
@@ -288,13 +295,21 @@ def worker_environ(job: Job, timeout: float = 60) -> dict[str, str]:
         time.sleep(0.05)
 
 
-def test_worker_env_puts_each_key_under_its_variable(sp_ws):
-    spec = build_selfplay_spec(sp_ws, DATASET, annotate="rating:rater,api_key_env=RATER_KEY", eval=EVAL,
-                               evolver="openai:writer", evolver_key_env="WRITER_KEY")
-    assert sv.llm_parts(spec) == [("annotator", "RATER_KEY"), ("evolver", "WRITER_KEY")]
-    assert sv.worker_env(spec, "k-rater", "k-writer") == {"RATER_KEY": "k-rater", "WRITER_KEY": "k-writer"}
-    assert sv.worker_env(spec, "k-rater", None) == {"RATER_KEY": "k-rater"}  # the evolver's own stays
-    assert sv.worker_env(spec, None, None) == {}
-    shared = build_selfplay_spec(sp_ws, DATASET, annotate=ANNOTATE, eval="judge:judge", evolver="openai:writer")
-    assert sv.worker_env(shared, "k-judge", "k-writer") == {"OPENAI_API_KEY": "k-writer"}  # the evolver's field wins
-    assert sv.worker_env(shared, "k-judge", "") == {"OPENAI_API_KEY": "k-judge"}
+def test_worker_env_puts_each_key_under_its_part_s_variable(sp_ws):
+    from marginlens.app.access import EndpointChoice
+
+    rater, judge, writer = "http://127.0.0.1:7001/v1", "http://127.0.0.1:7002/v1", "http://127.0.0.1:7003/v1"
+    spec = build_selfplay_spec(sp_ws, DATASET, annotate=f"rating:rater,base_url={rater},api_key_env=RATER_KEY",
+                               eval=f"judge:j,base_url={judge},api_key_env=JUDGE_KEY", evolver="openai:writer",
+                               evolver_url=writer, evolver_key_env="WRITER_KEY")
+    assert [(w, v) for w, _, _, v in sv.llm_parts(spec)] == [("annotator", "RATER_KEY"), ("evaluator", "JUDGE_KEY"),
+                                                              ("evolver", "WRITER_KEY")]
+    picked = {"annotator": EndpointChoice(rater, "k-rater"), "evaluator": EndpointChoice(judge, None),
+              "evolver": EndpointChoice(writer, "k-writer")}
+    none = {"OPENAI_API_KEY": ""}  # always set: no worker inherits the server's
+    assert sv.worker_env(spec, picked) == {**none, "RATER_KEY": "k-rater", "JUDGE_KEY": "", "WRITER_KEY": "k-writer"}
+    # a key goes to its own URL only: picked for another URL, nobody gets it
+    wrong = {"annotator": EndpointChoice(judge, "k-for-the-judge-url")}
+    assert sv.worker_env(spec, wrong) == {**none, "RATER_KEY": "", "JUDGE_KEY": "k-for-the-judge-url",
+                                          "WRITER_KEY": ""}
+    assert sv.worker_env(spec, {}) == {**none, "RATER_KEY": "", "JUDGE_KEY": "", "WRITER_KEY": ""}

@@ -4,12 +4,14 @@ logic (app/training_view.py, core.training.train_data.list_exports) directly."""
 from __future__ import annotations
 
 import json
+from pathlib import Path
 
 import pytest
-from helpers_app import DATASET, POLICY_FP, app_test, build_workspace, no_errors
+from helpers_app import DATASET, POLICY_FP, app_test, build_workspace, no_errors, serve_config
 from marginlens.app import training_view as tv
 from marginlens.app.explore_view import ExploreControls, compute_view
 from marginlens.core import jobs
+from marginlens.core.errors import MarginLensError
 from marginlens.core.scoring.score_tables import list_score_tables
 from marginlens.core.selection.export import export_selection
 from marginlens.core.selection.margins import load_margins
@@ -78,7 +80,8 @@ def test_finished_run_curves_explanation_final_model_and_rescore(trained):
     assert str(final_model_path(job)) in models
 
 
-def test_launch_from_the_page_submits_a_train_job(trained, tiny_llama):  # noqa: F811
+def test_launch_from_the_page_submits_a_train_job(trained, tiny_llama, tmp_path, monkeypatch):  # noqa: F811
+    serve_config(monkeypatch, tmp_path / "serve", data_roots=[tiny_llama])  # the model folder is a server path
     ws, export, done_job = trained
     at = app_test("train_page.py", ws)
     at.run()
@@ -102,6 +105,28 @@ def test_launch_from_the_page_submits_a_train_job(trained, tiny_llama):  # noqa:
     launched[0].wait(poll=0.2, timeout=120)
 
 
+def test_server_side_settings_and_models_outside_the_roots_are_refused(trained, tiny_llama, tmp_path,  # noqa: F811
+                                                                        monkeypatch):
+    serve_config(monkeypatch, tmp_path / "serve")  # no data root
+    ws, _, _ = trained
+    before = {j.id for j in jobs.list_jobs(ws, kind="train")}
+    at = app_test("train_page.py", ws)
+    at.run()
+    at.selectbox(key="_train_device").set_value("cpu").run()
+    for extra in ("push_to_hub=true\nhub_model_id=someone/stolen", "deepspeed=/etc/ds.json", "report_to=wandb",
+                  "model_init_kwargs={\"trust_remote_code\": true}", "accelerate_config=/etc/accelerate.yaml"):
+        at.text_area(key=CPU_PREFIX + "extra").input(extra).run()
+        assert any("not taken from the dashboard" in e.value or "reads no server paths" in e.value
+                   for e in at.error), (extra, [e.value for e in at.error])
+        assert next(b for b in at.button if b.label == "Launch training").disabled
+    at.text_area(key=CPU_PREFIX + "extra").input("").run()
+    no_errors(at)
+    at.text_input(key="_train_model").input(str(tiny_llama))
+    next(b for b in at.button if b.label == "Launch training").click().run()
+    assert any("reads no server paths" in e.value for e in at.error), [e.value for e in at.error]
+    assert {j.id for j in jobs.list_jobs(ws, kind="train")} == before
+
+
 # ---- logic, directly --------------------------------------------------------------------------------
 
 def test_overrides_are_what_the_user_changed():
@@ -112,6 +137,25 @@ def test_overrides_are_what_the_user_changed():
     assert tv.overrides_from_form(prefilled, edited, "# a comment\noptim=sgd\n\nbeta=0.2") == {
         "max_steps": 5, "lr_scheduler_type": "linear", "optim": "sgd", "beta": 0.2}
     assert tv.overrides_from_form(prefilled, {**edited, "accelerate_config": "zero3"})["accelerate_config"] == "zero3"
+
+
+def test_dashboard_overrides_confine_the_accelerate_config(tmp_path):
+    def under_tmp(text: str, what: str) -> Path:  # as access.server_path with tmp_path its data root
+        path = Path(text).resolve()
+        assert path.is_relative_to(tmp_path), f"{what} {text} refused"
+        return path
+
+    assert tv.dashboard_overrides({"accelerate_config": "zero3", "max_steps": 2}, under_tmp) == {
+        "accelerate_config": "zero3", "max_steps": 2}  # a TRL preset name: no file
+    config = tmp_path / "acc.yaml"
+    assert tv.dashboard_overrides({"accelerate_config": str(config)}, under_tmp) == {"accelerate_config": str(config)}
+    with pytest.raises(AssertionError, match="refused"):
+        tv.dashboard_overrides({"accelerate_config": "/etc/acc.yaml"}, under_tmp)
+    for key, value in (("hub_token", "x"), ("push_to_hub", True), ("fsdp_config", "/x.json"), ("trackio_space_id", "a")):
+        with pytest.raises(MarginLensError, match=f"'{key}' is not taken from the dashboard"):
+            tv.dashboard_overrides({key: value}, under_tmp)
+    assert tv.dashboard_overrides({"push_to_hub": False, "report_to": "none"}, under_tmp) == {
+        "push_to_hub": False, "report_to": "none"}
 
 
 def test_list_exports_and_curves(trained):

@@ -22,7 +22,15 @@ from pathlib import Path
 
 import pytest
 from helpers_app import DATASET, build_workspace
-from helpers_browser import CHROMIUM, CHROMIUM_ARGS, dashboard_server, drag_box, free_port, wait_healthy
+from helpers_browser import (
+    CHROMIUM,
+    CHROMIUM_ARGS,
+    dashboard_server,
+    drag_box,
+    free_port,
+    signed_in,
+    wait_healthy,
+)
 
 REPO = Path(__file__).resolve().parent.parent
 OUTPUT = REPO / "test-output" / "browser"
@@ -81,7 +89,7 @@ def test_explore_brush_export_in_browser(server):
             page.set_default_timeout(60_000)
             dialogs: list[str] = []
             page.on("dialog", lambda d: (dialogs.append(d.message), d.dismiss()))
-            page.goto(server["url"])
+            page.goto(signed_in(server["url"]))
             expect(page.get_by_role("heading", name="Datasets")).to_be_visible()
 
             start = time.perf_counter()
@@ -170,18 +178,26 @@ def test_make_run_path_opens_the_demo_scatter(tmp_path):
     OUTPUT.mkdir(parents=True, exist_ok=True)
     port = free_port()
     env = {**os.environ, "HF_HUB_OFFLINE": "1"}
-    proc = subprocess.Popen([str(Path(sys.executable).parent / "marginlens"), "app", "--demo", "--port", str(port),
-                             "--workspace", str(tmp_path / "ws")], cwd=tmp_path, env=env,
-                            stdout=subprocess.DEVNULL, stderr=subprocess.STDOUT)
+    env.pop("MARGINLENS_TOKEN", None)
+    log = tmp_path / "app.log"
+    with open(log, "wb") as out:
+        proc = subprocess.Popen([str(Path(sys.executable).parent / "marginlens"), "app", "--demo", "--port", str(port),
+                                 "--workspace", str(tmp_path / "ws")], cwd=tmp_path, env=env,
+                                stdout=out, stderr=subprocess.STDOUT)
     try:
         url = f"http://127.0.0.1:{port}"
         wait_healthy(url, proc)
+        # a random token by default, in the URL the command prints (as Jupyter does)
+        printed = re.search(r"open (http://127\.0\.0\.1:\d+/\?token=[\w.~-]+)", log.read_text()).group(1)
         with sync_playwright() as pw:
             browser = pw.chromium.launch(executable_path=str(CHROMIUM), headless=True, args=CHROMIUM_ARGS)
             try:
                 page = browser.new_page(viewport={"width": 1500, "height": 2600})
                 page.set_default_timeout(60_000)
-                page.goto(url)
+                page.goto(url)  # without the token: the sign-in form and not a word of the demo
+                expect(page.get_by_role("heading", name="MarginLens")).to_be_visible(timeout=60_000)
+                assert "Datasets" not in page.content() and "demo" not in page.content().lower()
+                page.goto(printed)
                 expect(page.get_by_role("heading", name="Datasets")).to_be_visible(timeout=60_000)
                 # the Data page opens on the imported demo (tables draw on a canvas: read the metric)
                 expect(page.locator('[data-testid="stMetric"]').filter(has_text="Pairs").first).to_contain_text(n_pairs)

@@ -12,7 +12,7 @@ from pathlib import Path
 
 import pytest
 from helpers_app import DATASET, POLICY_FP, build_workspace
-from helpers_browser import CHROMIUM, CHROMIUM_ARGS, dashboard_server
+from helpers_browser import CHROMIUM, CHROMIUM_ARGS, dashboard_server, signed_in
 from marginlens.app.explore_view import ExploreControls, compute_view
 from marginlens.core import jobs
 from marginlens.core.selection.export import export_selection
@@ -24,7 +24,7 @@ REPO = Path(__file__).resolve().parent.parent
 
 
 @pytest.fixture(scope="module")
-def server(tmp_path_factory):
+def server(tmp_path_factory, tiny_llama):  # noqa: F811
     if not CHROMIUM.exists():
         pytest.fail("/usr/bin/chromium is missing: `make browser` installs Debian's chromium")
     root = tmp_path_factory.mktemp("traps")
@@ -32,7 +32,9 @@ def server(tmp_path_factory):
     margins = load_margins(ws, DATASET, policy_fp=POLICY_FP)
     export_selection(ws, DATASET, compute_view(margins, ExploreControls(ratio=0.5)).selection, margins, "cut.jsonl")
     lock = root / "train.lock"
-    with dashboard_server(ws.root, root / "streamlit.log", {LOCK_ENV: str(lock)}) as url:
+    # the tiny model's folder is a data root: the dashboard reads server folders only under one
+    with dashboard_server(ws.root, root / "streamlit.log", {LOCK_ENV: str(lock)},
+                          ["--data-root", str(tiny_llama.parent)]) as url:
         yield {"url": url, "ws": ws, "lock": lock}
 
 
@@ -49,10 +51,10 @@ def browser():
             chromium.close()
 
 
-def _page(browser, url: str):
+def _page(browser, url: str, path: str = "/"):
     page = browser.new_page(viewport={"width": 1500, "height": 2600}, accept_downloads=True)
     page.set_default_timeout(60_000)
-    page.goto(url)
+    page.goto(signed_in(url, path))
     return page
 
 
@@ -63,7 +65,7 @@ def test_enter_in_a_train_field_launches_nothing(server, browser, tiny_llama):  
     holder = os.open(server["lock"], os.O_RDWR | os.O_CREAT, 0o644)
     fcntl.flock(holder, fcntl.LOCK_EX)  # a run already trains on this machine
     try:
-        page = _page(browser, server["url"] + "/train")
+        page = _page(browser, server["url"], "/train")
         expect(page.get_by_role("button", name="Launch training")).to_be_visible()
         model = page.get_by_label("Policy model to train (Hub id or folder)")
         model.fill(str(tiny_llama))
@@ -92,8 +94,8 @@ def test_enter_in_a_train_field_launches_nothing(server, browser, tiny_llama):  
 def test_audit_against_an_unreachable_endpoint_is_refused_on_the_page(server, browser):
     from playwright.sync_api import expect
 
-    page = _page(browser, server["url"] + "/audit")
-    page.get_by_role("textbox", name="Endpoint base URL").fill("http://127.0.0.1:9/v1")
+    page = _page(browser, server["url"], "/audit")
+    page.get_by_role("textbox", name="Base URL").fill("http://127.0.0.1:9/v1")
     page.get_by_role("textbox", name="Judge model").fill("gpt-4o")
     page.get_by_role("button", name="Estimate cost").click()
     page.get_by_role("button", name="Start audit").click()
@@ -105,7 +107,7 @@ def test_audit_against_an_unreachable_endpoint_is_refused_on_the_page(server, br
 def test_export_downloads_from_the_browser(server, browser):
     from playwright.sync_api import expect
 
-    page = _page(browser, server["url"] + "/export")
+    page = _page(browser, server["url"], "/export")
     page.get_by_role("button", name="Write export").click()
     expect(page.get_by_text("Wrote")).to_be_visible()
     button = page.get_by_test_id("stDownloadButton").get_by_role("button")

@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import json
 import time
+from pathlib import Path
 
 import pytest
 from helpers_app import app_test, no_errors
@@ -141,8 +142,11 @@ def test_cli_prints_the_table_and_writes_json(lab, tiny_llama, capsys, tmp_path)
     assert written["rows"] == job.result()["rows"] and written["experiment_job"] == job.id
 
 
-def test_page_shows_the_finished_experiment(lab):
+def test_page_shows_the_finished_experiment(lab, monkeypatch, tmp_path):
+    from helpers_app import serve_config
+
     ws, spec, job = lab
+    serve_config(monkeypatch, tmp_path / "serve", data_roots=[Path(spec.policy).parent])  # the tiny model's folder
     at = app_test("experiments_page.py", ws)
     at.session_state["experiments_job"] = job.id
     at.session_state["_exp_policy"] = spec.policy  # the form's default model is not the one the table scored

@@ -138,8 +138,8 @@ def test_score_page_rates_with_a_typed_key_that_never_reaches_disk(ws, tmp_path)
         field["Policy model (Hub id or folder)"].input("")
         at.radio[0].set_value("llm_rating")
         field["Columns or model"].input("rater-page")
-        field["LLM rating: endpoint"].input(judge.base_url)
-        field["LLM rating: API key"].input(KEY)
+        at.text_input(key="_score_rating_url").input(judge.base_url)  # "Another URL (your own key)"
+        at.text_input(key="_score_rating_key").input(KEY)
         at.button[0].click().run()
         no_errors(at)
         assert at.success and "Scoring job score-" in at.success[0].value
@@ -224,8 +224,8 @@ def test_score_page_resume_hands_the_typed_key_to_the_worker(ws, tmp_path, monke
         field["Policy model (Hub id or folder)"].input("")
         at.radio[0].set_value("llm_rating")
         field["Columns or model"].input("rater-resume")
-        field["LLM rating: endpoint"].input(judge.base_url)
-        field["LLM rating: API key"].input(KEY)
+        at.text_input(key="_score_rating_url").input(judge.base_url)  # "Another URL (your own key)"
+        at.text_input(key="_score_rating_key").input(KEY)
         at.button[0].click().run()
         (job,) = jobs.list_jobs(ws, "score")
         assert job.wait(timeout=120).state == "failed"

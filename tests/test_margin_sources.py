@@ -71,7 +71,7 @@ def test_score_and_audit_pages_say_it_once(hh):
     assert sum("No explicit margin" in v for v in infos) == 1
     assert any("ArmoRM-Llama3-8B-v0.1" in c.value and "--trust-remote-code" in c.value for c in at.caption)
     labels = [t.label for t in at.text_input]
-    assert {"LLM rating: endpoint", "LLM rating: API key"} <= set(labels)
+    assert {"Base URL", "API key (optional)"} <= set(labels)  # the LLM-rating endpoint picker's own URL
 
     audit = app_test("audit_page.py", hh)
     audit.run()

@@ -23,7 +23,7 @@ import zipfile
 from pathlib import Path
 
 import pytest
-from helpers_browser import CHROMIUM, CHROMIUM_ARGS, free_port, wait_healthy
+from helpers_browser import CHROMIUM, CHROMIUM_ARGS, TOKEN, free_port, signed_in, wait_healthy
 from marginlens.app.navigation import PAGES
 
 REPO = Path(__file__).resolve().parent.parent
@@ -86,7 +86,7 @@ def test_marginlens_app_from_the_wheel_renders_every_page(installed, tmp_path):
     log = open(tmp_path / "app.log", "wb")
     env = {**os.environ, "HF_HUB_OFFLINE": "1", "PYTHONPATH": ""}
     proc = subprocess.Popen([str(installed / "marginlens"), "app", "--demo", "--port", str(port),
-                             "--workspace", str(tmp_path / "ws")], cwd=tmp_path, env=env,
+                             "--workspace", str(tmp_path / "ws"), "--token", TOKEN], cwd=tmp_path, env=env,
                             stdout=log, stderr=subprocess.STDOUT)
     url = f"http://127.0.0.1:{port}"
     try:
@@ -97,14 +97,17 @@ def test_marginlens_app_from_the_wheel_renders_every_page(installed, tmp_path):
                 page = browser.new_page(viewport={"width": 1500, "height": 2600})
                 page.set_default_timeout(90_000)
                 for name, (title, _icon) in PAGES.items():
-                    page.goto(url + ("/" if name == "data" else f"/{name}"))
+                    page.goto(signed_in(url, "/" if name == "data" else f"/{name}"))
                     expect(page.locator('[data-testid="stSidebarNav"]')).to_contain_text(title)
                     expect(page.locator("h1").first).to_be_visible()
                     # the script run has finished: whatever it raised is on the page now
-                    expect(page.locator('[data-testid="stApp"][data-test-script-state="notRunning"]')).to_have_count(1)
+                    expect(page.locator('[data-testid="stApp"][data-test-script-state="notRunning"]')).to_have_count(
+                        1, timeout=60_000)  # a page's first run imports torch and friends: seconds on 2 busy cores
                     page.screenshot(path=str(OUTPUT / f"{name}.png"), full_page=True)
                     exceptions = page.locator('[data-testid="stException"]')
                     assert exceptions.count() == 0, f"{title}: {exceptions.first.inner_text()}"
+                    # an uncaught error shows as a message with an id (app/error_report.py), not a traceback
+                    assert page.get_by_text("error id").count() == 0, title
             finally:
                 browser.close()
     finally:
