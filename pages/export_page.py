@@ -43,27 +43,6 @@ if brush:
     if cut:
         selection = restrict_selection(selection, brush_mask(margins, brush), brush)
 
-cols = st.columns([1, 1, 3])
-fmt = cols[0].selectbox("Format", FORMATS, key="_export_format",
-                        format_func={"jsonl": "JSONL", "parquet": "Parquet", "hf": "save_to_disk folder"}.get)
-layout = cols[1].selectbox("Layout", LAYOUTS, key="_export_layout",
-                           help="source: the dataset's own layout; explicit: always an explicit prompt column")
-default_name = export_download.default_name(dataset, spec.metric, controls.ratio, fmt, cut)
-# keyed by what the default depends on, so the suggested name follows the format and the scatter cut
-out = cols[2].text_input("Path inside the workspace's exports/ (relative paths go there)", value=default_name,
-                         key=f"_export_path_{fmt}_{'cut' if cut else 'all'}")
-# Two per row: four to a row cut the labels off mid-word. No "outside the workspace" switch: the page
-# writes only under exports/; a path elsewhere is the CLI's --outside-workspace, for someone at the shell.
-o1, o2 = st.columns(2)
-o3, _ = st.columns(2)
-with_metrics = o1.toggle("Metric columns (pair_id, m_ex, m_im, score, rank)", value=True, key="_export_metrics")
-apply_flags = o2.toggle("Apply audit flags", value=True, key="_export_flags",
-                        help="leave out pairs an audit flagged 'exclude' and swap those flagged 'swap' "
-                             "(set on the Audit page)")
-overwrite = o3.toggle("Overwrite an existing export", value=False, key="_export_overwrite",
-                      help="replaces only a previous MarginLens export at this path (recognised by its manifest); "
-                           "any other file or folder is left alone")
-
 st.subheader("Preview")
 counts = selection.counts()
 p1, p2, p3, p4 = st.columns(4)
@@ -81,18 +60,39 @@ st.dataframe(summary, width="stretch")
 for warning in selection.warnings:
     st.caption(f"note: {widgets.md_escape(warning)}")
 
-# Writing to the server is the operator's; a viewer sees the preview (access.operator_only says who can write).
-if access.operator_only("writing an export") and st.button("Write export", type="primary",
-                                                            disabled=counts["selected"] == 0, key="_export_write"):
-    try:
-        result = export_selection(ws, dataset, selection, margins, out.strip(), fmt, layout=layout,
-                                  include_metrics=with_metrics, overwrite=overwrite, apply_flags=apply_flags)
-    except MarginLensError as exc:
-        widgets.show_error(export_download.page_error(exc))
-    else:
-        st.session_state["_export_last"] = {"path": str(result.path), "manifest": str(result.manifest_path),
-                                            "rows": result.rows}
-        st.success(f"Wrote {result.rows:,} pairs to {result.path}")
+# Writing to the server is the operator's; a viewer sees the preview and the downloads below.
+if access.operator_only("writing an export"):
+    st.subheader("Write")
+    cols = st.columns([1, 1, 3])
+    fmt = cols[0].selectbox("Format", FORMATS, key="_export_format",
+                            format_func={"jsonl": "JSONL", "parquet": "Parquet", "hf": "save_to_disk folder"}.get)
+    layout = cols[1].selectbox("Layout", LAYOUTS, key="_export_layout",
+                               help="source: the dataset's own layout; explicit: always an explicit prompt column")
+    default_name = export_download.default_name(dataset, spec.metric, controls.ratio, fmt, cut)
+    # keyed by what the default depends on, so the suggested name follows the format and the scatter cut
+    out = cols[2].text_input("Path inside the workspace's exports/ (relative paths go there)", value=default_name,
+                             key=f"_export_path_{fmt}_{'cut' if cut else 'all'}")
+    # Two per row: four to a row cut the labels off mid-word. No "outside the workspace" switch: the page
+    # writes only under exports/; a path elsewhere is the CLI's --outside-workspace, for someone at the shell.
+    o1, o2 = st.columns(2)
+    o3, _ = st.columns(2)
+    with_metrics = o1.toggle("Metric columns (pair_id, m_ex, m_im, score, rank)", value=True, key="_export_metrics")
+    apply_flags = o2.toggle("Apply audit flags", value=True, key="_export_flags",
+                            help="leave out pairs an audit flagged 'exclude' and swap those flagged 'swap' "
+                                 "(set on the Audit page)")
+    overwrite = o3.toggle("Overwrite an existing export", value=False, key="_export_overwrite",
+                          help="replaces only a previous MarginLens export at this path (recognised by its manifest); "
+                               "any other file or folder is left alone")
+    if st.button("Write export", type="primary", disabled=counts["selected"] == 0, key="_export_write"):
+        try:
+            result = export_selection(ws, dataset, selection, margins, out.strip(), fmt, layout=layout,
+                                      include_metrics=with_metrics, overwrite=overwrite, apply_flags=apply_flags)
+        except MarginLensError as exc:
+            widgets.show_error(export_download.page_error(exc))
+        else:
+            st.session_state["_export_last"] = {"path": str(result.path), "manifest": str(result.manifest_path),
+                                                "rows": result.rows}
+            st.success(f"Wrote {result.rows:,} pairs to {result.path}")
 
 last = st.session_state.get("_export_last")
 if last:
