@@ -31,6 +31,8 @@ def identity(config: ServeConfig | None) -> actor.Actor | None:
         if not st.user.is_logged_in:
             return None
         email = str(st.user.get("email") or "")
+        if st.user.get("email_verified") is not True:  # an unverified e-mail claim proves nothing ("nOAuth")
+            return None
         if _matches(email, config.operators):
             return actor.Actor(email, may_write=True)
         if _matches(email, config.allow):
@@ -53,7 +55,8 @@ def sign_in() -> actor.Actor:
             if st.button("Sign in", type="primary"):
                 st.login()
         elif config is not None and config.auth == "oidc":
-            st.error(f"{st.user.get('email')} may not use this dashboard; ask whoever runs it to add you.")
+            st.error(f"{st.user.get('email')} may not use this dashboard (an allowed, verified e-mail is needed); "
+                     "ask whoever runs it to add you.")
             if st.button("Sign out"):
                 st.logout()
         else:
@@ -61,6 +64,15 @@ def sign_in() -> actor.Actor:
         st.stop()
     actor.act_as(who)
     return who
+
+
+def restore_actor() -> None:
+    """Make this session's user the actor again in a fragment rerun: Streamlit runs a fragment in a fresh
+    thread without main.py, where the actor would otherwise be the read-only default."""
+    config = load()
+    who = identity(config)
+    if config is not None:
+        actor.act_as(who or actor.Actor("not signed in", may_write=False))
 
 
 def can_operate() -> bool:

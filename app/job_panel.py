@@ -46,6 +46,7 @@ def job_panel(
 
     @st.fragment(run_every=POLL_SECONDS if status.live else None)
     def panel() -> None:
+        access.restore_actor()  # a fragment rerun runs in a fresh thread, without main.py's sign_in
         try:
             now = job.status()
         except DamagedFile as exc:  # damaged while the panel polled
@@ -83,10 +84,10 @@ def _draw(job: Job, status: JobStatus, title: str, on_resume: Callable[[], objec
         figures = details(job.kind, status)  # the kind's own numbers: tokens/s, requests, loss, ...
         if figures:
             head.text(figures)
-        if status.error:
-            with head:
-                show_error(status.error)  # may quote a row or a server's answer: escaped
         operator = access.can_operate()
+        if status.error:
+            with head:  # may quote a row or a server's answer: escaped; its server-side detail for operators only
+                show_error(status.error if operator else "the job stopped with an error; an operator sees why")
         if operator and status.live:
             if actions.button("Cancel", key=f"_job_cancel_{job.id}", help=cancel_help):
                 job.cancel()
@@ -103,5 +104,6 @@ def _draw(job: Job, status: JobStatus, title: str, on_resume: Callable[[], objec
                         show_error(exc)
                 else:
                     st.rerun()
-        with head.expander("Log"):
-            st.code(job.log_tail(15) or "(empty)", language=None)
+        if operator:  # a log holds tracebacks and server paths: not for viewers (docs/SECURITY.md)
+            with head.expander("Log"):
+                st.code(job.log_tail(15) or "(empty)", language=None)

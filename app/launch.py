@@ -117,8 +117,10 @@ def serve_config(args: argparse.Namespace, environ: dict[str, str]) -> ServeConf
 def server_environment(config: ServeConfig, environ: dict[str, str], key_vars: list[str]) -> dict[str, str]:
     """The server's environment without any key the operator did not route to an endpoint: jobs the dashboard
     starts inherit it, and a job falls back to OPENAI_API_KEY when no key is given."""
-    drop = {KEY_ENV, TOKEN_ENV, VIEWER_TOKEN_ENV, *key_vars}
-    return {k: v for k, v in environ.items() if k not in drop}
+    # The Hub token and OpenAI's base URL too: a client naming a private Hub id would read it with the server's
+    # token, and a request without a URL would go wherever OPENAI_BASE_URL points.
+    drop = {KEY_ENV, TOKEN_ENV, VIEWER_TOKEN_ENV, "HF_TOKEN", "HUGGING_FACE_HUB_TOKEN", "OPENAI_BASE_URL", *key_vars}
+    return {**{k: v for k, v in environ.items() if k not in drop}, "HF_HUB_DISABLE_IMPLICIT_TOKEN": "1"}
 
 
 def cmd_app(args: argparse.Namespace) -> int:
@@ -136,7 +138,10 @@ def cmd_app(args: argparse.Namespace) -> int:
     command = [sys.executable, "-m", "streamlit", "run", str(SERVER), "--server.address", args.host,
                "--server.port", str(args.port), "--server.headless", "true",
                "--browser.gatherUsageStats", "false", "--client.toolbarMode", "viewer",
-               "--client.showErrorDetails", "none", "--server.fileWatcherType", "none"]
+               "--client.showErrorDetails", "none", "--server.fileWatcherType", "none",
+               # Pinned, whatever a config.toml or STREAMLIT_* variable says: the gate assumes them.
+               "--server.enableXsrfProtection", "true", "--server.enableCORS", "true",
+               "--server.enableAgentApi", "false", "--server.trustedUserHeaders", "{}"]
     shown = "127.0.0.1" if args.host in ("0.0.0.0", "::") else args.host
     url = f"http://{shown}:{args.port}/"
     if config.auth == "token":

@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import hmac
 import html
+import re
 from collections.abc import Awaitable, Callable, MutableMapping
 from http.cookies import SimpleCookie
 from typing import Any
@@ -98,9 +99,24 @@ def signin_form(next_path: str, error: str | None = None) -> bytes:
         "<br><button type='submit'>Sign in</button></form>"))
 
 
+_LOCAL_PATH = re.compile(r"/(?![/\\])[\x21-\x7e]*")
+
+
 def _safe_next(path: str) -> str:
-    # Only a path on this server: "//evil.example" or a scheme would turn the sign-in into an open redirect.
-    return path if path.startswith("/") and not path.startswith("//") and "\\" not in path else "/"
+    # Only a path on this server, in printable ASCII: "//evil.example", a backslash, or a tab that browsers drop
+    # ("/\t/evil.example") would turn the sign-in into an open redirect.
+    return path if _LOCAL_PATH.fullmatch(path) else "/"
+
+
+def same_origin(headers: dict[bytes, bytes]) -> bool:
+    """A browser's Origin, when it sent one, names this very host and port. Cookies and Streamlit's own check
+    ignore ports: without this a page a co-tenant serves on 127.0.0.1:9000 could open the dashboard's WebSocket
+    with the operator's cookie."""
+    origin = headers.get(b"origin")
+    if origin is None:
+        return True  # not a browser's cross-site request: such a client holds a cookie only if it has the token
+    netloc = origin.decode("latin-1").partition("://")[2].lower()
+    return netloc == headers.get(b"host", b"").decode("latin-1").lower()
 
 
 class SignInGate:
@@ -123,6 +139,9 @@ class SignInGate:
         headers = _headers(scope)
         if not host_allowed(config, headers.get(b"host", b"").decode("latin-1")):
             await self._refuse(scope, receive, send, 403, b"This server does not answer to that host name.\n")
+            return
+        if (scope["type"] == "websocket" or scope.get("method") not in ("GET", "HEAD")) and not same_origin(headers):
+            await self._refuse(scope, receive, send, 403, b"Cross-origin request refused.\n")
             return
         # A client never chooses its role: drop any role header it sent before deciding one.
         scope["headers"] = [(k, v) for k, v in scope.get("headers", []) if k.lower() != ROLE_HEADER]

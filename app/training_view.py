@@ -97,7 +97,7 @@ def overrides_from_form(prefilled: dict[str, Any], edited: dict[str, Any], extra
 # configs), reach the network with the server's credentials (the Hub, experiment trackers), or pass options to
 # model loading (remote code, a cache folder, a token). The command line sets them, for someone at the shell.
 SERVER_SIDE_SETTINGS = ("deepspeed", "fsdp_config", "accelerator_config", "model_init_kwargs",
-                        "ref_model_init_kwargs", "report_to", "push_to_hub")
+                        "ref_model_init_kwargs", "report_to", "push_to_hub", "trust_remote_code")
 SERVER_SIDE_PREFIXES = ("hub_", "trackio_", "push_to_hub")
 _HARMLESS = {"report_to": ("none", None, [], ["none"]), "push_to_hub": (False, None)}
 
@@ -113,10 +113,20 @@ def dashboard_overrides(overrides: dict[str, Any], server_path: Callable[[str, s
                                   f"marginlens train EXPORT --set {key}=...")
     out = dict(overrides)
     config = out.get("accelerate_config")
-    if isinstance(config, str) and (config.strip().startswith(("/", ".", "~")) or "/" in config
-                                    or config.strip().endswith((".yaml", ".yml", ".json"))):
+    # A bare name is a TRL preset only when TRL ships it; anything else is a file (a bare "Makefile" would be
+    # read from the server's working folder) and must lie under a data root.
+    if isinstance(config, str) and config.strip() and config.strip() not in trl_accelerate_presets():
         out["accelerate_config"] = str(server_path(config, "accelerate_config"))
     return out
+
+
+def trl_accelerate_presets() -> set[str]:
+    """The accelerate configs TRL ships, by the names `accelerate_config=` takes (zero3, fsdp2, ...)."""
+    import importlib.util
+
+    spec = importlib.util.find_spec("trl")
+    folder = Path(spec.origin).parent / "accelerate_configs" if spec and spec.origin else None
+    return {p.stem for p in folder.glob("*.yaml")} if folder and folder.is_dir() else set()
 
 
 def export_label(export: dict[str, Any]) -> str:

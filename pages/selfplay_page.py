@@ -188,6 +188,7 @@ def _submit(spec: sps.SelfPlaySpec, picked: dict[str, EndpointChoice | None]) ->
 def _timeline(job: jobs.Job, order: list[str], live: bool) -> None:
     @st.fragment(run_every=POLL_SECONDS if live else None)
     def draw() -> None:
+        access.restore_actor()  # a fragment rerun runs without main.py's sign_in
         state = selfplay_state(job)
         if state.get("message"):
             st.caption(widgets.md_escape(state["message"]))

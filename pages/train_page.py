@@ -124,6 +124,7 @@ status = job_panel(job, title=f"{spec.method} run",
 @st.fragment(run_every=POLL_SECONDS if status.live else None)
 def run_curves() -> None:
     """Re-reads the metrics file while the run is live, without rerunning the page."""
+    access.restore_actor()  # a fragment rerun runs without main.py's sign_in
     curves, explanation = st.columns([3, 1])
     with curves:
         figures = tv.curve_figures(tv.metrics_for(job))

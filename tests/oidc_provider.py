@@ -18,6 +18,7 @@ class OIDCProvider:
     def __init__(self, client_id: str):
         self.client_id = client_id
         self.email = "nobody@example.org"
+        self.verified = True  # the email_verified claim
         self.key = JsonWebKey.generate_key("RSA", 2048, is_private=True, options={"kid": "test-key"})
         self._codes: dict[str, tuple[str, str]] = {}  # code -> (nonce, email)
         provider = self
@@ -66,7 +67,7 @@ class OIDCProvider:
                     return
                 now = int(time.time())
                 claims = {"iss": provider.issuer, "sub": email, "aud": provider.client_id, "iat": now,
-                          "exp": now + 600, "nonce": nonce, "email": email, "email_verified": True, "name": email}
+                          "exp": now + 600, "nonce": nonce, "email": email, "email_verified": provider.verified, "name": email}
                 id_token = jwt.encode({"alg": "RS256", "kid": "test-key"}, claims, provider.key).decode()
                 self._json({"access_token": secrets.token_urlsafe(16), "token_type": "Bearer", "expires_in": 600,
                             "id_token": id_token})

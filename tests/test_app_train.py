@@ -151,7 +151,11 @@ def test_dashboard_overrides_confine_the_accelerate_config(tmp_path):
     assert tv.dashboard_overrides({"accelerate_config": str(config)}, under_tmp) == {"accelerate_config": str(config)}
     with pytest.raises(AssertionError, match="refused"):
         tv.dashboard_overrides({"accelerate_config": "/etc/acc.yaml"}, under_tmp)
-    for key, value in (("hub_token", "x"), ("push_to_hub", True), ("fsdp_config", "/x.json"), ("trackio_space_id", "a")):
+    with pytest.raises(AssertionError, match="refused"):  # a bare name TRL does not ship is a file: confined
+        tv.dashboard_overrides({"accelerate_config": "Makefile"}, under_tmp)
+    # trust_remote_code would run a model repo's own Python when TRL loads the reference model
+    for key, value in (("hub_token", "x"), ("push_to_hub", True), ("fsdp_config", "/x.json"), ("trackio_space_id", "a"),
+                       ("trust_remote_code", True)):
         with pytest.raises(MarginLensError, match=f"'{key}' is not taken from the dashboard"):
             tv.dashboard_overrides({key: value}, under_tmp)
     assert tv.dashboard_overrides({"push_to_hub": False, "report_to": "none"}, under_tmp) == {

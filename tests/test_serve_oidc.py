@@ -69,5 +69,12 @@ def test_oidc_operator_viewer_and_stranger(oidc_server):
             expect(page.get_by_text("mallory@elsewhere.example may not use this dashboard")).to_be_visible()
             assert page.get_by_role("heading", name="Datasets").count() == 0
             page.close()
+
+            # an operator's domain, claimed but not verified by the provider: nothing ("nOAuth")
+            oidc_server["provider"].verified = False
+            page = _sign_in_as(browser, oidc_server, "eve@team.example")
+            expect(page.get_by_text("eve@team.example may not use this dashboard")).to_be_visible()
+            assert page.locator('[data-testid="stSidebarNav"]').count() == 0
+            page.close()
         finally:
             browser.close()

@@ -21,7 +21,7 @@ def server(tmp_path_factory):
     root = tmp_path_factory.mktemp("serve")
     ws = build_workspace(root / "workspace", n=20)
     log = root / "server.log"
-    with dashboard_server(ws.root, log, {"OPENAI_API_KEY": SERVER_KEY}) as url:
+    with dashboard_server(ws.root, log, {"OPENAI_API_KEY": SERVER_KEY, "HF_TOKEN": "hf_server_secret"}) as url:
         yield {"url": url, "port": int(url.rsplit(":", 1)[1]), "ws": ws, "log": log}
 
 
@@ -75,9 +75,10 @@ def test_the_token_url_sets_an_httponly_cookie_and_leaves_the_address_bar(server
     assert set_cookie.startswith(f"marginlens-{server['port']}={TOKEN};")
     assert "HttpOnly" in set_cookie and "SameSite=Strict" in set_cookie
     # the form posts the token; a "next" off this server is not followed (no open redirect)
-    form = f"token={TOKEN}&next=//evil.example/x"
-    response = request(server, "/_signin", {"Content-Type": "application/x-www-form-urlencoded"}, "POST", form)
-    assert response.status == 303 and response.getheader("Location") == "/"
+    for evil_next in ("//evil.example/x", "/%09/evil.example", "/\\evil.example", "https://evil.example"):
+        form = f"token={TOKEN}&next={evil_next}"
+        response = request(server, "/_signin", {"Content-Type": "application/x-www-form-urlencoded"}, "POST", form)
+        assert response.status == 303 and response.getheader("Location") == "/", evil_next
 
 
 def test_dns_rebinding_is_refused_even_with_a_sign_in(server):
@@ -91,6 +92,15 @@ def test_dns_rebinding_is_refused_even_with_a_sign_in(server):
     assert signed.getheader("X-Frame-Options") == "SAMEORIGIN"  # no other site frames a signed-in page
 
 
+def test_a_page_on_another_port_of_this_host_cannot_use_the_cookie(server):
+    """Cookies ignore ports, and so does Streamlit's own origin check: a co-tenant's page on 127.0.0.1:9000 opening
+    the dashboard's WebSocket would carry the operator's cookie. The gate wants Origin to be this very server."""
+    other = {"Origin": "http://127.0.0.1:9000", **cookie(TOKEN, server)}
+    assert ws_handshake(server, other) == 403
+    assert request(server, "/_stcore/upload_file/x/y", other, "PUT", "data").status == 403
+    assert ws_handshake(server, {"Origin": server["url"], **cookie(TOKEN, server)}) == 101
+
+
 def test_the_server_holds_no_key_in_its_environment_and_no_config_on_disk(server):
     """Jobs the dashboard starts inherit its environment: the launching shell's OPENAI_API_KEY must not be
     there, and the private file that carried the tokens is gone once the server has read it."""
@@ -100,6 +110,7 @@ def test_the_server_holds_no_key_in_its_environment_and_no_config_on_disk(server
     for p in pids:
         environ = Path(f"/proc/{p}/environ").read_bytes()
         assert SERVER_KEY.encode() not in environ and TOKEN.encode() not in environ
+        assert b"HF_TOKEN=" not in environ and b"HF_HUB_DISABLE_IMPLICIT_TOKEN=1" in environ
         config = [v for v in environ.split(b"\0") if v.startswith(b"MARGINLENS_SERVE_CONFIG=")]
         assert config and not Path(config[0].split(b"=", 1)[1].decode()).exists()
 
