@@ -110,11 +110,11 @@ def test_export_downloads_from_the_browser(server, browser):
     page = _page(browser, server["url"], "/export")
     page.get_by_role("button", name="Write export").click()
     expect(page.get_by_text("Wrote")).to_be_visible()
-    button = page.get_by_test_id("stDownloadButton").get_by_role("button")
+    written = next(p for p in server["ws"].exports_dir.glob("*.jsonl") if p.name != "cut.jsonl")
+    button = page.get_by_test_id("stDownloadButton").get_by_role("button", name=f"Download {written.name}")
     with page.expect_download() as info:
         button.click()
     download = info.value
-    written = next(p for p in server["ws"].exports_dir.glob("*.jsonl") if p.name != "cut.jsonl")
     assert download.suggested_filename == written.name
     assert Path(download.path()).read_bytes() == written.read_bytes()
     page.close()

@@ -6,6 +6,7 @@ and reopens the job that made it, so scoring again computes only what is missing
 from __future__ import annotations
 
 import json
+import time
 
 import pyarrow.parquet as pq
 import pytest
@@ -111,6 +112,9 @@ def test_repair_drops_a_damaged_table_and_scoring_again_computes_only_what_is_mi
     first = cli(ws, *score)
     assert first.returncode == 0, first.stderr
     (job,) = jobs.list_jobs(ws, "score")
+    deadline = time.monotonic() + 60
+    while job.is_alive() and time.monotonic() < deadline:  # the CLI returns at "done"; the worker exits just after
+        time.sleep(0.1)  # (the doctor rightly skips a job a worker still holds)
     fp = job.result()["tables"]["policy"]
     before = load_score_table(ws, "d", fp).to_pylist()
     parts = sorted((job.results_dir / fp).glob("part-*.parquet"))
