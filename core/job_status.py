@@ -223,7 +223,9 @@ def progress_line(status: JobStatus, unit: str = "") -> str:
 
 def _score_details(extra: Mapping[str, Any]) -> list[str]:
     tokens = extra.get("tokens_per_s")
-    return [f"{tokens:,.0f} tokens/s" if tokens else "— tokens/s", str(extra.get("task") or "")]
+    valid, invalid = _count(extra.get("ratings_valid")), _count(extra.get("ratings_invalid"))
+    ratings = f"{valid:,} of {valid + invalid:,} ratings valid" if valid is not None and invalid is not None else ""
+    return [f"{tokens:,.0f} tokens/s" if tokens else "— tokens/s", str(extra.get("task") or ""), ratings]
 
 
 def _audit_details(extra: Mapping[str, Any]) -> list[str]:

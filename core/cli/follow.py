@@ -91,7 +91,8 @@ def follow(job: Job, *, lines: Callable[[JobStatus], Iterable[str]] | None = Non
     The line carries the kind's own figures (core.job_status.details: tokens/s of a scoring job, ...);
     `lines`: lines to keep on stdout as they appear (a training step each). Returns 0 when the job is
     done; 1 when it failed, was cancelled or was interrupted (its message on stderr, the log tail when
-    it failed); DETACHED after Ctrl-C, with the job still running.
+    it failed, and how to resume it unless its status says it kept its outputs and failed on what they
+    hold: extra "kept_outputs"); DETACHED after Ctrl-C, with the job still running.
     """
     kind = job.kind
     unit = unit_of(kind)
@@ -115,7 +116,8 @@ def follow(job: Job, *, lines: Callable[[JobStatus], Iterable[str]] | None = Non
     print(f"job {job.id} {status.state}: {status.message}", file=sys.stderr)
     if status.state is JobState.FAILED:
         print(job.log_tail(20), file=sys.stderr)
-    if status.resumable:
+    # a job that wrote its outputs and then failed on what they hold: resuming would only say it again
+    if status.resumable and not status.extra.get("kept_outputs"):
         print(f"resume it: marginlens jobs resume {job.id}{workspace_option(job)}", file=sys.stderr)
     return 1
 

@@ -19,6 +19,10 @@ budget, the key only in memory). What is paid for is kept:
            why a job rates in one process (scale-out with --processes is refused).
 An answer with no rating on the scale is stored as invalid (its raw text kept) and never asked again;
 its reward is NaN (the pair has no explicit margin) and the table's `invalid_ratings` column counts it.
+The job counts valid and invalid ratings as it goes (its status extra "ratings_valid", "ratings_invalid")
+and at the end (`summarize`, over the pairs the job scored): when more than half are invalid the job fails
+with a message quoting two of the raw answers. The table is kept either way, but the same model at the
+same endpoint answers from the store: asking again means another rater (model or endpoint), a new table.
 
 The table's fingerprint, and with it the ratings folder, holds the model, the endpoint's public URL when
 one is set (local servers reuse model names: two servers' ratings never mix), the rubric version and the
@@ -62,6 +66,8 @@ from marginlens.core.scoring.scorers import (
     slug,
 )
 
+TABLE_PREFIX = "reward-rating-"  # every rating table's fingerprint starts so (LLMRatingScorer.fingerprint)
+QUOTE_CHARS = 40  # of a raw answer quoted in a message
 DEFAULT_PAIRS_PER_BATCH = 8  # a batch is written to the job's parts when done: keep progress visible
 OPTION_KEYS = ("base_url", "max_calls", "max_tokens", "timeout", "max_output_tokens")
 # Every rank would keep its own budget: N processes could spend N times --rating-max-calls.
@@ -127,7 +133,7 @@ class LLMRatingScorer(Scorer[LLMRatingConfig]):
         if self.config.base_url:  # the same model name at another server is another rater
             what["base_url"] = public_url(self.config.base_url)
         digest = hashlib.sha256(json.dumps(what, sort_keys=True).encode()).hexdigest()[:12]
-        return f"{self.table_kind}-rating-{slug(self.config.model)}-{digest}"
+        return f"{TABLE_PREFIX}{slug(self.config.model)}-{digest}"
 
     @property
     def source(self) -> str:
@@ -157,6 +163,8 @@ class LLMRatingScorer(Scorer[LLMRatingConfig]):
         endpoint = Endpoint(self.config.model, self.config.base_url, timeout=self.config.timeout,
                             max_output_tokens=self.config.max_output_tokens)
         self.client = JudgeClient(endpoint, os.environ.get(KEY_ENV), budget, RetryPolicy(), ledger)
+        # this worker's ratings so far (pairs skipped as already written are not counted: the summary is)
+        self.counted = {"ratings_valid": 0, "ratings_invalid": 0}
 
     def plan(self, prepared: list[Any]) -> list[list[int]]:
         size = self.run.max_pairs or DEFAULT_PAIRS_PER_BATCH
@@ -180,6 +188,52 @@ class LLMRatingScorer(Scorer[LLMRatingConfig]):
             chosen, rejected = (self._rate(rating_messages(row["prompt"], text))
                                 for text in (row["chosen"], row["rejected"]))
             value = lambda r: r["rating"] if r["valid"] else math.nan  # noqa: E731
+            invalid = int(not chosen["valid"]) + int(not rejected["valid"])
+            self.counted["ratings_valid"] += 2 - invalid
+            self.counted["ratings_invalid"] += invalid
             out.append({"chosen_reward": value(chosen), "rejected_reward": value(rejected),
-                        "invalid_ratings": int(not chosen["valid"]) + int(not rejected["valid"])})
+                        "invalid_ratings": invalid})
         return out
+
+    # -- reporting (core.scoring.score_job reads these of any scorer that has them) ------------------
+    def progress_figures(self) -> dict[str, int]:
+        """What the job's status extra shows while it runs (core.job_status: "12 of 16 ratings valid")."""
+        return dict(self.counted)
+
+    def summarize(self, workspace: Path, table: Any, pair_ids: list[str], dataset: str) -> tuple[dict[str, Any], str | None]:
+        """The ratings of `pair_ids` (the pairs this job scored) in the merged `table`, counted, and the
+        warning to fail the job with when more than half of them are invalid (None otherwise)."""
+        import pyarrow as pa
+        import pyarrow.compute as pc
+
+        mine = table.filter(pc.is_in(table.column("pair_id"), value_set=pa.array(pair_ids, type=pa.string())))
+        invalid = int(pc.sum(mine.column("invalid_ratings")).as_py() or 0)
+        total = 2 * mine.num_rows
+        figures = {"ratings_valid": total - invalid, "ratings_invalid": invalid}
+        if not total or 2 * invalid <= total:
+            return figures, None
+        store = KeyedLog(Path(workspace) / "ratings" / self.fingerprint() / "ratings.jsonl", key_of=lambda r: r["key"])
+        raws = list(dict.fromkeys(str(r.get("raw") or "") for r in store.records() if not r.get("valid")))[:2]
+        where = f" at {public_url(self.config.base_url)}" if self.config.base_url else ""
+        url = f" --rating-url {public_url(self.config.base_url)}" if self.config.base_url else ""
+        warning = (
+            f"LLM rating: {invalid} of {total} ratings are invalid ({total - invalid} valid): {self.config.model}"
+            f"{where} answered off the rubric (a line 'Rating: N', N from 1 to 10), e.g. "
+            f"{' and '.join(quote(raw) for raw in raws) or 'nothing'}. The table {self.fingerprint()} is kept, but a "
+            "pair with an invalid rating has no explicit margin. These answers are stored and this rater is never "
+            "asked them again (resuming asks nothing); to ask again, rate with another model or endpoint (a new "
+            f"table): `marginlens score {dataset} --policy none --llm-rating OTHER_MODEL{url}` (or another "
+            "--rating-url)")
+        return figures, warning
+
+
+def quote(raw: str) -> str:
+    """A raw answer for a message: escaped (newlines, control and bidi characters shown, not acted on) and
+    cut to QUOTE_CHARS."""
+    text = repr(raw[:QUOTE_CHARS])
+    return text + ("..." if len(raw) > QUOTE_CHARS else "")
+
+
+def is_rating_table(fingerprint: str | None) -> bool:
+    """Whether a score table's fingerprint names an LLM-rating table."""
+    return bool(fingerprint) and str(fingerprint).startswith(TABLE_PREFIX)

@@ -67,8 +67,9 @@ def run(ctx: jobs.JobContext) -> dict[str, Any]:
     todo = {t.fingerprint: _todo(ctx, params, t, pair_ids, targets) for t in params.tasks}
     options = params.run_options(_rank_device(params.device, ctx))
     progress = ShardProgress(ctx, sum(len(t[ctx.rank::ctx.world_size]) for t in todo.values()))
-    progress.add(0)
+    progress.add(0, kept_outputs=False)  # a previous run's verdict on its outputs (below) is not this run's
     summary: dict[str, Any] = {"dataset": dataset, "tables": {}, "truncated": {}}
+    warnings: list[str] = []
     for task in params.tasks:
         folder = ctx.results_dir / task.fingerprint
         folder.mkdir(parents=True, exist_ok=True)
@@ -78,11 +79,32 @@ def run(ctx: jobs.JobContext) -> dict[str, Any]:
             write_json(folder / f"finished-rank{ctx.rank}.json", {"pairs": len(shard)})
             if ctx.is_main:
                 _merge(ctx, params, task, pair_ids, [pair_ids[i] for i in todo[task.fingerprint]], folder)
-                progress.add(0, computed=False)  # all ranks finished: report their final counts
+                figures = _table_figures(ctx, params, task, [pair_ids[i] for i in todo[task.fingerprint]],
+                                         summary, warnings)
+                progress.add(0, computed=False, **figures)  # all ranks finished: report their final counts
         manifest = score_manifest(ws, dataset, task.fingerprint) or {}
         summary["tables"][task.role] = task.fingerprint
         summary["truncated"][task.role] = manifest.get("spec", {}).get("truncated_pairs")
+    if warnings:  # every table is written and kept; the job says plainly that they are mostly unusable
+        progress.add(0, computed=False, kept_outputs=True)  # resuming would only say it again (core.cli.follow)
+        raise MarginLensError(" ".join(warnings))
     return summary
+
+
+def _table_figures(ctx: jobs.JobContext, params: ScoreJobParams, task: Task, todo_ids: list[str],
+                   summary: dict[str, Any], warnings: list[str]) -> dict[str, Any]:
+    """A scorer's own counts over the pairs this job scored, from the merged table (so a resume that
+    computed nothing counts them too): into the summary, and its warning, if any, into `warnings`. The
+    LLM rating's valid and invalid ratings are such counts (core.scoring.llm_rating)."""
+    summarize = getattr(task.scorer, "summarize", None)
+    if summarize is None:
+        return {}
+    table = load_score_table(ctx.workspace, params.dataset, task.fingerprint)
+    figures, warning = summarize(ctx.workspace.root, table, todo_ids, params.dataset)
+    summary.setdefault("counts", {})[task.role] = figures
+    if warning:
+        warnings.append(warning)
+    return figures
 
 
 def _todo(ctx: jobs.JobContext, params: ScoreJobParams, task: Task, pair_ids: list[str],
@@ -153,7 +175,8 @@ def _score_shard(ctx: jobs.JobContext, task: Task, options: RunOptions, pairs: A
             writer.add(new)
             written.update(row["pair_id"] for row in new)
             truncated += sum(bool(row["truncated"]) for row in new)
-            progress.add(len(indices), tokens, task=task.role)
+            figures = getattr(scorer, "progress_figures", None)  # a scorer's live counts (valid ratings)
+            progress.add(len(indices), tokens, task=task.role, **(figures() if figures else {}))
     writer.flush()
     if ready:
         ctx.log(f"{task.role}: scored this rank's shard ({truncated} newly scored pairs truncated)")
