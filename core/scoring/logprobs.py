@@ -8,7 +8,7 @@ core/ without running a model again (`core.selection.margins.simpo_margin`, `dpo
 Why it is fast:
 - pairs are sorted by length and packed into batches under a token budget, so padding is small;
 - the prompt runs once per pair; its KV cache is repeated for the two responses, which then run
-  as a batch of 2*B continuations (prompt tokens are never computed twice);
+  as a batch of 2*B continuations (prompt tokens are never computed twice; core.scoring.shared_prompt);
 - the LM head runs only on scored positions, in chunks, and a log-prob is the target's logit
   minus a logsumexp, so no [batch, seq, vocab] float32 log-softmax ever exists;
 - torch.inference_mode; the dtype is the caller's (core.scoring.models.dtype_for: bf16 on CUDA and on CPUs
@@ -23,7 +23,9 @@ Why it is fast:
 
 Prompts and continuations are right-padded: a padded query then still sees real keys, so no row
 of the attention is fully masked (which gives NaNs in some kernels), and explicit position ids
-keep every continuation at its own prompt's length.
+keep every continuation at its own prompt's length. Padding inside a prompt still takes KV-cache slots:
+for attention that counts slots (a sliding window narrower than the row, MPT's ALiBi) a batch is scored
+in groups of equal prompt length (core.scoring.model_masking decides which layout is exact for what).
 """
 
 from __future__ import annotations
@@ -40,6 +42,7 @@ from marginlens.core.scoring.pair_tree import (
     supports_tree,
     tree_logprob_sums,
 )
+from marginlens.core.scoring.shared_prompt import check_conditioned, shared_prompt_sums
 from marginlens.core.scoring.tokenization import (
     DEFAULT_MAX_LENGTH,
     DEFAULT_MAX_PROMPT_LENGTH,
@@ -239,100 +242,16 @@ class ImplicitScorer(BatchedScorer):
         return super().plan(pairs)
 
     def score_batch(self, pairs: Sequence[TokenizedPair]) -> list[PairLogprobs]:
-        """One forward over the prompts, one over the 2*B continuations, chunked log-probs.
-
-        Worked example (repeated by tests/test_scoring_examples.py). A bigram model over V = 5 tokens
-        (0 pad, 1 Q, 2 A, 3 B, 4 EOS): the next token's probabilities depend on the current token only,
-        after Q: A 1/2, B 1/4; after A: EOS 1/2; after B: EOS 1/4. B = 2 pairs, both with prompt [Q]:
-
-            pair 0: chosen [A, EOS], rejected [B, EOS]      pair 1: chosen [B, EOS], rejected [A, EOS]
-
-        prompt_ids is (B, P) = (2, 1); cont_ids (2B, R) = (4, 2), rows c0 r0 c1 r1. Token t of a
-        continuation is predicted at position t-1 and token 0 at the prompt's last position, so `hidden`
-        is (4, 2, H). Its logits would be (4, 2, V) = (4, 2, 5); the head runs only where `scored` (4, 2)
-        is true -- response tokens, EOS included, past any context `skip` -- on (8, H) rows, giving
-        (8, V) logits and per token logit[target] - logsumexp(logits):
-
-            c0: log 1/2, log 1/2 = -0.6931, -0.6931      r0: log 1/4, log 1/4 = -1.3863, -1.3863
-            c1: -1.3863, -1.3863                          r1: -0.6931, -0.6931
-
-        index_add per row: sums (4,) = [-1.3863, -2.7726, -2.7726, -1.3863], counts (4,) = [2, 2, 2, 2],
-        so PairLogprobs(-1.3863, 2, -2.7726, 2) and PairLogprobs(-2.7726, 2, -1.3863, 2). The SimPO
-        margin is mean minus mean (core.selection.margins.simpo_margin): pair 0 -1.3863/2 - (-2.7726/2)
-        = 0.6931 (log 2), pair 1 -0.6931.
-        """
-        import torch
-
-        if any(not p.prompt for p in pairs):
-            raise MarginLensError("a pair has an empty prompt after templating; nothing conditions its first token")
+        """Summed log-probs of a batch in this scorer's layout: packed, tree rows, or the shared-prompt layouts
+        (core.scoring.shared_prompt, whose `score_padded` works an example through)."""
+        check_conditioned(pairs)
         if self.packing:
             from marginlens.core.scoring.packing import score_packed
 
             return [PairLogprobs(*sums) for sums in score_packed(self, pairs)]
         if self.tree:
             return [PairLogprobs(*sums) for sums in tree_logprob_sums(self.base, self._token_logps, pairs, self.pad_id)]
-        if len(pairs) == 1:
-            return [self._score_one(pairs[0])]
-        dev, B = self.device, len(pairs)
-        P = max(len(p.prompt) for p in pairs)
-        conts = [c for p in pairs for c in (p.chosen, p.rejected)]
-        R = max(1, max(len(c) for c in conts))
-        prompt_ids, plen = self.padded([p.prompt for p in pairs], P)
-        cont_ids, clen = self.padded(conts, R)
-        skips = torch.tensor([s for p in pairs for s in (p.chosen_skip, p.rejected_skip)], device=dev)
-        arange_p, arange_r = torch.arange(P, device=dev), torch.arange(R, device=dev)
-        prompt_mask = (arange_p[None, :] < plen[:, None]).long()
-        cont_mask = (arange_r[None, :] < clen[:, None]).long()
-
-        with torch.inference_mode():
-            out = self.base(input_ids=prompt_ids, attention_mask=prompt_mask,
-                            position_ids=arange_p[None, :].expand(B, P), use_cache=True)
-            last_prompt_hidden = out.last_hidden_state[torch.arange(B, device=dev), plen - 1]
-            cache = getattr(out, self.cache_arg)
-            cache.batch_repeat_interleave(2)
-            plen2 = plen.repeat_interleave(2)
-            out2 = self.base(
-                input_ids=cont_ids,
-                attention_mask=torch.cat([prompt_mask.repeat_interleave(2, dim=0), cont_mask], dim=1),
-                position_ids=plen2[:, None] + arange_r[None, :],
-                use_cache=True,
-                **{self.cache_arg: cache},
-            )
-            # Token t of a continuation is predicted by position t-1, and token 0 by the prompt's end.
-            hidden = torch.cat([last_prompt_hidden.repeat_interleave(2, dim=0)[:, None, :],
-                                out2.last_hidden_state[:, : R - 1, :]], dim=1)
-            scored = (arange_r[None, :] >= skips[:, None]) & (arange_r[None, :] < clen[:, None])
-            rows = scored.nonzero(as_tuple=True)[0]
-            logps = self._token_logps(hidden[scored], cont_ids[scored])
-            sums = torch.zeros(2 * B, dtype=torch.float64, device=dev).index_add_(0, rows, logps.double())
-            counts = scored.sum(dim=1)
-            del out, out2, cache, hidden
-        sums_l, counts_l = sums.cpu().tolist(), counts.cpu().tolist()
-        return [PairLogprobs(sums_l[2 * i], counts_l[2 * i], sums_l[2 * i + 1], counts_l[2 * i + 1]) for i in range(B)]
-
-    def _score_one(self, pair: TokenizedPair) -> PairLogprobs:
-        """One pair without padding: the prompt once, then each response continuing from its KV cache (the
-        chosen one from a copy: cropping back is not exact for sliding-window caches)."""
-        import copy
-
-        import torch
-
-        dev, P = self.device, len(pair.prompt)
-        sums, counts = [], []
-        with torch.inference_mode():
-            out = self.base(input_ids=torch.tensor([pair.prompt], device=dev), use_cache=True)
-            last_prompt_hidden = out.last_hidden_state[:, -1:, :]
-            prompt_cache = getattr(out, self.cache_arg)
-            for ids, skip, cache in ((pair.chosen, pair.chosen_skip, copy.deepcopy(prompt_cache)),
-                                     (pair.rejected, pair.rejected_skip, prompt_cache)):
-                cont = torch.tensor([ids], device=dev)
-                out2 = self.base(input_ids=cont, position_ids=torch.arange(P, P + len(ids), device=dev)[None, :],
-                                 use_cache=True, **{self.cache_arg: cache})
-                # Token t is predicted by position t-1, token 0 by the prompt's end.
-                hidden = torch.cat([last_prompt_hidden, out2.last_hidden_state[:, :-1, :]], dim=1)[0]
-                sums.append(self._token_logps(hidden[skip:], cont[0, skip:]).double().sum().item())
-                counts.append(len(ids) - skip)
-        return PairLogprobs(sums[0], counts[0], sums[1], counts[1])
+        return [PairLogprobs(*sums) for sums in shared_prompt_sums(self, pairs)]
 
     def _token_logps(self, hidden: Any, targets: Any) -> Any:
         import torch

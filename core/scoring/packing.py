@@ -37,7 +37,7 @@ from collections.abc import Sequence
 from typing import Any
 
 from marginlens.core.errors import MarginLensError
-from marginlens.core.scoring.model_masking import attention_layers, own_masking, text_config
+from marginlens.core.scoring.model_masking import attention_layers, mask_driven_refusal, text_config
 from marginlens.core.scoring.tokenization import TokenizedPair
 
 ATTENTION_NAME = "marginlens_packed"
@@ -83,7 +83,8 @@ def supports_packing(model: Any) -> str | None:
         return f"attention implementation {impl!r} (packing replaces sdpa only)"
     if getattr(config, "attn_logit_softcapping", None):
         return "attention logit soft-capping"  # packed_attention's kernels do not cap
-    return own_masking(model)
+    # Also ALiBi: Falcon's bias rides on the mask, which packed_attention ignores (silently, every layer called).
+    return mask_driven_refusal(model)
 
 
 def enable_packing(model: Any) -> None:

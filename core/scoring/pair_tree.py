@@ -20,8 +20,10 @@ rejected [r0], so the row is p0 p1 c0 c1 r0 with positions 0 1 2 3 2 and (1 = ma
 Token t of a response is predicted by the position before it, and each response's first token by the
 prompt's last position: c0 by 1, c1 by 2, r0 by 1 (not by c1 at 3).
 
-Models that mask by themselves in ways a given mask would override (sliding windows, hybrid layers) or
-attention kernels that take no 4-D mask keep the shared-prompt layout (`supports_tree`).
+Models that mask by themselves in ways a given mask would override (sliding windows, hybrid layers), that
+place tokens by their index in the row rather than by position ids (ALiBi: r0 would be C tokens further
+from the prompt than it is), or attention kernels that take no 4-D mask keep the shared-prompt layout
+(`supports_tree`; core.scoring.model_masking decides).
 """
 
 from __future__ import annotations
@@ -29,7 +31,7 @@ from __future__ import annotations
 from collections.abc import Callable, Sequence
 from typing import Any
 
-from marginlens.core.scoring.model_masking import own_masking, text_config
+from marginlens.core.scoring.model_masking import mask_driven_refusal, text_config
 from marginlens.core.scoring.tokenization import TokenizedPair
 
 # Padded tokens per forward: on a 16-core AMX CPU (SmolLM2-135M, bf16 and float32 alike) 2,048 ran 15-20%
@@ -40,10 +42,11 @@ _MASKING_KERNELS = ("sdpa", "eager", "marginlens_packed")
 
 
 def supports_tree(model: Any) -> bool:
-    """Whether a 4-D mask passed to `model` is applied as given and is all the masking there is."""
+    """Whether a 4-D mask and position ids passed to `model` are applied as given and are all the masking
+    and placing there is."""
     if getattr(text_config(model), "_attn_implementation", None) not in _MASKING_KERNELS:
         return False
-    return own_masking(model) is None
+    return mask_driven_refusal(model) is None
 
 
 def row_length(pair: TokenizedPair) -> int:
