@@ -16,8 +16,8 @@ reference
     stripped (a template that refuses a lone assistant turn, as Gemma's do, is an error naming
     --chat-template: SimPO's Gemma config swaps the template, core.scoring.chat_templates);
     prompt+response is tokenized jointly and split at the prompt's length, one token
-    earlier when the tokenizer merged across the boundary; BOS is prepended to the prompt if
-    missing and EOS appended to the response if missing.
+    earlier when the tokenizer merged across the boundary; each response's context (the joint
+    tokens before its split) gets BOS prepended if missing, its response EOS appended if missing.
 
 Worked example, reference mode (repeated by tests/test_scoring_examples.py): a byte-level BPE trained
 locally on "Q: Capital of France? A: Paris" and "Q: Capital of Italy? A: Rome" (vocabulary 280, <s> = 0,
@@ -44,9 +44,14 @@ whole (ending in Ġ 222) and tokenizes the response alone: chosen [270 Pa, 276 r
 
 A tokenizer without a chat template gets PLAIN_TEMPLATE (below) and a warning.
 
-Truncation (both modes, as TRL/SimPO do it): when prompt + the longer response exceeds
-max_length, the prompt keeps its last max_prompt_length tokens; if that is still too long, each
-response keeps its first max_length - max_prompt_length tokens. Any cut marks the pair truncated.
+Truncation (both modes, as SimPO's tokenize_row does it, truncation_mode keep_end): each response
+is judged on its own context (the shared prompt plus its skipped tokens) against the longer of the
+two scored parts: when they exceed max_length, that context keeps its last max_prompt_length tokens
+(a BOS among the dropped ones goes too); if that is still too long, that response keeps its first
+max_length - max_prompt_length scored tokens. So after a boundary merge one response's context may be
+cut and the other's not, or both cut at different offsets; the shared prompt is then what the two
+contexts still have in common (possibly nothing, each context then rides in its continuation as
+skipped tokens). Any cut marks the pair truncated.
 """
 
 from __future__ import annotations
@@ -175,18 +180,36 @@ def _append_eos(ids: list[int], eos: int | None) -> list[int]:
     return ids + [eos] if eos is not None and (not ids or ids[-1] != eos) else ids
 
 
-def _truncate(pair: TokenizedPair, max_length: int, max_prompt_length: int) -> TokenizedPair:
-    longer = max(len(pair.chosen), len(pair.rejected))
-    if len(pair.prompt) + longer <= max_length:
-        return pair
-    pair.truncated = True
-    pair.prompt = pair.prompt[-max_prompt_length:]
-    if len(pair.prompt) + longer > max_length:
-        keep = max_length - max_prompt_length
-        pair.chosen, pair.rejected = pair.chosen[:keep], pair.rejected[:keep]
-        pair.chosen_skip = min(pair.chosen_skip, len(pair.chosen))
-        pair.rejected_skip = min(pair.rejected_skip, len(pair.rejected))
-    return pair
+def _cut(context: list[int], scored: list[int], longer: int, max_length: int, max_prompt_length: int
+         ) -> tuple[list[int], list[int], bool]:
+    """One response's (context, scored tokens) cut to fit; `longer` is the pair's longer scored part, so a
+    short response is cut exactly when its partner needs it."""
+    if len(context) + longer <= max_length:
+        return context, scored, False
+    cut_context = context[-max_prompt_length:]
+    cut_scored = scored[: max_length - max_prompt_length] if len(cut_context) + longer > max_length else scored
+    return cut_context, cut_scored, len(cut_context) < len(context) or len(cut_scored) < len(scored)
+
+
+def _common_length(a: list[int], b: list[int]) -> int:
+    if a == b:
+        return len(a)
+    n = 0
+    while n < min(len(a), len(b)) and a[n] == b[n]:
+        n += 1
+    return n
+
+
+def _assemble(chosen: tuple[list[int], list[int]], rejected: tuple[list[int], list[int]], max_length: int,
+              max_prompt_length: int) -> TokenizedPair:
+    """A pair from each response's own (context, scored tokens), truncated: the contexts' common start is
+    the shared prompt, the rest of each context its continuation's skipped tokens."""
+    longer = max(len(chosen[1]), len(rejected[1]))
+    c_ctx, c_ids, c_cut = _cut(*chosen, longer, max_length, max_prompt_length)
+    r_ctx, r_ids, r_cut = _cut(*rejected, longer, max_length, max_prompt_length)
+    n = _common_length(c_ctx, r_ctx)
+    return TokenizedPair(c_ctx[:n], c_ctx[n:] + c_ids, r_ctx[n:] + r_ids, len(c_ctx) - n, len(r_ctx) - n,
+                         c_cut or r_cut)
 
 
 def check_lengths(max_length: int, max_prompt_length: int) -> None:
@@ -217,14 +240,18 @@ def tokenize_pairs(
     renderer = renderer or Renderer(tokenizer)
     eos = tokenizer.eos_token_id if append_eos else None
     if mode == "clean":
-        pairs = _clean(renderer, prompts, chosen, rejected, eos, exact=not append_eos)
+        sides = _clean(renderer, prompts, chosen, rejected, eos, exact=not append_eos)
     else:
-        pairs = _reference(renderer, prompts, chosen, rejected, eos)
-    return [_truncate(p, max_length, max_prompt_length) for p in pairs]
+        sides = _reference(renderer, prompts, chosen, rejected, eos)
+    return [_assemble(c, r, max_length, max_prompt_length) for c, r in sides]
+
+
+# Per pair: the chosen and the rejected response, each as (its context, its scored tokens).
+_Sides = list[tuple[tuple[list[int], list[int]], tuple[list[int], list[int]]]]
 
 
 def _clean(renderer: Renderer, prompts: Sequence[Sequence[Message]], chosen: Sequence[str],
-           rejected: Sequence[str], eos: int | None, exact: bool = False) -> list[TokenizedPair]:
+           rejected: Sequence[str], eos: int | None, exact: bool = False) -> _Sides:
     tokenizer = renderer.tokenizer
     prompt_texts = [renderer.render(m, add_generation_prompt=True) for m in prompts]
     suffixes: list[str] = []
@@ -232,10 +259,8 @@ def _clean(renderer: Renderer, prompts: Sequence[Sequence[Message]], chosen: Seq
         suffixes += [renderer.response_suffix(messages, text, c, exact), renderer.response_suffix(messages, text, r, exact)]
     prompt_ids = _ids(tokenizer, prompt_texts)
     response_ids = _ids(tokenizer, suffixes)
-    return [
-        TokenizedPair(p, _append_eos(response_ids[2 * i], eos), _append_eos(response_ids[2 * i + 1], eos))
-        for i, p in enumerate(prompt_ids)
-    ]
+    return [((p, _append_eos(response_ids[2 * i], eos)), (p, _append_eos(response_ids[2 * i + 1], eos)))
+            for i, p in enumerate(prompt_ids)]
 
 
 def _with_empty_system(renderer: Renderer, messages: Sequence[Message]) -> list[Message]:
@@ -252,7 +277,7 @@ def _with_empty_system(renderer: Renderer, messages: Sequence[Message]) -> list[
 
 
 def _reference(renderer: Renderer, prompts: Sequence[Sequence[Message]], chosen: Sequence[str],
-               rejected: Sequence[str], eos: int | None) -> list[TokenizedPair]:
+               rejected: Sequence[str], eos: int | None) -> _Sides:
     tokenizer = renderer.tokenizer
     bos_text, bos = tokenizer.bos_token, tokenizer.bos_token_id
     prompt_texts = [renderer.render(_with_empty_system(renderer, m) if renderer.templated else m,
@@ -274,20 +299,13 @@ def _reference(renderer: Renderer, prompts: Sequence[Sequence[Message]], chosen:
     prompt_ids = _ids(tokenizer, prompt_texts)
     joint_ids = _ids(tokenizer, [prompt_texts[i // 2] + a for i, a in enumerate(answers)])
 
-    pairs = []
-    for i, prompt in enumerate(prompt_ids):
-        splits = []
-        for joint in (joint_ids[2 * i], joint_ids[2 * i + 1]):
-            start = len(prompt)
-            if joint[:start] != prompt:  # the tokenizer merged the last prompt token into the answer
-                start -= 1
-            splits.append((joint, start))
-        shared = min(start for _, start in splits)
-        # Every joint tokenization starts with the shared part; the rest up to its own split is context.
-        conts = [(joint[shared:], start - shared) for joint, start in splits]
-        head = list(splits[0][0][:shared])
-        if bos is not None and (not head or head[0] != bos):
-            head = [bos, *head]
-        (c_ids, c_skip), (r_ids, r_skip) = conts
-        pairs.append(TokenizedPair(head, _append_eos(c_ids, eos), _append_eos(r_ids, eos), c_skip, r_skip))
-    return pairs
+    def side(prompt: list[int], joint: list[int]) -> tuple[list[int], list[int]]:
+        split = len(prompt)
+        if joint[:split] != prompt:  # the tokenizer merged the last prompt token into the answer
+            split -= 1
+        context = joint[:split]
+        if bos is not None and (not context or context[0] != bos):
+            context = [bos, *context]
+        return context, _append_eos(joint[split:], eos)
+
+    return [(side(p, joint_ids[2 * i]), side(p, joint_ids[2 * i + 1])) for i, p in enumerate(prompt_ids)]
