@@ -133,3 +133,15 @@ def test_reference_mode_truncates_like_simpo(tokenizer, template: str):
     assert compared >= 380
     assert merged >= 15 and min(contexts_cut, answers_cut, bos_dropped) >= 40, (
         compared, merged, contexts_cut, answers_cut, bos_dropped)
+
+
+def test_reference_tables_from_the_old_truncation_are_not_reused():
+    """Reference-mode numbers changed near max_length: its fingerprints changed; clean mode's did not."""
+    from marginlens.core.scoring.builtin_scorers import LogprobConfig, LogprobScorer
+
+    def inputs(mode: str) -> dict:
+        return LogprobScorer(LogprobConfig(model="m", identity="-", dtype="float32", mode=mode, max_length=64,
+                                           max_prompt_length=32)).fingerprint_inputs()
+
+    assert inputs("reference")["truncation"] == "per-response"
+    assert "truncation" not in inputs("clean")

@@ -132,6 +132,10 @@ class LogprobScorer(ModelScorer[LogprobConfig]):
         inputs = super().fingerprint_inputs()
         if inputs["chat_template"] is None:
             del inputs["chat_template"]  # the tokenizer's own: fingerprints from before the option stay valid
+        if inputs["mode"] == "reference":
+            # Reference truncation now cuts each response with its own context, as SimPO's tokenize_row does:
+            # tables from before may differ near max_length, so they are not reused. Clean mode is unchanged.
+            inputs["truncation"] = "per-response"
         return inputs
 
     def load_engine(self) -> ImplicitScorer:
