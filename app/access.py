@@ -27,6 +27,8 @@ def identity(config: ServeConfig | None) -> actor.Actor | None:
     """The actor of this browser session, or None when it has not signed in (OIDC) or is not allowed."""
     if config is None:  # a page run outside `marginlens app` (AppTest, a library user): the local user
         return actor.current()
+    if config.auth == "none":  # no sign-in, loopback only (launch refuses it elsewhere): whoever is here operates
+        return actor.Actor("operator (no sign-in)", may_write=True)
     if config.auth == "oidc":
         if not st.user.is_logged_in:
             return None
