@@ -14,7 +14,7 @@ import json
 import os
 import shutil
 import time
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 from pathlib import Path
 from typing import Any
 
@@ -34,27 +34,36 @@ class DamagedFile(MarginLensError):
         super().__init__(f"{self.path}: damaged: {problem}; repair: {repair}")
 
 
-def read_json_object(path: str | os.PathLike, repair: str = REPAIR_COMMAND,
+def read_json_object(path: str | os.PathLike, repair: str | Callable[[], str] = REPAIR_COMMAND,
                      required: Iterable[str] = ()) -> dict[str, Any] | None:
     """The JSON object in `path`, None when there is no such file; DamagedFile when it is not one (not
-    JSON, not an object, or without one of the `required` keys)."""
+    JSON, not an object, or without one of the `required` keys). `repair` may be a callable (a bound
+    `Workspace.doctor_command`): it is called only for a damaged file, not on every status read a panel polls."""
+    data, problem = _json_object(path, required)
+    if problem is not None:
+        raise DamagedFile(path, problem, repair() if callable(repair) else repair)
+    return data
+
+
+def _json_object(path: str | os.PathLike, required: Iterable[str]) -> tuple[dict[str, Any] | None, str | None]:
+    """(the object, None), (None, None) for no file, or (None, what is wrong)."""
     try:
         with open(path, encoding="utf-8") as fh:
             data = json.load(fh)
     except FileNotFoundError:
-        return None
+        return None, None
     except json.JSONDecodeError as exc:
-        raise DamagedFile(path, f"not valid JSON (line {exc.lineno}, column {exc.colno}: {exc.msg})", repair) from None
+        return None, f"not valid JSON (line {exc.lineno}, column {exc.colno}: {exc.msg})"
     except UnicodeDecodeError:
-        raise DamagedFile(path, "not valid JSON (not UTF-8 text)", repair) from None
+        return None, "not valid JSON (not UTF-8 text)"
     except IsADirectoryError:
-        raise DamagedFile(path, "a folder where a JSON file belongs", repair) from None
+        return None, "a folder where a JSON file belongs"
     if not isinstance(data, dict):
-        raise DamagedFile(path, f"holds a JSON {type(data).__name__} where an object belongs", repair)
+        return None, f"holds a JSON {type(data).__name__} where an object belongs"
     missing = [key for key in required if key not in data]
     if missing:
-        raise DamagedFile(path, f"lacks the field{'s' if len(missing) > 1 else ''} {', '.join(missing)}", repair)
-    return data
+        return None, f"lacks the field{'s' if len(missing) > 1 else ''} {', '.join(missing)}"
+    return data, None
 
 
 def sha256_file(path: str | os.PathLike) -> str:

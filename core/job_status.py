@@ -23,7 +23,7 @@ from pathlib import Path
 from types import MappingProxyType
 from typing import Any
 
-from marginlens.core.integrity import REPAIR_COMMAND, DamagedFile, read_json_object
+from marginlens.core.integrity import DamagedFile, read_json_object
 
 
 class JobState(str, Enum):
@@ -157,12 +157,6 @@ class JobStatus:
                 "started": self.started_at, "finished": self.finished_at, "heartbeat": self.heartbeat_at,
                 "pid": self.pid, "resumed": self.resumed, "rate": self.rate, "eta_s": self.eta_s,
                 "extra": dict(self.extra)}
-
-
-def read_job_file(path: Path, repair: str = REPAIR_COMMAND) -> dict[str, Any] | None:
-    """A job's spec.json, status.json or result.json (None while there is none); a damaged one raises
-    DamagedFile naming it. core.jobs.Job reads all three with this, so every reader gets the same error."""
-    return read_json_object(path, repair)
 
 
 def listed_spec(job_dir: Path) -> dict[str, Any]:

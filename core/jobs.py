@@ -34,6 +34,7 @@ from typing import Any
 from marginlens.core import actor, job_status
 from marginlens.core.atomic import read_json, write_json
 from marginlens.core.errors import MarginLensError
+from marginlens.core.integrity import read_json_object
 from marginlens.core.job_disk import write_status
 from marginlens.core.job_status import FINISHED, LIVE, RESUMABLE, JobState, JobStatus
 from marginlens.core.workspace import Workspace
@@ -110,7 +111,7 @@ class Job:
 
     @property
     def spec(self) -> dict[str, Any]:
-        return job_status.read_job_file(self.dir / "spec.json", self.workspace.doctor_command()) or {}
+        return read_json_object(self.dir / "spec.json", self.workspace.doctor_command) or {}
 
     @property
     def kind(self) -> str | None:
@@ -152,7 +153,7 @@ class Job:
         return JobStatus.from_dict(raw)
 
     def _read_status(self) -> dict[str, Any]:
-        return job_status.read_job_file(self.dir / "status.json", self.workspace.doctor_command()) or {}
+        return read_json_object(self.dir / "status.json", self.workspace.doctor_command) or {}
 
     def cancel(self) -> None:
         actor.require_write("cancel a job")
@@ -180,7 +181,7 @@ class Job:
             time.sleep(poll)
 
     def result(self) -> dict[str, Any] | None:
-        return job_status.read_job_file(self.dir / "result.json", self.workspace.doctor_command())
+        return read_json_object(self.dir / "result.json", self.workspace.doctor_command)
 
 
 def _wait_for_exiting_worker(job: Job, fd: int, timeout: float = 30.0) -> bool:

@@ -122,7 +122,7 @@ class Workspace:
     def dataset_manifest(self, name: str) -> dict[str, Any]:
         """The dataset's manifest; DamagedFile when it is not one the readers below can follow."""
         path = self.manifest_path(name)
-        manifest = read_json_object(path, self.doctor_command(), required=MANIFEST_FIELDS)
+        manifest = read_json_object(path, self.doctor_command, required=MANIFEST_FIELDS)
         if manifest is None:
             known = ", ".join(self.dataset_names()) or "none"
             raise MarginLensError(f"no dataset named {name!r} in {self.root} (known: {known})")

@@ -105,3 +105,23 @@ def serve_config(monkeypatch, folder: Path, data_roots=(), endpoints=()) -> Path
     path.write_text(config.to_json(), encoding="utf-8")
     monkeypatch.setenv(CONFIG_ENV, str(path))
     return path
+
+
+def worker_environ(job, timeout: float = 60) -> dict[str, str]:
+    """The environment the job's worker process runs with (Linux /proc), read while it is alive."""
+    import time
+
+    from marginlens.core.atomic import read_json
+
+    deadline = time.monotonic() + timeout
+    while True:
+        pid = (read_json(job.dir / "status.json") or {}).get("pid")
+        if pid:
+            try:
+                raw = Path(f"/proc/{pid}/environ").read_bytes()
+            except FileNotFoundError:
+                raw = b""
+            if raw:
+                return dict(item.split("=", 1) for item in raw.decode().split("\0") if "=" in item)
+        assert time.monotonic() < deadline, job.log_tail(20)
+        time.sleep(0.02)

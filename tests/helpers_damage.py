@@ -7,7 +7,6 @@ import os
 import shutil
 import subprocess
 import sys
-import time
 from pathlib import Path
 
 from marginlens.core.workspace import Workspace
@@ -28,13 +27,6 @@ def assert_names_damage(proc: subprocess.CompletedProcess, ws: Workspace, path: 
     assert "Traceback" not in proc.stderr + proc.stdout, proc.stderr
     assert f"error: {path}: damaged: " in proc.stderr, proc.stderr
     assert f"repair: marginlens doctor --repair --workspace {ws.root}" in proc.stderr, proc.stderr
-
-
-def wait_until(predicate, what: str, timeout: float = 180.0) -> None:
-    deadline = time.monotonic() + timeout
-    while not predicate():
-        assert time.monotonic() < deadline, f"timed out waiting for {what}"
-        time.sleep(0.1)
 
 
 def cut_in_half(path: Path) -> None:

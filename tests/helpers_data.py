@@ -4,6 +4,7 @@ ingester (core.data.ingest.import_dataset) and the real score-table writer."""
 from __future__ import annotations
 
 import json
+import time
 from pathlib import Path
 from typing import Any
 
@@ -12,6 +13,16 @@ import pyarrow as pa
 from marginlens.core.data.ingest import import_dataset
 from marginlens.core.scoring.score_tables import save_score_table
 from marginlens.core.workspace import Workspace
+
+
+def wait_until(predicate, what: str, timeout: float = 120.0):
+    """The first truthy value of `predicate()`, polled every 0.1 s; an AssertionError naming `what` at `timeout`."""
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if value := predicate():
+            return value
+        time.sleep(0.1)
+    raise AssertionError(f"timed out waiting for {what}")
 
 
 def write_jsonl(path: Path, records: list[dict[str, Any]]) -> Path:

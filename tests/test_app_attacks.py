@@ -15,18 +15,17 @@ from __future__ import annotations
 import json
 import re
 import sys
-import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
 import pytest
-from helpers_app import DATASET, app_test, build_workspace, no_errors, records, serve_config
+from helpers_app import DATASET, app_test, build_workspace, no_errors, records, serve_config, worker_environ
 from judge_server import ScriptedJudge
 from marginlens.app.access import OWN_URL
 from marginlens.app.uploads import DIGEST_CHARS
 from marginlens.app.widgets import md_escape
 from marginlens.core import actor, jobs
-from marginlens.core.atomic import read_json, write_json
+from marginlens.core.atomic import write_json
 from marginlens.core.audit.audit_job import list_audits
 from marginlens.core.audit.audit_params import audit_params
 from marginlens.core.chat_client import KEY_ENV, Endpoint
@@ -74,22 +73,6 @@ def rendered(at) -> str:
         parts.extend(str(el.value) for el in getattr(at, kind))
     parts.extend(str(el.value) for el in at.text_input)
     return "\n".join(parts)
-
-
-def worker_environ(job: jobs.Job, timeout: float = 60) -> dict[str, str]:
-    """The environment the job's worker process runs with (Linux /proc), read while it is alive."""
-    deadline = time.monotonic() + timeout
-    while True:
-        pid = (read_json(job.dir / "status.json") or {}).get("pid")
-        if pid:
-            try:
-                raw = Path(f"/proc/{pid}/environ").read_bytes()
-            except FileNotFoundError:
-                raw = b""
-            if raw:
-                return dict(item.split("=", 1) for item in raw.decode().split("\0") if "=" in item)
-        assert time.monotonic() < deadline, job.log_tail(20)
-        time.sleep(0.02)
 
 
 # -- Data page: uploads and server paths -----------------------------------------------------------------------

@@ -6,18 +6,16 @@ from __future__ import annotations
 
 import json
 import sys
-import time
-from pathlib import Path
 
 import pytest
-from helpers_app import app_test, no_errors, serve_config
+from helpers_app import app_test, no_errors, serve_config, worker_environ
 from helpers_experiment import DATASET, build_dataset
 from judge_server import ScriptedJudge
 from marginlens.app import selfplay_timeline as tl
 from marginlens.app import selfplay_view as sv
 from marginlens.app.widgets import md_escape
 from marginlens.core import jobs
-from marginlens.core.atomic import read_json, write_json
+from marginlens.core.atomic import write_json
 from marginlens.core.errors import MarginLensError
 from marginlens.core.experiments.experiment_results import cell_key
 from marginlens.core.job_status import JobState
@@ -277,22 +275,6 @@ def test_openai_evolver_endpoint_and_key(sp_ws, tiny_llama, tmp_path, monkeypatc
     finally:
         job.cancel()
     assert job.wait(poll=0.2, timeout=180).state is JobState.CANCELLED, job.log_tail(20)
-
-
-def worker_environ(job: Job, timeout: float = 60) -> dict[str, str]:
-    """The environment the job's worker process runs with (Linux /proc), read while it is alive."""
-    deadline = time.monotonic() + timeout
-    while True:
-        pid = (read_json(job.dir / "status.json") or {}).get("pid")
-        if pid:
-            try:
-                raw = Path(f"/proc/{pid}/environ").read_bytes()
-            except FileNotFoundError:
-                raw = b""
-            if raw:
-                return dict(item.split("=", 1) for item in raw.decode().split("\0") if "=" in item)
-        assert time.monotonic() < deadline, job.log_tail(20)
-        time.sleep(0.05)
 
 
 def test_worker_env_puts_each_key_under_its_part_s_variable(sp_ws):

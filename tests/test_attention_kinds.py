@@ -99,6 +99,16 @@ def _args(data):
     return [d["prompt"] for d in data], [d["chosen"] for d in data], [d["rejected"] for d in data]
 
 
+def cpu_layouts(model, tokenizer) -> dict[str, ImplicitScorer]:
+    """The scorer's CPU layouts, each sized so a test's pairs fit one batch: per-pair, padded shared prompt, and
+    the default (the tree where it is exact, else the padded path)."""
+    return {
+        "per-pair": ImplicitScorer(model, tokenizer, tree=False),
+        "padded shared prompt": ImplicitScorer(model, tokenizer, tree=False, max_pairs=256, token_budget=100000),
+        "cpu default": ImplicitScorer(model, tokenizer, token_budget=100000),
+    }
+
+
 def test_every_layout_equals_the_plain_forward(kind_model):
     kind, model, tokenizer = kind_model
     data = short_pairs(8)
@@ -110,13 +120,9 @@ def test_every_layout_equals_the_plain_forward(kind_model):
     expected = [(plain_logp(model, p.prompt, p.chosen, p.chosen_skip),
                  plain_logp(model, p.prompt, p.rejected, p.rejected_skip)) for p in pairs]
 
-    layouts = {
-        "per-pair": ImplicitScorer(model, tokenizer, tree=False),
-        "padded shared prompt": ImplicitScorer(model, tokenizer, tree=False, max_pairs=256, token_budget=100000),
-        "cpu default (tree where exact)": ImplicitScorer(model, tokenizer, token_budget=100000),
-    }
+    layouts = cpu_layouts(model, tokenizer)
     assert len(layouts["padded shared prompt"].plan(pairs)) == 1  # one batch of prompts of different lengths
-    assert layouts["cpu default (tree where exact)"].tree == (kind in MASK_DRIVEN_OK)
+    assert layouts["cpu default"].tree == (kind in MASK_DRIVEN_OK)
     assert supports_tree(model) == (kind in MASK_DRIVEN_OK)
     if kind in MASK_DRIVEN_OK:
         assert packing.supports_packing(model) is None

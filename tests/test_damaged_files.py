@@ -14,8 +14,8 @@ from pathlib import Path
 import pyarrow.parquet as pq
 import pytest
 from helpers_app import DATASET, POLICY_FP, app_test, build_workspace
-from helpers_damage import assert_names_damage, cli, cut_in_half, shown, wait_until
-from helpers_data import standard_records, write_jsonl
+from helpers_damage import assert_names_damage, cli, cut_in_half, shown
+from helpers_data import standard_records, wait_until, write_jsonl
 from marginlens.core import jobs
 from marginlens.core.job_status import JobState
 from marginlens.core.scoring.score_tables import load_score_table, table_dir
@@ -63,11 +63,11 @@ def test_a_cut_part_is_quarantined_and_the_resume_scores_its_pairs_again(ws, tmp
                   "--detach")
     assert started.returncode == 0, started.stderr
     (job,) = jobs.list_jobs(ws, "score")
-    wait_until(lambda: len(list(job.results_dir.glob("*/part-*.parquet"))) >= 3 or not job.status().live, "parts")
+    wait_until(lambda: len(list(job.results_dir.glob("*/part-*.parquet"))) >= 3 or not job.status().live, "parts", timeout=180)
     status = job.status()
     assert status.live, job.log_tail()  # hundreds of one-pair batches: still going after three
     os.kill(status.pid, signal.SIGKILL)
-    wait_until(lambda: job.status().state is JobState.INTERRUPTED, "the killed job to read as interrupted")
+    wait_until(lambda: job.status().state is JobState.INTERRUPTED, "the killed job to read as interrupted", timeout=180)
     folder = sorted(job.results_dir.glob("*/part-*.parquet"))[0].parent
     fp = folder.name
     part = sorted(folder.glob("part-*.parquet"))[0]

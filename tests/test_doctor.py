@@ -6,13 +6,12 @@ and reopens the job that made it, so scoring again computes only what is missing
 from __future__ import annotations
 
 import json
-import time
 
 import pyarrow.parquet as pq
 import pytest
 from helpers_app import app_test
 from helpers_damage import cli, cut_in_half, shown
-from helpers_data import make_dataset, standard_records, write_jsonl
+from helpers_data import make_dataset, standard_records, wait_until, write_jsonl
 from marginlens.core import jobs
 from marginlens.core.data.import_job import import_spec, submit_import
 from marginlens.core.job_status import JobState
@@ -112,9 +111,8 @@ def test_repair_drops_a_damaged_table_and_scoring_again_computes_only_what_is_mi
     first = cli(ws, *score)
     assert first.returncode == 0, first.stderr
     (job,) = jobs.list_jobs(ws, "score")
-    deadline = time.monotonic() + 60
-    while job.is_alive() and time.monotonic() < deadline:  # the CLI returns at "done"; the worker exits just after
-        time.sleep(0.1)  # (the doctor rightly skips a job a worker still holds)
+    # the CLI returns at "done" and the worker exits just after; the doctor rightly skips a job a worker holds
+    wait_until(lambda: not job.is_alive(), "the score worker to exit", timeout=60)
     fp = job.result()["tables"]["policy"]
     before = load_score_table(ws, "d", fp).to_pylist()
     parts = sorted((job.results_dir / fp).glob("part-*.parquet"))

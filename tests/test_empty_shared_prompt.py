@@ -17,7 +17,7 @@ from marginlens.core.errors import MarginLensError
 from marginlens.core.scoring.logprobs import ImplicitScorer
 from marginlens.core.scoring.models import load_causal_lm
 from marginlens.core.scoring.tokenization import TokenizedPair, tokenize_pairs
-from test_attention_kinds import TOLERANCE, make_model, plain_logp
+from test_attention_kinds import TOLERANCE, cpu_layouts, make_model, plain_logp
 from test_reference_truncation import TEMPLATES, random_text
 from tiny_models import single_thread
 
@@ -66,11 +66,7 @@ def test_every_layout_scores_pairs_without_a_shared_prompt(kind_model):
     expected = [(plain_logp(model, p.prompt, p.chosen, p.chosen_skip),
                  plain_logp(model, p.prompt, p.rejected, p.rejected_skip)) for p in pairs]
 
-    layouts = {
-        "per-pair": ImplicitScorer(model, tokenizer, tree=False),
-        "padded shared prompt": ImplicitScorer(model, tokenizer, tree=False, max_pairs=256, token_budget=100000),
-        "cpu default": ImplicitScorer(model, tokenizer, token_budget=100000),
-    }
+    layouts = cpu_layouts(model, tokenizer)
     assert len(layouts["padded shared prompt"].plan(pairs)) == 1  # empty and non-empty prompts in one batch
     assert layouts["per-pair"].max_pairs == 1
     if kind == "llama-full":

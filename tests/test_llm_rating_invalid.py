@@ -8,9 +8,8 @@ from __future__ import annotations
 
 import re
 import threading
-import time
 
-from helpers_data import make_dataset, standard_records
+from helpers_data import make_dataset, standard_records, wait_until
 from judge_server import ScriptedJudge
 from marginlens.core import jobs
 from marginlens.core.cli import main
@@ -34,16 +33,6 @@ def spec(dataset: str, url: str) -> ScoreSpec:
                      scorer_options={"base_url": url})
 
 
-def wait_for(condition, what: str, limit: float = 120.0):
-    deadline = time.monotonic() + limit
-    while time.monotonic() < deadline:
-        found = condition()
-        if found:
-            return found
-        time.sleep(0.1)
-    raise AssertionError(f"never saw {what}")
-
-
 def test_counts_live_and_fails_with_two_raw_answers_and_the_reask(ws, tmp_path):
     make_dataset(ws, "d", standard_records(10, seed=2, scores=False), tmp_path)
     release = threading.Event()
@@ -56,7 +45,7 @@ def test_counts_live_and_fails_with_two_raw_answers_and_the_reask(ws, tmp_path):
     with ScriptedJudge(answer=held) as judge:
         handle = submit_scoring(ws, spec("d", judge.base_url))
         job = handle.job
-        live = wait_for(lambda: (s := job.status()).extra.get("ratings_invalid") == 16 and s, "the first batch's count")
+        live = wait_until(lambda: (s := job.status()).extra.get("ratings_invalid") == 16 and s, "the first batch's count")
         release.set()
         # what the CLI's follow line and the job panel show while it runs
         assert live.live and live.extra["ratings_valid"] == 0 and live.done == 8

@@ -108,7 +108,7 @@ MANIFEST_FIELDS = ("fingerprint", "kind", "created")
 
 def score_manifest(ws: Workspace, dataset: str, fingerprint: str) -> dict[str, Any] | None:
     """The table's manifest; None when the table is not finished; DamagedFile when it cannot be read."""
-    manifest = read_json_object(table_dir(ws, dataset, fingerprint) / "manifest.json", ws.doctor_command(),
+    manifest = read_json_object(table_dir(ws, dataset, fingerprint) / "manifest.json", ws.doctor_command,
                                 required=MANIFEST_FIELDS)
     if manifest is not None and manifest["kind"] not in KIND_SCHEMAS:
         raise ws.damaged(table_dir(ws, dataset, fingerprint) / "manifest.json",
