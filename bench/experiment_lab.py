@@ -16,6 +16,7 @@ from __future__ import annotations
 import argparse
 import os
 import platform
+import statistics
 import sys
 import time
 from pathlib import Path
@@ -53,8 +54,13 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--policy", default=None, help="default: SmolLM2-135M-Instruct")
     parser.add_argument("--device", default="cpu", help="cpu (the benchmark) or cuda (the same lab on a GPU)")
     parser.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE")
+    parser.add_argument("--child-processes", action="store_true",
+                        help="every child job its own process, as before core.job_host (the baseline of the "
+                             "fixed-cost comparison, bench/child_startup.py)")
     args = parser.parse_args(argv)
     os.environ.setdefault("HF_HUB_OFFLINE", "1")
+    if args.child_processes:
+        os.environ["MARGINLENS_CHILD_PROCESSES"] = "1"
 
     from marginlens.core.atomic import write_json
     from marginlens.core.cli.follow import follow
@@ -97,7 +103,13 @@ def main(argv: list[str] | None = None) -> int:
     print(f"date {date}; this command's wall time {duration / 60:.1f} min "
           f"(the job: started {status.started_at}, finished {status.finished_at}; resumed: {status.resumed})")
     state = experiment_state(job)
+    first_steps = _first_step_seconds(ws, state)
+    if first_steps:
+        print(f"fixed cost per run (submit -> first optimizer step): median {statistics.median(first_steps):.1f} s "
+              f"over {len(first_steps)} runs (min {min(first_steps):.1f}, max {max(first_steps):.1f}); children "
+              f"{'each in its own process' if args.child_processes else 'hosted in the experiment worker'}")
     write_json(Path(args.out), {
+        "first_step_s": first_steps, "child_processes": args.child_processes,
         "date": date, "duration_s": round(duration, 1), "job_started": status.started_at,
         "job_finished": status.finished_at, "resumed": status.resumed,
         "machine": {"cpu": platform.processor() or platform.machine(), "cores": os.cpu_count(), "dtype": dtype,
@@ -108,6 +120,19 @@ def main(argv: list[str] | None = None) -> int:
     })
     print(f"wrote {args.out}")
     return 0
+
+
+def _first_step_seconds(ws, state: dict) -> list[float]:
+    """Each train child's seconds from its submission to its first optimizer step (core.training.train_job)."""
+    from marginlens.core.jobs import get_job
+
+    values = []
+    for cell in (state.get("cells") or {}).values():
+        if cell.get("train_job"):
+            extra = get_job(ws, cell["train_job"]).status().extra or {}
+            if isinstance(extra.get("first_step_s"), (int, float)):
+                values.append(float(extra["first_step_s"]))
+    return values
 
 
 def _gpu_name(device: str) -> str | None:

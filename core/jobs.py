@@ -31,7 +31,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from marginlens.core import actor, job_status
+from marginlens.core import actor, job_host, job_status
 from marginlens.core.atomic import read_json, write_json
 from marginlens.core.errors import MarginLensError
 from marginlens.core.integrity import read_json_object
@@ -240,17 +240,22 @@ def submit(
             (job.dir / "cancel").unlink(missing_ok=True)
             previous = read_json(job.dir / "status.json") or {}
             write_json(job.dir / "status.json",
-                       {**previous, "state": JobState.QUEUED.value, "message": "starting", "heartbeat": _now()})
-            command = [*(launcher or [sys.executable]), "-m", "marginlens.core.job_worker", "run", str(job.dir)]
-            child_env = {**os.environ, **(env or {}), "MARGINLENS_JOB_LOCK_FD": str(lock_fd)}
-            with open(job.log_path, "ab") as log:
-                subprocess.Popen(
-                    command, stdout=log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
-                    env=child_env, pass_fds=(lock_fd,), start_new_session=True,
-                    cwd=os.getcwd(),
-                )
+                       {**previous, "state": JobState.QUEUED.value, "message": "starting", "heartbeat": _now(),
+                        "submitted_at": time.time()})
+            if job_host.hosting() and not launcher:
+                job_host.start(job.dir, lock_fd, env)  # a parent's child: a thread here (core.job_host)
+                lock_fd = -1  # the thread holds the lock now and closes it when the child has finished
+            else:
+                command = [*(launcher or [sys.executable]), "-m", "marginlens.core.job_worker", "run", str(job.dir)]
+                with open(job.log_path, "ab") as log:
+                    subprocess.Popen(
+                        command, stdout=log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
+                        env={**os.environ, **(env or {})}, pass_fds=(lock_fd,), start_new_session=True,
+                        cwd=os.getcwd(),
+                    )
         finally:
-            os.close(lock_fd)  # the child keeps its inherited copy, and with it the lock
+            if lock_fd >= 0:
+                os.close(lock_fd)  # the child keeps its inherited copy, and with it the lock
     return job
 
 
@@ -328,6 +333,11 @@ class JobContext:
             if force or time.monotonic() - self._last_write > 0.5:
                 self._write()
 
+    def seconds_since_submitted(self) -> float | None:
+        """Wall seconds since this run was submitted (a worker's start-up included), None if not recorded."""
+        submitted = self._status.get("submitted_at")
+        return time.time() - submitted if isinstance(submitted, (int, float)) else None
+
     def restart_rate(self) -> None:
         """The rate (and so the ETA) counts from now: called when the real work begins, after a model load
         that would otherwise drag the first minutes' rate down."""
@@ -341,7 +351,7 @@ class JobContext:
         previous = read_json(self.job.dir / "status.json") or {}
         now = time.time()
         with self._lock:
-            self._status = {k: v for k, v in previous.items() if k in ("done", "total", "extra")}
+            self._status = {k: v for k, v in previous.items() if k in ("done", "total", "extra", "submitted_at")}
         self.set_state(JobState.RUNNING, "running", started=_now(), finished=None, resumed=bool(previous.get("started")),
                        rate_since=now, rate_base=int(previous.get("done") or 0), progress_at=now)
 

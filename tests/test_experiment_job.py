@@ -77,6 +77,12 @@ def test_kill_9_then_resubmit_finishes_every_cell_once(lab, tmp_path):
     state = experiment_state(job)
     eval_rows = load_eval_set(state["eval_set"])
     assert len(eval_rows) == 2 and all(r["answer"] and r["task"] == "arithmetic" for r in eval_rows)
+    # the children ran inside the orchestrator's worker (core.job_host), the resumed one included
+    # (two orchestrator processes: the one killed and the resumed one), each child writing its own log
+    children = (*jobs.list_jobs(ws, "train"), *jobs.list_jobs(ws, "evaluate"))
+    pids = {child.status().pid for child in children}
+    assert job.status().pid in pids and len(pids) <= 2, pids
+    assert all(child.log_tail(5) for child in children)
     # the train jobs trained with the experiment's configuration and their cell's seed, on their cell's subset
     for (metric, seed) in spec.cells:
         cell = state["cells"][cell_key(metric, seed)]

@@ -4,7 +4,8 @@ The experiments lab (core.experiments.experiment_job) and self-play (core.selfpl
 jobs. Every child's id is a hash of its spec, so the parent keeps no state it cannot rebuild: a killed parent
 is resumed by resubmitting it, which resubmits each child (finished -> returned as done, running -> waited
 for, killed -> resumed). A child found killed while the parent waits is resubmitted at once. Children run
-one at a time; cancelling the parent cancels the running child (a train job saves a checkpoint first).
+one at a time; cancelling the parent cancels the running child (a train job saves a checkpoint first). They run
+in threads of the parent's worker (core.job_host), so the interpreter, imports and device start are paid for once.
 """
 
 from __future__ import annotations
@@ -14,6 +15,7 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
+from marginlens.core import job_host
 from marginlens.core.errors import MarginLensError
 from marginlens.core.job_status import JobState, JobStatus
 from marginlens.core.jobs import Job, JobCancelled, JobContext
@@ -29,6 +31,7 @@ class JobTree:
     def __init__(self, ctx: JobContext, steps_total: int):
         self.ctx, self.ws, self.results = ctx, ctx.workspace, ctx.results_dir
         self.steps_total, self.steps_done = steps_total, 0
+        job_host.enable()
 
     def save(self, message: str) -> None:
         self.ctx.progress(self.steps_done, self.steps_total, force=True, step=message)

@@ -69,6 +69,7 @@ class _JobCallback:
         self.trainer: Any = None
         self._last_time = time.monotonic()
         self._last_tokens = 0
+        self._first_step_seen = False
 
     def on_train_begin(self, args, state, control, **kwargs):
         self._last_time = time.monotonic()
@@ -102,6 +103,12 @@ class _JobCallback:
         )
 
     def on_step_end(self, args, state, control, **kwargs):
+        if not self._first_step_seen:
+            # the fixed cost of a run, start-up to its first optimizer step (bench/experiment_lab.py reports it)
+            self._first_step_seen = True
+            since = self.ctx.seconds_since_submitted()
+            if since is not None:
+                self.ctx.progress(state.global_step, state.max_steps, force=True, first_step_s=round(since, 2))
         if self._stop_requested():
             # Save where we are: resuming then continues from this very step.
             control.should_save = True
