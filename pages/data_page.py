@@ -4,11 +4,12 @@ from __future__ import annotations
 
 import pandas as pd
 import streamlit as st
-from marginlens.app import access, readers, uploads, widgets
+from marginlens.app import access, readers, start_view, uploads, widgets
 from marginlens.app.job_panel import is_live, job_panel
 from marginlens.app.state import dataset_picker, select_dataset, stop_if_damaged, workspace
 from marginlens.app.workspace_check import workspace_check
 from marginlens.core import jobs
+from marginlens.core.data import import_flags
 from marginlens.core.data.formats import FORMATS
 from marginlens.core.data.import_job import import_spec, submit_import
 from marginlens.core.data.ingest import parse_mapping
@@ -38,8 +39,9 @@ def _import_form() -> None:
                                         help="under " + ", ".join(str(r) for r in roots))
         else:
             server_path = ""
-            st.info("This dashboard reads no folder of the server: upload the file instead, or ask whoever runs it "
-                    "to start it with `marginlens app --data-root DIR`.")
+            st.info("This dashboard reads no folder of the server: upload the file instead. Which server folders "
+                    "it may read is the operator's choice when starting it, from the command line only "
+                    "(`marginlens app --data-root DIR`); ask whoever runs it.")
     with hub_tab:
         hub_text = st.text_input("Hub dataset id (needs network)", placeholder="owner/name", key="_data_hub_id")
     cols = st.columns(4)
@@ -97,11 +99,19 @@ for job in jobs.list_jobs(ws, "import"):
             st.session_state[IMPORT_SHOWN] = job.id
             select_dataset(result.get("name"))
         # the summary is one line per fact: keep its line breaks in markdown
-        st.success(widgets.md_escape(result.get("summary", "imported")).replace("\n", "  \n"))
+        # the summary is core's, worded for the CLI: its pointer to `marginlens info` is the report below here
+        summary = str(result.get("summary", "imported")).replace(f"see `marginlens info {result.get('name')}`",
+                                                                 "the validation report below lists them")
+        st.success(widgets.md_escape(summary).replace("\n", "  \n"))
 
 names = ws.dataset_names()
 if not names:
-    st.info("No datasets yet: import one above, or start with `marginlens app --demo`.")
+    if access.can_operate():
+        st.info("No datasets yet: import one above, or add the built-in demo (257 pairs, already scored) with "
+                "the button below.")
+        start_view.demo_button(ws, "_data_demo", st.columns([1, 3])[0])
+    else:
+        st.info("No datasets yet: the operator imports one here.")
     st.stop()
 
 st.subheader("Datasets")
@@ -116,7 +126,8 @@ c1, c2, c3, c4 = st.columns(4)
 c1.metric("Pairs", f"{rows['imported']:,}")
 c2.metric("Rows read", f"{rows['read']:,}")
 c3.metric("Rejected", f"{rows['rejected']:,}")
-c4.metric("Rows with warnings", f"{manifest.get('warnings_total', 0):,}")
+flagged = import_flags.flagged_pairs(ws, name) if manifest.get("flagged") else 0
+c4.metric("Kept with flags", f"{flagged:,}", help=import_flags.FLAGS_KEPT)
 
 st.subheader("Validation report")
 if manifest.get("rejects"):
@@ -125,9 +136,16 @@ if manifest.get("rejects"):
     st.dataframe(readers.rejects(str(ws.root), name, manifest["fingerprint"]), hide_index=True, width="stretch")
 else:
     st.write("Every row was imported.")
-if manifest.get("flagged"):
-    st.caption("Kept with flags: " + ", ".join(f"{n:,} {flag}" for flag, n in manifest["flagged"].items()))
+if flagged:
+    counts = import_flags.flag_counts(manifest["flagged"])
+    both = " (a pair may carry two flags)" if sum(c.pairs for c in counts) > flagged else ""
+    st.markdown(f"**Kept with flags: {flagged:,} of {rows['imported']:,} pairs**{both}. "
+                + import_flags.FLAGS_KEPT.replace("flagged=false", "`flagged=false` (on Explore)"))
+    # a list, not a table: a table cut each meaning off at its column's width
+    st.markdown("\n".join(f"- `{c.flag}` · {c.pairs:,} pair{'s' if c.pairs != 1 else ''}: {widgets.md_escape(c.meaning)}"
+                           for c in counts))
 if manifest.get("warnings"):
+    st.caption(f"Row details ({manifest.get('warnings_total', len(manifest['warnings'])):,} flagged rows say more):")
     st.dataframe(pd.DataFrame(manifest["warnings"]), hide_index=True, width="stretch")
 
 st.subheader("Pairs")

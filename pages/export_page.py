@@ -7,9 +7,9 @@ import json
 import numpy as np
 import pandas as pd
 import streamlit as st
-from marginlens.app import access, explore_state, export_download, widgets
+from marginlens.app import access, explore_state, export_download, margin_hints, widgets
 from marginlens.app.explore_brush import brush_mask, describe_brush, restrict_selection
-from marginlens.app.explore_view import compute_view, effective_controls, needs_texts
+from marginlens.app.explore_view import compute_view, effective_controls, needs_texts, sources_of
 from marginlens.app.state import page_with_dataset
 from marginlens.core.errors import MarginLensError
 from marginlens.core.selection.export import FORMATS, LAYOUTS, export_selection
@@ -20,8 +20,8 @@ controls = explore_state.controls()
 try:
     margins = explore_state.margins_for(ws, dataset, picked)
     controls, fallback = effective_controls(margins, controls)
-    if fallback:
-        st.info(fallback)
+    if fallback:  # in the dashboard's words (which page and choice gets the missing margin)
+        st.info(margin_hints.missing_words(sources_of(margins)) or fallback)
     texts = explore_state.texts_for(ws, dataset) if needs_texts(controls) else None
     view = compute_view(margins, controls, texts)
 except MarginLensError as exc:

@@ -4,20 +4,25 @@ from __future__ import annotations
 
 import pandas as pd
 import streamlit as st
-from marginlens.app import access, score_form, widgets
+from marginlens.app import access, margin_hints, navigation, ray_fields, readers, score_form, widgets
 from marginlens.app.job_panel import job_panel
 from marginlens.app.state import page_with_dataset
 from marginlens.core.errors import MarginLensError
 from marginlens.core.scoring.score_tables import list_score_tables
 
 ws, dataset = page_with_dataset("Score")
-missing = score_form.explicit_note(ws, dataset)
+own_scores = readers.has_scores(str(ws.root), dataset, ws.dataset_manifest(dataset)["fingerprint"])
+sources = margin_hints.dataset_sources(ws, dataset)
+missing = margin_hints.explicit_words(sources, here=True) if sources else None
 if missing:
     st.info(missing)
+# before the form draws them: the source (and sample) the start page sent, or this dataset's default
+score_form.settle_source(st.session_state, dataset, own_scores, navigation.arrival("score"))
 
 if access.operator_only("scoring"):
     # Outside the form, as on the Audit page: an endpoint picked for a Resume counts without a form submit.
-    with st.expander("LLM rating endpoint (for the LLM-rating source only)"):
+    rating_first = st.session_state.get(score_form.SOURCE_KEY) == score_form.RATING_SOURCE
+    with st.expander("LLM rating endpoint (for the LLM-rating source only)", expanded=rating_first):
         rating = access.endpoint_picker("Endpoint", score_form.ENDPOINT_KEY)
     with st.form("score_form"):
         st.markdown("**Implicit margin** (log-probs under a causal LM)")
@@ -27,10 +32,11 @@ if access.operator_only("scoring"):
         reference = c2.text_input("Reference model (optional: DPO-form margin)", value="", key="_score_reference")
         st.markdown("**Explicit margin**")
         e1, e2 = st.columns([1, 2])
-        source = e1.radio("Source", score_form.EXPLICIT_SOURCES, format_func=score_form.EXPLICIT_LABELS.get)
+        source = e1.radio("Source", score_form.EXPLICIT_SOURCES, key=score_form.SOURCE_KEY,
+                          format_func=lambda s: score_form.source_label(s, own_scores))
         explicit_value = e2.text_input("Columns or model", value="", help=score_form.EXPLICIT_VALUE_HELP,
                                        key="_score_explicit_value")
-        st.caption(score_form.reward_model_note(dataset))
+        st.caption(margin_hints.reward_model_words(dataset))
         rating_calls = st.number_input("LLM rating: max calls (0: no limit)", min_value=0, value=0, step=100,
                                        help="the rater's endpoint is picked above; its model name goes in "
                                             "'Columns or model'")
@@ -44,10 +50,11 @@ if access.operator_only("scoring"):
         mode = s4.selectbox("Tokenisation", score_form.MODES,
                             help="clean: generation prompt in the prompt; reference: the paper's exact preprocessing")
         p1, p2 = st.columns(2)
-        sample = p1.number_input("Sample (pairs; 0 = all)", min_value=0, value=0, step=100,
+        sample = p1.number_input("Sample (pairs; 0 = all)", min_value=0, step=10, key=score_form.SAMPLE_KEY,
                                  help="score a seeded sample: the same pairs every time, and a larger sample "
                                       "reuses the pairs already scored")
         seed = p2.number_input("Sample seed", min_value=0, value=0, step=1)
+        ray_fields.draw()  # the engine: this machine or a Ray cluster (operators only)
         submitted = st.form_submit_button("Start scoring", type="primary")
 
     if submitted:

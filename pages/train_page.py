@@ -33,7 +33,8 @@ st.subheader("New run")
 exports = list_exports(ws)
 operator = access.operator_only("training")  # the page is not in a viewer's navigation: a second lock
 if operator and not exports:
-    st.info("No exports yet: write a curated subset on the Export page, then train on it here.")
+    st.info("No exports yet: pick pairs on Explore, write them on the Export page, then train on them here.")
+    st.page_link(navigation.page("export"), label="Go to the Export page", icon=":material/download:")
 elif operator:
     c1, c2, c3, c4 = st.columns([3, 1, 2, 1])
     paths = [e["path"] for e in exports]

@@ -142,13 +142,13 @@ def test_a_viewer_browses_but_cannot_act_and_cannot_claim_a_role(server):
             page.set_default_timeout(60_000)
             page.goto(signed_in(server["url"], "/", VIEWER_TOKEN))
             expect(page.get_by_text("Signed in: viewer")).to_be_visible()
-            expect(page.get_by_role("heading", name="Datasets")).to_be_visible()
+            expect(page.get_by_role("heading", name="Start")).to_be_visible()  # the start page, read-only
             nav = page.locator('[data-testid="stSidebarNav"]')
             expect(nav.get_by_role("link", name="Explore")).to_be_visible()
             for hidden in ("Score", "Train", "Experiments", "Self-play"):
                 assert nav.get_by_role("link", name=hidden).count() == 0
             page.goto(server["url"] + "/score")  # a hidden page by URL: the default page, not Score
-            expect(page.get_by_role("heading", name="Datasets")).to_be_visible()
+            expect(page.get_by_role("heading", name="Start")).to_be_visible()
             assert page.get_by_role("button", name="Start scoring").count() == 0
             page.screenshot(path=str(out / "viewer-data.png"), full_page=True)
             page.goto(server["url"] + "/audit")

@@ -24,7 +24,7 @@ from pathlib import Path
 
 import pytest
 from helpers_browser import CHROMIUM, CHROMIUM_ARGS, TOKEN, free_port, signed_in, wait_healthy
-from marginlens.app.navigation import PAGES
+from marginlens.app.navigation import DEFAULT_PAGE, PAGES
 
 REPO = Path(__file__).resolve().parent.parent
 OUTPUT = REPO / "test-output" / "wheel"
@@ -97,7 +97,7 @@ def test_marginlens_app_from_the_wheel_renders_every_page(installed, tmp_path):
                 page = browser.new_page(viewport={"width": 1500, "height": 2600})
                 page.set_default_timeout(90_000)
                 for name, (title, _icon) in PAGES.items():
-                    page.goto(signed_in(url, "/" if name == "data" else f"/{name}"))
+                    page.goto(signed_in(url, "/" if name == DEFAULT_PAGE else f"/{name}"))
                     expect(page.locator('[data-testid="stSidebarNav"]')).to_contain_text(title)
                     expect(page.locator("h1").first).to_be_visible()
                     # the script run has finished: whatever it raised is on the page now
