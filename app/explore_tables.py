@@ -66,29 +66,99 @@ def first_rows(key: np.ndarray, rows: np.ndarray, ascending: bool, limit: int) -
 def table_frame(
     margins: pd.DataFrame, view: ExploreView, mask: np.ndarray | None, sort_by: str = "score",
     ascending: bool = False, limit: int = TABLE_LIMIT,
-) -> tuple[pd.DataFrame, int]:
-    """Up to `limit` rows (previews only, cut to TABLE_CHARS) of the pairs in `mask`, sorted server-side
-    so every metric can be sorted over all matching pairs, not only over the rows shipped. Strings are
-    read for the picked rows only."""
+) -> tuple[pd.DataFrame, dict[str, int]]:
+    """Up to `limit` rows (previews only, cut to TABLE_CHARS) of the scored pairs in `mask`, sorted server-side
+    so every metric can be sorted over all matching pairs, not only over the rows shipped, and counts of
+    {"matching": pairs in `mask`, "scored": those the metric scored (the candidates)}. Pairs without the
+    margins the metric needs (the unscored part of a sampled scoring) are not listed: they are no candidates,
+    and a list of 30 scored pairs above 2,000 unscored ones reads as 2,030 candidates. Numbers come first
+    (rank, score, M_AP's two terms, the margins the frame has), the prompt last; a margin the frame lacks, and
+    the quadrant without both, are left out rather than shown as an empty column. Strings are read for the
+    picked rows only."""
     rows = np.flatnonzero(mask) if mask is not None else np.arange(len(margins))
-    picked = first_rows(_sort_key(margins, view, sort_by), rows, ascending, limit)
+    listed = rows[view.candidates[rows]]
+    picked = first_rows(_sort_key(margins, view, sort_by), listed, ascending, limit)
     ranks = np.zeros(len(margins), dtype=np.int64)
     ranks[view.selection.positions] = np.arange(1, view.selection.positions.size + 1)
     rank = ranks[picked]
     cols = frame_columns(margins)
     frame = pd.DataFrame({
-        "pair_id": margins["pair_id"].iloc[picked].to_numpy(dtype=object),
-        "row": margins["source_row"].to_numpy()[picked],
-        "prompt": margins["prompt_preview"].iloc[picked].str.slice(0, TABLE_CHARS).to_numpy(dtype=object),
-        "selected": view.selected[picked],
         "rank": pd.Series(rank, dtype="Int64").mask(rank == 0),
         "score": view.scores[picked],
+        **{name: values[picked] for name, values in view.terms.items()},
+        **({"m_ex": cols.m_ex[picked]} if cols.has_explicit else {}),
+        **({"m_im": cols.m_im[picked]} if cols.has_implicit else {}),
+        **({"quadrant": view.quadrants[picked]} if cols.both.any() else {}),
+        "flags": margins["flags"].iloc[picked].to_numpy(dtype=object),
+        "row": margins["source_row"].to_numpy()[picked],
+        "prompt": margins["prompt_preview"].iloc[picked].str.slice(0, TABLE_CHARS).to_numpy(dtype=object),
+        "pair_id": margins["pair_id"].iloc[picked].to_numpy(dtype=object),
+    })
+    return frame, {"matching": int(rows.size), "scored": int(listed.size)}
+
+
+# how each numeric column of the pair table is written: signed where the sign is the point
+TABLE_FORMATS = {"score": "{:+.3f}", "m_ex": "{:.3f}", "m_im": "{:+.3f}"}
+TERM_FORMAT = "{:+.3f}"
+
+
+def table_style(frame: pd.DataFrame) -> Any:
+    """The pair table for st.dataframe: numbers to three decimals (signed where the sign matters), a missing
+    value blank (what the page's placeholder draws in the browser too); the data keeps its dtypes, so it sorts
+    as numbers."""
+    formats = {c: TABLE_FORMATS.get(c, TERM_FORMAT) for c in frame.columns
+               if c in TABLE_FORMATS or c.startswith(("z(", "w·z("))}
+    style = frame.style.format(formats, na_rep="")
+    return style.format("{:d}", subset=["rank"], na_rep="") if "rank" in frame else style
+
+
+def pick_reason(view: ExploreView, pos: int) -> dict[str, Any]:
+    """Why the pair at frame row `pos` is (not) selected: the score's terms, the cut-off (the k-th score, the
+    lowest still selected) and the verdict, in the dashboard's words."""
+    spec = view.selection.spec
+    score = float(view.scores[pos])
+    scored = bool(np.isfinite(score))
+    cutoff = view.threshold
+    k, n = view.selection.k, view.selection.n_candidates
+    terms = {name: float(values[pos]) for name, values in view.terms.items()} if scored else {}
+    rank = np.flatnonzero(view.selection.positions == pos)
+    if not scored:
+        verdict = ("not scored: it lacks a margin the metric needs (the Score page computes it), or a filter "
+                   "applied before ranking leaves it out")
+    elif rank.size:
+        verdict = f"selected, rank {int(rank[0]) + 1:,} of {k:,}: its score is at or above the cut-off"
+    elif cutoff is None:
+        verdict = "not selected: k is 0 at this ratio"
+    elif score < cutoff:
+        verdict = f"not selected: its score is {cutoff - score:.3f} below the cut-off"
+    elif score == cutoff:
+        verdict = "not selected: it ties the cut-off, and ties go to the later row (the reference's stable order)"
+    else:
+        verdict = ("not selected although above the cut-off: a filter applied after ranking removes it, or the "
+                   f"{spec.metric!r} rule does not let it into the top-k")
+    return {"metric": spec.metric, "score": score if scored else None, "terms": terms, "weight": float(spec.weight),
+            "cutoff": cutoff, "k": k, "candidates": n, "ratio": spec.ratio, "selected": bool(rank.size),
+            "seed": int(spec.seed), "verdict": verdict}
+
+
+def label_contradictions(margins: pd.DataFrame, top: int = 50) -> tuple[pd.DataFrame, dict[str, int]]:
+    """Pairs whose explicit margin is below 0 -- the reward model or the dataset's own scores prefer the rejected
+    answer, against the label -- most negative m_ex first, then most negative m_im (both margins against the
+    label), then source order; with counts {"n": all such pairs, "both": those with m_im < 0 too}. The likeliest
+    label noise: on the built-in demo these are exactly its flipped labels."""
+    cols = frame_columns(margins)
+    pos = np.flatnonzero(cols.m_ex < 0)  # NaN compares False: pairs without m_ex are never listed
+    m_im = np.where(np.isfinite(cols.m_im[pos]), cols.m_im[pos], np.inf)  # no m_im: after those that have one
+    order = np.lexsort((pos, m_im, cols.m_ex[pos]))
+    picked = pos[order][:top]
+    frame = pd.DataFrame({
+        "pair_id": margins["pair_id"].iloc[picked].to_numpy(dtype=object),
+        "row": margins["source_row"].to_numpy()[picked],
         "m_ex": cols.m_ex[picked],
         "m_im": cols.m_im[picked],
-        "quadrant": view.quadrants[picked],
-        "flags": margins["flags"].iloc[picked].to_numpy(dtype=object),
+        "prompt": margins["prompt_preview"].iloc[picked].str.slice(0, TABLE_CHARS).to_numpy(dtype=object),
     })
-    return frame, int(rows.size)
+    return frame, {"n": int(pos.size), "both": int((cols.m_im[pos] < 0).sum())}
 
 
 def pair_details(ws: Workspace, dataset: str, margins: pd.DataFrame, view: ExploreView, pair_id: str,
@@ -134,6 +204,7 @@ def pair_details(ws: Workspace, dataset: str, margins: pd.DataFrame, view: Explo
         "rank": int(rank[0]) + 1 if rank.size else None,
         "quadrant": str(view.quadrants[pos]) or None,
         "truncated": bool(row.get("truncated", False)),
+        "why": pick_reason(view, pos),
     }
 
 

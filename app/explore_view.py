@@ -18,7 +18,8 @@ import pandas as pd
 from marginlens.app.explore_frame import frame_columns
 from marginlens.core.selection.filters import filter_mask, parse_filter
 from marginlens.core.selection.margin_sources import MarginSources, margin_sources
-from marginlens.core.selection.metrics import DEFAULT_METRIC, DEFAULT_PARAMS, get_metric, metric_names
+from marginlens.core.selection.metrics import DEFAULT_METRIC, DEFAULT_PARAMS, get_metric, metric_names, zscore
+from marginlens.core.selection.quadrants import QUADRANTS
 from marginlens.core.selection.select import DEFAULT_RATIO, Selection, SelectionSpec, select
 
 COLOR_BY = ("score", "selection", "quadrant")
@@ -69,6 +70,9 @@ class ExploreView:
     ex_split: float | None
     im_split: float | None
     threshold: float | None  # lowest score that is still selected
+    # M_AP's two terms per frame row (NaN outside the candidates), named as the table shows them; empty for the
+    # other metrics, whose score is a single term
+    terms: dict[str, np.ndarray] = field(default_factory=dict)
 
     @property
     def scores(self) -> np.ndarray:
@@ -99,7 +103,58 @@ def _compute_view(margins: pd.DataFrame, controls: ExploreControls, texts: Any) 
     else:
         labels, ex_split, im_split = np.full(n, "", dtype=object), None, None
     threshold = float(selection.scores[selection.positions[-1]]) if selection.positions.size else None
-    return ExploreView(selection, selected, candidates, labels, ex_split, im_split, threshold)
+    return ExploreView(selection, selected, candidates, labels, ex_split, im_split, threshold,
+                       map_terms(margins, controls, candidates))
+
+
+Z_EX = "z(m_ex)"
+
+
+def wz_label(signed: bool) -> str:
+    return "w·z(m_im)" if signed else "w·z(|m_im|)"
+
+
+def map_terms(margins: pd.DataFrame, controls: ExploreControls, candidates: np.ndarray) -> dict[str, np.ndarray]:
+    """z(m_ex) and w·z(|m_im|) (w·z(m_im) when signed) per frame row, z over the candidates as the metric takes
+    it, so that score = z(m_ex) - w·z(|m_im|) row by row; {} for every metric but M_AP."""
+    if controls.metric != "map":
+        return {}
+    cols = frame_columns(margins)
+    pos = np.flatnonzero(candidates)
+    m_im = cols.m_im[pos] if controls.signed else np.abs(cols.m_im[pos])
+    z_ex, z_im = np.full(len(margins), np.nan), np.full(len(margins), np.nan)
+    z_ex[pos] = zscore(cols.m_ex[pos])[0]
+    z_im[pos] = float(controls.weight) * zscore(m_im)[0]
+    return {Z_EX: z_ex, wz_label(controls.signed): z_im}
+
+
+def quadrant_meanings(im_axis: str = "abs") -> dict[str, str]:
+    """One line per quadrant name, as core.selection.quadrants defines them (split at the medians, "high" strictly
+    above the split), in the words of the axis the quadrants were split on."""
+    if im_axis == "abs":
+        kept = "a clear label the policy has not decided on yet"
+        decided = ("the policy has made up its mind, either way: a pair with m_im < 0 (it prefers the rejected "
+                   "answer) lands here too, so this is not \"already learned\"")
+        im = "|m_im|"
+    else:
+        kept = "a clear label the policy barely follows, or contradicts (m_im < 0)"
+        decided = "a clear label the policy already follows by more than most pairs"
+        im = "m_im"
+    return dict(zip(QUADRANTS, (
+        f"high m_ex, low {im}: {kept}; M_AP favours these",
+        f"high m_ex, high {im}: {decided}",
+        f"low m_ex, low {im}: little signal in either margin",
+        f"low m_ex, high {im}: the policy is sure where the explicit margin is not",
+    ), strict=True))
+
+
+def quadrant_legend(im_axis: str = "abs", ex_split: float | None = None, im_split: float | None = None) -> str:
+    """The four quadrant names and what each means, as markdown lines (with the splits when given)."""
+    im = "|m_im|" if im_axis == "abs" else "m_im"
+    splits = (f" (split at the medians: m_ex {ex_split:.3f}, {im} {im_split:.3f}; a pair on a split counts as low)"
+              if ex_split is not None and im_split is not None else " (split at the medians; on a split counts as low)")
+    return ("**Quadrants**" + splits + "  \n"
+            + "  \n".join(f"`{name}` — {line}" for name, line in quadrant_meanings(im_axis).items()))
 
 
 def sources_of(margins: pd.DataFrame) -> MarginSources:

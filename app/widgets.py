@@ -154,49 +154,6 @@ def untrusted_text(text: str, height: int | None = None) -> None:
     st.code(text or "", language=None, wrap_lines=True, height=height or "content")
 
 
-def _fmt(value: Any, digits: int = 3) -> str:
-    if value is None:
-        return "—"
-    if isinstance(value, float):
-        return f"{value:.{digits}f}"
-    return str(value)
-
-
-def pair_viewer(details: dict[str, Any]) -> None:
-    """Prompt, chosen and rejected side by side with their numbers; every text rendered as text."""
-    quadrant = details["quadrant"] or "—"
-    m_im = details["m_im"]
-    # said on the page, not in a tooltip: the |m_im| quadrants put such a pair beside ones the policy got right
-    sign = "" if m_im is None else (" · **policy prefers the rejected answer** (m_im < 0)" if m_im < 0
-                                    else " · policy prefers the chosen answer" if m_im > 0 else "")
-    st.markdown(
-        f"**Pair** `{details['pair_id']}` · row {details['source_row']} · "
-        f"{'selected, rank ' + str(details['rank']) if details['selected'] else 'not selected'} · "
-        f"quadrant `{quadrant}`{sign}"
-    )
-    cols = st.columns(4)
-    cols[0].metric("m_ex", _fmt(details["m_ex"]))
-    cols[1].metric("m_im", _fmt(m_im), help="signed: > 0 the policy prefers the chosen answer, < 0 the rejected one")
-    cols[2].metric("score", _fmt(details["score"]))
-    cols[3].metric("flags", ", ".join(details["flags"]) or "none")
-    st.caption("Prompt")
-    for message in details["prompt"]:
-        st.caption(md_escape(message["role"]))
-        untrusted_text(message["content"])
-    left, right = st.columns(2)
-    for col, side in ((left, "chosen"), (right, "rejected")):
-        with col:
-            n = details["numbers"][side]
-            st.markdown(f"**{side.title()}**")
-            st.caption(
-                f"log-prob {_fmt(n['logp'])} · tokens {_fmt(n['tokens'] and int(n['tokens']))} · "
-                f"reward {_fmt(n['reward'])} · dataset score {_fmt(n['score'])}"
-            )
-            untrusted_text(details[side])
-    if details["truncated"]:
-        st.warning("A scorer truncated this pair (longer than its max length): its m_im covers only the start.")
-
-
 PAIR_ID_WIDTH = 270  # px: the whole 32-character id, so two ids can be told apart
 
 
@@ -207,11 +164,15 @@ def dash_missing(frame: pd.DataFrame) -> Any:
     return frame.style.format(na_rep="—", precision=3)
 
 
-def table_with_pick(frame: pd.DataFrame, key: str, height: int = 360) -> str | None:
-    """A dataframe with single-row selection; returns the pair_id of a newly clicked row, else None."""
-    event = st.dataframe(dash_missing(frame), key=key, on_select="rerun", selection_mode="single-row",
-                         hide_index=True, width="stretch", height=height,
-                         column_config={"pair_id": st.column_config.TextColumn("pair_id", width=PAIR_ID_WIDTH)})
+def table_with_pick(frame: pd.DataFrame, key: str, height: int = 360, style: Any = None,
+                    column_config: dict[str, Any] | None = None, placeholder: str | None = None) -> str | None:
+    """A dataframe with single-row selection; returns the pair_id of a newly clicked row, else None. `style`
+    (frame -> Styler, dash_missing by default) and `column_config` let a page format and size its columns;
+    `placeholder` is what the browser draws for a missing value (it ignores a Styler's text there)."""
+    event = st.dataframe((style or dash_missing)(frame), key=key, on_select="rerun", selection_mode="single-row",
+                         hide_index=True, width="stretch", height=height, placeholder=placeholder,
+                         column_config={"pair_id": st.column_config.TextColumn("pair_id", width=PAIR_ID_WIDTH),
+                                        **(column_config or {})})
     rows = event.selection.rows if event and hasattr(event, "selection") else []
     value = str(frame.iloc[rows[0]]["pair_id"]) if rows and rows[0] < len(frame) else None
     # A row stays selected across reruns: report only a new click, so another table (or a

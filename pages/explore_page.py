@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import logging
 import time
 
 import pandas as pd
@@ -11,18 +12,32 @@ from marginlens.app.explore_brush import brush_from_event, brush_key, brush_mask
 from marginlens.app.explore_figures import histogram_figure, histogram_marks, scatter_figure
 from marginlens.app.explore_frame import frame_columns
 from marginlens.app.explore_shift import margin_shift, shift_figure
-from marginlens.app.explore_tables import TABLE_SORTS, overlap_matrix, pair_details, table_frame
+from marginlens.app.explore_tables import (
+    TABLE_SORTS,
+    label_contradictions,
+    overlap_matrix,
+    pair_details,
+    table_frame,
+    table_style,
+)
 from marginlens.app.explore_view import (
     available_metrics,
     compute_view,
     effective_controls,
     filtered_mask,
     needs_texts,
+    quadrant_legend,
     scale_note,
+    sources_of,
 )
+from marginlens.app.explore_widgets import pair_card, pair_table_columns
+from marginlens.app.margin_hints import missing_words
 from marginlens.app.state import page_with_dataset
 from marginlens.core.errors import MarginLensError
 
+# A run's server time goes to the server's log (a warning when a person would notice the wait), not onto the page.
+SLOW_RUN_S = 2.0
+log = logging.getLogger("marginlens.dashboard.explore")
 started = time.perf_counter()
 ws, dataset = page_with_dataset("Explore", sidebar_picker=True)
 picked = widgets.scorer_picker(ws, dataset, compare=True)
@@ -36,7 +51,8 @@ with st.sidebar:
     st.subheader("Selection")
     controls = widgets.selection_controls(explore_state.controls(), metrics=available_metrics(margins))
 explore_state.set_controls(controls)
-controls, margin_note = effective_controls(margins, controls)
+controls, _ = effective_controls(margins, controls)
+margin_note = missing_words(sources_of(margins))  # the dashboard's words: which page and which choice
 if margin_note:  # the one place that says which margin is missing and what still works
     st.info(margin_note)
 columns = frame_columns(margins)
@@ -89,6 +105,8 @@ if has_both.any():
         if drawn < has_both.sum() else "")
     left, right = st.columns([4, 1])
     left.caption(note + " · drag a box or lasso to filter the table; quadrant lines at the medians")
+    if controls.color_by == "quadrant":
+        st.caption(quadrant_legend(controls.im_axis, view.ex_split, view.im_split))
     if brush and right.button("Clear scatter selection", key="_clear_brush"):
         explore_state.set_brush(dataset, None)
         # a new chart key drops the chart's own selection state too
@@ -97,8 +115,9 @@ if has_both.any():
 else:
     inside = None
     if not margin_note:  # both margins exist, but on different pairs
-        st.info("No pair has both margins yet, so there is no scatter: score the same pairs with the policy and "
-                "the reward model.")
+        st.info("No pair has both margins yet, so there is no scatter: on the Score page, score the same pairs "
+                "(the same sample size) for both margins, a policy model for m_im and an LLM rating or reward "
+                "model for m_ex.")
 
 st.caption(scale_note(attrs))
 
@@ -113,10 +132,17 @@ ascending = sort_cols[1].toggle("Ascending", value=sort_by in ("rank", "row"), k
 only_selected = sort_cols[2].toggle("Top-k only", value=False, key="_only_selected")
 if only_selected:
     mask = mask & view.selected
-table, matching = table_frame(margins, view, mask, sort_by, ascending)
-sort_cols[3].caption(f"{matching:,} matching pairs; showing {len(table):,} (sorted over all of them). "
-                     "Click a row to open the pair.")
-clicked = widgets.table_with_pick(table, key="_pairs_table")
+table, table_counts = table_frame(margins, view, mask, sort_by, ascending)
+unscored = table_counts["matching"] - table_counts["scored"]
+sort_cols[3].caption(
+    f"{table_counts['scored']:,} scored of {table_counts['matching']:,} matching pairs; showing {len(table):,} "
+    f"(sorted over all {table_counts['scored']:,} scored). Rank blank: not in the top-k. Click a row to open the "
+    "pair." + (f" The {unscored:,} pairs without the margins {controls.metric!r} needs are not listed: the Score "
+               "page scores them." if unscored else ""))
+# the browser draws a missing cell as its placeholder whatever the Styler says: blank, so an unselected rank
+# is empty (only candidates are listed, so the scores and terms are never missing)
+clicked = widgets.table_with_pick(table, key="_pairs_table", style=table_style, placeholder="",
+                                  column_config=pair_table_columns(table, controls.im_axis))
 if clicked:
     explore_state.set_open_pair(dataset, clicked)
 
@@ -126,7 +152,8 @@ def show_pair(pair_id: str | None) -> None:
         st.info("No pair matches the current filters.")
         return
     try:
-        widgets.pair_viewer(pair_details(ws, dataset, margins, view, pair_id, explore_state.texts_for(ws, dataset)))
+        pair_card(pair_details(ws, dataset, margins, view, pair_id, explore_state.texts_for(ws, dataset)),
+                  controls.im_axis)
     except MarginLensError as exc:
         widgets.show_error(exc)
         explore_state.set_open_pair(dataset, None)
@@ -144,35 +171,57 @@ def histograms() -> None:
 
 def contradictions() -> None:
     if not has_both.any():
-        st.info("Contradictions compare metrics on the pairs that have both margins; this dataset has none yet.")
+        st.info("Contradictions compare metrics on the pairs that have both margins; this dataset has none yet: "
+                "on the Score page, score the same pairs for both.")
         return
     report = explore_state.comparison_for(ws, dataset, picked, controls)
     quads = report.quadrants
     st.markdown(f"**Quadrants** (m_ex split {quads.ex_split:.3f}, "
                 f"{'|m_im|' if quads.im_axis == 'abs' else 'm_im'} split {quads.im_split:.3f}); "
                 f"top {report.k:,} of {report.n:,} pairs with both margins per metric")
-    st.dataframe(widgets.dash_missing(pd.DataFrame(quads.counts)), hide_index=True, width="stretch")
+    st.dataframe(widgets.dash_missing(pd.DataFrame(quads.counts)), hide_index=True, width="stretch", placeholder="—")
+    st.caption(quadrant_legend(quads.im_axis))  # the splits are in the heading above
     left, right = st.columns(2)
     with left:
         st.markdown("**Top-k overlap** (pairs in both sets; diagonal = k)")
         st.dataframe(overlap_matrix(report), width="stretch")
     with right:
         st.markdown("**Rank correlations**")
-        st.dataframe(widgets.dash_missing(pd.DataFrame(report.correlations)), hide_index=True, width="stretch")
-    st.markdown("**Noise suspects** — large m_ex, but the policy prefers the rejected response (m_im < 0). "
-                "Click one to open it.")
+        st.dataframe(widgets.dash_missing(pd.DataFrame(report.correlations)), hide_index=True, width="stretch",
+                     placeholder="—")
+    label_noise(report)
+
+
+def label_noise(report) -> None:
+    """Two lists, because "large m_ex, m_im < 0" is label noise only where the explicit margin can be wrong."""
+    against, n = label_contradictions(margins, top=50)
+    st.markdown(f"**Label contradicted by its explicit margin** — m_ex < 0: the reward model or the dataset's own "
+                f"scores prefer the rejected answer. The likeliest label noise: {n['n']:,} pairs, {n['both']:,} of "
+                "them with m_im < 0 too (the policy agrees it is backwards). Most negative m_ex first; click one "
+                "to open it.")
+    if against.empty:
+        st.write("No pair has m_ex < 0: the explicit margin agrees with every label (always so where the chosen "
+                 "answer is the higher-scored one).")
+    elif opened := widgets.table_with_pick(against, key="_against", height=240):
+        explore_state.set_open_pair(dataset, opened)
+    st.markdown("**Policy contradicts a large explicit margin** — m_ex above its median, but the policy prefers "
+                "the rejected answer (m_im < 0). Noise suspects only where the explicit margin itself can be wrong "
+                "(a reward model's error); where it is an exact check, such as the demo's verifier, these labels "
+                "are right and the policy is wrong. Audit them (Audit page) before dropping any. Click one to "
+                "open it.")
     suspects = pd.DataFrame(report.suspects)
     if suspects.empty:
         st.write("No pair has a large explicit margin with a negative implicit margin.")
-        return
-    suspects["prompt_preview"] = suspects["prompt_preview"].str.slice(0, 80)
-    clicked_suspect = widgets.table_with_pick(
-        suspects[["pair_id", "rank", "source_row", "m_ex", "m_im", "suspicion", "prompt_preview"]]
-        .rename(columns={"source_row": "row"}),
-        key="_suspects", height=300)
-    if clicked_suspect:
-        explore_state.set_open_pair(dataset, clicked_suspect)
-    if explore_state.open_pair(dataset) in set(suspects["pair_id"]):
+    else:
+        suspects["prompt_preview"] = suspects["prompt_preview"].str.slice(0, 80)
+        clicked_suspect = widgets.table_with_pick(
+            suspects[["pair_id", "rank", "source_row", "m_ex", "m_im", "suspicion", "prompt_preview"]]
+            .rename(columns={"source_row": "row"}),
+            key="_suspects", height=300)
+        if clicked_suspect:
+            explore_state.set_open_pair(dataset, clicked_suspect)
+    listed = set(against["pair_id"]) | set(suspects.get("pair_id", ()))
+    if explore_state.open_pair(dataset) in listed:
         show_pair(explore_state.open_pair(dataset))
 
 
@@ -222,4 +271,7 @@ if shift_tab.open:
     with shift_tab:
         before_after()
 
-st.caption(f"server time {time.perf_counter() - started:.2f} s")
+elapsed = time.perf_counter() - started
+st.session_state["_explore_server_s"] = elapsed  # for tests and bench/dashboard.py
+log.log(logging.WARNING if elapsed >= SLOW_RUN_S else logging.DEBUG, "Explore on %r: script run %.2f s", dataset,
+        elapsed)

@@ -13,6 +13,7 @@ from marginlens.app.explore_shift import margin_shift, shift_figure
 from marginlens.app.explore_tables import overlap_matrix, table_frame
 from marginlens.app.explore_view import ExploreControls, compute_view
 from marginlens.core.selection.compare import compare_metrics
+from marginlens.core.selection.margin_sources import margin_sources
 from marginlens.core.selection.margins import load_margins
 
 N = 201  # 200 ordinary pairs + the adversarial one
@@ -108,8 +109,11 @@ def test_contradiction_tab_lists_suspects(ws, margins):
     suspects = next(f for f in frames if "suspicion" in f.columns)
     xss_id = margins.loc[margins["prompt_preview"] == XSS_PROMPT, "pair_id"].item()
     assert suspects["pair_id"].iloc[0] == xss_id
-    # every metric the frame runs: the paper's four, then the published rules that need no DPO-form m_im
-    matrix = next(f for f in frames if list(f.columns) == ["map", "explicit", "implicit", "random", "threshold", "rip"])
+    # every metric the frame runs, in registry order: the paper's four, then the published rules whose columns
+    # the frame has (the registry grows, so the list is read from it)
+    runnable = list(margin_sources(margins).runnable)
+    assert runnable[:4] == ["map", "explicit", "implicit", "random"] and "m_im_dpo" not in margins.attrs
+    matrix = next(f for f in frames if list(f.columns) == runnable)
     assert matrix.loc["map", "map"] == int(0.4 * N)
 
 
@@ -155,8 +159,8 @@ def test_restrict_selection_records_the_brush(margins):
 
 def test_table_sorts_over_all_pairs_and_truncates(margins):
     view = compute_view(margins, ExploreControls())
-    frame, matching = table_frame(margins, view, None, "m_im", ascending=True, limit=5)
-    assert matching == N and len(frame) == 5
+    frame, counts = table_frame(margins, view, None, "m_im", ascending=True, limit=5)
+    assert counts == {"matching": N, "scored": N} and len(frame) == 5
     assert frame["m_im"].iloc[0] == pytest.approx(margins["m_im"].min())
     assert frame["prompt"].str.len().max() <= 80
     ranked, _ = table_frame(margins, view, None, "rank", ascending=True, limit=3)
@@ -287,8 +291,11 @@ def test_dataset_with_only_implicit_margins_opens_on_what_works(tmp_path):
     no_errors(at)
     assert len(at.info) == 1 and at.info[0].value.startswith("No explicit margin")
     assert "the implicit and random metrics can" in at.info[0].value
-    assert "exactly like the implicit metric" in at.info[0].value
-    assert at.selectbox(key="_ctl_metric").options == ["implicit: -z(|m_im|)", "random (seeded)"]
+    # the dashboard's words: the page and the choice that gets the margin, no command
+    assert "On the Score page" in at.info[0].value and "LLM rating" in at.info[0].value
+    assert "marginlens" not in at.info[0].value and "`" not in at.info[0].value
+    options = at.selectbox(key="_ctl_metric").options  # the registry grows: rules that need m_ex are never offered
+    assert options[:2] == ["implicit: -z(|m_im|)", "random (seeded)"] and not any("m_ex" in o for o in options)
     assert at.session_state["explore_controls"]["metric"] == "implicit"
     assert metrics(at)["Selected (top-k)"] == "12" and metrics(at)["Missing margins"] == "0"
     reward = at.selectbox(key="_scorer_reward")
@@ -358,10 +365,13 @@ def test_no_traps_in_the_sidebar_table_and_viewer(ws, margins):
     # the viewer says which answer the policy prefers; the quadrant name does not claim "learned"
     header = next(el.value for el in at.markdown if el.value.startswith("**Pair**"))
     assert "policy prefers the rejected answer" in header and "`policy_decided`" in header
-    # missing ranks / scores show as "—", while the data stays numeric (it still sorts as numbers)
+    # an unselected pair's rank is blank (not "None", not a dash), while the data stays numeric (it sorts as numbers)
     table = at.dataframe[0]
     shown = dataframe_util.convert_arrow_bytes_to_pandas_df(table.proto.arrow_data.styler.display_values)
-    assert (shown == "None").sum().sum() == 0 and (shown["rank"] == "—").any()
+    assert (shown == "None").sum().sum() == 0 and (shown["rank"] == "").any()
+    assert not shown["rank"].isin(["—", "<NA>", "nan"]).any()
+    # the browser draws a missing cell as the table's placeholder, not the Styler's text: "None" unless set
+    assert table.proto.placeholder == ""
     assert str(table.value["rank"].dtype) == "Int64" and table.value["rank"].isna().any()
     assert "source_row" not in at.selectbox(key="_sort_by").options
     at.selectbox(key="_sort_by").set_value("row").run()
