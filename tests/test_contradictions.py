@@ -66,10 +66,11 @@ def test_compare_metrics_report():
     df.loc[5, "m_im"] = np.nan
     report = compare_metrics(df, ratio=0.4)
     assert report.n == 199 and report.k == 79
-    # every metric the frame runs: the paper's four and the threshold rule (rip needs r_rejected, dpo_gap the DPO form)
-    assert set(report.selected) == {"map", "explicit", "implicit", "random", "threshold"}
+    # every metric the frame runs: the paper's four, threshold, bees and selective_dpo (rip and chosen_reward need
+    # r_rejected, dpo_gap the DPO form, the cleaning rules the judge column)
+    assert set(report.selected) == {"map", "explicit", "implicit", "random", "threshold", "bees", "selective_dpo"}
     assert all(len(v) == 79 and 5 not in v for v in report.selected.values())
-    assert len(report.overlap) == 10 and len(report.correlations) == 10  # 5 choose 2
+    assert len(report.overlap) == 21 and len(report.correlations) == 21  # 7 choose 2
     explicit_vs_map = next(r for r in report.correlations if {r["metric_a"], r["metric_b"]} == {"map", "explicit"})
     assert explicit_vs_map["spearman"] > 0.3  # M_AP contains z(m_ex)
 

@@ -176,7 +176,7 @@ def test_cli_select_and_compare(ws, capsys):
     assert "overlap of the top-k sets" in out and "spearman" in out and "high_potential" in out
     assert main(["compare", "uf", "--workspace", root, "--json"]) == 0
     report = json.loads(capsys.readouterr().out)
-    assert len(report["overlap"]) == 15 and report["k"] == 8  # 6 metrics run (the DPO-form rule does not): 6 choose 2
+    assert len(report["overlap"]) == 55 and report["k"] == 8  # 11 metrics run (not the DPO-form rule): 11 choose 2
 
 
 @pytest.fixture(scope="module")

@@ -59,7 +59,8 @@ def frame() -> pd.DataFrame:
 
 def test_builtin_registry_order_and_attributes():
     # the paper's baselines first, then the published rules (core.selection.published_rules)
-    assert metric_names() == ("map", "explicit", "implicit", "random", "threshold", "rip", "dpo_gap")
+    assert metric_names() == ("map", "explicit", "implicit", "random", "threshold", "rip", "dpo_gap", "bees",
+                              "chosen_reward", "selective_dpo", "clean", "clean_flip")
     assert get_metric("map").needs == ("m_ex", "m_im") and get_metric("random").needs == ()
     assert get_metric("implicit").direction == "smaller" and get_metric("implicit").uses == ("signed",)
     with pytest.raises(MarginLensError, match="unknown metric 'nope' \\(expected one of map, explicit"):
@@ -75,8 +76,10 @@ def test_a_registered_metric_selects_through_select(small_gap):
     assert sel.scores[:6].tolist() == [-3.0, -0.5, -2.0, -0.1, -4.0, -1.0]  # "smaller" oriented: higher first
     assert sel.spec.to_dict()["metric"] == "small_gap"
     report = compare_metrics(frame(), ratio=0.5)
-    # every metric the frame can run: it has no rejected reward (rip) and no DPO-form m_im (dpo_gap)
-    assert list(report.selected) == ["map", "explicit", "implicit", "random", "threshold", "small_gap"]
+    # every metric the frame can run: it has no rejected reward (rip, chosen_reward), no DPO-form m_im (dpo_gap)
+    # and no judge column (clean, clean_flip)
+    assert list(report.selected) == ["map", "explicit", "implicit", "random", "threshold", "bees", "selective_dpo",
+                                     "small_gap"]
     assert report.selected["small_gap"].tolist() == [3, 1, 5]
     with pytest.raises(MarginLensError, match="already registered"):
         register(SmallGap)

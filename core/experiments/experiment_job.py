@@ -125,6 +125,8 @@ class _Orchestrator(JobTree):
 
     def export(self, prepared: Prepared, metric: str, seed: int) -> Path:
         from marginlens.core.selection.export import export_selection
+        from marginlens.core.selection.signal_cleaning import flip_mask
+        from marginlens.core.training.train_data import write_flipped
 
         path = self.results / "cells" / f"{metric}-s{seed}" / "train.jsonl"
         if path.is_file() and path.with_name(path.name + ".manifest.json").is_file():
@@ -135,9 +137,15 @@ class _Orchestrator(JobTree):
         selection = selection_for(prepared, self.spec, metric, seed)
         if not selection.pair_ids:
             raise MarginLensError(f"metric {metric!r} selects no pair at ratio {self.spec.ratio}: raise the ratio")
+        # a flip arm (core.selection.signal_cleaning) exports its picks beside train.jsonl, then writes them flipped
+        flips = flip_mask(prepared.margins, selection)
+        out = path if flips is None else path.with_name("selected.jsonl")
+        out.unlink(missing_ok=True)
         # The metric's own picks: noisy-pair flags would shrink some subsets and not others.
-        export_selection(self.ws, self.spec.dataset, selection, prepared.margins, path, "jsonl",
+        export_selection(self.ws, self.spec.dataset, selection, prepared.margins, out, "jsonl",
                          overwrite=True, apply_flags=False, within=self.results)
+        if flips is not None:
+            write_flipped(out, path, flips)
         return path
 
     def run(self) -> dict[str, Any]:

@@ -66,6 +66,9 @@ class ExperimentSpec:
     # rows of each score table when planned: a table grown by a larger `score --sample` under the same
     # fingerprint changes the candidates, so it is another experiment (experiment_plan.prepare refuses the old)
     table_rows: dict[str, int] = dataclasses.field(default_factory=dict)
+    # the audit's verdict file when a metric reads the judge's signal (the cleaning rules): a new audit changes
+    # their picks, so it is another experiment (experiment_plan.prepare refuses the old)
+    verdicts: str | None = None
 
     def __post_init__(self) -> None:
         object.__setattr__(self, "table_rows", dict(self.table_rows or {}))
@@ -89,6 +92,8 @@ class ExperimentSpec:
     def to_params(self) -> dict[str, Any]:
         out = dataclasses.asdict(self)
         out["metrics"], out["seeds"] = list(self.metrics), list(self.seeds)
+        if out["verdicts"] is None:
+            del out["verdicts"]  # absent unless a cleaning rule runs: other experiments keep their job ids
         return out
 
     @classmethod
@@ -178,7 +183,20 @@ def build_spec(
         reference_fp=reference_fp or None,
         beta=float(beta), weight=float(weight), signed=bool(signed), threshold=float(threshold),
         table_rows=table_rows(ws, dataset, {"policy": policy_fp, "reward": reward_fp, "reference": reference_fp}),
+        verdicts=verdicts_fingerprint(ws, dataset, metrics),
     )
+
+
+def verdicts_fingerprint(ws: Workspace, dataset: str, metrics: Sequence[str]) -> str | None:
+    """The content hash of the dataset's verdict file when one of `metrics` reads the judge's signal; None when
+    none does (their picks do not depend on it) and "none" when there is no verdict file yet."""
+    from marginlens.core.integrity import sha256_file
+    from marginlens.core.selection.judge_signal import JUDGE_COLUMN
+
+    if not any(JUDGE_COLUMN in get_metric(m).needs for m in metrics):
+        return None
+    path = ws.audits_dir / dataset / "verdicts.jsonl"
+    return sha256_file(path) if path.is_file() else "none"
 
 
 def _identity(folder: str) -> str:

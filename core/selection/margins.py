@@ -15,6 +15,8 @@
                  else score_rejected (RIP's rule reads it; m_ex alone cannot say how good the rejected answer is)
   m_im_dpo       m_im when it is in the DPO form, else NaN (rules defined on the DPO implicit reward read it,
                  so they cannot run on the SimPO form by mistake)
+  judge_rejected 1.0 where an audit's judge preferred the rejected answer in both orders, else 0.0
+                 (core.selection.judge_signal: one signal of the cleaning rule)
   truncated      any score table truncated this pair
   scored         every score table joined holds this pair (a sampled scoring holds some); True when none is
   flagged, flags ingest warnings (bool, and joined with "; "); not the noisy-pair flags an audit sets
@@ -38,6 +40,7 @@ import pyarrow.compute as pc
 from marginlens.core.data.pairs import load_texts
 from marginlens.core.errors import MarginLensError
 from marginlens.core.scoring.score_tables import list_score_tables, load_score_table, score_manifest
+from marginlens.core.selection.judge_signal import JUDGE_COLUMN, judge_rejected
 from marginlens.core.workspace import Workspace
 from numpy.typing import ArrayLike
 
@@ -266,6 +269,7 @@ def load_margins(
             m_im_form = "simpo"
 
     frame["m_im_dpo"] = frame["m_im"] if m_im_form == "dpo" else np.nan
+    frame[JUDGE_COLUMN] = judge_rejected(ws, dataset, ids)
     frame["truncated"] = truncated
     frame["scored"] = scored
     frame["flagged"] = pc.fill_null(pc.list_value_length(flags), 0).to_numpy(zero_copy_only=False) > 0

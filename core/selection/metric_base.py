@@ -134,6 +134,11 @@ class Metric:
         """(bool mask over the candidates, what it keeps) for a rule that filters before it ranks; None: all."""
         return None
 
+    def swapped(self, x: MarginInputs, p: MetricParams) -> np.ndarray | None:
+        """Bool mask over the candidates whose chosen and rejected a lab arm trains on exchanged (a rule that
+        flips the pairs it judges mislabeled); None: none. Exports from `select` write pairs as labeled."""
+        return None
+
     def score(self, columns: Mapping[str, np.ndarray | None], params: MetricParams = DEFAULT_PARAMS,
               n: int | None = None) -> MetricResult:
         """Score every candidate; `columns` are aligned float arrays (None or absent if unavailable).
@@ -160,6 +165,14 @@ class Metric:
         if (kept := self.eligible(x, params)) is not None:
             result.eligible, result.rule = np.asarray(kept[0], dtype=bool), kept[1]
         return result
+
+    def swapped_among(self, columns: Mapping[str, np.ndarray],
+                      params: MetricParams = DEFAULT_PARAMS) -> np.ndarray | None:
+        """`swapped` over aligned candidate columns (as `score` takes them); None when the metric swaps nothing."""
+        given = {name: np.asarray(columns[name], dtype=np.float64) for name in self.needs}
+        n = len(next(iter(given.values()))) if given else 0
+        mask = self.swapped(MarginInputs(given, n), params)
+        return None if mask is None else np.asarray(mask, dtype=bool)
 
 
 _REGISTRY: dict[str, Metric] = {}

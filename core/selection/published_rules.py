@@ -8,6 +8,12 @@ tests/test_published_rules.py.
   rip        min of three percentile ranks over m_ex >= 0      RIP (Yu et al. 2025)
   dpo_gap    -z(m_im), m_im in the DPO form only              DPO implicit-gap difficulty (Qi et al. 2025)
 
+and then, one module each (docs/RULES.md says what each reproduces and what not):
+  bees           sigmoid(m_ex/std + m_im/std), largest first    Less is More (core.selection.bayes_margin)
+  chosen_reward  z(r_rejected + m_ex), the chosen reward        What Matters in Data for DPO? (chosen_quality)
+  selective_dpo  -log sigmoid(m_im) loss, easiest first         Selective DPO (core.selection.selective_dpo)
+  clean, clean_flip  2 of 3 noise signals: remove / flip        PrefCleanBench (core.selection.signal_cleaning)
+
 What the papers do that is not reproduced here is said in each class.
 """
 
@@ -127,4 +133,10 @@ class DpoImplicitGap(Metric):
         return x.z("m_im_dpo")
 
 
-PUBLISHED_RULES = (RewardMarginThreshold.name, RejectedQualitySmallGap.name, DpoImplicitGap.name)
+# Rules published since the paper, one module each (docs/RULES.md), registered after these three in this order.
+from marginlens.core.selection import bayes_margin, chosen_quality, selective_dpo, signal_cleaning  # noqa: E402
+
+PUBLISHED_RULES = (RewardMarginThreshold.name, RejectedQualitySmallGap.name, DpoImplicitGap.name,
+                   bayes_margin.BayesMarginProbability.name, selective_dpo.SelectiveDpo.name,
+                   chosen_quality.ChosenReward.name, signal_cleaning.SignalCleaning.name,
+                   signal_cleaning.SignalCleaningFlip.name)

@@ -189,3 +189,29 @@ def list_exports(ws: Workspace) -> list[dict[str, Any]]:
             "manifest": str(manifest_path),
         })
     return sorted(exports, key=lambda e: (e["created"], e["name"]), reverse=True)
+
+
+def write_flipped(src: str | os.PathLike, dst: str | os.PathLike, flip: Any) -> int:
+    """A lab arm's training data with some pairs' chosen and rejected exchanged (a cleaning rule's flip arm,
+    core.selection.signal_cleaning): `src` is a JSONL export, `flip` one bool per record in its order. Writes
+    `dst`, then `dst`'s manifest (src's, recording the flip), last: a run killed in between leaves no manifest,
+    and the lab rebuilds `dst` from `src`. Returns the number of pairs flipped."""
+    from marginlens.core.atomic import read_jsonl, write_json, write_jsonl
+    from marginlens.core.selection.export import _swap, manifest_path_for
+
+    src, dst = Path(src), Path(dst)
+    records = read_jsonl(src)
+    flags = [bool(f) for f in flip]
+    if len(flags) != len(records):
+        raise MarginLensError(f"{src}: {len(records)} records but {len(flags)} flip marks; delete {src.parent} and "
+                              "resubmit the experiment to select it again")
+    for record, swap in zip(records, flags, strict=True):
+        if swap:
+            _swap(record)  # the export's own swap, so a flipped pair reads as an export's swapped flag does
+    write_jsonl(dst, records)
+    manifest = read_json(manifest_path_for(src, "jsonl")) or {}
+    manifest["output"] = {**(manifest.get("output") or {}), "path": str(dst)}
+    manifest["flipped"] = {"pairs": sum(flags), "from": src.name,
+                           "why": "the rule's flagged pairs, trained with chosen and rejected exchanged"}
+    write_json(manifest_path_for(dst, "jsonl"), manifest)
+    return sum(flags)
