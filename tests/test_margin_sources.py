@@ -25,7 +25,7 @@ def test_without_explicit_margin_only_implicit_and_random_run(hh, tmp_path):
     random_logprobs(hh, "hh")
     sources = dataset_margin_sources(hh, "hh")
     assert (sources.explicit, sources.implicit) == (False, True)
-    assert sources.runnable == ("implicit", "random")
+    assert sources.runnable == ("implicit", "random", "selective_dpo")  # the rules that read m_im alone
     assert "marginlens score hh --llm-rating MODEL" in sources.note and "ArmoRM-Llama3-8B-v0.1" in sources.note
     assert sources.notes == [sources.note]
 

@@ -1,4 +1,4 @@
-"""Margins from score tables and the metric formulas of the README's "The metric, exactly"."""
+"""Margins from score tables and the metric formulas of docs/METRIC.md."""
 
 from __future__ import annotations
 

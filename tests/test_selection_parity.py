@@ -1,4 +1,4 @@
-"""Selection must pick exactly the index set of the paper's reference implementation (README, "The metric, exactly").
+"""Selection must pick exactly the index set of the paper's reference implementation (docs/METRIC.md).
 
 The reference (Hesse73/Alignment-Potential-Metric, metric_selection.py) z-scores with numpy's
 population std and keeps `np.argsort(score)[-k:]`; its random baseline is

@@ -1,6 +1,6 @@
 """Turn one source record of any supported layout into a canonical pair, or say exactly what is wrong.
 
-Layouts (the README's "Formats read"):
+Layouts (docs/FORMATS.md, "Formats read"):
   trl-standard                 prompt, chosen, rejected: strings
   trl-conversational           prompt: messages; chosen/rejected: messages ending in the assistant turn
   trl-conversational-implicit  chosen/rejected: whole conversations; the prompt is their shared prefix

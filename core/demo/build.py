@@ -113,7 +113,7 @@ def build_pairs(questions: list[dict[str, str]], samples: list[list[dict[str, An
 
 
 def describe(rows: list[dict[str, Any]], stats: dict[str, Any]) -> list[str]:
-    """The build's numbers, one line each (printed by the build, quoted in the README)."""
+    """The build's numbers, one line each (printed by the build, quoted in docs/DASHBOARD.md)."""
     def length(row: dict[str, Any], side: str) -> int:
         return len(row[side][-1]["content"])
 

@@ -19,7 +19,7 @@ Why it is fast:
 - on CUDA in bf16/fp16, no padding at all: pairs are packed into one row (core.scoring.packing), each
   response with its own copy of the prompt, and a variable-length kernel attends per document. It
   computes every prompt twice, yet on an H200 it scored 1.86x the pairs/s of padded batches
-  (bench/gpu_check.py, README); `packing=False` keeps the padded layout, `True` forces packing.
+  (bench/gpu_check.py, docs/BENCHMARKS.md); `packing=False` keeps the padded layout, `True` forces packing.
 
 Prompts and continuations are right-padded: a padded query then still sees real keys, so no row
 of the attention is fully masked (which gives NaNs in some kernels), and explicit position ids

@@ -34,7 +34,7 @@ def reward_model_command(dataset: str) -> str:
 
 
 def reward_model_note(dataset: str) -> str:
-    """What the Score page and the README say about the real thing."""
+    """What the Score page and docs/METRIC.md say about the real thing."""
     return (f"The paper's explicit margins came from {PAPER_REWARD_MODEL} (8B; it runs its own code, so it needs "
             f"--trust-remote-code). On a GPU: `{reward_model_command(dataset)}`. Any sequence-classification "
             "reward model works the same way (its own chat template, one score per response); without a GPU, "
@@ -93,7 +93,7 @@ def _number(value: Any, name: str, dataset: str, index: int) -> float:
 
 def column_rewards(rows: Sequence[dict[str, Any]], columns: str | None, dataset: str = "dataset"
                    ) -> list[PairRewards]:
-    """Explicit rewards from the dataset itself (the README's "The metric, exactly").
+    """Explicit rewards from the dataset itself (docs/METRIC.md).
 
     `columns`:
       "score_chosen,score_rejected" (default)  the canonical columns ingest filled;

@@ -16,7 +16,7 @@ from typing import Any
 import numpy as np
 import pandas as pd
 from marginlens.core.errors import MarginLensError
-from marginlens.core.selection.margin_sources import margin_sources
+from marginlens.core.selection.margin_sources import covered_sample, margin_sources, missing_note
 from marginlens.core.selection.metrics import DEFAULT_PARAMS, MetricParams, get_metric
 from marginlens.core.selection.quadrants import Quadrants, quadrant_labels
 from marginlens.core.selection.select import k_for, top_k_eligible
@@ -197,6 +197,26 @@ def noise_suspects(margins: pd.DataFrame, top: int = 50, ex_split: float | None 
     return out
 
 
+def _nothing_to_compare(margins: pd.DataFrame, values: dict[str, np.ndarray], names: tuple[str, ...]) -> str:
+    """Why no pair can be compared, and the command(s) that score what is missing."""
+    name = margins.attrs.get("dataset", "NAME")
+    has_ex, has_im = np.isfinite(values["m_ex"]), np.isfinite(values["m_im"])
+    text = [f"{name!r} has no pair with both an explicit and an implicit margin to compare: the explicit margin "
+            f"(m_ex) is on {int(has_ex.sum()):,} of {len(margins):,} pairs, the implicit one (m_im) on "
+            f"{int(has_im.sum()):,}."]
+    sources = margin_sources(margins)
+    if has_ex.any() and has_im.any() and not (has_ex & has_im).any():
+        sample = covered_sample(margins, "m_ex")
+        args = f" --sample {sample[0]} --seed {'SEED' if sample[1] is None else sample[1]}" if sample else ""
+        text.append(f"They were scored on different pairs: `marginlens score {name}{args}` scores the implicit "
+                    "margin on the explicit margin's pairs.")
+    text += sources.notes
+    text += [note for metric in names if (note := missing_note(margins, metric))]
+    if runnable := [metric for metric in ("implicit", "random") if metric in sources.runnable]:
+        text.append(f"What runs now: `marginlens select {name} --metric {runnable[0]} --out {name}-{runnable[0]}.jsonl`.")
+    return " ".join(text)
+
+
 def compare_metrics(
     margins: pd.DataFrame,
     ratio: float | None = None,
@@ -222,8 +242,7 @@ def compare_metrics(
               for c in columns}
     cand = np.flatnonzero(np.logical_and.reduce([np.isfinite(v) for v in values.values()]))
     if cand.size == 0:
-        name = margins.attrs.get("dataset", "this dataset")
-        raise MarginLensError(f"{name!r} has no pair with both an explicit and an implicit margin to compare")
+        raise MarginLensError(_nothing_to_compare(margins, values, names))
     k = k_for(cand.size, ratio, count)
     selected: dict[str, np.ndarray] = {}
     scores: dict[str, np.ndarray] = {}

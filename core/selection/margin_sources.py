@@ -19,6 +19,7 @@ from dataclasses import dataclass
 
 import numpy as np
 import pandas as pd
+from marginlens.core.data.pair_sample import DEFAULT_SEED, sample_positions
 from marginlens.core.scoring.llm_rating import is_rating_table
 from marginlens.core.scoring.rewards import PAPER_REWARD_MODEL
 from marginlens.core.selection.margins import default_margins
@@ -28,9 +29,11 @@ from marginlens.core.workspace import Workspace
 NO_EXPLICIT = (
     "No explicit margin: this dataset carries no reward scores and no reward table has been scored, so M_AP "
     "and the explicit metric cannot run; the implicit and random metrics can (M_AP with a constant explicit "
-    "margin would rank exactly like the implicit metric). To get one: `marginlens score {dataset} --llm-rating MODEL` "
-    "has any OpenAI-compatible model rate each response, or `--reward-model MODEL` scores with a reward model on "
-    "a GPU (the paper used {paper_model})."
+    "margin would rank exactly like the implicit metric). To get one: `marginlens score {dataset} --llm-rating MODEL"
+    "{fill} --rating-url URL` has any OpenAI-compatible model rate each response{which} (URL: a server of yours, "
+    "such as `transformers serve MODEL` at http://127.0.0.1:8000/v1; without --rating-url it asks api.openai.com "
+    "with $OPENAI_API_KEY), or `--reward-model MODEL` in place of --llm-rating scores with a reward model on a GPU "
+    "(the paper used {paper_model})."
 )
 # A reward table exists but no pair has a finite margin from it (an LLM rater that answered off the rubric).
 EMPTY_TABLE = (
@@ -41,8 +44,8 @@ EMPTY_TABLE = (
     "used {paper_model})."
 )
 NO_IMPLICIT = (
-    "No implicit margin yet: `marginlens score {dataset}` computes it under the policy (SmolLM2-135M-Instruct by "
-    "default, fine on a CPU); until then only the metrics that need no policy can run."
+    "No implicit margin yet: `marginlens score {dataset}{fill}` computes it under the policy{which} "
+    "(SmolLM2-135M-Instruct by default, fine on a CPU); until then only the metrics that need no policy can run."
 )
 
 
@@ -56,6 +59,10 @@ class MarginSources:
     dataset: str = "NAME"  # for the commands the notes suggest
     table: str | None = None  # the reward table joined, if any (fingerprint)
     table_values: tuple[int, int] | None = None  # (finite, all) ratings or rewards of its pairs
+    # the seeded sample each margin covers, (n, seed; seed None when not the default one); None when
+    # it covers every pair or none: a fill command must score the same pairs, not the whole dataset
+    explicit_sample: tuple[int, int | None] | None = None
+    implicit_sample: tuple[int, int | None] | None = None
 
     def _explicit_note(self) -> str:
         if self.table and self.table_values is not None:
@@ -64,7 +71,9 @@ class MarginSources:
                                       valid=self.table_values[0], total=self.table_values[1],
                                       unit="ratings" if rating else "rewards", dataset=self.dataset,
                                       paper_model=PAPER_REWARD_MODEL)
-        return NO_EXPLICIT.format(dataset=self.dataset, paper_model=PAPER_REWARD_MODEL)
+        fill, which = _fill(self.implicit_sample, "implicit") if self.implicit else ("", "")
+        return NO_EXPLICIT.format(dataset=self.dataset, paper_model=PAPER_REWARD_MODEL,
+                                  fill=(" --policy none" if self.implicit else "") + fill, which=which)
 
     @property
     def paper_runnable(self) -> tuple[str, ...]:
@@ -79,8 +88,38 @@ class MarginSources:
     @property
     def notes(self) -> list[str]:
         """Every missing-margin sentence, explicit first."""
-        implicit = NO_IMPLICIT.format(dataset=self.dataset)
+        fill, which = _fill(self.explicit_sample, "explicit") if self.explicit else ("", "")
+        implicit = NO_IMPLICIT.format(dataset=self.dataset, fill=fill, which=which)
         return [text for text, missing in ((self.note, not self.explicit), (implicit, not self.implicit)) if missing]
+
+
+def _fill(sample: tuple[int, int | None] | None, margin: str) -> tuple[str, str]:
+    """The `--sample N --seed S` of a fill command and the words that say why."""
+    if sample is None:
+        return "", ""
+    n, seed = sample
+    if seed is None:
+        return (f" --sample {n:d} --seed SEED",
+                f" on the {n:,} pairs the {margin} margin has (SEED: the --seed they were sampled with)")
+    return f" --sample {n:d} --seed {seed:d}", f" on the {n:,} pairs the {margin} margin has"
+
+
+def covered_sample(frame: pd.DataFrame, column: str) -> tuple[int, int | None] | None:
+    """Which `--sample N --seed S` (core.data.pair_sample) holds every pair with a value in `column`: None
+    when the column has a value on every pair or on none. N is the score table's row count (a rating kept
+    invalid still took its place in the sample); S is None when the default seed's sample does not hold them
+    (another seed's: the table does not record which)."""
+    values = frame[column].to_numpy(dtype=np.float64, na_value=np.nan) if column in frame else np.empty(0)
+    have = np.flatnonzero(np.isfinite(values))
+    if have.size in (0, len(frame)):
+        return None
+    role = "policy" if column == "m_im" else "reward"
+    n = max(int((frame.attrs.get("coverage") or {}).get(role, have.size)), int(have.size))
+    if n >= len(frame):
+        return None
+    if np.isin(have, sample_positions(frame["pair_id"].tolist(), n, DEFAULT_SEED)).all():
+        return n, DEFAULT_SEED
+    return n, None
 
 
 def _has(frame: pd.DataFrame, column: str) -> bool:
@@ -97,8 +136,11 @@ def margin_sources(frame: pd.DataFrame) -> MarginSources:
         pairs = int((frame.attrs.get("coverage") or {}).get("reward", len(frame)))
         finite = sum(int(np.isfinite(frame[c].to_numpy(dtype=np.float64)).sum()) for c in ("chosen_reward", "rejected_reward"))
         values = (finite, 2 * pairs)
-    return MarginSources(_has(frame, "m_ex"), _has(frame, "m_im"), runnable, frame.attrs.get("dataset", "NAME"),
-                         table, values)
+    explicit, implicit = _has(frame, "m_ex"), _has(frame, "m_im")
+    # only where a note will name a fill command: hashing every pair id is a second at a million pairs
+    return MarginSources(explicit, implicit, runnable, frame.attrs.get("dataset", "NAME"), table, values,
+                         covered_sample(frame, "m_ex") if explicit and not implicit else None,
+                         covered_sample(frame, "m_im") if implicit and not explicit else None)
 
 
 def missing_note(frame: pd.DataFrame, metric: str) -> str | None:

@@ -21,6 +21,7 @@ import numpy as np
 import pandas as pd
 from marginlens.core.errors import MarginLensError
 from marginlens.core.selection.filters import Filter, filter_mask, resolve_filters
+from marginlens.core.selection.margin_sources import margin_sources
 from marginlens.core.selection.metrics import (
     DEFAULT_METRIC,
     DEFAULT_PARAMS,
@@ -159,6 +160,18 @@ class Selection:
         return np.sort(self.positions)
 
 
+def _missing_margin(margins: pd.DataFrame, metric: str, column: str) -> str:
+    """What `metric` lacks and the command that scores it (the margin sources' notes name the sample to score)."""
+    kind, hint = MARGIN_COLUMNS.get(column, (None, None))
+    what = f"{kind} ({column}) margin" if kind else f"{column} column"
+    name = margins.attrs.get("dataset", "this dataset")
+    sources = margin_sources(margins)
+    notes = [note for note in sources.notes if note.startswith("No explicit" if column == "m_ex" else "No implicit")]
+    how = " ".join(notes) if column in ("m_ex", "m_im") and notes else (hint or "").replace("NAME", str(name))
+    runs = f" Metrics that run now: {', '.join(sources.runnable)}." if sources.runnable else ""
+    return f"metric {metric!r} needs the {what}, which {name!r} does not have. {how}".rstrip() + runs
+
+
 def select(margins: pd.DataFrame, spec: SelectionSpec, texts: Any = None) -> Selection:
     """Score and select pairs of a margin frame (core.selection.margins.load_margins) according to `spec`.
 
@@ -182,11 +195,7 @@ def select(margins: pd.DataFrame, spec: SelectionSpec, texts: Any = None) -> Sel
     for column in metric.needs:
         values = margins[column].to_numpy(dtype=np.float64, na_value=np.nan) if column in margins else None
         if values is None or np.isnan(values).all():
-            kind, hint = MARGIN_COLUMNS.get(column, (None, None))
-            what = f"{kind} ({column}) margin" if kind else f"{column} column"
-            name = margins.attrs.get("dataset", "this dataset")
-            raise MarginLensError(f"metric {spec.metric!r} needs the {what}, which {name!r} does not have"
-                                  + (f" ({hint.replace('NAME', str(name))})" if hint else ""))
+            raise MarginLensError(_missing_margin(margins, spec.metric, column))
         have &= np.isfinite(values)
         needed[column] = values
     n_missing = int((~have).sum())
