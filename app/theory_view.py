@@ -3,13 +3,13 @@ chart of the error against iterations for both samplers, and the assumptions bes
 
 from __future__ import annotations
 
-from dataclasses import asdict
+from dataclasses import asdict, replace
 
 import numpy as np
 import plotly.graph_objects as go
 import streamlit as st
 from marginlens.core.errors import MarginLensError
-from marginlens.core.experiments.theory import SAMPLERS, TheoryResult, TheorySpec, simulate
+from marginlens.core.experiments.theory import NOISY_RM, SAMPLERS, TheoryResult, TheorySpec, simulate
 
 COLORS = {"uniform": ("#9e9e9e", "rgba(158,158,158,0.25)"), "adversarial": ("#2e7d32", "rgba(46,125,50,0.25)")}
 LABELS = {"uniform": "uniform sampling", "adversarial": "adversarial (M_AP) sampling"}
@@ -60,7 +60,7 @@ def _simulate(fields: tuple[tuple[str, float], ...]) -> TheoryResult:
     return simulate(TheorySpec(**dict(fields)))
 
 
-def theory_figure(result: TheoryResult, raw: bool = False) -> go.Figure:
+def theory_figure(result: TheoryResult, raw: bool = False, height: int = 420) -> go.Figure:
     """Mean error per iteration and its 95% band, one colour per sampler."""
     t = result.iterations
     figure = go.Figure()
@@ -73,7 +73,7 @@ def theory_figure(result: TheoryResult, raw: bool = False) -> go.Figure:
         figure.add_trace(go.Scatter(x=t, y=mean, mode="lines", line={"color": line, "width": 2},
                                     name=LABELS[sampler]))
     label = "|theta_t - theta*|" if raw else "|theta_t/|theta_t| - theta*/|theta*||"
-    figure.update_layout(xaxis_title="iteration", yaxis_title=label, height=420, margin={"t": 30, "b": 40},
+    figure.update_layout(xaxis_title="iteration", yaxis_title=label, height=height, margin={"t": 30, "b": 40},
                          legend={"orientation": "h", "y": 1.08}, hovermode="x unified")
     figure.update_yaxes(rangemode="tozero")
     return figure
@@ -126,3 +126,32 @@ def render_theory() -> None:
                   f"{spec.seeds - 1} df) standard errors; no band for one seed); "
                   "the error axis is " + ("the raw parameter distance." if raw else "the distance of the directions."))
     notes.markdown(ASSUMPTIONS)
+    _reward_model_cases(spec, raw)
+
+
+def _reward_model_cases(spec: TheorySpec, raw: bool) -> None:
+    """The same settings with an exact and with a noisy reward model, side by side, and what the gap means."""
+    cases = {"exact": replace(spec, rm_noise=0.0), "noisy": replace(spec, rm_noise=NOISY_RM)}
+    results = {name: _simulate(tuple(asdict(case).items())) for name, case in cases.items()}
+    st.subheader("When the reward model is wrong")
+    titles = {"exact": "Reward model right (reward-model error 0)",
+              "noisy": f"Noisy reward model (reward-model error {NOISY_RM:g})"}
+    for column, (name, result) in zip(st.columns(2), results.items(), strict=True):
+        column.markdown(f"**{titles[name]}**")
+        inner = column.columns(2)
+        for cell, sampler in zip(inner, SAMPLERS, strict=True):
+            cell.metric(f"{name} RM: final error, {sampler}", f"{result.curves[sampler].final(raw):.3f}")
+        column.plotly_chart(theory_figure(result, raw, height=320), width="stretch", key=f"{KEY}chart_{name}",
+                            config={"displaylogo": False})
+    exact, noisy = (results[n].curves for n in ("exact", "noisy"))
+    st.markdown(
+        f"**What this means.** M_AP trains on the pairs where the reward model is sure and the learner is not yet, "
+        f"so its gain relies on the reward model being right. With the right reward model it ends at "
+        f"{exact['adversarial'].final(raw):.3f} against uniform sampling's {exact['uniform'].final(raw):.3f}, "
+        f"partly because a right reward model steers it away from mislabelled pairs "
+        f"({exact['adversarial'].flipped_share.mean():.1%} flipped labels trained on, against "
+        f"{exact['uniform'].flipped_share.mean():.1%}). With a bad reward model it selects confidently wrong "
+        f"pairs and ends at {noisy['adversarial'].final(raw):.3f}, "
+        + ("worse than" if noisy["adversarial"].final(raw) > noisy["uniform"].final(raw) else "against")
+        + f" uniform sampling's {noisy['uniform'].final(raw):.3f}, which never reads the reward model. Check the "
+        "reward model before selecting by M_AP: a wrong one makes the selection harmful, not just useless.")

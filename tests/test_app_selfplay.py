@@ -26,8 +26,9 @@ from marginlens.core.selfplay.selfplay_spec import build_selfplay_spec, plan_sel
 from tiny_models import tiny_llama  # noqa: F401  (session fixture)
 
 ANNOTATE, EVAL = "verifier:self-consistency", "verifier:answer-match"
-SAMPLING = {"n": 5, "temperature": 0.8, "top_p": 0.95, "max_new_tokens": 128}  # the page's defaults, spelled out
-EVOLVE = {"max_new_tokens": 128, "max_ratio": 5.0}
+# the page's defaults on CPU, spelled out: the reference profile, its length filter off
+SAMPLING = {"n": 5, "temperature": 0.8, "top_p": 0.95, "max_new_tokens": 128}
+EVOLVE = {"max_new_tokens": 128}
 
 
 @pytest.fixture
@@ -57,6 +58,7 @@ def test_form_plan_and_refusals(sp_ws):
     assert at.multiselect(key="_sp_metrics").value == ["map", "explicit"]
     assert any("eva's own rule" in c.value for c in at.caption)
     assert at.multiselect(key="_sp_strategies").value == ["breadth", "deepen", "constrain", "concretize", "reason"]
+    assert at.radio(key="_sp_profile").value == "reference"
     at.number_input(key="_sp_max_prompts").set_value(6)
     at.multiselect(key="_sp_strategies").set_value(["breadth", "reason"]).run()
     no_errors(at)
@@ -295,3 +297,35 @@ def test_worker_env_puts_each_key_under_its_part_s_variable(sp_ws):
     assert sv.worker_env(spec, wrong) == {**none, "RATER_KEY": "", "JUDGE_KEY": "k-for-the-judge-url",
                                           "WRITER_KEY": ""}
     assert sv.worker_env(spec, {}) == {**none, "RATER_KEY": "", "JUDGE_KEY": "", "WRITER_KEY": ""}
+
+
+def test_profile_choice_and_whole_strategy_descriptions(sp_ws):
+    from marginlens.core.selfplay.strategies import STRATEGIES
+
+    at = app_test("selfplay_page.py", sp_ws)
+    at.run()
+    at.number_input(key="_sp_max_prompts").set_value(6).run()
+    no_errors(at)
+    shown = "\n".join(m.value for m in at.markdown)
+    # the chips hold the names; every picked strategy's description is on the page, whole
+    assert all(f"**{name}**: {s.description}" in shown for name, s in STRATEGIES.items())
+    assert md_escape("profile reference (the authors' evol_select scripts)") in shown
+    assert md_escape("128 new tokens for answers and 128 for rewrites (CPU") in shown
+    at.multiselect(key="_sp_strategies").set_value(["deepen"]).run()
+    shown = "\n".join(m.value for m in at.markdown)
+    assert f"**deepen**: {STRATEGIES['deepen'].description}" in shown and "**breadth**" not in shown
+
+    at.checkbox(key="_sp_filter_prompt").check()
+    at.number_input(key="_sp_train_size").set_value(3).run()
+    no_errors(at)
+    shown = "\n".join(m.value for m in at.markdown)
+    assert md_escape("at most 3 rewrite pairs") in shown and md_escape("length filter on (5x)") in shown
+
+    at.radio(key="_sp_profile").set_value("marginlens").run()
+    no_errors(at)
+    spec = build_selfplay_spec(sp_ws, DATASET, annotate=ANNOTATE, eval=EVAL, max_prompts=6, strategies=["deepen"],
+                               sampling=SAMPLING, profile="marginlens")
+    assert spec.rules == {} and spec.evolve_params(0).max_ratio == 5.0
+    shown = "\n".join(m.value for m in at.markdown)
+    assert all(md_escape(line) in shown for line in plan_selfplay(sp_ws, spec).lines()), shown
+    assert md_escape("profile marginlens") in shown

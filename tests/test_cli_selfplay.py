@@ -76,7 +76,8 @@ def test_evolver_key_variable_and_call_cap_reach_the_spec(sp_ws):
         sp_ws, DATASET, annotate="verifier:self-consistency", eval="verifier:answer-match", evolver="openai:writer",
         evolver_key_env="WRITER_KEY", evolver_max_calls=7,
         sampling={"n": 5, "temperature": 0.8, "top_p": 0.95, "max_new_tokens": 128},
-        evolve={"max_new_tokens": 128, "max_ratio": 5.0}).to_params()  # the CLI's defaults, spelled out
+        evolve={"max_new_tokens": 128}, profile="reference").to_params()  # the CLI's defaults on CPU, spelled out
+    assert spec.rules["profile"] == "reference" and spec.evolve["max_ratio"] is None
 
 
 def test_help_names_what_self_play_can_use(capsys):
@@ -145,3 +146,20 @@ def test_detach_submits_the_spec(sp_ws, tiny_llama, capsys):  # noqa: F811
     assert [j.id for j in jobs.list_jobs(sp_ws, "selfplay")] == [job.id]
     jobs.get_job(sp_ws, job.id).cancel()
     assert job.wait(poll=0.2, timeout=120).state is JobState.CANCELLED, job.log_tail(20)
+
+
+def test_profile_flags_reach_the_spec(sp_ws, capsys):
+    from marginlens.core.cli import build_parser
+    from marginlens.core.cli.selfplay_commands import spec_from_args
+
+    parse = build_parser().parse_args
+    ours = spec_from_args(sp_ws, parse(["selfplay", DATASET, *BASE, "--profile", "marginlens"]))
+    assert "rules" not in ours.to_params() and ours.evolve_params(0).max_ratio == 5.0
+    theirs = spec_from_args(sp_ws, parse(["selfplay", DATASET, *BASE, "--filter-prompt", "--train-size", "7"]))
+    assert theirs.rules["train_size"] == 7 and theirs.evolve_params(0).max_ratio == 5.0
+    assert theirs.rules["system_prompt"] == "You are a helpful assistant."  # SmolLM2 is no Gemma
+    assert run(sp_ws, DATASET, *BASE, "--profile", "marginlens", "--train-size", "7", "--yes", "--detach") == 2
+    assert "options of --profile reference" in capsys.readouterr().err
+    assert run(sp_ws, DATASET, *BASE, "--max-prompts", "6") == 2  # asked, not answered
+    out = capsys.readouterr().out
+    assert "profile reference (the authors' evol_select scripts)" in out and "(CPU: the authors' 4096" in out

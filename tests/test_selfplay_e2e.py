@@ -64,7 +64,7 @@ def run(tmp_path_factory, smollm2):  # noqa: F811
         ws, DATASET, annotate=ANNOTATE, eval=EVAL, policy=str(smollm2), iterations=2, metrics=["map"], seeds=1,
         ratio=0.5, strategies="breadth,deepen", max_prompts=4,
         sampling={"n": 3, "max_new_tokens": 16, "batch_size": 4}, evolve={"max_new_tokens": 64, "batch_size": 4},
-        overrides=FAST, device="cpu")
+        overrides=FAST, device="cpu", profile="marginlens")
     job = submit_selfplay(ws, spec)
     # SIGKILL the orchestrator and the child it waits on, once the second iteration has a running child
     deadline = time.monotonic() + 900

@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 from marginlens.core.errors import MarginLensError
 from marginlens.core.experiments.experiment_results import mean_interval
-from marginlens.core.experiments.theory import MAX_WORK, TheorySpec, simulate, work
+from marginlens.core.experiments.theory import MAX_WORK, TheorySpec, reward_model_cases, simulate, work
 from marginlens.core.selection.metric_base import zscore
 
 from tests.helpers_app import no_errors
@@ -146,3 +146,37 @@ def test_the_theory_tab_renders_the_chart_the_numbers_and_the_assumptions():
     at.slider(key="_theory_top").set_value(0.01).run()
     assert not at.exception
     assert any("top_share" in e.value for e in at.error)
+
+
+def test_a_noisy_reward_model_makes_the_map_sampler_worse_than_uniform():
+    cases = reward_model_cases()
+    exact, noisy = cases["exact"].curves, cases["noisy"].curves
+    assert cases["noisy"].spec.rm_noise == 1.0 and cases["exact"].spec.rm_noise == 0.0
+    assert exact["adversarial"].final() < exact["uniform"].final()
+    assert noisy["adversarial"].final() > noisy["uniform"].final() + 0.3
+
+
+def test_the_theory_tab_shows_the_noisy_reward_model_beside_the_exact_one():
+    from streamlit.testing.v1 import AppTest
+
+    at = AppTest.from_function(_theory_script, default_timeout=60).run()
+    no_errors(at)
+    values = {m.label: m.value for m in at.metric}
+    cases = reward_model_cases()
+    for name in ("exact", "noisy"):
+        for sampler in ("uniform", "adversarial"):
+            assert values[f"{name} RM: final error, {sampler}"] == f"{cases[name].curves[sampler].final():.3f}"
+    assert values["noisy RM: final error, adversarial"] != values["exact RM: final error, adversarial"]
+    text = "\n".join(m.value for m in at.markdown)
+    assert "Noisy reward model (reward-model error 1)" in text and "Reward model right" in text
+    noisy = cases["noisy"].curves
+    assert (f"ends at {noisy['adversarial'].final():.3f}, worse than uniform sampling's "
+            f"{noisy['uniform'].final():.3f}") in text
+    assert "relies on the reward model being right" in text and "confidently wrong" in text
+    assert len(at.get("plotly_chart")) == 3
+
+    # the comparison follows the other settings (here the label noise), not only the defaults
+    at.slider(key="_theory_noise").set_value(0.0).run()
+    moved = reward_model_cases(replace(TheorySpec(), noise=0.0))
+    values = {m.label: m.value for m in at.metric}
+    assert values["noisy RM: final error, adversarial"] == f"{moved['noisy'].curves['adversarial'].final():.3f}"

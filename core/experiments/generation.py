@@ -62,14 +62,18 @@ class GenerationParams:
         return fields
 
 
-def user_messages(row: dict[str, Any]) -> list[dict[str, str]]:
-    return [{"role": "user", "content": row["prompt"]}]
+def user_messages(row: dict[str, Any], system_prompt: str | None = None) -> list[dict[str, str]]:
+    system = [{"role": "system", "content": system_prompt}] if system_prompt is not None else []
+    return [*system, {"role": "user", "content": row["prompt"]}]
 
 
-def generation_key(model_identity: str, eval_fp: str, params: GenerationParams, dtype: str, device: str) -> str:
+def generation_key(model_identity: str, eval_fp: str, params: GenerationParams, dtype: str, device: str,
+                   system_prompt: str | None = None) -> str:
     """`device`: the resolved one (cpu, cuda, cuda:N)."""
     what = {"version": GENERATION_VERSION, "model": model_identity, "eval_set": eval_fp, "dtype": dtype,
             "device": device, "params": params.key_fields()}
+    if system_prompt is not None:  # only when set: keys made before the option existed stay valid
+        what["system_prompt"] = system_prompt
     return hashlib.sha256(json.dumps(what, sort_keys=True).encode()).hexdigest()[:20]
 
 
@@ -143,8 +147,9 @@ def generate_responses(ws: Workspace, model: str, eval_set: Path, params: Genera
                        device: str | None = None, dtype: str | None = None,
                        progress: Callable[[int, int], None] | None = None,
                        check_cancel: Callable[[], None] | None = None,
-                       log: Callable[[str], None] | None = None) -> list[dict[str, Any]]:
-    """One record per eval-set row, in file order:
+                       log: Callable[[str], None] | None = None,
+                       system_prompt: str | None = None) -> list[dict[str, Any]]:
+    """One record per eval-set row, in file order (`system_prompt`: a system turn before each prompt):
     {"id", "responses": [str] * n, "truncated": [bool] * n, "new_tokens": [int] * n}.
 
     What the cache holds is never generated again; the model is loaded only when something is missing.
@@ -157,7 +162,7 @@ def generate_responses(ws: Workspace, model: str, eval_set: Path, params: Genera
     dtype = dtype_for(device, dtype)
     spec = canonical_spec(model)
     identity = generation_identity(spec)
-    key = generation_key(identity, rows_fingerprint(rows), params, dtype, device)
+    key = generation_key(identity, rows_fingerprint(rows), params, dtype, device, system_prompt)
     store = generation_store(ws, key)
     create_json(store.path.parent / "meta.json", {"model": spec, "model_identity": identity, "dtype": dtype, "device": device,
                                                   "eval_set": str(Path(eval_set).resolve()),
@@ -183,7 +188,7 @@ def generate_responses(ws: Workspace, model: str, eval_set: Path, params: Genera
         for index, chunk in pending:
             if check_cancel:
                 check_cancel()
-            texts = [renderer.render(user_messages(r), add_generation_prompt=True) for r in chunk]
+            texts = [renderer.render(user_messages(r, system_prompt), add_generation_prompt=True) for r in chunk]
             for row, (texts_out, truncated, n_new) in zip(
                     chunk, _generate_chunk(lm, tokenizer, texts, params, eos, params.seed * 1_000_003 + index),
                     strict=True):

@@ -27,7 +27,7 @@ seed owns its random streams, so a seed's curves do not depend on how many seeds
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 import numpy as np
 from marginlens.core.errors import MarginLensError
@@ -206,6 +206,15 @@ def _run(spec: TheorySpec, world: _World, sampler: str) -> SamplerCurve:
         theta = theta + spec.lr * np.einsum("sb,sbd->sd", weight, batch_x) / spec.batch
         record(t + 1)
     return SamplerCurve(sampler, direction, distance, flipped_count / (spec.iterations * spec.batch))
+
+
+NOISY_RM = 1.0  # the reward-model error of the comparison: an error as large as theta* itself
+
+
+def reward_model_cases(spec: TheorySpec = TheorySpec()) -> dict[str, TheoryResult]:
+    """`spec` run twice, with an exact reward model ("exact", rm_noise 0) and a noisy one ("noisy", rm_noise
+    NOISY_RM): M_AP's gain rests on m_ex, so the pair shows how much of it a wrong reward model takes away."""
+    return {"exact": simulate(replace(spec, rm_noise=0.0)), "noisy": simulate(replace(spec, rm_noise=NOISY_RM))}
 
 
 def simulate(spec: TheorySpec = TheorySpec()) -> TheoryResult:

@@ -13,6 +13,13 @@ in front of the first remaining turn's content before that one is trimmed, so an
 leaves no trace; the generation prompt is "<start_of_turn>model\\n". For example [user "Hi"] with the
 generation prompt -> "<bos><start_of_turn>user\\nHi<end_of_turn>\\n<start_of_turn>model\\n".
 
+`mistral-simpo` is the Mistral template the authors' scoring script (infer_scripts/infer_dataset.py) swaps in
+for any model whose path names "mistral", for the same reason: no BOS of its own (the tokenizer adds it), each
+user turn "[INST] " + content trimmed + " [/INST]", each assistant turn " " + content trimmed + " " + EOS, a
+leading system turn merged into the first remaining turn as above, other roles left out, and no generation
+prompt (a prompt already ends in "[/INST]"). For example [user "Hi", assistant "Hello"] ->
+"[INST] Hi [/INST] Hello </s>".
+
 A template's text, not its name or path, is what a score table's fingerprint records.
 """
 
@@ -36,7 +43,19 @@ GEMMA_SIMPO = (
     "{% if add_generation_prompt %}{{ '<start_of_turn>model\\n' }}{% endif %}"
 )
 
-BUILTIN_TEMPLATES = {"gemma-simpo": GEMMA_SIMPO}
+MISTRAL_SIMPO = (
+    "{% set ns = namespace(lead='', turns=messages) %}"
+    "{% if messages and messages[0]['role'] == 'system' %}"
+    "{% set ns.lead = messages[0]['content'] | trim + '\\n\\n' %}{% set ns.turns = messages[1:] %}"
+    "{% endif %}"
+    "{% for turn in ns.turns %}"
+    "{% set text = (ns.lead + turn['content'] if loop.first else turn['content']) | trim %}"
+    "{% if turn['role'] == 'user' %}{{ '[INST] ' + text + ' [/INST]' }}"
+    "{% elif turn['role'] == 'assistant' %}{{ ' ' + text + ' ' + eos_token }}{% endif %}"
+    "{% endfor %}"
+)
+
+BUILTIN_TEMPLATES = {"gemma-simpo": GEMMA_SIMPO, "mistral-simpo": MISTRAL_SIMPO}
 
 
 def read_chat_template(value: str) -> str:

@@ -121,7 +121,8 @@ class EvolveParams:
     top_p: float = 0.95
     seed: int = 42
     batch_size: int = 8  # local evolver only: prompts per generate() call
-    max_ratio: float = 5.0  # the length filter (core.selfplay.prompt_pool.filter_rewrites)
+    max_ratio: float | None = 5.0  # the length filter (core.selfplay.prompt_pool.filter_rewrites); None: off
+    system_prompt: str | None = None  # a system turn before each instruction (the reference profile's)
 
     def __post_init__(self) -> None:
         if self.max_new_tokens < 1 or self.batch_size < 1:
@@ -129,8 +130,16 @@ class EvolveParams:
         if self.temperature < 0 or not 0 < self.top_p <= 1:
             raise MarginLensError(f"evolve: needs temperature >= 0 and 0 < top_p <= 1, got {self.temperature}, "
                                   f"{self.top_p}")
-        if not self.max_ratio > 1:
+        if self.max_ratio is not None and not self.max_ratio > 1:
             raise MarginLensError(f"evolve: max_ratio must be above 1, got {self.max_ratio}")
+
+    def to_dict(self) -> dict[str, Any]:
+        """The job params' form: no system prompt key when there is none, so jobs submitted before the
+        option existed keep their ids."""
+        out = asdict(self)
+        if self.system_prompt is None:
+            del out["system_prompt"]
+        return out
 
 
 def _exclude_entry(path: Path) -> dict[str, str]:
@@ -161,7 +170,7 @@ def evolution_params(prompts: Path, parents: Sequence[str], *, evolver: EvolverS
         "version": EVOLVE_VERSION, "prompts": str(path), "prompts_fingerprint": pool_fingerprint(rows),
         "parents": parents, "strategies": [strategy_tag(s) for s in parse_strategies(strategies)],
         "evolver": evolver.to_dict(), "iteration": iteration, "exclude": [_exclude_entry(p) for p in exclude],
-        "params": asdict(params), "device": None, "model_identity": None,
+        "params": params.to_dict(), "device": None, "model_identity": None,
     }
     if evolver.kind == "local":
         from marginlens.core.experiments.generation import generation_identity
@@ -252,7 +261,8 @@ def _local_answers(ctx: JobContext, requests: list[dict[str, Any]], evolver: Evo
         ctx.progress(done, total, phase="generating")
 
     made = generate_responses(ctx.workspace, evolver.model, instructions, generation, device=ctx.params["device"],
-                              progress=progress, check_cancel=ctx.check_cancel, log=ctx.log)
+                              progress=progress, check_cancel=ctx.check_cancel, log=ctx.log,
+                              system_prompt=settings.system_prompt)
     return [(m["responses"][0], m["responses"][0], bool(m["truncated"][0])) for m in made]
 
 
@@ -264,6 +274,8 @@ def answers_fingerprint(evolver: EvolverSpec, settings: EvolveParams) -> str:
     what = {"model": evolver.model, "base_url": public_url(evolver.base_url), "version": EVOLVE_VERSION,
             "max_output_tokens": settings.max_new_tokens, "temperature": settings.temperature,
             "top_p": settings.top_p, "seed": settings.seed}
+    if settings.system_prompt is not None:
+        what["system_prompt"] = settings.system_prompt
     return f"{slug(evolver.model)}-{hashlib.sha256(json.dumps(what, sort_keys=True).encode()).hexdigest()[:12]}"
 
 
@@ -293,7 +305,7 @@ def _openai_answers(ctx: JobContext, requests: list[dict[str, Any]], evolver: Ev
     def ask(request: dict[str, Any]) -> dict[str, Any]:
         try:
             return ask_once(
-                store, client, [{"role": "user", "content": request["instruction"]}],
+                store, client, [*system, {"role": "user", "content": request["instruction"]}],
                 lambda completion: {"text": completion.text, "malformed": completion.malformed},
                 lambda exc: (f"evolver {evolver.model} stopped: {exc} (max_calls); the answers so far are stored "
                              "and never asked again: submit with a larger max_calls to go on"),
@@ -302,6 +314,7 @@ def _openai_answers(ctx: JobContext, requests: list[dict[str, Any]], evolver: Ev
             raise MarginLensError(f"evolver {evolver.model}: the request for {request['id']} failed: {exc}; the "
                                   "answers so far are stored and never asked again: resubmit to go on") from None
 
+    system = [] if settings.system_prompt is None else [{"role": "system", "content": settings.system_prompt}]
     answers: list[tuple[str | None, str, bool]] = []
     ctx.log(f"asking {evolver.label} for {len(requests)} rewrites")
     with ThreadPoolExecutor(max_workers=CONCURRENCY) as pool:

@@ -150,13 +150,13 @@ def normalise(text: str) -> str:
     return " ".join(text.casefold().split())
 
 
-def _reason(new: str, orig: str, seen: set[str], max_ratio: float) -> str | None:
+def _reason(new: str, orig: str, seen: set[str], max_ratio: float | None) -> str | None:
     if not new.strip():
         return "empty"
     # The length rule in characters, both ways: keep iff len(new) * r > len(orig) and len(orig) * r > len(new).
-    if len(new) * max_ratio <= len(orig):
+    if max_ratio is not None and len(new) * max_ratio <= len(orig):
         return "too_short"
-    if len(orig) * max_ratio <= len(new):
+    if max_ratio is not None and len(orig) * max_ratio <= len(new):
         return "too_long"
     if normalise(new) == normalise(orig):
         return "same_as_parent"  # before "duplicate": the parent's own text is in `seen` too
@@ -166,12 +166,13 @@ def _reason(new: str, orig: str, seen: set[str], max_ratio: float) -> str | None
 
 
 def filter_rewrites(candidates: list[dict[str, Any]], parents: dict[str, dict[str, Any]], seen: set[str],
-                    max_ratio: float = 5.0) -> tuple[list[dict[str, Any]], list[dict[str, Any]]]:
+                    max_ratio: float | None = 5.0) -> tuple[list[dict[str, Any]], list[dict[str, Any]]]:
     """(kept, dropped): each candidate (a pool row whose "prompt" is the cleaned rewrite) in order, kept or
     dropped with a "reason" from DROP_REASONS. `parents`: id -> the row each candidate's "parent" names.
     `seen`: normalised texts a rewrite must not repeat (eval prompts, pool prompts); a kept rewrite joins them
-    for the candidates after it. The caller's set is left as it was."""
-    if not max_ratio > 1:
+    for the candidates after it. The caller's set is left as it was. `max_ratio` None: no length rule (the
+    reference runs without it unless asked, --filter-prompt)."""
+    if max_ratio is not None and not max_ratio > 1:
         raise MarginLensError(f"max_ratio must be above 1 (at 1 or below no rewrite could pass), got {max_ratio}")
     taken = set(seen)
     kept: list[dict[str, Any]] = []

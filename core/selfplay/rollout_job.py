@@ -70,8 +70,11 @@ def resolve_backend(backend: str, device: str) -> str:
 
 
 def rollout_params(policy: str, prompts: Path, annotator: EvalSpec, *, params: GenerationParams = SAMPLING,
-                   device: str | None = None, dtype: str | None = None, backend: str = "auto") -> dict[str, Any]:
-    """The rollout job's params (its id is their hash). Checks what a worker would fail on later."""
+                   device: str | None = None, dtype: str | None = None, backend: str = "auto",
+                   rules: dict[str, Any] | None = None, system_prompt: str | None = None) -> dict[str, Any]:
+    """The rollout job's params (its id is their hash). Checks what a worker would fail on later. `rules`: the
+    profile's pairing, empty-answer and margin rules (core.selfplay.profiles; None: marginlens's own);
+    `system_prompt`: a system turn before each prompt, when sampling and when re-scoring the margin."""
     from marginlens.core.experiments.generation import generation_identity
     from marginlens.core.scoring.models import canonical_spec, dtype_for, model_identity, resolve_device
 
@@ -94,16 +97,22 @@ def rollout_params(policy: str, prompts: Path, annotator: EvalSpec, *, params: G
     }
     if annotator.kind == "reward":
         out["reward_identity"] = model_identity(canonical_spec(annotator.target))
+    # only when set: rollouts submitted before profiles existed keep their ids
+    if rules:
+        out["rules"] = {k: rules[k] for k in ("pairing", "drop_empty", "margin") if k in rules}
+    if system_prompt is not None:
+        out["system_prompt"] = system_prompt
     return out
 
 
 def submit_rollout(ws: Workspace, policy: str, prompts: Path, annotator: EvalSpec, *,
                    params: GenerationParams = SAMPLING, device: str | None = None, dtype: str | None = None,
-                   backend: str = "auto", env: dict[str, str] | None = None) -> Job:
+                   backend: str = "auto", env: dict[str, str] | None = None, rules: dict[str, Any] | None = None,
+                   system_prompt: str | None = None) -> Job:
     """Start (or find running or done, or resume) the rollout of `policy` on the pool file `prompts`.
     `env`: extra worker environment, the only way a rater's key travels."""
     return submit(ws, KIND, rollout_params(policy, prompts, annotator, params=params, device=device, dtype=dtype,
-                                           backend=backend), env=env)
+                                           backend=backend, rules=rules, system_prompt=system_prompt), env=env)
 
 
 def pairs_path(job: Job) -> Path:
@@ -139,6 +148,36 @@ def best_and_worst(rewards: list[float | None], texts: list[str]) -> tuple[int, 
     return best, worst
 
 
+def _pick(rules: dict[str, Any], scores: list[float | None], texts: list[str], new_tokens: list[int] | None
+          ) -> tuple[int, int] | tuple[str, str]:
+    """The profile's pair of one prompt's answers: the reference drops a prompt with an empty answer outright
+    and keeps ties (core.selfplay.profiles); no rules: best_and_worst."""
+    from marginlens.core.selfplay.profiles import best_and_worst_argsort, empty_answer
+
+    if rules.get("drop_empty"):
+        empty = empty_answer(texts, new_tokens)
+        if empty is not None:
+            return "empty", f"answer {empty} is empty: the prompt is dropped with all its answers"
+    if rules.get("pairing") == "argsort":
+        return best_and_worst_argsort(scores)
+    return best_and_worst(scores, texts)
+
+
+def _sampled_margins(rows: list[dict[str, Any]], made: list[dict[str, Any]], picks: dict[int, tuple[int, int]]
+                     ) -> dict[str, dict[str, Any]]:
+    """The pairs' log-probs as the sampler reported them (vLLM: the cumulative log-prob and the token count of
+    each answer): the reference's implicit margin, with no second pass over the policy."""
+    out = {}
+    for i, (best, worst) in picks.items():
+        logps, ntoks = made[i].get("logps"), made[i].get("logp_tokens")
+        if logps is None or ntoks is None:
+            raise MarginLensError(f"rollout: the stored samples of prompt {rows[i]['id']!r} carry no log-probs; "
+                                  "delete the job folder and submit it again")
+        out[rows[i]["id"]] = {"chosen_logp": logps[best], "chosen_ntok": ntoks[best], "rejected_logp": logps[worst],
+                              "rejected_ntok": ntoks[worst]}
+    return out
+
+
 # ------------------------------------------------------------------------------------------------
 # The job
 # ------------------------------------------------------------------------------------------------
@@ -154,10 +193,10 @@ def _sample(ctx: JobContext, rows: list[dict[str, Any]], generation: GenerationP
 
         return sample_responses(_store(ctx.results_dir, "samples.jsonl"), params["policy"], rows, generation,
                                 dtype=params["dtype"], progress=progress, check_cancel=ctx.check_cancel,
-                                log=ctx.log)
+                                log=ctx.log, system_prompt=params.get("system_prompt"))
     return generate_responses(ctx.workspace, params["policy"], Path(params["prompts"]), generation,
                               device=params["device"], dtype=params["dtype"], progress=progress,
-                              check_cancel=ctx.check_cancel, log=ctx.log)
+                              check_cancel=ctx.check_cancel, log=ctx.log, system_prompt=params.get("system_prompt"))
 
 
 def _annotate(ctx: JobContext, spec: EvalSpec, rows: list[dict[str, Any]], made: list[dict[str, Any]],
@@ -214,7 +253,8 @@ def _margins(ctx: JobContext, rows: list[dict[str, Any]], pairs: list[tuple[int,
         ctx.restart_rate()
         for chunk in pending:
             ctx.check_cancel()
-            scored = scorer.score([user_messages(rows[i]) for i, _, _ in chunk], [c for _, c, _ in chunk],
+            system = ctx.params.get("system_prompt")
+            scored = scorer.score([user_messages(rows[i], system) for i, _, _ in chunk], [c for _, c, _ in chunk],
                                   [r for _, _, r in chunk])
             for (i, _, _), result in zip(chunk, scored, strict=True):
                 store.append({"id": rows[i]["id"], **asdict(result)})
@@ -252,9 +292,10 @@ def run(ctx: JobContext) -> dict[str, Any]:
     pairs: list[tuple[int, str, str]] = []
     unpaired: list[dict[str, Any]] = []
     picks: dict[int, tuple[int, int]] = {}
+    rules = params.get("rules") or {}
     for i, row in enumerate(rows):
         texts, scores = made[i]["responses"], annotations[row["id"]]["scores"]
-        pick = best_and_worst(scores, texts)
+        pick = _pick(rules, scores, texts, made[i].get("new_tokens"))
         if isinstance(pick[0], str):
             unpaired.append({"id": row["id"], "reason": pick[0], "detail": pick[1], "rewards": scores,
                              "responses": texts})
@@ -262,7 +303,8 @@ def run(ctx: JobContext) -> dict[str, Any]:
         best, worst = int(pick[0]), int(pick[1])
         picks[i] = (best, worst)
         pairs.append((i, texts[best], texts[worst]))
-    margins = _margins(ctx, rows, pairs, total)
+    sampled = rules.get("margin") == "sampled" and params["backend"] == "vllm"
+    margins = _sampled_margins(rows, made, picks) if sampled else _margins(ctx, rows, pairs, total)
     out = []
     for i, chosen, rejected in pairs:
         row, (best, worst) = rows[i], picks[i]
@@ -281,6 +323,9 @@ def run(ctx: JobContext) -> dict[str, Any]:
                "ties": sum(u["reason"] == "tie" for u in unpaired),
                "invalid": sum(u["reason"] == "invalid" for u in unpaired),
                "truncated": sum(sum(bool(t) for t in m["truncated"]) for m in made)}
+    if rules:
+        summary.update(empty=sum(u["reason"] == "empty" for u in unpaired),
+                       tied_pairs=sum(p["m_ex"] == 0 for p in out), margin="sampled" if sampled else "policy")
     write_json(ctx.results_dir / SUMMARY_FILE, summary)
     ctx.progress(total, total, force=True, step="done")
     ctx.log(f"{summary['pairs']} pairs from {n} prompts ({summary['ties']} ties, {summary['invalid']} invalid, "

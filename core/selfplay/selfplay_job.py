@@ -153,7 +153,8 @@ class _SelfPlay(JobTree):
         spec = self.spec
         job = self.child(what, lambda: submit_rollout(
             self.ws, policy, prompts, spec.annotator, params=spec.sampling_params(seed), device=spec.device,
-            backend=spec.backend, env=self.env), record, "job")
+            backend=spec.backend, env=self.env, rules=spec.rules, system_prompt=spec.rules.get("system_prompt")),
+            record, "job")
         record.update(rollout_summary(job))
         self.steps_done += 1
         return pairs_path(job)
@@ -202,6 +203,11 @@ class _SelfPlay(JobTree):
                                                  record.setdefault("rewrites", {})))
         else:
             self.steps_done += 1
+        if spec.rules.get("train_size") is not None:  # the reference profile's cap on the rewrite pairs
+            from marginlens.core.selfplay.profiles import cap_pairs
+
+            record["evolved_pairs"] = len(new_pairs)
+            new_pairs = cap_pairs(new_pairs, spec.rules["train_size"])
         record["step"] = "train"
         data = where / "train.jsonl"
         write_jsonl(data, training_rows(pool_pairs + new_pairs))

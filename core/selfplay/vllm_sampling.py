@@ -48,8 +48,11 @@ def prompt_seed(seed: int, index: int) -> int:
 def sample_responses(store: KeyedLog, policy: str, rows: Sequence[dict[str, Any]], params: GenerationParams, *,
                      dtype: str, progress: Callable[[int, int], None] | None = None,
                      check_cancel: Callable[[], None] | None = None,
-                     log: Callable[[str], None] | None = None) -> list[dict[str, Any]]:
-    """`params.n` sampled answers for every row (eval-set rows, file order), stored in `store` keyed by id."""
+                     log: Callable[[str], None] | None = None,
+                     system_prompt: str | None = None) -> list[dict[str, Any]]:
+    """`params.n` sampled answers for every row (eval-set rows, file order), stored in `store` keyed by id,
+    each with its cumulative log-prob and token count as vLLM reports them ("logps", "logp_tokens": the
+    reference profile's implicit margin). `system_prompt`: a system turn before each prompt."""
     if not vllm_available():
         raise MarginLensError("backend 'vllm' asked for, but vllm is not installed here (pip install vllm), "
                               "or use backend 'transformers'")
@@ -58,14 +61,15 @@ def sample_responses(store: KeyedLog, policy: str, rows: Sequence[dict[str, Any]
     if progress:
         progress(len(rows) - len(pending), len(rows))
     if pending:
-        _sample(store, policy, rows, pending, params, dtype, progress, check_cancel, log)
+        _sample(store, policy, rows, pending, params, dtype, progress, check_cancel, log, system_prompt)
     by_id = {r["id"]: r for r in store.records()}
     return [by_id[r["id"]] for r in rows]
 
 
 def _sample(store: KeyedLog, policy: str, rows: Sequence[dict[str, Any]], pending: list[int],
             params: GenerationParams, dtype: str, progress: Callable[[int, int], None] | None,
-            check_cancel: Callable[[], None] | None, log: Callable[[str], None] | None) -> None:
+            check_cancel: Callable[[], None] | None, log: Callable[[str], None] | None,
+            system_prompt: str | None) -> None:
     import torch
     from marginlens.core.scoring.models import load_tokenizer, resolve_model
     from marginlens.core.scoring.tokenization import Renderer
@@ -84,17 +88,20 @@ def _sample(store: KeyedLog, policy: str, rows: Sequence[dict[str, Any]], pendin
             if check_cancel:
                 check_cancel()
             chunk = pending[start:start + CHUNK]
-            texts = [renderer.render(user_messages(rows[i]), add_generation_prompt=True) for i in chunk]
+            texts = [renderer.render(user_messages(rows[i], system_prompt), add_generation_prompt=True) for i in chunk]
             prompts = [{"prompt_token_ids": tokenizer(t, add_special_tokens=False)["input_ids"]} for t in texts]
             options = [SamplingParams(n=params.n, temperature=params.temperature if params.do_sample else 0.0,
                                       top_p=params.top_p if params.do_sample else 1.0,
-                                      max_tokens=params.max_new_tokens, seed=prompt_seed(params.seed, i))
+                                      max_tokens=params.max_new_tokens, seed=prompt_seed(params.seed, i),
+                                      logprobs=0)  # the sampled token's own log-prob, as the reference asks
                        for i in chunk]
             for i, out in zip(chunk, engine.generate(prompts, options, use_tqdm=False), strict=True):
                 answers = list(out.outputs)
                 store.append({"id": rows[i]["id"], "responses": [a.text for a in answers],
                               "truncated": [a.finish_reason == "length" for a in answers],
-                              "new_tokens": [len(a.token_ids) for a in answers]})
+                              "new_tokens": [len(a.token_ids) for a in answers],
+                              "logps": [a.cumulative_logprob for a in answers],
+                              "logp_tokens": [len(a.logprobs or ()) for a in answers]})
             done += len(chunk)
             if progress:
                 progress(done, len(rows))
