@@ -37,11 +37,16 @@ _TOKEN_CHARS = re.compile(r"^[A-Za-z0-9._~-]+$")
 
 
 def register(sub: argparse._SubParsersAction, common: argparse.ArgumentParser) -> None:
-    p = sub.add_parser("app", parents=[common], help="start the dashboard",
-                       description="Start the dashboard. Sign-in is on by default on every address: a random token, "
-                                   "printed in the URL below (or --token / $MARGINLENS_TOKEN).")
+    p = sub.add_parser("app", parents=[common], help="start the dashboard (a web app in the browser)",
+                       description="Start the MarginLens dashboard, a web app that does what the CLI does: import a "
+                                   "dataset, score it, explore its margins, audit the labels with an LLM judge, "
+                                   "export a selection and train on it. It serves http://HOST:PORT (default "
+                                   "http://127.0.0.1:8501) until Ctrl-C; jobs it starts keep running without it. "
+                                   "Sign-in is on by default on every address: a random token, printed in the URL "
+                                   f"it prints (or --token / ${TOKEN_ENV}).",
+                       epilog="example: marginlens app --demo   (with the built-in demo dataset in the workspace)")
     p.add_argument("--host", default="127.0.0.1", help="address to bind (default 127.0.0.1: this machine only)")
-    p.add_argument("--port", type=int, default=8501)
+    p.add_argument("--port", type=int, default=8501, help="port to serve on (default 8501)")
     p.add_argument("--demo", action="store_true", help="make sure the built-in demo dataset is in the workspace")
     p.add_argument("--token", help=f"the operator's sign-in token (default ${TOKEN_ENV}, else a random one); "
                                    f"at least {MIN_TOKEN_LENGTH} characters")

@@ -13,7 +13,7 @@ from __future__ import annotations
 
 import pandas as pd
 import streamlit as st
-from marginlens.app import access, audit_start, explore_state, llm_endpoints, widgets
+from marginlens.app import access, audit_start, explore_state, llm_endpoints, navigation, widgets
 from marginlens.app.job_panel import job_panel
 from marginlens.app.state import page_with_dataset
 from marginlens.core.audit.agreement_chart import agreement_figure, chart_frame
@@ -24,6 +24,7 @@ from marginlens.core.audit.audit_report import (
     disagreements,
     estimate_cost,
     flag_disagreements,
+    no_decisive_note,
     verdict_rows,
     verdicts_for_pair,
 )
@@ -40,7 +41,7 @@ from marginlens.core.data.flags import FLAG_ACTIONS, flag_pairs, flags_summary, 
 from marginlens.core.errors import MarginLensError
 from marginlens.core.jobs import get_job
 from marginlens.core.selection.margin_sources import margin_sources
-from marginlens.core.selection.margins import pair_texts, scored_note
+from marginlens.core.selection.margins import pair_texts, scored_counts
 from marginlens.core.selection.metrics import MetricParams, metric_names
 
 ENDPOINT_KEY = "_audit_endpoint"  # the judge endpoint picker's widgets (access.endpoint_picker)
@@ -48,27 +49,40 @@ PLAN = "_audit_plan"
 NOTICE = "_audit_notice"
 NEXT_JOB = "_audit_next_job"
 AUTO_PAIR = "_audit_pair_auto"  # the pair the page picked itself (it follows the verdicts as they arrive)
+SHOWN_LABEL = "_audit_job_label"  # the audit selector's label as last drawn (it carries the job's state)
 ACTION_LABELS = {"exclude": "exclude from exports", "swap": "swap chosen/rejected in exports"}
-TABLE_COLUMNS = ["pair_id", "subsets", "agrees", "judge_label", "ab_answer", "ba_answer", "ab_rationale",
-                 "ba_rationale", "consistent", "invalid", "flag_action"]
+# the short columns first: the rationales are long, and whatever follows them is off screen at 1400 px
+TABLE_COLUMNS = ["pair_id", "subsets", "agrees", "judge_label", "ab_answer", "ba_answer", "consistent", "invalid",
+                 "flag_action", "ab_rationale", "ba_rationale"]
+YES_NO = {True: "yes", False: "no"}
 
 ws, dataset = page_with_dataset("Audit")
 scorers = explore_state.scorers(ws, dataset)
 defaults = explore_state.controls()
+operator = access.operator_only("running an audit or flagging pairs")
 try:  # a sampled scoring: the audit's subsets come from the scored pairs only, say how many
-    scored_line = scored_note(explore_state.margins_for(ws, dataset, scorers))
+    n_scored, n_total = scored_counts(explore_state.margins_for(ws, dataset, scorers))
 except MarginLensError:
-    scored_line = None
-if scored_line:
-    st.caption(scored_line)
+    n_scored = n_total = 0
+if n_scored < n_total:
+    st.caption(f"{n_scored:,} of {n_total:,} pairs scored: the audit's subsets come from the scored pairs"
+               + (" (the Score page scores more)." if operator else "."))
 try:  # the metrics whose margins this dataset has; a missing explicit margin is said once, plainly
     sources = margin_sources(explore_state.margins_for(ws, dataset, scorers))
 except MarginLensError:
     sources = None
-if sources is not None and sources.note:
-    st.info(sources.note)
-
-operator = access.operator_only("running an audit or flagging pairs")
+if sources is not None and not sources.explicit:
+    # In the dashboard's words (core's note names CLI commands): the Score page is where an operator adds one.
+    why = ("no reward scores of its own, no reward or rating table" if not (sources.table and sources.table_values)
+           else f"its reward or rating table has {sources.table_values[0]:,} valid of {sources.table_values[1]:,} "
+                "values and gives no pair a margin")
+    st.info(f"No explicit margin on this dataset ({why}), so the M_AP and explicit subsets cannot be audited; the "
+            "implicit and random subsets can."
+            + (" To add one, rate each response with an LLM (any OpenAI-compatible endpoint) or a reward model on "
+               "the Score page." if operator else ""))
+    if operator:
+        st.page_link(navigation.page("score"), label="Add an explicit margin on the Score page",
+                     icon=":material/speed:")
 judge_endpoint = None
 if operator:
     # Outside the form: an endpoint picked for a Resume counts without a form submit.
@@ -156,8 +170,13 @@ if st.session_state.get(NEXT_JOB) in labels:  # a re-ask started below, shown fr
     st.session_state["_audit_job"] = st.session_state.pop(NEXT_JOB)
 if st.session_state.get("_audit_job") not in labels:
     st.session_state["_audit_job"] = audits[0].id
+if st.session_state.get(SHOWN_LABEL) not in (None, labels[st.session_state["_audit_job"]]):
+    # The browser keeps the label it drew as the selected value: a job that has since ended would stay
+    # "· queued" there. Setting the value again sends the new label.
+    st.session_state["_audit_job"] = st.session_state["_audit_job"]
 st.subheader("Audits")
 job_id = st.selectbox("Audit", list(labels), format_func=labels.get, key="_audit_job")
+st.session_state[SHOWN_LABEL] = labels[job_id]
 
 
 job = get_job(ws, job_id)
@@ -180,13 +199,25 @@ if not answered.any():  # an empty chart and a table of None say nothing yet
     st.stop()
 if overall["pending"]:
     st.caption(f"{overall['pending']} of {overall['n']} sampled pairs are not judged yet: the numbers are partial.")
-left, right = st.columns([3, 2])
-left.plotly_chart(agreement_figure(report), key="_audit_chart")
-right.dataframe(chart_frame(report), hide_index=True, width="stretch")
-right.caption("agreement: share of decisive pairs (same answer in both orders) where the judge prefers the "
-              "dataset's chosen response, with a Wilson 95% interval; kappa: label position vs the judge's "
-              "answer over single judgments (both orders balance the positions, so it is 2 x their agreement - 1); "
-              "position_consistency: valid pairs answered the same in both orders (position bias lowers it).")
+if note := no_decisive_note(overall, live=status.live):
+    st.info(note)  # in place of a chart of empty bars
+else:
+    st.plotly_chart(agreement_figure(report), key="_audit_chart")
+# Full width (beside the chart the last columns were cut off), as text: the browser draws an empty cell as
+# "None" whatever a Styler says, so an undefined statistic is written "—" here.
+stats = chart_frame(report)
+for column, fmt in (("agreement", "{:.0%}"), ("ci_low", "{:.0%}"), ("ci_high", "{:.0%}"),
+                    ("position_consistency", "{:.0%}"), ("kappa", "{:.2f}")):
+    stats[column] = [fmt.format(v) if v is not None and v == v else "—" for v in stats[column]]  # v != v: NaN
+st.dataframe(stats, hide_index=True, width="stretch", column_config={
+                 "ci_low": st.column_config.Column("95% CI low"), "ci_high": st.column_config.Column("95% CI high"),
+                 "decisive": st.column_config.Column("decisive pairs"), "n": st.column_config.Column("pairs"),
+                 "position_consistency": st.column_config.Column("position consistency"),
+                 "invalid": st.column_config.Column("off-format answers")})
+st.caption("agreement: share of decisive pairs (the same response named in both orders) where the judge prefers "
+           "the dataset's chosen response, with a Wilson 95% interval; kappa: label position vs the judge's answer "
+           "over single judgments (both orders balance the positions, so it is 2 x their agreement - 1); position "
+           "consistency: pairs with two valid answers that name the same response (position bias lowers it).")
 
 if notice := st.session_state.pop(NOTICE, None):
     st.success(notice)
@@ -209,8 +240,12 @@ frame = frame[answered].reset_index(drop=True)
 if not answered.all():
     st.caption(f"{int((~answered).sum())} sampled pairs have no answer yet and are not listed.")
 frame["subsets"] = frame["subsets"].str.join(", ")
+for column in ("agrees", "consistent"):  # None (no decisive answer) would show as "None"
+    frame[column] = frame[column].map(lambda v: "—" if pd.isna(v) else YES_NO[bool(v)])
+for column in ("judge_label", "ab_answer", "ba_answer", "ab_rationale", "ba_rationale", "flag_action"):
+    frame[column] = frame[column].fillna("—")
 only = st.toggle("Only pairs the judge reverses", key="_audit_only_disagreements")
-shown = frame[frame["agrees"].eq(False)] if only else frame
+shown = frame[frame["agrees"].eq("no")] if only else frame
 clicked = widgets.table_with_pick(shown[TABLE_COLUMNS].reset_index(drop=True), key="_audit_table")
 pair_ids = frame["pair_id"].tolist()
 if clicked:
@@ -220,7 +255,7 @@ picked = st.session_state.get("_audit_pair")
 # A pick the page made itself follows the verdicts as they arrive (the first reversed pair once there is
 # one); a pair the user picked stays.
 if picked not in pair_ids or picked == st.session_state.get(AUTO_PAIR):
-    reversed_ids = frame.loc[frame["agrees"].eq(False), "pair_id"].tolist()
+    reversed_ids = frame.loc[frame["agrees"].eq("no"), "pair_id"].tolist()
     st.session_state["_audit_pair"] = st.session_state[AUTO_PAIR] = (reversed_ids or pair_ids)[0]
 pair_id = st.selectbox("Pair", pair_ids, key="_audit_pair", help="or click a row in the table",
                        on_change=lambda: st.session_state.pop(AUTO_PAIR, None))  # the user's pick stays
@@ -247,8 +282,8 @@ if operator:  # flags change what every export leaves out: the operator's
         st.rerun()
 summary = flags_summary(ws, dataset)
 st.caption(f"This pair: {'flagged ' + current['action'] if current else 'not flagged'}. Dataset: "
-           f"{len(summary['excluded'])} pairs flagged exclude, {len(summary['swapped'])} flagged swap; exports "
-           "apply them unless told to ignore flags (`marginlens select --ignore-flags`).")
+           f"{len(summary['excluded'])} pairs flagged exclude, {len(summary['swapped'])} flagged swap; the Export "
+           "page applies them unless its \"Apply audit flags\" switch is off.")
 
 with st.expander("Pair and every stored answer", expanded=False):
     answers = pd.DataFrame(verdicts_for_pair(ws, dataset, pair_id))

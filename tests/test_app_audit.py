@@ -112,7 +112,7 @@ def test_estimate_start_cancel_resume_report_and_flags(ws):
     assert len(verdicts) == pairs and set(verdicts["pair_id"]) <= set(texts)
     reversed_ids = disagreements(ws, DATASET, "judge-page", pair_ids=list(verdicts["pair_id"]))
     assert reversed_ids and set(reversed_ids) == set(verdicts["pair_id"]) & noisy
-    assert set(verdicts.loc[verdicts["agrees"].eq(False), "pair_id"]) == set(reversed_ids)
+    assert set(verdicts.loc[verdicts["agrees"].eq("no"), "pair_id"]) == set(reversed_ids)
     assert verdicts["ab_rationale"].str.contains("<b>wins</b>", regex=False).all()  # kept verbatim, as data
 
     # untrusted texts (judge rationales, pair texts) are never rendered as markdown

@@ -29,7 +29,7 @@ def test_import_list_info(tmp_path):
     rows = [{"prompt": f"q{i}", "chosen": "good " * (i + 1), "rejected": "bad", "score_chosen": i, "score_rejected": 0}
             for i in range(10)]
     src.write_text("".join(json.dumps(r) + "\n" for r in rows) + '{"prompt": "broken"\n')
-    strict = run("import", str(src), "--name", "prefs", workspace=ws)
+    strict = run("import", str(src), "--name", "prefs", "--policy", "strict", workspace=ws)
     assert strict.returncode == 2
     assert "prefs.jsonl: line 11, field '<json>': malformed_json" in strict.stderr
     assert "Traceback" not in strict.stderr

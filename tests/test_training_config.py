@@ -225,8 +225,8 @@ def test_cli_dry_run_and_errors(data, tiny_llama, tmp_path, capsys):  # noqa: F8
     assert not (tmp_path / "ws" / "jobs").exists() or not any((tmp_path / "ws" / "jobs").iterdir())
     assert cli.main([*base, "--method", "dpo", "--set", "betta=0.2"]) == 2
     assert "error: unknown training setting 'betta' for dpo (did you mean beta" in capsys.readouterr().err
-    assert cli.main([*base]) == 2
-    assert "--method" in capsys.readouterr().err
+    assert cli.main(["train", "--workspace", str(tmp_path / "ws")]) == 2  # --method defaults to dpo; EXPORT does not
+    assert "train needs an EXPORT path" in capsys.readouterr().err
     assert cli.main(["train", "--list-presets"]) == 0
     assert "simpo-gemma2-9b-it  (simpo)" in capsys.readouterr().out
 

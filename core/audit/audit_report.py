@@ -91,6 +91,24 @@ def audit_report(ws: Workspace, params: AuditParams) -> dict[str, Any]:
     }
 
 
+def no_decisive_note(overall: dict[str, Any], live: bool = False) -> str | None:
+    """Why agreement cannot be measured (no decisive pair among the judged ones), in words that name no
+    command; None when some pair is decisive or none is judged yet. `overall`: an audit report's "overall"."""
+    if overall["decisive"] or not (overall["judged"] or overall["invalid"]):
+        return None
+    yet = " yet" if live or overall["pending"] else ""
+    if overall["valid_pairs"]:
+        return (f"No decisive pair{yet}, so the judge's agreement with the labels cannot be measured: in each of the "
+                f"{overall['valid_pairs']:,} pairs answered in both orders, the judge named the response in the same "
+                "position (A, or B) both times rather than the same response: it answered by position, not by "
+                "content (position consistency 0%)"
+                + (f"; {overall['invalid']:,} more answers were off-format" if overall["invalid"] else "")
+                + ". A stronger judge model usually fixes this; the verdicts show its answers.")
+    return (f"No decisive pair{yet}, so the judge's agreement with the labels cannot be measured: no pair has a "
+            f"valid answer in both orders ({overall['invalid']:,} answers were off-format, not A or B). Re-ask the "
+            "off-format answers, or use a judge model that follows the answer format.")
+
+
 def verdict_rows(ws: Workspace, params: AuditParams) -> list[dict[str, Any]]:
     """One row per sampled pair: its subsets, both answers and rationales, agreement, and its flag."""
     verdicts = load_pair_verdicts(ws, params.dataset, params.judge_model, params.prompt_version)

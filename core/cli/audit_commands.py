@@ -114,6 +114,8 @@ def _params(args: argparse.Namespace, ws: Workspace) -> AuditParams:
 
 
 def _print_report(report: dict[str, Any]) -> None:
+    from marginlens.core.audit.audit_report import no_decisive_note
+
     def pct(value: float | None) -> str:
         return "-" if value is None else f"{100 * value:5.1f}%"
 
@@ -124,6 +126,8 @@ def _print_report(report: dict[str, Any]) -> None:
         kappa = "-" if s["kappa"] is None else f"{s['kappa']:.2f}"
         print(f"{name:<10} {s['n']:>4} {s['judged']:>6} {pct(s['agreement']):>7} {ci:>15} {kappa:>6} "
               f"{pct(s['position_consistency']):>7} {s['invalid']:>7}")
+    if note := no_decisive_note(report["overall"]):  # a column of "-" under agree says nothing by itself
+        print(note)
 
 
 def cmd_audit(args: argparse.Namespace) -> int:

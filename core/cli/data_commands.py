@@ -18,8 +18,10 @@ def register(sub: argparse._SubParsersAction, common: argparse.ArgumentParser) -
     p.add_argument("--format", default="auto", choices=("auto", *FORMATS))
     p.add_argument("--map", dest="mapping", default=None,
                    help="explicit column mapping, e.g. prompt=question,chosen=good,rejected=bad,score_chosen=s1")
-    p.add_argument("--policy", choices=("strict", "skip"), default="strict",
-                   help="strict: stop at the first bad row; skip: import the rest and write a rejects file")
+    # skip, as the dashboard's import does: one odd row in a million does not stop an import
+    p.add_argument("--policy", choices=("skip", "strict"), default="skip",
+                   help="skip (default): import the good rows, write the bad ones to a rejects file and print "
+                        "how many; strict: stop at the first bad row, naming it")
     p.add_argument("--max-prompt-chars", type=int, default=None, help="reject prompts longer than this")
     p.add_argument("--empty-responses", choices=("keep", "reject"), default="keep",
                    help="keep (default): keep pairs whose chosen or rejected response is empty (e.g. a preferred "
@@ -51,6 +53,10 @@ def cmd_import(args: argparse.Namespace) -> int:
         progress=sys.stderr.isatty(),
     )
     print(report.summary())
+    skipped = sum(report.rejected.values())
+    if skipped:  # the summary lists them by reason; this says the total and where they are, once
+        print(f"{skipped:,} bad row{'s' if skipped != 1 else ''} skipped, written with their row, field and reason "
+              f"to {report.rejects_path} (--policy strict stops at the first bad row instead)")
     return 0
 
 

@@ -1,18 +1,22 @@
 """`marginlens jobs [list | show | follow | cancel | resume | clean] [JOB_ID]`: every background job, whatever
-started it. `show` says what the job keeps on disk; `clean` removes a finished job's leftovers (core.job_disk)."""
+started it. `show` summarises one job (`--json`: its spec, status and result as they are stored) and says what it
+keeps on disk; `clean` removes a finished job's leftovers (core.job_disk)."""
 
 from __future__ import annotations
 
 import argparse
 import json
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
+from marginlens.core.jobs import KINDS
 from marginlens.core.workspace import Workspace
 
 if TYPE_CHECKING:
-    from marginlens.core.jobs import Job
+    from marginlens.core.jobs import Job, JobStatus
 
 ACTIONS = ("list", "show", "follow", "cancel", "resume", "clean")
+LIST_COLUMNS = f"{'job':<28} {'created':<21} {'started by':<16} {'state':<12} {'progress':>12}  message"
+LOG_LINES = 15  # what `jobs show` quotes of the log (the dashboard's panel shows as many)
 
 
 def register(sub: argparse._SubParsersAction, common: argparse.ArgumentParser) -> None:
@@ -20,7 +24,11 @@ def register(sub: argparse._SubParsersAction, common: argparse.ArgumentParser) -
                        help="list background jobs, or show / follow / cancel / resume / clean one")
     p.add_argument("action", nargs="?", choices=ACTIONS, default="list")
     p.add_argument("job_id", nargs="?", help="job id (for show, follow, cancel, resume, clean)")
-    p.add_argument("--kind", default=None, help="only jobs of this kind (score, audit, train, import, push)")
+    # the registry is the only list of kinds: a new kind is listed (and accepted) here without an edit
+    p.add_argument("--kind", default=None, choices=sorted(KINDS), metavar="KIND",
+                   help=f"only jobs of this kind: {', '.join(sorted(KINDS))}")
+    p.add_argument("--json", action="store_true",
+                   help="show: print the job's spec, status and result as stored (JSON) instead of a summary")
     p.add_argument("--all-finished", action="store_true",
                    help="clean: every finished job (done, failed or cancelled; with --kind, of that kind). Removes "
                         "leftovers -- a done job's checkpoints and merged part files, unfinished writes -- never "
@@ -91,6 +99,51 @@ def clean_finished(ws: Workspace, kind: str | None) -> None:
         print(f"no finished jobs to clean in {ws.root}")
 
 
+def _message(status: JobStatus) -> str:
+    """The status message, unless it only repeats the state (a finished job's message is "done")."""
+    return "" if status.message.strip().lower() == str(status.state).lower() else status.message
+
+
+def _value(value: Any, width: int = 100) -> str:
+    text = value if isinstance(value, str) else json.dumps(value, default=str, sort_keys=True)
+    return text if len(text) <= width else text[: width - 3] + "..."
+
+
+def show_lines(job: Job, status: JobStatus, result: dict[str, Any] | None) -> list[str]:
+    """`marginlens jobs show`: the job in lines a person reads (`--json` has the stored form)."""
+    from marginlens.core.job_status import details, progress_line, unit_of
+
+    spec = job.spec
+    lines = [f"job {job.id} ({job.kind or 'unknown kind'})",
+             f"  state:      {status.state}" + (f" · {_message(status)}" if _message(status) else "")]
+    if status.total:
+        lines.append(f"  progress:   {progress_line(status, unit_of(job.kind))}")
+    if figures := details(job.kind, status):
+        lines.append(f"  figures:    {figures}")
+    lines.append(f"  created:    {spec.get('created') or '-'} by {spec.get('started_by') or '-'}")
+    if status.started_at or status.finished_at:
+        lines.append(f"  ran:        {status.started_at or '-'} -> {status.finished_at or '-'}"
+                     + (" (resumed)" if status.resumed else ""))
+    params = spec.get("params") or {}
+    if params:
+        lines.append("  params:")
+        lines += [f"    {key}: {_value(value)}" for key, value in sorted(params.items())]
+    if result:
+        lines.append("  result:")
+        if result.get("summary"):
+            lines += [f"    {line}" for line in str(result["summary"]).splitlines()]
+        lines += [f"    {key}: {_value(value)}" for key, value in sorted(result.items()) if key != "summary"]
+    if status.live:
+        lines.append(f"  follow it:  marginlens jobs follow {job.id}")
+    elif status.resumable:
+        lines.append(f"  resume it:  marginlens jobs resume {job.id}")
+    tail = job.log_tail(LOG_LINES)
+    lines.append(f"log (last {LOG_LINES} lines of {job.log_path}):" if tail else f"log: empty ({job.log_path})")
+    lines += [f"  {line}" for line in tail.splitlines()]
+    lines.append(f"raw spec, status and result: marginlens jobs show {job.id} --json")
+    return lines
+
+
 def cmd_jobs(args: argparse.Namespace) -> int:
     from marginlens.core import jobs
     from marginlens.core.errors import MarginLensError
@@ -105,7 +158,9 @@ def cmd_jobs(args: argparse.Namespace) -> int:
     if args.action == "list":
         rows = jobs.list_jobs(ws, kind=args.kind)
         if not rows:
-            print(f"no jobs in {ws.root}")
+            print(f"no jobs in {ws.root}" + (f" of kind {args.kind}" if args.kind else ""))
+            return 0
+        print(LIST_COLUMNS)
         for job in rows:
             try:
                 spec, status = job.spec, job.status()
@@ -114,7 +169,7 @@ def cmd_jobs(args: argparse.Namespace) -> int:
                 print(f"{job.id:<28} {'':<21} {'':<16} {'damaged':<12} {'-':>12}  {exc}")
                 continue
             done = f"{status.done}/{status.total}" if status.total else "-"
-            print(f"{job.id:<28} {created:<21} {by[:16]:<16} {status.state:<12} {done:>12}  {status.message}")
+            print(f"{job.id:<28} {created:<21} {by[:16]:<16} {status.state:<12} {done:>12}  {_message(status)}".rstrip())
         return 0
     if not args.job_id:
         raise MarginLensError(f"`marginlens jobs {args.action}` needs a job id (see `marginlens jobs`)")
@@ -124,8 +179,10 @@ def cmd_jobs(args: argparse.Namespace) -> int:
         from marginlens.core.job_status import JobState
 
         status, result = job.status(), job.result()
-        print(json.dumps({"spec": job.spec, "status": status.to_dict(), "result": result}, indent=2))
-        print(job.log_tail())
+        if args.json:  # the stored form, for scripts: nothing else on stdout
+            print(json.dumps({"spec": job.spec, "status": status.to_dict(), "result": result}, indent=2))
+            return 0
+        print("\n".join(show_lines(job, status, result)))
         use = job_disk.disk_use(job.dir, job.kind, result, done=status.state is JobState.DONE)
         print("\n".join(job_disk.disk_lines(use, job.id, idle=not status.live)))
     elif args.action == "clean":

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import json
+from pathlib import Path
 from typing import Any
 
 from marginlens.core.selection.margins import DEFAULT_BETA
@@ -145,7 +146,10 @@ def cmd_select(args: argparse.Namespace) -> int:
         print(f"warning: {warning}")
     c = selection.counts()
     print(f"selected {c['selected']} of {c['candidates']} candidate pairs ({c['total']} in {args.name!r}) "
-          f"by {args.metric}; wrote {result.path}")
+          f"by {args.metric}; wrote {Path(result.path).resolve()}")
+    if not Path(args.out).expanduser().is_absolute():  # a user who typed x.parquet looks for it in the cwd
+        print(f"  --out {args.out} is relative, so it went under the workspace's exports/ folder "
+              f"({ws.exports_dir.resolve()}); `marginlens train {args.out}` finds it there")
     flags = result.manifest["flags"]
     if flags["applied"] and (flags["excluded_in_export"] or flags["swapped_in_export"]):
         print(f"flags: left out {flags['excluded_in_export']} pairs flagged 'exclude', label-swapped "

@@ -1,4 +1,4 @@
-"""`marginlens train EXPORT --method dpo|simpo [--preset NAME] [--model M] [--set key=value ...]`.
+"""`marginlens train EXPORT [--method dpo|simpo] [--preset NAME] [--model M] [--set key=value ...]`.
 
 Runs as a background "train" job (core.training.train_job) and follows it, printing one line per step.
 Ctrl-C leaves the run going in the background (`marginlens jobs follow JOB_ID` comes back to it);
@@ -29,7 +29,8 @@ def register(sub: argparse._SubParsersAction, common: argparse.ArgumentParser) -
     )
     p.add_argument("export", nargs="?",
                    help="TRL-format data: a .jsonl/.json/.parquet export or a save_to_disk folder")
-    p.add_argument("--method", choices=("dpo", "simpo"), help="DPO (DPOTrainer) or SimPO (CPOTrainer, loss simpo)")
+    p.add_argument("--method", choices=("dpo", "simpo"), default="dpo",
+                   help="dpo (default, as on the dashboard's Train page): DPOTrainer; simpo: CPOTrainer, loss simpo")
     p.add_argument("--preset", default=None,
                    help="recipe to start from (default: dpo-paper / simpo-llama3-8b-instruct; see --list-presets)")
     p.add_argument("--model", default=None,
@@ -104,8 +105,9 @@ def cmd_train(args: argparse.Namespace) -> int:
         job.cancel()
         print(f"stop requested for {job.id}; it saves a checkpoint at its next step")
         return 0
-    if not args.export or not args.method:
-        raise MarginLensError("train needs an EXPORT path and --method dpo|simpo")
+    if not args.export:
+        raise MarginLensError("train needs an EXPORT path: a file `marginlens select --out` wrote (a name under the "
+                              "workspace's exports/ is enough), e.g. `marginlens train hh-map.jsonl`")
     export = Path(args.export).expanduser()
     if not export.exists() and not export.is_absolute() and (ws.exports_dir / export).exists():
         export = ws.exports_dir / export  # the name `marginlens select --out` gave, inside the workspace
