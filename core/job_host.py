@@ -2,7 +2,7 @@
 
 A lab or self-play chain runs dozens of short children (train, evaluate, rollout, ...). As processes, each
 paid for a fresh interpreter, the torch/transformers/TRL imports and the device's start-up before doing a few
-seconds of work. A parent that calls `enable()` (core.experiments.job_tree does) makes `core.jobs.submit` run
+seconds of work. A parent that calls `enable(run_worker)` (core.experiments.job_tree does) makes `core.jobs.submit` run
 its plain children here instead: the same job folder, id, spec, status and log, the same worker function
 (core.job_worker.run_worker), the same worker lock (taken by the submitter and held by the child's thread), so
 everything that reads a job sees no difference but the pid, which is the parent's.
@@ -21,24 +21,26 @@ import io
 import os
 import sys
 import threading
+from collections.abc import Callable
 from pathlib import Path
 from typing import TextIO
 
-_ENABLED = False
+_RUNNER: Callable[[Path], int] | None = None  # core.job_worker.run_worker, given by the parent that hosts
 _ROUTE = threading.local()  # .stream: where this thread's prints go (a hosted child's log.txt)
 
 
-def enable() -> None:
-    """Host this process's plain children in threads from now on (unless MARGINLENS_CHILD_PROCESSES=1)."""
-    global _ENABLED
+def enable(runner: Callable[[Path], int]) -> None:
+    """Host this process's plain children in threads from now on (unless MARGINLENS_CHILD_PROCESSES=1), each
+    run by `runner` (core.job_worker.run_worker: passed in, as the worker module itself imports core.jobs)."""
+    global _RUNNER
     if os.environ.get("MARGINLENS_CHILD_PROCESSES") == "1":
         return
     _install_router()
-    _ENABLED = True
+    _RUNNER = runner
 
 
 def hosting() -> bool:
-    return _ENABLED
+    return _RUNNER is not None
 
 
 class _ThreadRouter(io.TextIOBase):
@@ -81,13 +83,12 @@ def start(job_dir: Path, lock_fd: int, env: dict[str, str] | None) -> None:
 
 
 def _run(job_dir: Path, lock_fd: int) -> None:
-    from marginlens.core.job_worker import run_worker  # job_worker imports jobs, which imports this module
-
     try:
         with open(job_dir / "log.txt", "a", encoding="utf-8", buffering=1) as log:
             _ROUTE.stream = log
             try:
-                run_worker(job_dir)
+                assert _RUNNER is not None
+                _RUNNER(job_dir)
             finally:
                 _ROUTE.stream = None
     finally:

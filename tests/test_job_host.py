@@ -15,11 +15,12 @@ SCRIPT = textwrap.dedent("""
     import json, os, sys
     from pathlib import Path
     from marginlens.core import job_host, jobs
+    from marginlens.core.job_worker import run_worker
     from marginlens.core.data.import_job import import_spec, submit_import
     from marginlens.core.workspace import Workspace
 
     if sys.argv[3] == "hosted":
-        job_host.enable()
+        job_host.enable(run_worker)
     print("parent line", flush=True)
     ws = Workspace(Path(sys.argv[1]))
     job = submit_import(ws, import_spec(sys.argv[2], "tiny", policy="strict"))

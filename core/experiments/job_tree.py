@@ -18,6 +18,7 @@ from typing import Any
 from marginlens.core import job_host
 from marginlens.core.errors import MarginLensError
 from marginlens.core.job_status import JobState, JobStatus
+from marginlens.core.job_worker import run_worker
 from marginlens.core.jobs import Job, JobCancelled, JobContext
 
 CHILD_RESTARTS = 2  # a child found killed is resumed this many times before the parent gives up
@@ -31,7 +32,7 @@ class JobTree:
     def __init__(self, ctx: JobContext, steps_total: int):
         self.ctx, self.ws, self.results = ctx, ctx.workspace, ctx.results_dir
         self.steps_total, self.steps_done = steps_total, 0
-        job_host.enable()
+        job_host.enable(run_worker)
 
     def save(self, message: str) -> None:
         self.ctx.progress(self.steps_done, self.steps_total, force=True, step=message)
