@@ -68,11 +68,15 @@ def evaluation_params(model: str, eval_set: Path, spec: EvalSpec, *, baseline_mo
         raise MarginLensError("the pairwise judge compares against the starting model: give baseline_model")
     model = canonical_spec(model)
     path = Path(eval_set).expanduser().resolve()
+    device = resolve_device(device or "auto")
+    # A GPU generates 64 prompts in about the time of 8 (decoding is bound by memory, not compute); the CPU is
+    # not, and there bigger batches only pad more. The batch is in the cache key, so caches never mix them.
+    batch = 64 if device.startswith("cuda") else GenerationParams.batch_size
     params: dict[str, Any] = {
         "model": model, "model_identity": generation_identity(model),
         "eval_set": str(path), "eval_set_fingerprint": eval_set_fingerprint(path),
-        "eval": spec.to_dict(), "versions": evaluator_versions(spec), "device": resolve_device(device or "auto"),
-        "generation": asdict(GenerationParams(max_new_tokens=spec.max_new_tokens)),
+        "eval": spec.to_dict(), "versions": evaluator_versions(spec), "device": device,
+        "generation": asdict(GenerationParams(max_new_tokens=spec.max_new_tokens, batch_size=batch)),
     }
     if spec.kind == "judge":
         baseline = canonical_spec(str(baseline_model))
