@@ -1,4 +1,4 @@
-"""Per-pair selection scores: M_AP and its baselines (the README's "The metric, exactly"), one registry, one class per metric.
+"""Per-pair selection scores: M_AP and its baselines (docs/METRIC.md), one registry, one class per metric.
 
 All metrics live on one z-scored scale so they can be compared side by side:
   explicit  z(m_ex)                       larger explicit margin is better ("M_r")
