@@ -16,6 +16,7 @@ import streamlit as st
 from marginlens.core.experiments.experiment_results import AUDIT_SUBSETS, INTERVAL_METHOD, ONE_SEED
 from marginlens.core.experiments.experiment_spec import ExperimentSpec
 from marginlens.core.jobs import Job
+from marginlens.core.run_estimate import finished_jobs
 from marginlens.core.training.settings import parse_overrides
 from marginlens.core.workspace import Workspace
 
@@ -118,25 +119,29 @@ def path_stat(path: str | None) -> list[Any]:
 
 def plan_inputs(ws: Workspace, dataset: str, form: dict[str, Any]) -> str:
     """What the spec and plan of `form` read besides the form: the dataset's import, its score tables (and
-    how many rows each holds), the eval set file and the starting model's folder."""
+    how many rows each holds), the eval set file, the starting model's folder and how many jobs have finished
+    (the estimate's rates)."""
     from marginlens.core.scoring.score_tables import list_score_tables
 
     tables = [(m["fingerprint"], m.get("rows"), m.get("created")) for m in list_score_tables(ws, dataset)]
     return json.dumps({"dataset": ws.dataset_manifest(dataset).get("fingerprint"), "tables": tables,
                        "eval_set": path_stat(form.get("eval_set")), "policy": path_stat(form.get("policy")),
-                       "verifiers": os.environ.get("MARGINLENS_VERIFIER_MODULES")}, default=str)
+                       "verifiers": os.environ.get("MARGINLENS_VERIFIER_MODULES"),
+                       "rates": finished_jobs(ws)}, default=str)
 
 
 @st.cache_data(max_entries=16, show_spinner=False)
-def cached_plan(root: str, dataset: str, form_json: str, inputs: str) -> tuple[dict[str, Any], list[str]]:
+def cached_plan(root: str, dataset: str, form_json: str, inputs: str) -> tuple[dict[str, Any], list[str], Any]:
     """build_spec and plan_experiment of the form (a JSON of build_spec's keyword arguments): the spec's
-    params and the plan's lines. `inputs` (plan_inputs) is only the cache key. Errors are not cached."""
+    params, the plan's lines and its time estimate (a dict, kept beside the job it starts). `inputs`
+    (plan_inputs) is only the cache key. Errors are not cached."""
     from marginlens.core.experiments.experiment_plan import plan_experiment
     from marginlens.core.experiments.experiment_spec import build_spec
 
     ws = Workspace(root)
     spec = build_spec(ws, dataset, **json.loads(form_json))
-    return spec.to_params(), plan_experiment(ws, spec).lines()
+    plan = plan_experiment(ws, spec)
+    return spec.to_params(), plan.lines(), plan.estimate.to_dict() if plan.estimate else None
 
 
 def audit_stamp(ws: Workspace, dataset: str) -> tuple[tuple[str, str], ...]:

@@ -30,20 +30,25 @@ from marginlens.core.experiments.experiment_spec import (
     ExperimentSpec,
 )
 from marginlens.core.experiments.verifiers import verifier_names
+from marginlens.core.run_estimate import estimate_vs_actual, record_estimate
 from marginlens.core.scoring.models import DEFAULT_POLICY
 from marginlens.core.selection.margins import DEFAULT_BETA
 from marginlens.core.selection.metrics import DEFAULT_PARAMS, metric_names
 from marginlens.core.training.presets import METHODS
 
 JOB_KEY = "experiments_job"  # the experiment the page shows; kept across pages
+# Shown in the empty box: worded as an example, so it never reads as a value in force.
+SETTINGS_PLACEHOLDER = "empty: the preset's settings. Example, not applied: max_steps=20"
 ENDPOINT_KEY = "_exp_endpoint"  # the evaluator endpoint picker's widgets (access.endpoint_picker)
 
 ws = workspace()
 st.title("Experiments")
-lab, theory = st.tabs(["Lab", "Theory"])
+# Only the open tab runs: the Theory tab's simulation and its scipy import took most of the page's first load.
+lab, theory = st.tabs(["Lab", "Theory"], key="_exp_tab", on_change="rerun")
 
-with theory:
-    render_theory()
+if theory.open:
+    with theory:
+        render_theory()
 
 
 def _default_eval() -> str:
@@ -100,8 +105,10 @@ def _form() -> EndpointChoice | None:
             "the dataset's scores, else the newest"), key="_exp_reward_fp")
         reference_fp = c3.selectbox("Reference table (the DPO form; dpo_gap needs it)", tables["logprob"],
                                     format_func=ev.table_label("none"), key="_exp_reference_fp")
-    settings = st.text_area("Training settings, the same for every run (one key=value per line; preset defaults "
-                            "otherwise)", key="_exp_settings", placeholder="max_steps=20\nlearning_rate=1e-5")
+    settings = st.text_area("Training settings, the same for every run (one key=value per line; empty: the "
+                            "preset's)", key="_exp_settings", value="", placeholder=SETTINGS_PLACEHOLDER,
+                            help="e.g. max_steps=20 or learning_rate=1e-5, one per line; only what is typed here "
+                                 "is applied, and the plan below lists what each run gets")
     try:
         text = llm_endpoints.evaluator_text(evaluator, ws.root, "Evaluator")
         if endpoint is not None:
@@ -113,8 +120,8 @@ def _form() -> EndpointChoice | None:
                 "threshold": float(threshold), "beta": float(beta), "policy_fp": policy_fp, "reward_fp": reward_fp,
                 "reference_fp": reference_fp}
         form["overrides"] = dashboard_overrides(ev.overrides_from_text(settings), access.server_path)
-        params, lines = ev.cached_plan(str(ws.root), dataset, json.dumps(form, sort_keys=True),
-                                       ev.plan_inputs(ws, dataset, form))
+        params, lines, estimate = ev.cached_plan(str(ws.root), dataset, json.dumps(form, sort_keys=True),
+                                                 ev.plan_inputs(ws, dataset, form))
     except MarginLensError as exc:
         widgets.show_error(exc)
         return endpoint
@@ -128,6 +135,7 @@ def _form() -> EndpointChoice | None:
         except MarginLensError as exc:
             widgets.show_error(exc)
             return endpoint
+        record_estimate(job.dir, estimate)
         st.session_state[JOB_KEY] = st.session_state["_exp_run"] = job.id
         st.success(f"Experiment job {job.id} is {job.status().state}.")
     return endpoint
@@ -168,6 +176,8 @@ def _results(endpoint: EndpointChoice | None) -> None:
             steps[cell.get("step", "waiting")] = steps.get(cell.get("step", "waiting"), 0) + 1
         st.caption(f"{state.get('eval_prompts', '?')} eval prompts, {state.get('excluded_pairs', 0)} pairs kept out "
                    "of training; cells: " + ", ".join(f"{n} {step}" for step, n in steps.items()))
+    for line in estimate_vs_actual(job.dir):
+        st.caption(widgets.md_escape(f"Estimate vs actual · {line}"))
     table = experiment_table(job)
     if not table:
         st.caption("Results appear once the baseline is evaluated.")

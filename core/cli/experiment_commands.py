@@ -81,6 +81,7 @@ def cmd_experiment(args: argparse.Namespace) -> int:
     from marginlens.core.experiments.experiment_results import audit_agreement, table_lines
     from marginlens.core.experiments.experiment_spec import build_spec
     from marginlens.core.job_status import JobState
+    from marginlens.core.run_estimate import estimate_vs_actual, record_estimate
     from marginlens.core.training.settings import parse_overrides
 
     ws = Workspace.resolve(args.workspace)
@@ -95,6 +96,7 @@ def cmd_experiment(args: argparse.Namespace) -> int:
 
     existing = Job(ws.jobs_dir / job_id_for("experiment", spec.to_params()))
     known = (existing.dir / "spec.json").exists()
+    plan = None
     if not known or existing.status().state is not JobState.DONE:
         plan = plan_experiment(ws, spec)
         print(f"experiment on {args.name!r}: {', '.join(spec.metrics)} x seeds {', '.join(map(str, spec.seeds))}, "
@@ -105,6 +107,8 @@ def cmd_experiment(args: argparse.Namespace) -> int:
             print("not started")
             return 1
     job = submit_experiment(ws, spec, env=child_env(spec))
+    if not known and plan is not None and plan.estimate:
+        record_estimate(job.dir, plan.estimate)
     print(f"experiment job {job.id}: {job.dir / 'results'}", flush=True)
     if args.detach:
         return 0
@@ -113,6 +117,8 @@ def cmd_experiment(args: argparse.Namespace) -> int:
     if table:
         agreement = audit_agreement(ws, args.name)
         print("\n".join(table_lines(table, agreement)))
+        for line in estimate_vs_actual(job.dir):
+            print(f"  {line}")
         if args.json:
             out = {**table, "experiment_job": job.id, "spec": spec.to_params(), "audit_agreement": agreement}
             write_json(Path(args.json).expanduser(), out)

@@ -22,10 +22,16 @@ import numpy as np
 import pandas as pd
 from marginlens.core.data.pairs import load_texts, prompt_text
 from marginlens.core.errors import MarginLensError
-from marginlens.core.experiments.experiment_spec import HELDOUT_SEED, ExperimentSpec, table_rows
+from marginlens.core.experiments.experiment_spec import (
+    HELDOUT_SEED,
+    ExperimentSpec,
+    table_rows,
+    verdicts_fingerprint,
+)
 from marginlens.core.selection.margin_sources import margin_sources
 from marginlens.core.selection.margins import load_margins
 from marginlens.core.selection.select import Selection, SelectionSpec, select
+from marginlens.core.training.lr_schedule import clamp_warmup, schedule_line, steps_per_run
 from marginlens.core.workspace import Workspace
 
 
@@ -132,6 +138,9 @@ def _check_tables(ws: Workspace, spec: ExperimentSpec) -> None:
             raise MarginLensError(
                 f"the {role} score table {tables[role]} of {spec.dataset!r} held {rows:,} rows when this experiment "
                 f"was planned and holds {now[role]:,} now (scored again with another --sample): plan it again")
+    if spec.verdicts is not None and verdicts_fingerprint(ws, spec.dataset, spec.metrics) != spec.verdicts:
+        raise MarginLensError(f"audits/{spec.dataset}/verdicts.jsonl changed since this experiment was planned "
+                              "(a new audit), and its cleaning rules read the judge's verdicts: plan it again")
 
 
 def check_needs(spec: Any, rows: list[dict[str, Any]]) -> None:
@@ -199,18 +208,6 @@ def capped(evaluator: Any, n_prompts: int) -> Any:
     return dataclasses.replace(evaluator, max_calls=needed + math.ceil(needed / 4))
 
 
-def steps_per_run(n_pairs: int, trl: dict[str, Any], settings: dict[str, Any]) -> int:
-    """Optimizer steps of one run on n pairs, as transformers' Trainer counts them: max_steps when set,
-    else epochs x ceil(batches per process / gradient accumulation), at least 1 per epoch."""
-    if int(trl.get("max_steps", -1) or -1) > 0:
-        return int(trl["max_steps"])
-    per_batch = int(trl.get("per_device_train_batch_size", 8)) * max(1, int(settings.get("num_processes") or 1))
-    batches = math.ceil(n_pairs / per_batch)
-    accumulation = max(1, int(trl.get("gradient_accumulation_steps", 1) or 1))
-    per_epoch = max(batches // accumulation + int(batches % accumulation > 0), 1)
-    return math.ceil(float(trl.get("num_train_epochs", 1.0)) * per_epoch)
-
-
 @dataclass
 class ExperimentPlan:
     """What the experiment will take, before it starts."""
@@ -227,6 +224,7 @@ class ExperimentPlan:
     held_out: bool  # the eval set is a held-out share of the dataset
     notes: list[str] = field(default_factory=list)
     disk: str = ""  # what the runs will keep on disk (core.training.train_disk)
+    estimate: Any = None  # core.run_estimate.Estimate: wall time and disk as a range, from measured rates
 
     def lines(self) -> list[str]:
         """The estimate as the CLI prints it and the page shows it."""
@@ -244,6 +242,7 @@ class ExperimentPlan:
             f"eval prompts: {self.eval_prompts:,}, {where}",
             f"evaluation of {self.runs + 1} models (the runs and the baseline): {cost}",
             *([self.disk] if self.disk else []),
+            *(self.estimate.lines() if self.estimate else []),
             *self.notes,
         ]
 
@@ -251,6 +250,19 @@ class ExperimentPlan:
         from dataclasses import asdict
 
         return asdict(self)
+
+
+def schedule_notes(trl: dict[str, Any], steps: Any) -> list[str]:
+    """The learning rate of each run's steps (the shortest and the longest run, when they differ), and the
+    warmup the train job clamps (core.training.lr_schedule)."""
+    counts = sorted({int(n) for n in steps if int(n) > 0})
+    lengths = counts[:1] + counts[-1:] if len(counts) > 1 else counts
+    out = []
+    for n in lengths:
+        _, clamped = clamp_warmup(trl, n)
+        prefix = f"{n}-step runs: " if len(lengths) > 1 else ""
+        out.append(prefix + schedule_line(trl, n) + (f" ({clamped})" if clamped else ""))
+    return out
 
 
 def plan_experiment(ws: Workspace, spec: ExperimentSpec, prepared: Prepared | None = None) -> ExperimentPlan:
@@ -269,27 +281,71 @@ def plan_experiment(ws: Workspace, spec: ExperimentSpec, prepared: Prepared | No
         notes.append("a metric selects no pair at this ratio: raise --ratio")
     elif min(steps.values()) < FEW_STEPS:
         batch = resolved["settings"].get("effective_batch_size")
-        against = f" against an effective batch of {batch} pairs" if batch else ""
-        notes.append(f"each run takes only {min(steps.values())} optimizer step(s): a subset of "
-                     f"{min(pairs.values())} pairs{against} barely moves the model; "
-                     "lower effective_batch_size or raise num_train_epochs (or max_steps) in the training settings")
+        if int(resolved["trl"].get("max_steps", -1) or -1) > 0:  # the step count is set, not the batch's doing
+            notes.append(f"each run takes only {min(steps.values())} optimizer step(s) (max_steps): "
+                         "so few steps barely move the model; raise max_steps in the training settings")
+        else:
+            against = f" against an effective batch of {batch} pairs" if batch else ""
+            notes.append(f"each run takes only {min(steps.values())} optimizer step(s): a subset of "
+                         f"{min(pairs.values())} pairs{against} barely moves the model; lower "
+                         "effective_batch_size or raise num_train_epochs (or max_steps) in the training settings")
+    notes.extend(schedule_notes(resolved["trl"], steps.values()))
     runs = len(spec.cells)
     n_eval = len(prepared.eval_rows)
     if spec.evaluator.asks_llm:
         notes.append(f"requests capped at {capped(spec.evaluator, n_eval).max_calls:,} per evaluated model "
                      "(retries count; max_calls=N in the evaluator sets another cap)")
     evaluation = evaluation_cost(spec.evaluator, n_eval, runs + 1)
+    disk, disk_range = _disk(ws, spec, prepared, resolved, steps, pairs, evaluation)
     return ExperimentPlan(
         runs=runs, pairs_per_metric=pairs, candidates_per_metric=candidates, steps_per_metric=steps,
         total_steps=sum(steps[m] for m, _ in spec.cells), eval_prompts=n_eval,
         evaluation=evaluation, excluded_pairs=prepared.excluded_pairs,
         eval_prompts_in_dataset=prepared.eval_prompts_in_dataset, held_out=spec.eval_set is None, notes=notes,
-        disk=_disk(ws, spec, prepared, resolved, steps, pairs, evaluation),
+        disk=disk, estimate=_estimate(ws, spec, resolved, steps, pairs, n_eval, disk_range),
     )
 
 
+def _estimate(ws: Workspace, spec: ExperimentSpec, resolved: dict[str, Any], steps: dict[str, int],
+              pairs: dict[str, int], n_eval: int, disk: tuple[int, int] | None) -> Any:
+    """Wall time of the runs one after another: each run's training (its steps x the effective batch, at
+    most its pairs, or its pairs x epochs when no max_steps), then every model's evaluation (core.run_estimate)."""
+    from marginlens.core.run_estimate import (
+        combine,
+        generating,
+        measured_rates,
+        model_params,
+        scoring,
+        training,
+    )
+
+    trl, settings = resolved["trl"], resolved["settings"]
+    rates = measured_rates(ws, resolved["device"], spec.policy, model_params(spec.policy))
+    batch = (int(trl.get("per_device_train_batch_size", 8)) * int(trl.get("gradient_accumulation_steps", 1))
+             * max(1, int(settings.get("num_processes") or 1)))
+    low = high = 0.0
+    for metric, _seed in spec.cells:
+        # an epoch shorter than one effective batch makes one optimizer step of the pairs it has
+        trained = (steps[metric] * min(batch, pairs[metric]) if int(trl.get("max_steps", -1) or -1) > 0
+                   else math.ceil(float(trl.get("num_train_epochs", 1.0)) * pairs[metric]))
+        lo, hi = training(rates, trained)
+        low, high = low + lo, high + hi
+    evaluator = spec.evaluator
+    tokens = n_eval * evaluator.max_new_tokens * (2 if evaluator.kind == "judge" else 1)
+    evaluate = generating(rates, tokens)
+    if evaluator.kind == "reward":
+        extra = scoring(rates, n_eval)
+        evaluate = (evaluate[0] + extra[0], evaluate[1] + extra[1])
+    untimed = ([f"the {evaluator.kind} requests to {evaluator.base_url or 'the endpoint'} (their rate is the "
+                "endpoint's)"] if evaluator.asks_llm else [])
+    runs = len(spec.cells)
+    return combine(rates.device, rates, [(f"training {runs} run(s)", 1, (low, high)),
+                                         ("evaluating a model", runs + 1, evaluate)], disk, untimed)
+
+
+
 def _disk(ws: Workspace, spec: ExperimentSpec, prepared: Prepared, resolved: dict[str, Any], steps: dict[str, int],
-          pairs: dict[str, int], evaluation: dict[str, int]) -> str:
+          pairs: dict[str, int], evaluation: dict[str, int]) -> tuple[str, tuple[int, int] | None]:
     """The plan's disk line: the trained models (the longest run's checkpoints while it trains), each cell's
     exported subset (sized by the dataset's stored pairs) and the evaluation's answers."""
     from marginlens.core.training.train_disk import answers_bytes, disk_line, model_folder, run_disk
@@ -299,4 +355,6 @@ def _disk(ws: Workspace, spec: ExperimentSpec, prepared: Prepared, resolved: dic
     per_pair = ws.pairs_path(spec.dataset).stat().st_size / max(1, prepared.n_pairs)
     subsets = int(per_pair * sum(pairs[m] for m, _ in spec.cells))
     other = subsets + answers_bytes(evaluation["generations"], evaluation["generated_tokens"])
-    return disk_line(len(spec.cells), run, other, "training subsets and evaluation answers", spec.policy)
+    line = disk_line(len(spec.cells), run, other, "training subsets and evaluation answers", spec.policy)
+    kept = len(spec.cells) * run.kept + other if run else None
+    return line, (kept, kept + run.while_training) if run and kept is not None else None

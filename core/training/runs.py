@@ -139,7 +139,7 @@ def build_trainer(spec: TrainSpec, train_dataset: Any, output_dir: str | os.Path
 
     source = models.ModelSource(spec.model, spec.model_path, spec.model_revision)
     # The config first: under DeepSpeed ZeRO-3 it must exist before from_pretrained to shard the load.
-    args = make_trl_config(spec, str(output_dir))
+    args = make_trl_config(spec, str(output_dir), n_pairs=len(train_dataset))
     dtype = spec.settings.get("model_dtype", "float32")
     tokenizer = models.load_tokenizer(source)
     model = AutoModelForCausalLM.from_pretrained(

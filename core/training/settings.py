@@ -4,7 +4,6 @@ class; the DPOConfig / CPOConfig built from them; how a run is launched; the TRL
 
 from __future__ import annotations
 
-import dataclasses
 import difflib
 import enum
 import json
@@ -16,6 +15,7 @@ from pathlib import Path
 from typing import Any
 
 from marginlens.core.errors import MarginLensError
+from marginlens.core.training.config_fields import config_field_types, training_arguments_fields
 from marginlens.core.training.presets import (
     DEFAULT_PRESET,
     PRESETS,
@@ -24,7 +24,6 @@ from marginlens.core.training.presets import (
     check_method,
     config_class,
     preset_values,
-    trl_fields,
 )
 from marginlens.core.training.train_data import RESPONSE_COLUMNS
 from marginlens.core.training.train_spec import TrainSpec
@@ -150,23 +149,37 @@ def device_defaults(device: str) -> dict[str, Any]:
     return {"bf16": bf16, "fp16": not bf16, checkpointing: True}
 
 
+# Device files a CUDA (or ROCm) GPU needs: with none of them torch sees no GPU, so "auto" is the CPU without
+# importing torch (seconds of a page's first load). With one present, torch decides as before.
+GPU_DEVICE_FILES = ("/dev/nvidiactl", "/dev/nvidia0", "/proc/driver/nvidia", "/dev/kfd")
+
+
+def _device_kind(device: str | None) -> str:
+    """"cpu" or "cuda" for a device option (auto, cpu, cuda, cuda:N), as models.resolve_device decides it."""
+    wanted = (device or "auto").lower()
+    if wanted == "cpu" or (wanted == "auto" and "torch" not in sys.modules
+                           and not any(Path(p).exists() for p in GPU_DEVICE_FILES)):
+        return "cpu"
+    from marginlens.core.scoring import models
+
+    return "cpu" if models.resolve_device(device) == "cpu" else "cuda"
+
+
 def _renamed(key: str) -> str:
     """The current name of a TrainingArguments field that transformers 5 renamed.
 
     transformers 5.x reads `gradient_checkpointing*` only when `activation_checkpointing*` is unset,
     so a value under the old name next to one under the new name would be silently ignored.
     """
-    from transformers import TrainingArguments
-
     new = _RENAMED.get(key)
-    if new and new in {f.name for f in dataclasses.fields(TrainingArguments)}:
+    if new and new in training_arguments_fields():
         return new
     return key
 
 
 def _split(values: dict[str, Any], method: str) -> tuple[dict[str, Any], dict[str, Any]]:
     """Separate MarginLens settings from TRL fields, checking every key and value."""
-    fields = trl_fields(method)
+    fields = config_field_types(method)
     settings: dict[str, Any] = {}
     trl: dict[str, Any] = {}
     for key, value in values.items():
@@ -179,7 +192,7 @@ def _split(values: dict[str, Any], method: str) -> tuple[dict[str, Any], dict[st
                 "folder; resubmitting an unfinished run resumes it)"
             )
         elif key in fields:
-            trl[key] = _coerce(key, value, fields[key].type)
+            trl[key] = _coerce(key, value, fields[key])
         else:
             close = difflib.get_close_matches(key, [*fields, *SETTINGS_KEYS], n=3)
             hint = f" (did you mean {', '.join(close)}?)" if close else ""
@@ -197,13 +210,11 @@ def resolve_settings(
 
     Cheap (no data read, no model hashed): what a form shows before launch. build_spec adds the rest.
     """
-    from marginlens.core.scoring import models
-
     check_method(method)
     preset = preset or DEFAULT_PRESET[method]
     if PRESETS.get(preset, {}).get("method", method) != method:
         raise MarginLensError(f"preset {preset!r} is for {PRESETS[preset]['method']}, not {method}")
-    device = "cpu" if models.resolve_device(device) == "cpu" else "cuda"
+    device = _device_kind(device)
     base_settings, base_trl = _split(preset_values(preset), method)
     fit_settings, fit_trl = _split(device_defaults(device), method)
     user_settings, user_trl = _split(dict(overrides or {}), method)
@@ -238,11 +249,20 @@ def resolve_settings(
     return {"preset": preset, "device": device, "settings": settings, "trl": trl}
 
 
-def make_trl_config(spec: TrainSpec, output_dir: str) -> Any:
-    """The DPOConfig / CPOConfig for a spec; TRL's own validation errors become one-line errors."""
+def make_trl_config(spec: TrainSpec, output_dir: str, n_pairs: int | None = None) -> Any:
+    """The DPOConfig / CPOConfig for a spec; TRL's own validation errors become one-line errors. With the
+    training set's size (`n_pairs`), a warmup that would leave every step at learning rate 0 is clamped
+    (core.training.lr_schedule), said on stdout: the job's log."""
+    from marginlens.core.training.lr_schedule import clamp_warmup, steps_per_run
+
     cls = config_class(spec.method)
+    trl = dict(spec.trl)
+    if n_pairs is not None:
+        trl, note = clamp_warmup(trl, steps_per_run(n_pairs, trl, spec.settings))
+        if note:
+            print(f"note: {note}", flush=True)
     try:
-        return cls(output_dir=output_dir, **spec.trl)
+        return cls(output_dir=output_dir, **trl)
     except (ValueError, TypeError) as exc:
         first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
         raise MarginLensError(f"invalid {spec.method} training settings: {first}") from None
