@@ -18,6 +18,7 @@ from marginlens.app.experiments_view import path_stat
 from marginlens.core.errors import MarginLensError
 from marginlens.core.experiments.experiment_results import INTERVAL_METHOD, ONE_SEED
 from marginlens.core.jobs import Job
+from marginlens.core.run_estimate import finished_jobs
 from marginlens.core.selfplay.selfplay_spec import SelfPlaySpec
 from marginlens.core.workspace import Workspace
 
@@ -25,6 +26,39 @@ STARTING = "starting model"
 DASH = "—"  # a value that does not exist (the starting model's interval, one seed's), not a zero
 METRICS_CAPTION = ("map: M_AP = z(m_ex) - w·z(|m_im|), the alignment potential; explicit: eva's own rule, the "
                    "reward gap m_ex between the best and the worst answer.")
+
+
+PROFILE_LABELS = {"reference": "reference: the authors' scripts", "marginlens": "marginlens: this library's rules"}
+PROFILE_HELP = ("reference: the authors' evol_select scripts (a system prompt for non-Gemma models, best = last "
+                "highest reward and worst = first lowest with ties kept at margin 0, a prompt with an empty answer "
+                "dropped, at most 10,000 rewrite pairs per round, no length filter unless asked, 4096 new tokens on "
+                "a GPU and 128 on CPU). marginlens: pairs need two different rewards and texts, every pair is "
+                "trained on, rewrites within 5x their parent's length, 128 new tokens. docs/SELFPLAY.md compares "
+                "them line by line.")
+
+
+def profile_placeholders(profile: str, device: str, filter_prompt: bool) -> tuple[str, str, str]:
+    """What the empty answer-token, rewrite-token and length-ratio inputs stand for under `profile` on `device`
+    ("auto" resolved here as the spec resolves it), short enough to fit the inputs."""
+    from marginlens.core.scoring.models import resolve_device
+    from marginlens.core.selfplay.evolve_job import EvolveParams
+    from marginlens.core.selfplay.profiles import reference_settings
+    from marginlens.core.selfplay.rollout_job import SAMPLING
+
+    if profile != "reference":
+        ours = EvolveParams()
+        return f"{SAMPLING.max_new_tokens} (profile)", f"{ours.max_new_tokens} (profile)", f"{ours.max_ratio:g} (profile)"
+    sampling, evolve, _ = reference_settings("", "", resolve_device(device), filter_prompt, None)
+    ratio = evolve["max_ratio"]
+    return (f"{sampling['max_new_tokens']} (profile)", f"{evolve['max_new_tokens']} (profile)",
+            "off (profile)" if ratio is None else f"{ratio:g} (profile)")
+
+
+def strategies_markdown(names: list[str]) -> str:
+    """Each picked strategy with its whole description, one line each: the chips above hold names only."""
+    from marginlens.core.selfplay.strategies import STRATEGIES
+
+    return "\n".join(f"- **{n}**: {STRATEGIES[n].description}" for n in names if n in STRATEGIES)
 
 
 def check_form(form: dict[str, Any]) -> None:
@@ -50,18 +84,20 @@ def plan_inputs(ws: Workspace, dataset: str, form: dict[str, Any]) -> str:
 
     return json.dumps({"dataset": ws.dataset_manifest(dataset).get("fingerprint"),
                        "eval_set": path_stat(form.get("eval_set")), "policy": path_stat(form.get("policy")),
-                       "verifiers": os.environ.get(PLUGINS_ENV)}, default=str)
+                       "verifiers": os.environ.get(PLUGINS_ENV), "rates": finished_jobs(ws)}, default=str)
 
 
 @st.cache_data(max_entries=16, show_spinner=False)
-def cached_plan(root: str, dataset: str, form_json: str, inputs: str) -> tuple[dict[str, Any], list[str]]:
+def cached_plan(root: str, dataset: str, form_json: str, inputs: str) -> tuple[dict[str, Any], list[str], Any]:
     """build_selfplay_spec and plan_selfplay of the form (a JSON of build_selfplay_spec's keyword arguments):
-    the spec's params and the plan's lines. `inputs` (plan_inputs) is only the cache key; errors are not cached."""
+    the spec's params, the plan's lines and its time estimate (a dict, kept beside the job it starts). `inputs`
+    (plan_inputs) is only the cache key; errors are not cached."""
     from marginlens.core.selfplay.selfplay_spec import build_selfplay_spec, plan_selfplay
 
     ws = Workspace(root)
     spec = build_selfplay_spec(ws, dataset, **json.loads(form_json))
-    return spec.to_params(), plan_selfplay(ws, spec).lines()
+    plan = plan_selfplay(ws, spec)
+    return spec.to_params(), plan.lines(), plan.estimate.to_dict() if plan.estimate else None
 
 
 # The variables the workers of each part read their key from (the spec's api_key_env): set by the page, one per

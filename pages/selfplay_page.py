@@ -19,10 +19,11 @@ from marginlens.core.errors import MarginLensError
 from marginlens.core.experiments.experiment_results import cell_key
 from marginlens.core.experiments.verifiers import get_verifier, verifier_names
 from marginlens.core.job_status import POLL_SECONDS
+from marginlens.core.run_estimate import estimate_vs_actual, record_estimate
 from marginlens.core.scoring.models import DEFAULT_POLICY
 from marginlens.core.selection.metrics import DEFAULT_PARAMS
 from marginlens.core.selfplay import selfplay_spec as sps
-from marginlens.core.selfplay.evolve_job import EvolveParams
+from marginlens.core.selfplay.profiles import DEFAULT_PROFILE, PROFILES, REFERENCE_TRAIN_SIZE
 from marginlens.core.selfplay.rollout_job import SAMPLING
 from marginlens.core.selfplay.selfplay_job import selfplay_results, selfplay_state, submit_selfplay
 from marginlens.core.selfplay.selfplay_spec import evolve_settings, sampling_settings
@@ -87,8 +88,12 @@ def _form() -> dict[str, EndpointChoice | None]:
                              key="_sp_metrics", help="one chain per metric and seed; only metrics that read a round's "
                                                      "reward gap m_ex and implicit margin m_im")
     c1.caption(sv.METRICS_CAPTION)
+    # chips hold the names only (a description cut off in a chip says nothing); the descriptions are listed below
     strategies = c2.multiselect("Rewrite strategies", list(STRATEGIES), default=list(DEFAULT_STRATEGIES),
-                                format_func=lambda n: f"{n}: {STRATEGIES[n].description}", key="_sp_strategies")
+                                key="_sp_strategies")
+    c2.markdown(sv.strategies_markdown(strategies))
+    profile = st.radio("Profile", PROFILES, index=PROFILES.index(DEFAULT_PROFILE), horizontal=True,
+                       format_func=sv.PROFILE_LABELS.get, key="_sp_profile", help=sv.PROFILE_HELP)
     c1, c2, c3, c4, c5 = st.columns(5)
     seeds = c1.number_input("Seeds", 1, 20, 1, key="_sp_seeds")
     iterations = c2.number_input("Iterations", 1, 20, sps.DEFAULT_ITERATIONS, key="_sp_iterations")
@@ -107,20 +112,33 @@ def _form() -> dict[str, EndpointChoice | None]:
         max_calls = c2.number_input("Evolver max calls (empty: no cap)", min_value=1, value=None, step=1,
                                     key="_sp_evolver_max_calls", help="requests one evolve job may make, retries "
                                                                       "counted: the cost cap")
-    evolve = EvolveParams()
     with st.expander("Sampling, evolution and selection settings"):
         c1, c2, c3, c4 = st.columns(4)
         temperature = c1.number_input("Temperature", 0.0, 5.0, SAMPLING.temperature, 0.05, key="_sp_temperature")
         top_p = c2.number_input("Top p", 0.01, 1.0, SAMPLING.top_p, 0.01, key="_sp_top_p")
-        max_new = c3.number_input("Max new tokens (answers)", 1, 8192, SAMPLING.max_new_tokens, key="_sp_max_new")
+        # empty: the profile's value, shown as the placeholder (device and filter as last picked)
+        tokens, rewrite_tokens, ratio_hint = sv.profile_placeholders(profile, st.session_state.get("_sp_device", "auto"),
+                                                                bool(st.session_state.get("_sp_filter_prompt")))
+        max_new = c3.number_input("Max new tokens (answers)", 1, 8192, None, key="_sp_max_new", placeholder=tokens)
         backend = c4.selectbox("Sampling backend", ("auto", "transformers", "vllm"), key="_sp_backend")
         c1, c2, c3, c4, c5 = st.columns(5)
-        evolve_new = c1.number_input("Max new tokens (rewrites)", 1, 8192, evolve.max_new_tokens, key="_sp_evolve_new")
-        max_ratio = c2.number_input("Max length ratio", 1.01, 100.0, float(evolve.max_ratio), key="_sp_max_ratio",
+        evolve_new = c1.number_input("Max new tokens (rewrites)", 1, 8192, None, key="_sp_evolve_new",
+                                     placeholder=rewrite_tokens)
+        max_ratio = c2.number_input("Max length ratio", 1.01, 100.0, None, key="_sp_max_ratio", placeholder=ratio_hint,
                                     help="a rewrite is kept within this factor of its parent's length")
         weight = c3.number_input("Weight w (M_AP)", value=float(DEFAULT_PARAMS.weight), key="_sp_weight")
         signed = c4.checkbox("Signed m_im", value=bool(DEFAULT_PARAMS.signed), key="_sp_signed")
         device = c5.selectbox("Device", ("auto", "cpu", "cuda"), key="_sp_device")
+        reference = profile == "reference"
+        c1, c2 = st.columns(2)
+        filter_prompt = c1.checkbox("Length filter (reference profile: the authors' --filter_prompt)", False,
+                                    key="_sp_filter_prompt", disabled=not reference,
+                                    help="keep rewrites within 5x their parent's length; the marginlens profile "
+                                         "always filters")
+        train_size = c2.number_input("Train size (reference profile: rewrite pairs per round, at most)", 1,
+                                     10_000_000, None, key="_sp_train_size", disabled=not reference,
+                                     placeholder=f"{REFERENCE_TRAIN_SIZE:,}, a random draw")
+        filter_prompt, train_size = (filter_prompt, train_size) if reference else (False, None)
     c1, c2, c3 = st.columns([1, 2, 4])
     method = c1.radio("Method", METHODS, index=METHODS.index("simpo"), format_func=str.upper, key="_sp_method")
     preset = c2.text_input("Preset (empty: the method's)", key="_sp_preset")
@@ -135,12 +153,13 @@ def _form() -> dict[str, EndpointChoice | None]:
                 "max_prompts": int(max_prompts), "sampling": sampling_settings(n, temperature, top_p, max_new),
                 "evolve": evolve_settings(evolve_new, max_ratio), "backend": backend,
                 "eval_set": eval_set.strip() or None, "method": method, "preset": preset.strip() or None,
-                "device": None if device == "auto" else device}
+                "device": None if device == "auto" else device, "profile": profile,
+                "filter_prompt": filter_prompt, "train_size": train_size}
         sv.check_form(form)
         _confine(form, picked)
         form["overrides"] = dashboard_overrides(overrides_from_text(settings), access.server_path)
-        params, lines = sv.cached_plan(str(ws.root), dataset, json.dumps(form, sort_keys=True),
-                                       sv.plan_inputs(ws, dataset, form))
+        params, lines, estimate = sv.cached_plan(str(ws.root), dataset, json.dumps(form, sort_keys=True),
+                                                 sv.plan_inputs(ws, dataset, form))
     except MarginLensError as exc:
         widgets.show_error(exc)
         return picked
@@ -154,6 +173,7 @@ def _form() -> dict[str, EndpointChoice | None]:
         except MarginLensError as exc:  # an endpoint that does not answer, a dataset re-imported meanwhile
             widgets.show_error(exc)
             return picked
+        record_estimate(job.dir, estimate)
         st.session_state[JOB_KEY] = st.session_state["_sp_run"] = job.id
         st.success(f"Self-play job {job.id} is {job.status().state}.")
     return picked
@@ -250,6 +270,8 @@ def _results(picked: dict[str, EndpointChoice | None]) -> None:
                        cancel_help="cancels the running child job too; Resume continues where it stopped")
     order = [cell_key(metric, seed) for metric, seed in spec.chains]
     _timeline(job, order, status.live)
+    for line in estimate_vs_actual(job.dir):
+        st.caption(widgets.md_escape(f"Estimate vs actual · {line}"))
     _lineage(job, order)
 
 

@@ -46,6 +46,14 @@ def register(sub: argparse._SubParsersAction, common: argparse.ArgumentParser) -
     from marginlens.core.experiments.experiment_spec import FIRST_SEED
     from marginlens.core.selection.metrics import DEFAULT_PARAMS
     from marginlens.core.selfplay.evolve_job import EvolveParams
+    from marginlens.core.selfplay.profiles import (
+        CPU_MAX_NEW_TOKENS,
+        DEFAULT_PROFILE,
+        LENGTH_RATIO,
+        PROFILES,
+        REFERENCE_MAX_NEW_TOKENS,
+        REFERENCE_TRAIN_SIZE,
+    )
     from marginlens.core.selfplay.rollout_job import SAMPLING
     from marginlens.core.selfplay.selfplay_spec import (
         DEFAULT_ITERATIONS,
@@ -96,12 +104,26 @@ def register(sub: argparse._SubParsersAction, common: argparse.ArgumentParser) -
     p.add_argument("--temperature", type=float, default=SAMPLING.temperature,
                    help=f"sampling temperature (default {SAMPLING.temperature})")
     p.add_argument("--top-p", type=float, default=SAMPLING.top_p, help=f"sampling top_p (default {SAMPLING.top_p})")
-    p.add_argument("--max-new-tokens", type=int, default=SAMPLING.max_new_tokens,
-                   help=f"tokens per sampled answer, at most (default {SAMPLING.max_new_tokens})")
-    p.add_argument("--evolve-max-new-tokens", type=int, default=evolve.max_new_tokens,
-                   help=f"tokens per rewrite, at most (default {evolve.max_new_tokens})")
-    p.add_argument("--max-ratio", type=float, default=evolve.max_ratio,
-                   help=f"a rewrite is kept within this factor of its parent's length (default {evolve.max_ratio:g})")
+    p.add_argument("--profile", choices=PROFILES, default=DEFAULT_PROFILE,
+                   help=f"whose rules the rounds follow (default {DEFAULT_PROFILE}): reference = the authors' "
+                        "evol_select scripts (system prompt, ties kept at margin 0, prompts with an empty answer "
+                        f"dropped, at most {REFERENCE_TRAIN_SIZE} rewrite pairs, {REFERENCE_MAX_NEW_TOKENS} new "
+                        f"tokens on a GPU and {CPU_MAX_NEW_TOKENS} on CPU, no length filter); marginlens = this "
+                        "library's (docs/SELFPLAY.md compares them)")
+    p.add_argument("--filter-prompt", action="store_true",
+                   help=f"reference profile: keep rewrites within {LENGTH_RATIO:g}x their parent's length (the "
+                        "authors' --filter_prompt; off by default)")
+    p.add_argument("--train-size", type=int, default=None, metavar="N",
+                   help=f"reference profile: rewrite pairs trained on per round, at most, a random draw (default "
+                        f"{REFERENCE_TRAIN_SIZE})")
+    p.add_argument("--max-new-tokens", type=int, default=None,
+                   help=f"tokens per sampled answer, at most (default: the profile's; marginlens "
+                        f"{SAMPLING.max_new_tokens})")
+    p.add_argument("--evolve-max-new-tokens", type=int, default=None,
+                   help=f"tokens per rewrite, at most (default: the profile's; marginlens {evolve.max_new_tokens})")
+    p.add_argument("--max-ratio", type=float, default=None,
+                   help=f"a rewrite is kept within this factor of its parent's length (default: marginlens "
+                        f"{evolve.max_ratio:g}; reference: no length filter unless --filter-prompt)")
     p.add_argument("--backend", choices=("auto", "transformers", "vllm"), default="auto",
                    help="sampling backend (default auto: vLLM on a CUDA GPU when installed)")
     p.add_argument("--method", choices=("dpo", "simpo"), default="simpo", help="training method (default simpo)")
@@ -132,13 +154,14 @@ def spec_from_args(ws: Workspace, args: argparse.Namespace) -> Any:
         sampling=sampling_settings(args.n, args.temperature, args.top_p, args.max_new_tokens),
         evolve=evolve_settings(args.evolve_max_new_tokens, args.max_ratio), backend=args.backend,
         eval_set=args.eval_set, method=args.method, preset=args.preset, overrides=parse_overrides(args.overrides),
-        device=args.device)
+        device=args.device, profile=args.profile, filter_prompt=args.filter_prompt, train_size=args.train_size)
 
 
 def cmd_selfplay(args: argparse.Namespace) -> int:
     from marginlens.core.cli.follow import follow
     from marginlens.core.job_status import JobState
     from marginlens.core.jobs import Job, job_id_for
+    from marginlens.core.run_estimate import estimate_vs_actual, record_estimate
     from marginlens.core.selfplay.selfplay_job import selfplay_results, submit_selfplay
     from marginlens.core.selfplay.selfplay_results import table_lines
     from marginlens.core.selfplay.selfplay_spec import plan_selfplay
@@ -147,6 +170,7 @@ def cmd_selfplay(args: argparse.Namespace) -> int:
     spec = spec_from_args(ws, args)
     existing = Job(ws.jobs_dir / job_id_for("selfplay", spec.to_params()))
     known = (existing.dir / "spec.json").exists()
+    plan = None
     if not known or existing.status().state is not JobState.DONE:
         plan = plan_selfplay(ws, spec)
         print(f"self-play on {args.name!r} from {spec.policy}: {', '.join(spec.metrics)} x seeds "
@@ -158,6 +182,8 @@ def cmd_selfplay(args: argparse.Namespace) -> int:
             print("not started")
             return 1
     job = submit_selfplay(ws, spec)
+    if not known and plan is not None:
+        record_estimate(job.dir, plan.estimate)
     print(f"self-play job {job.id}: {job.dir / 'results'}", flush=True)
     if args.detach:
         return 0
@@ -165,6 +191,8 @@ def cmd_selfplay(args: argparse.Namespace) -> int:
     table = selfplay_results(job)
     if table:
         print("\n".join(table_lines(table)))
+        for line in estimate_vs_actual(job.dir):
+            print(f"  {line}")
         if args.json:
             write_json(Path(args.json).expanduser(), {**table, "selfplay_job": job.id, "spec": spec.to_params()})
             print(f"wrote {args.json}")

@@ -24,6 +24,7 @@ from typing import Any
 from marginlens.core.errors import MarginLensError
 from marginlens.core.experiments.experiment_spec import HELDOUT_CAP, HELDOUT_SHARE, seeds_for
 from marginlens.core.selection.metrics import DEFAULT_PARAMS, metric_names
+from marginlens.core.selfplay.profiles import DEFAULT_PROFILE, plan_line, with_profile
 from marginlens.core.training.presets import check_method
 from marginlens.core.workspace import Workspace
 
@@ -35,15 +36,16 @@ SELFPLAY_VERSION = 1  # bump when a change to the rounds (selection, training da
 SEED_DRAW = 1  # the seed prompts' draw (the eval set's is the lab's HELDOUT_SEED): fixed, the seeds vary the rest
 
 
-def sampling_settings(n: int, temperature: float, top_p: float, max_new_tokens: int) -> dict[str, Any]:
-    """The rollouts' generation settings as the spec stores them: always all four, so the CLI and the page
-    name the same run (and job id) for the same values."""
-    return {"n": int(n), "temperature": float(temperature), "top_p": float(top_p),
-            "max_new_tokens": int(max_new_tokens)}
+def sampling_settings(n: int, temperature: float, top_p: float, max_new_tokens: int | None) -> dict[str, Any]:
+    """The rollouts' generation settings as the CLI and the page pass them, so both name the same run (and job
+    id) for the same values; max_new_tokens None: the profile's (core.selfplay.profiles)."""
+    out = {"n": int(n), "temperature": float(temperature), "top_p": float(top_p), "max_new_tokens": max_new_tokens}
+    return {k: v for k, v in out.items() if v is not None}
 
 
-def evolve_settings(max_new_tokens: int, max_ratio: float) -> dict[str, Any]:
-    return {"max_new_tokens": int(max_new_tokens), "max_ratio": float(max_ratio)}
+def evolve_settings(max_new_tokens: int | None, max_ratio: float | None) -> dict[str, Any]:
+    """None: the profile's value (the reference's length filter is off unless --filter-prompt)."""
+    return {k: v for k, v in (("max_new_tokens", max_new_tokens), ("max_ratio", max_ratio)) if v is not None}
 
 
 def selfplay_metrics() -> tuple[str, ...]:
@@ -83,12 +85,13 @@ class SelfPlaySpec:
     device: str | None = None
     policy_identity: str | None = None  # a folder's files (generation_identity): retrained in place = new run
     version: int = SELFPLAY_VERSION
+    rules: dict[str, Any] = dataclasses.field(default_factory=dict)  # the profile's (core.selfplay.profiles)
 
     def __post_init__(self) -> None:
         for name in ("metrics", "strategies"):
             object.__setattr__(self, name, tuple(getattr(self, name)))
         object.__setattr__(self, "seeds", tuple(int(s) for s in self.seeds))
-        for name in ("annotate", "eval", "evolver", "sampling", "evolve", "overrides"):
+        for name in ("annotate", "eval", "evolver", "sampling", "evolve", "overrides", "rules"):
             object.__setattr__(self, name, dict(getattr(self, name) or {}))
 
     @property
@@ -122,6 +125,8 @@ class SelfPlaySpec:
         out = dataclasses.asdict(self)
         for name in ("metrics", "seeds", "strategies"):
             out[name] = list(getattr(self, name))
+        if not self.rules:  # the marginlens profile: the params (and job ids) of runs planned before profiles
+            del out["rules"]
         return out
 
     @classmethod
@@ -156,9 +161,13 @@ def build_selfplay_spec(
     preset: str | None = None,
     overrides: dict[str, Any] | None = None,
     device: str | None = None,
+    profile: str = DEFAULT_PROFILE,
+    filter_prompt: bool = False,
+    train_size: int | None = None,
 ) -> SelfPlaySpec:
     """Check the request and resolve what the run depends on; raises MarginLensError naming what is wrong.
-    `evolver`: "local:MODEL", "openai:MODEL" or None (the starting policy, kept fixed across iterations)."""
+    `evolver`: "local:MODEL", "openai:MODEL" or None (the starting policy, kept fixed across iterations).
+    `profile` (core.selfplay.profiles.with_profile) fills the settings left unset."""
     from marginlens.core.experiments.eval_set import eval_set_fingerprint, load_eval_set
     from marginlens.core.experiments.evaluators import parse_eval
     from marginlens.core.experiments.generation import generation_identity
@@ -206,18 +215,18 @@ def build_selfplay_spec(
     if "seed" in overrides:
         raise MarginLensError("the training seed is the run's: use --seeds, not --set seed=...")
     resolve_settings(method, preset, overrides, device)
-    sampling = dict(sampling or {})
-    evolve = dict(evolve or {})
+    source = resolve_model(policy)
+    evolver_spec = parse_evolver(evolver or f"local:{source.spec}", base_url=evolver_url, api_key_env=evolver_key_env,
+                                 max_calls=evolver_max_calls)
+    sampling, evolve, rules = with_profile(profile, sampling or {}, evolve or {}, source.spec, evolver_spec.model,
+                                           device, filter_prompt, train_size)
     for name, base, given in (("sampling", SAMPLING, sampling), ("evolution", EvolveParams(), evolve)):
         known = {f.name for f in dataclasses.fields(base)} - {"seed"}
         wrong = sorted(set(given) - known)
         if wrong:
             raise MarginLensError(f"unknown {name} setting {wrong[0]!r} (known: {', '.join(sorted(known))})")
         dataclasses.replace(base, **given)  # checks the values now, not inside the worker
-    source = resolve_model(policy)
     folder = Path(source.spec).expanduser().is_dir()
-    evolver_spec = parse_evolver(evolver or f"local:{source.spec}", base_url=evolver_url, api_key_env=evolver_key_env,
-                                 max_calls=evolver_max_calls)
     tags = tuple(strategy_tag(s) for s in parse_strategies(strategies or list(DEFAULT_STRATEGIES)))
     set_path = set_fp = None
     if eval_set is not None:
@@ -232,7 +241,7 @@ def build_selfplay_spec(
         ratio=float(ratio), weight=float(weight), signed=bool(signed), strategies=tags,
         max_prompts=int(max_prompts), sampling=sampling, evolve=evolve, backend=backend, eval_set=set_path,
         eval_set_fingerprint=set_fp, method=method, preset=preset, overrides=overrides, device=device,
-        policy_identity=generation_identity(source.spec) if folder else None)
+        policy_identity=generation_identity(source.spec) if folder else None, rules=rules)
 
 
 @dataclass
@@ -304,6 +313,7 @@ class SelfPlayPlan:
     trainings: int
     evaluations: int  # the baseline included
     lines_: list[str] = dataclasses.field(default_factory=list)
+    estimate: Any = None  # core.run_estimate.Estimate: wall time and disk as a range, from measured rates
 
     def lines(self) -> list[str]:
         return self.lines_
@@ -336,14 +346,18 @@ def plan_selfplay(ws: Workspace, spec: SelfPlaySpec, seeds: SeedPrompts | None =
         f"rewrites asked of {evolver.get('kind')}:{evolver.get('model')}), then {n} answers per kept rewrite",
         f"{chains * spec.iterations} training runs ({spec.method}), {chains * spec.iterations + 1} evaluations "
         f"({spec.evaluator.label}, the starting model once)",
-        _disk_line(spec, seeds, n, strategies),
+        plan_line(spec),
     ]
+    disk, estimate = _disk_line(ws, spec, seeds, n, strategies)
+    from marginlens.core.selfplay.selfplay_estimate import schedule_lines
+
+    lines += [disk, *estimate.lines(), *schedule_lines(spec, len(seeds.pool), strategies)]
     return SelfPlayPlan(len(seeds.pool), len(seeds.eval_rows), seeds.held_out, chains, spec.iterations, k,
                         k * strategies, n * len(seeds.pool), chains * spec.iterations, chains * spec.iterations + 1,
-                        lines)
+                        lines, estimate)
 
 
-def _disk_line(spec: SelfPlaySpec, seeds: SeedPrompts, n: int, strategies: int) -> str:
+def _disk_line(ws: Workspace, spec: SelfPlaySpec, seeds: SeedPrompts, n: int, strategies: int) -> tuple[str, Any]:
     """What the run keeps on disk, as an upper bound: every round's trained model (the next round's policy),
     and the answers and rewrites of each chain's rounds (a round's prompts: at most the top ratio of the
     last round's, times the strategies) and of every evaluation."""
@@ -366,5 +380,11 @@ def _disk_line(spec: SelfPlaySpec, seeds: SeedPrompts, n: int, strategies: int) 
     folder = model_folder(spec.policy)
     steps = steps_per_run(most_pairs, resolved["trl"], resolved["settings"])
     run = run_disk(folder, resolved["settings"], resolved["trl"], steps) if folder else None
-    return disk_line(len(spec.chains) * spec.iterations, run, other, "sampled answers, rewrites and evaluation "
-                     "answers", spec.policy)
+    trainings = len(spec.chains) * spec.iterations
+    kept = trainings * run.kept + other if run else None
+    disk = (kept, kept + run.while_training) if run and kept is not None else None
+    line = disk_line(trainings, run, other, "sampled answers, rewrites and evaluation answers", spec.policy)
+    from marginlens.core.selfplay.selfplay_estimate import selfplay_estimate
+
+    return line, selfplay_estimate(ws, spec, seeds, n, strategies, resolved, disk)
+
