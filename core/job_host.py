@@ -9,8 +9,17 @@ everything that reads a job sees no difference but the pid, which is the parent'
 
 What stays as it was: a kill -9 of the worker kills parent and child together, and resubmitting the parent
 resumes both from their folders (the kernel drops both locks); a cancel reaches the child through its cancel
-file; a child with a launcher (`accelerate launch` over several processes) is still spawned.
-`MARGINLENS_CHILD_PROCESSES=1` turns hosting off (every child its own process, as before; the bench compares).
+file. What changes: a child killed for memory (or crashing in native code) takes the parent with it, so the
+chain stops until it is resubmitted instead of the parent resuming that child by itself.
+
+Only train and evaluate children without secrets are hosted. A child given environment variables (a judge's
+or rater's key) is spawned, so no key outlives its child in a shared process environment; so are rollouts
+and rewrites (vLLM engines want a process, and the main thread, of their own), and children with a launcher
+(`accelerate launch` over several processes). `MARGINLENS_CHILD_PROCESSES=1` turns hosting off (every child
+its own process, as before; bench/child_startup.py compares the two).
+
+Prints from the child's own thread go to its log; threads the child starts (a data loader's) and logging
+handlers made before hosting began write to the parent's log.
 """
 
 from __future__ import annotations
@@ -25,6 +34,7 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import TextIO
 
+HOSTED_KINDS = frozenset({"train", "evaluate"})
 _RUNNER: Callable[[Path], int] | None = None  # core.job_worker.run_worker, given by the parent that hosts
 _ROUTE = threading.local()  # .stream: where this thread's prints go (a hosted child's log.txt)
 
@@ -39,8 +49,9 @@ def enable(runner: Callable[[Path], int]) -> None:
     _RUNNER = runner
 
 
-def hosting() -> bool:
-    return _RUNNER is not None
+def hosts(kind: str, env: dict[str, str] | None) -> bool:
+    """Whether a child of this kind, given this environment, runs here (see the module's note)."""
+    return _RUNNER is not None and kind in HOSTED_KINDS and not env
 
 
 class _ThreadRouter(io.TextIOBase):
@@ -61,6 +72,18 @@ class _ThreadRouter(io.TextIOBase):
     def isatty(self) -> bool:
         return False
 
+    @property
+    def encoding(self) -> str:  # type: ignore[override]
+        return self._target().encoding
+
+    @property
+    def errors(self) -> str | None:  # type: ignore[override]
+        return self._target().errors
+
+    @property
+    def buffer(self):  # noqa: ANN201 (the target's binary buffer, for code that writes bytes)
+        return self._target().buffer
+
     def fileno(self) -> int:  # faulthandler and subprocesses need a real descriptor: the parent's log
         return self._default.fileno()
 
@@ -72,12 +95,9 @@ def _install_router() -> None:
         sys.stderr = _ThreadRouter(sys.stderr)
 
 
-def start(job_dir: Path, lock_fd: int, env: dict[str, str] | None) -> None:
+def start(job_dir: Path, lock_fd: int) -> None:
     """Run the job in a thread of this process. `lock_fd` holds the job's worker lock: the thread owns it
     from now on and closes it when the job has recorded its outcome."""
-    # A child's secrets (a judge's key) go where a spawned worker's environment would have had them. The
-    # parent passes its own variables on, so this changes nothing the parent itself relies on.
-    os.environ.update(env or {})
     threading.Thread(target=_run, args=(Path(job_dir), lock_fd), name=f"job-{Path(job_dir).name}",
                      daemon=True).start()
 
@@ -95,3 +115,6 @@ def _run(job_dir: Path, lock_fd: int) -> None:
         os.close(lock_fd)  # the lock goes only once the outcome is on disk, as when a worker process exits
         with contextlib.suppress(Exception):
             gc.collect()  # a finished child's model and optimizer go now, before the next child loads its own
+            torch = sys.modules.get("torch")
+            if torch is not None and torch.cuda.is_initialized():
+                torch.cuda.empty_cache()  # and their cached GPU blocks, which a spawned child could not reach

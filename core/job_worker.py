@@ -62,7 +62,7 @@ def run_worker(job_dir: Path) -> int:
             ctx.log("cancelled")
         _finish(ctx, JobState.CANCELLED, "cancelled by user")
         return 0
-    except Exception as exc:  # the job's error becomes its status; the traceback goes to the log
+    except BaseException as exc:  # the job's error becomes its status (a library's sys.exit too); traceback to the log
         job_disk.release_space(job.dir)  # on a full disk: room for the traceback below and the status
         with contextlib.suppress(OSError):  # a log that cannot grow must not stop the status being written
             traceback.print_exc()

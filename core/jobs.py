@@ -242,8 +242,8 @@ def submit(
             write_json(job.dir / "status.json",
                        {**previous, "state": JobState.QUEUED.value, "message": "starting", "heartbeat": _now(),
                         "submitted_at": time.time()})
-            if job_host.hosting() and not launcher:
-                job_host.start(job.dir, lock_fd, env)  # a parent's child: a thread here (core.job_host)
+            if not launcher and job_host.hosts(kind, env):
+                job_host.start(job.dir, lock_fd)  # a parent's child: a thread here (core.job_host)
                 lock_fd = -1  # the thread holds the lock now and closes it when the child has finished
             else:
                 command = [*(launcher or [sys.executable]), "-m", "marginlens.core.job_worker", "run", str(job.dir)]

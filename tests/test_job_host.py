@@ -16,17 +16,20 @@ SCRIPT = textwrap.dedent("""
     from pathlib import Path
     from marginlens.core import job_host, jobs
     from marginlens.core.job_worker import run_worker
-    from marginlens.core.data.import_job import import_spec, submit_import
+    from marginlens.core.data.import_job import import_spec
     from marginlens.core.workspace import Workspace
 
-    if sys.argv[3] == "hosted":
+    if sys.argv[3] != "spawned":
         job_host.enable(run_worker)
+        # the mechanism is the same for every kind: a cheap one stands in for train and evaluate here
+        job_host.HOSTED_KINDS = frozenset({"import"})
     print("parent line", flush=True)
     ws = Workspace(Path(sys.argv[1]))
-    job = submit_import(ws, import_spec(sys.argv[2], "tiny", policy="strict"))
+    env = {"MARGINLENS_TEST_SECRET": "key-for-this-child"} if sys.argv[3] == "with-secret" else None
+    job = jobs.submit(ws, "import", import_spec(sys.argv[2], "tiny", policy="strict").to_params(), env=env)
     status = job.wait(poll=0.05, timeout=120)
     print(json.dumps({"pid": os.getpid(), "state": status.state.value, "job_pid": status.pid, "dir": str(job.dir),
-                      "message": status.message}))
+                      "message": status.message, "secret_here": os.environ.get("MARGINLENS_TEST_SECRET")}))
 """)
 
 
@@ -62,3 +65,9 @@ def test_a_hosted_child_that_fails_records_its_error_and_traceback_in_its_own_lo
     assert "line 6" in hosted["message"]
     log = (Path(hosted["dir"]) / "log.txt").read_text()
     assert "Traceback" in log and "Traceback" not in parent_out
+
+
+def test_a_child_given_secrets_is_spawned_so_no_key_stays_in_the_parents_environment(tmp_path):
+    result, _ = _run(tmp_path, GOOD, "with-secret")
+    assert result["state"] == "done"
+    assert result["job_pid"] != result["pid"] and result["secret_here"] is None

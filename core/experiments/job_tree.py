@@ -10,6 +10,7 @@ in threads of the parent's worker (core.job_host), so the interpreter, imports a
 
 from __future__ import annotations
 
+import os
 import time
 from collections.abc import Callable
 from pathlib import Path
@@ -65,8 +66,11 @@ class JobTree:
                 return status
             if self.ctx.cancelled():
                 job.cancel()
+                # A child hosted in this process (core.job_host) would die mid-checkpoint if this worker exited
+                # first: wait for it as long as it takes. A spawned one stops by itself after we leave.
+                hosted = status.pid == os.getpid()
                 try:
-                    job.wait(poll=POLL_SECONDS, timeout=CANCEL_WAIT_SECONDS)
+                    job.wait(poll=POLL_SECONDS, timeout=None if hosted else CANCEL_WAIT_SECONDS)
                 except TimeoutError:
                     self.ctx.log(f"job {job.id} did not stop within {CANCEL_WAIT_SECONDS:.0f} s; left to stop")
                 raise JobCancelled()
