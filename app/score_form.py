@@ -7,9 +7,10 @@ submitting the same spec twice joins it (core.jobs ids are hashes of the spec).
 from __future__ import annotations
 
 import dataclasses
+from collections.abc import Mapping, MutableMapping
 from typing import Any
 
-from marginlens.app import llm_endpoints
+from marginlens.app import llm_endpoints, ray_fields
 from marginlens.app.access import EndpointChoice
 from marginlens.core import jobs
 from marginlens.core.errors import MarginLensError
@@ -26,8 +27,43 @@ EXPLICIT_LABELS = {DATASET_SOURCE: "dataset scores (as imported)",
 EXPLICIT_VALUE_HELP = "; ".join(f"{s.option.label}: {s.option.hint}" for s in explicit_scorers() if s.option)
 
 ENDPOINT_KEY = "_score_rating"  # the LLM-rating endpoint picker's widgets (access.endpoint_picker)
+RATING_SOURCE = "llm_rating"
+SOURCE_KEY, SAMPLE_KEY, SEED_KEY = "_score_source", "_score_sample", "_score_seed"  # the Source, Sample, Seed widgets
+SOURCE_FOR = "_score_source_dataset"  # the dataset the Source radio's value was chosen for
 
 __all__ = ["DEFAULT_MAX_LENGTH", "DEFAULT_MAX_PROMPT_LENGTH", "DEFAULT_POLICY", "DTYPES", "MODES"]
+
+
+def default_source(own_scores: bool) -> str:
+    """The explicit source the form starts on: the dataset's own scores when it has them, else an LLM rating
+    (any OpenAI-compatible endpoint, no GPU needed), never "dataset scores" a dataset does not have."""
+    if own_scores:
+        return DATASET_SOURCE
+    return RATING_SOURCE if RATING_SOURCE in EXPLICIT_SOURCES else next(s for s in EXPLICIT_SOURCES if s != DATASET_SOURCE)
+
+
+def source_label(source: str, own_scores: bool) -> str:
+    if source == DATASET_SOURCE and not own_scores:
+        return "none (implicit margin only)"
+    return EXPLICIT_LABELS.get(source, source)
+
+
+def settle_source(state: MutableMapping[str, Any], dataset: str, own_scores: bool,
+                  arrival: Mapping[str, Any] | None = None) -> None:
+    """Set the Source, Sample and Seed widgets' values before the form draws them: what another page sent
+    (navigation.go: e.g. the start page's "rate a sample" step), else the dataset's default source when the
+    dataset changed or the widget has no value yet; a source the user picked for this dataset stays."""
+    arrival = arrival or {}
+    if arrival.get("source") in EXPLICIT_SOURCES:
+        state[SOURCE_KEY] = arrival["source"]
+    elif state.get(SOURCE_FOR) != dataset or state.get(SOURCE_KEY) not in EXPLICIT_SOURCES:
+        state[SOURCE_KEY] = default_source(own_scores)
+    state[SOURCE_FOR] = dataset
+    if "sample" in arrival:
+        state[SAMPLE_KEY] = int(arrival["sample"])
+    if "seed" in arrival:
+        state[SEED_KEY] = int(arrival["seed"])
+    state.setdefault(SEED_KEY, 0)
 
 
 def build_spec(dataset: str, policy: str, reference: str, source: str, explicit_value: str, device: str,
@@ -59,21 +95,6 @@ def with_dtype(spec: Any, dtype: str) -> Any:
 def with_sample(spec: Any, sample: int, seed: int) -> Any:
     """The spec scoring a seeded sample of `sample` pairs (0: all of them)."""
     return dataclasses.replace(spec, sample=int(sample) or None, seed=int(seed))
-
-
-def explicit_note(ws: Workspace, dataset: str) -> str | None:
-    """The plain sentence for a dataset with no explicit margin yet (None when it has one, or cannot tell).
-    Read from the app's cached margin frame of the newest tables: reading the margins again on every rerun
-    of the page would cost seconds at a million pairs."""
-    from marginlens.app.explore_state import margins_for
-    from marginlens.app.explore_view import sources_of
-    from marginlens.core.selection.margins import DEFAULT_BETA, default_scorers
-
-    try:
-        frame = margins_for(ws, dataset, {**default_scorers(ws, dataset), "reference": None, "beta": DEFAULT_BETA})
-    except MarginLensError:
-        return None
-    return sources_of(frame).note
 
 
 def reward_model_note(dataset: str) -> str:
@@ -113,7 +134,7 @@ def submit(ws: Workspace, spec: Any, endpoint: EndpointChoice | None = None) -> 
     from marginlens.core.scoring.score_submit import submit_scoring
 
     env = llm_endpoints.key_env(endpoint) if spec.explicit == "llm_rating" else None
-    handle = submit_scoring(ws, spec, env=env)
+    handle = submit_scoring(ws, spec, env={**(env or {}), **ray_fields.engine_env()} or None)  # Ray: app/ray_fields.py
     cached = ", ".join(handle.cached)
     part = ""
     if handle.targeted is not None and handle.targeted < (handle.total or 0):
@@ -137,7 +158,7 @@ def resume(ws: Workspace, job: jobs.Job, picked: list[EndpointChoice] | None = N
     picked for that URL, or the configured one there), never the key of another URL."""
     rates, url = rating_url(job)
     env = llm_endpoints.key_env(llm_endpoints.for_url(url, picked or [])) if rates else None
-    return jobs.resume(ws, job, env=env)
+    return jobs.resume(ws, job, env={**(env or {}), **ray_fields.resume_env(job)} or None)  # on its last engine
 
 
 def score_jobs(ws: Workspace, dataset: str) -> list[jobs.Job]:

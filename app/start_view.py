@@ -76,11 +76,15 @@ def action_for(step: Step, progress: DatasetProgress) -> Action | None:
         if step.state == "partial":
             return Action("Score more pairs", "score", "opens the Score page with the implicit margin only: a "
                           "larger sample keeps the pairs already scored", {"source": DATASET_SOURCE})
-        sample = explicit.count if explicit.state == "partial" and explicit.count else 0
+        sample, seed = explicit.sample if explicit.state == "partial" and explicit.sample else (0, None)
+        if sample and seed is None:  # another seed's sample, which the table does not record
+            return Action(f"Score {sample:,} pairs", "score", "opens the Score page with the implicit margin only, "
+                          f"a sample of {sample:,}: set the seed the explicit margin's sample was drawn with",
+                          {"source": DATASET_SOURCE, "sample": sample})
         return Action(f"Score {f'the same {sample:,}' if sample else 'all'} pairs", "score",
                       "opens the Score page with the implicit margin only (SmolLM2-135M-Instruct by default, fine "
                       "on a CPU)" + (": the same seeded sample as the explicit margin" if sample else ""),
-                      {"source": DATASET_SOURCE, "sample": sample})
+                      {"source": DATASET_SOURCE, "sample": sample, "seed": seed or 0})
     if step.key == "audit":
         return Action("Audit a subset", "audit", "opens the Audit page: an LLM judge checks the labels of the "
                       "pairs each metric selects")

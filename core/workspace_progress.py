@@ -12,9 +12,8 @@ and reading it again would cost seconds at a million pairs.
 
 from __future__ import annotations
 
-import json
 from dataclasses import dataclass
-from typing import Any, Literal
+from typing import Literal
 
 import numpy as np
 import pandas as pd
@@ -24,12 +23,11 @@ from marginlens.core.data.import_flags import flagged_pairs
 from marginlens.core.job_status import JobState
 from marginlens.core.scoring.llm_rating import is_rating_table
 from marginlens.core.scoring.score_tables import score_manifest
-from marginlens.core.selection.margin_sources import margin_sources
+from marginlens.core.selection.margin_sources import covered_sample, margin_sources
 from marginlens.core.workspace import Workspace
 
 StepState = Literal["done", "partial", "running", "todo"]
 STEP_KEYS = ("import", "explicit", "implicit", "audit", "export")
-MAX_EXPORTS_READ = 500  # export manifests read per call: the start page reruns on every click
 
 
 @dataclass(frozen=True)
@@ -42,6 +40,7 @@ class Step:
     count: int | None = None  # pairs with this margin (margin steps), audits done, exports written
     total: int | None = None  # pairs in the dataset (margin steps)
     source: str | None = None  # the explicit margin's: "dataset" (its own scores), "rating" or "reward" (a table)
+    sample: tuple[int, int | None] | None = None  # the seeded sample (N, seed) a partial margin covers; seed None: unknown
 
     @property
     def done(self) -> bool:
@@ -91,7 +90,8 @@ def _explicit(ws: Workspace, dataset: str, frame: pd.DataFrame, own_scores: bool
         kind = ("rating" if is_rating_table(reward_fp) else "reward") if reward_fp else "dataset"
         source = {"rating": "LLM rating by", "reward": "reward model"}.get(kind)
         what = f"{source} {_model(ws, dataset, reward_fp)}" if source else "the dataset's own scores"
-        return Step("explicit", _coverage(count, total), f"{what}: {count:,} of {total:,} pairs", count, total, kind)
+        return Step("explicit", _coverage(count, total), f"{what}: {count:,} of {total:,} pairs", count, total, kind,
+                    covered_sample(frame, "m_ex"))
     sources = margin_sources(frame)
     if sources.table and sources.table_values is not None:
         valid, asked = sources.table_values
@@ -125,31 +125,15 @@ def _audit(ws: Workspace, dataset: str) -> Step:
     return Step("audit", "todo", "none", 0)
 
 
-def dataset_exports(ws: Workspace, dataset: str) -> list[dict[str, Any]]:
-    """Manifests of the exports written from `dataset` (exports/ holds every dataset's), newest first."""
-    root = ws.exports_dir
-    if not root.is_dir():
-        return []
-    found = []
-    for path in sorted(root.rglob("*manifest.json"))[:MAX_EXPORTS_READ]:
-        try:
-            manifest = json.loads(path.read_text(encoding="utf-8"))
-        except (OSError, ValueError):
-            continue  # a half-written or foreign file is not an export of this dataset
-        if isinstance(manifest, dict) and (manifest.get("source") or {}).get("dataset") == dataset:
-            found.append(manifest)
-    return sorted(found, key=lambda m: str(m.get("created", "")), reverse=True)
-
-
 def _export(ws: Workspace, dataset: str) -> Step:
-    exports = dataset_exports(ws, dataset)
+    from marginlens.core.training.train_data import list_exports
+
+    exports = [e for e in list_exports(ws) if e["dataset"] == dataset]
     if not exports:
         return Step("export", "todo", "none", 0)
     newest = exports[0]
-    output = newest.get("output") or {}
-    name = str(output.get("path", "?")).rsplit("/", 1)[-1]
-    return Step("export", "done", f"{len(exports)} export{'s' if len(exports) > 1 else ''}, newest {name} "
-                                  f"({int(output.get('rows') or 0):,} pairs)", len(exports))
+    return Step("export", "done", f"{len(exports)} export{'s' if len(exports) > 1 else ''}, newest {newest['name']} "
+                                  f"({int(newest['rows'] or 0):,} pairs)", len(exports))
 
 
 def dataset_progress(ws: Workspace, dataset: str, frame: pd.DataFrame) -> DatasetProgress:

@@ -53,7 +53,7 @@ if access.operator_only("scoring"):
         sample = p1.number_input("Sample (pairs; 0 = all)", min_value=0, step=10, key=score_form.SAMPLE_KEY,
                                  help="score a seeded sample: the same pairs every time, and a larger sample "
                                       "reuses the pairs already scored")
-        seed = p2.number_input("Sample seed", min_value=0, value=0, step=1)
+        seed = p2.number_input("Sample seed", min_value=0, step=1, key=score_form.SEED_KEY)
         ray_fields.draw()  # the engine: this machine or a Ray cluster (operators only)
         submitted = st.form_submit_button("Start scoring", type="primary")
 
@@ -87,7 +87,7 @@ for job in score_jobs:
 st.subheader("Finished score tables")
 tables = list_score_tables(ws, dataset)
 if tables:
-    st.dataframe(pd.DataFrame(score_form.table_rows(tables)), hide_index=True, width="stretch",
-                 column_config={"fingerprint": st.column_config.TextColumn(width="large")})
+    widgets.table(pd.DataFrame(score_form.table_rows(tables)), hide_index=True, width="stretch",
+                  column_config={"fingerprint": st.column_config.TextColumn(width="large")})
 else:
     st.caption("None yet. Tables appear here when a job finishes; Explore uses the newest by default.")
