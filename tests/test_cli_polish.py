@@ -121,7 +121,12 @@ def test_train_defaults_to_dpo(tmp_path, tiny_llama, capsys):  # noqa: F811
                          "--device", "cpu", "--dry-run")
     assert code == 0, err
     assert '"method": "dpo"' in out and '"preset": "dpo-paper"' in out
-    assert "dpo (default, as on the dashboard's Train page)" in help_text(capsys, "train")
+    assert "else dpo, as on the dashboard's Train page" in help_text(capsys, "train")
+    # a SimPO preset without --method trains with SimPO, as the preset says
+    code, out, err = run(capsys, "train", str(data), "--workspace", str(tmp_path / "ws"), "--model", str(tiny_llama),
+                         "--device", "cpu", "--preset", "simpo-llama3-8b-instruct", "--dry-run")
+    assert code == 0, err
+    assert '"method": "simpo"' in out
     code, _, err = run(capsys, "train", "--workspace", str(tmp_path / "ws"))
     assert code == 2 and "train needs an EXPORT path" in err and "--method" not in err
 

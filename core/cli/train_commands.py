@@ -29,8 +29,9 @@ def register(sub: argparse._SubParsersAction, common: argparse.ArgumentParser) -
     )
     p.add_argument("export", nargs="?",
                    help="TRL-format data: a .jsonl/.json/.parquet export or a save_to_disk folder")
-    p.add_argument("--method", choices=("dpo", "simpo"), default="dpo",
-                   help="dpo (default, as on the dashboard's Train page): DPOTrainer; simpo: CPOTrainer, loss simpo")
+    p.add_argument("--method", choices=("dpo", "simpo"), default=None,
+                   help="dpo: DPOTrainer; simpo: CPOTrainer, loss simpo (default: the --preset's method, else dpo, "
+                        "as on the dashboard's Train page)")
     p.add_argument("--preset", default=None,
                    help="recipe to start from (default: dpo-paper / simpo-llama3-8b-instruct; see --list-presets)")
     p.add_argument("--model", default=None,
@@ -112,7 +113,8 @@ def cmd_train(args: argparse.Namespace) -> int:
     if not export.exists() and not export.is_absolute() and (ws.exports_dir / export).exists():
         export = ws.exports_dir / export  # the name `marginlens select --out` gave, inside the workspace
     overrides = settings.parse_overrides(args.overrides)
-    spec = build_spec(str(export), args.method, preset=args.preset, model=args.model,
+    method = args.method or (presets.preset_method(args.preset) if args.preset else "dpo")
+    spec = build_spec(str(export), method, preset=args.preset, model=args.model,
                                overrides=overrides, device=args.device)
     if args.dry_run:
         print(json.dumps(spec.to_params(), indent=2, sort_keys=True))

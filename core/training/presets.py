@@ -140,6 +140,13 @@ def list_presets(method: str | None = None) -> dict[str, dict[str, Any]]:
     return {k: v for k, v in PRESETS.items() if method is None or v["method"] == method}
 
 
+def preset_method(name: str) -> str:
+    """The method a preset is for (dpo or simpo): the CLI's default --method when a preset is named."""
+    if name not in PRESETS:
+        raise MarginLensError(f"unknown training preset {name!r} (known: {', '.join(PRESETS)})")
+    return str(PRESETS[name]["method"])
+
+
 def preset_values(name: str) -> dict[str, Any]:
     if name not in PRESETS:
         raise MarginLensError(f"unknown training preset {name!r} (known: {', '.join(PRESETS)})")
