@@ -64,6 +64,8 @@ def test_a_one_step_run_of_the_train_job_steps_at_a_non_zero_rate(tmp_path, tiny
     assert "warmup clamped to 0 steps" in capsys.readouterr().out  # said in the job's log
     # without the training set's size nothing is clamped (TRL validation only)
     assert settings.make_trl_config(spec, str(tmp_path / "v")).warmup_steps == 0.1
+    # the TRL config file written beside the job runs the same schedule outside MarginLens
+    assert "warmup_steps: 0\n" in settings.trl_config_text(spec, str(tmp_path / "o"), n_pairs=len(dataset))
 
 
 def test_the_plan_says_each_steps_rate_or_the_warmup_and_peak():

@@ -321,8 +321,9 @@ def _dataset_entry(data: Path) -> dict[str, Any]:
     return {**entry, "split": "train", "columns": [c for c in RESPONSE_COLUMNS if c in names]}
 
 
-def trl_config_document(spec: TrainSpec, output_dir: str) -> dict[str, Any]:
-    """The YAML mapping TRL's `TrlParser` reads: ModelConfig + config-class fields + a dataset mixture."""
+def trl_config_document(spec: TrainSpec, output_dir: str, n_pairs: int | None = None) -> dict[str, Any]:
+    """The YAML mapping TRL's `TrlParser` reads: ModelConfig + config-class fields + a dataset mixture; with
+    the training set's size, the warmup clamped as make_trl_config clamps it (the same run, outside too)."""
     settings = spec.settings
     doc: dict[str, Any] = {"model_name_or_path": spec.model_path}
     if spec.model_revision:
@@ -338,7 +339,12 @@ def trl_config_document(spec: TrainSpec, output_dir: str) -> dict[str, Any]:
             lora_target_modules=settings["lora_target_modules"],
         )
     doc["datasets"] = [_dataset_entry(Path(spec.data))]
-    doc.update(spec.trl)
+    trl = dict(spec.trl)
+    if n_pairs is not None:
+        from marginlens.core.training.lr_schedule import clamp_warmup, steps_per_run
+
+        trl, _ = clamp_warmup(trl, steps_per_run(n_pairs, trl, spec.settings))
+    doc.update(trl)
     doc["output_dir"] = output_dir
     if int(settings.get("num_processes") or 1) > 1:
         doc["num_processes"] = int(settings["num_processes"])  # passed through to accelerate launch
@@ -347,7 +353,7 @@ def trl_config_document(spec: TrainSpec, output_dir: str) -> dict[str, Any]:
     return doc
 
 
-def trl_config_text(spec: TrainSpec, output_dir: str, job_id: str = "") -> str:
+def trl_config_text(spec: TrainSpec, output_dir: str, job_id: str = "", n_pairs: int | None = None) -> str:
     import yaml
 
     if spec.method == "dpo":
@@ -364,4 +370,4 @@ def trl_config_text(spec: TrainSpec, output_dir: str, job_id: str = "") -> str:
         "# Start the same run outside MarginLens with:\n" + how +
         "# Its output_dir is a folder of its own, so it never overwrites this job's checkpoints.\n"
     )
-    return header + yaml.safe_dump(trl_config_document(spec, output_dir), sort_keys=False)
+    return header + yaml.safe_dump(trl_config_document(spec, output_dir, n_pairs), sort_keys=False)

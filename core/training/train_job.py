@@ -179,9 +179,6 @@ def run(ctx: JobContext) -> dict[str, Any]:
     if isinstance(finished, dict) and (results / runs.FINAL_DIR / "config.json").is_file():
         ctx.log("the run had finished before its worker stopped: its final model is kept, nothing is retrained")
         return {**finished, **_keep_only_final(ctx, spec, results)}
-    if ctx.is_main:
-        text = settings.trl_config_text(spec, output_dir=str(results / "trl-cli-output"), job_id=ctx.job.id)
-        write_text(results / settings.TRL_CONFIG_FILE, text)
     if train_data.data_fingerprint(spec.data) != spec.data_fingerprint:
         raise MarginLensError(
             f"{spec.data} changed since this run was submitted; submit it again to train on the new content"
@@ -197,6 +194,10 @@ def _train(ctx: JobContext, spec: TrainSpec, results: Path) -> dict[str, Any]:
     ctx.check_cancel()
     ctx.log(f"{spec.method} on {spec.data} with {spec.model} ({spec.device}), preset {spec.preset}")
     dataset = train_data.load_training_data(spec.data)
+    if ctx.is_main:  # with the data's size: its warmup is the one this run trains with
+        text = settings.trl_config_text(spec, output_dir=str(results / "trl-cli-output"), job_id=ctx.job.id,
+                                        n_pairs=len(dataset))
+        write_text(results / settings.TRL_CONFIG_FILE, text)
     callback = _callback(ctx, metrics)
     trainer = runs.build_trainer(spec, dataset, checkpoints, callbacks=[callback])
     callback.trainer = trainer
