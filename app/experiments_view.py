@@ -22,6 +22,9 @@ from marginlens.core.workspace import Workspace
 
 BASELINE = "baseline (starting model)"
 
+# what an empty training-settings box means, and an example that is visibly not a value in it
+SETTINGS_PLACEHOLDER = "empty: the preset's settings. Example, not applied: max_steps=20"
+
 
 def overrides_from_text(text: str) -> dict[str, Any]:
     """One key=value per line (blank lines and # comments skipped), as `--set` reads each."""

@@ -38,7 +38,6 @@ from marginlens.core.training.presets import METHODS
 
 JOB_KEY = "experiments_job"  # the experiment the page shows; kept across pages
 # Shown in the empty box: worded as an example, so it never reads as a value in force.
-SETTINGS_PLACEHOLDER = "empty: the preset's settings. Example, not applied: max_steps=20"
 ENDPOINT_KEY = "_exp_endpoint"  # the evaluator endpoint picker's widgets (access.endpoint_picker)
 
 ws = workspace()
@@ -106,7 +105,7 @@ def _form() -> EndpointChoice | None:
         reference_fp = c3.selectbox("Reference table (the DPO form; dpo_gap needs it)", tables["logprob"],
                                     format_func=ev.table_label("none"), key="_exp_reference_fp")
     settings = st.text_area("Training settings, the same for every run (one key=value per line; empty: the "
-                            "preset's)", key="_exp_settings", value="", placeholder=SETTINGS_PLACEHOLDER,
+                            "preset's)", key="_exp_settings", value="", placeholder=ev.SETTINGS_PLACEHOLDER,
                             help="e.g. max_steps=20 or learning_rate=1e-5, one per line; only what is typed here "
                                  "is applied, and the plan below lists what each run gets")
     try:

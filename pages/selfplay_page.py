@@ -10,7 +10,7 @@ from marginlens.app import access, llm_endpoints, widgets
 from marginlens.app import selfplay_timeline as tl
 from marginlens.app import selfplay_view as sv
 from marginlens.app.access import EndpointChoice
-from marginlens.app.experiments_view import overrides_from_text
+from marginlens.app.experiments_view import SETTINGS_PLACEHOLDER, overrides_from_text
 from marginlens.app.job_panel import job_panel
 from marginlens.app.state import current_dataset, workspace
 from marginlens.app.training_view import dashboard_overrides
@@ -143,7 +143,7 @@ def _form() -> dict[str, EndpointChoice | None]:
     method = c1.radio("Method", METHODS, index=METHODS.index("simpo"), format_func=str.upper, key="_sp_method")
     preset = c2.text_input("Preset (empty: the method's)", key="_sp_preset")
     settings = c3.text_area("Training settings, the same for every run (one key=value per line)", key="_sp_settings",
-                            placeholder="max_steps=20\nlearning_rate=1e-5")
+                            placeholder=SETTINGS_PLACEHOLDER)
     try:
         form = {"annotate": annotate.strip(), "eval": evaluator.strip(), "policy": policy.strip() or None,
                 "evolver": evolver.strip() or None, "evolver_url": None, "evolver_key_env": None,

@@ -91,3 +91,12 @@ print([e.value for e in at.error], "time: about" in shown, [m for m in {HEAVY!r}
     assert out.returncode == 0, out.stderr[-2000:]
     # the plan was made (so the settings were resolved) without importing any of them
     assert out.stdout.strip().splitlines()[-1] == "[] True []", out.stdout + out.stderr[-2000:]
+
+
+def test_the_self_play_settings_box_is_empty_with_an_example_that_says_it_is_not_applied(lab_ws):
+    at = app_test("selfplay_page.py", lab_ws)
+    at.run(timeout=120)
+    no_errors(at)
+    settings = at.text_area(key="_sp_settings")
+    assert settings.value in ("", None)
+    assert settings.placeholder.startswith("empty: the preset's settings. Example, not applied:")
