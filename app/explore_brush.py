@@ -93,6 +93,6 @@ def restrict_selection(selection: Selection, inside: np.ndarray | None, brush: d
         return selection
     keep = selection.positions[inside[selection.positions]]
     ids = set(np.asarray(selection.pair_ids, dtype=object)[inside[selection.positions]].tolist())
-    note = f"restricted to the scatter selection ({describe_brush(brush)}): {keep.size} of {selection.positions.size}"
+    note = f"restricted to the scatter selection ({describe_brush(brush)}): {keep.size:,} of {selection.positions.size:,}"
     return dataclasses.replace(selection, positions=keep, pair_ids=[p for p in selection.pair_ids if p in ids],
                                warnings=[*selection.warnings, note])

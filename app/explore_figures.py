@@ -1,4 +1,5 @@
-"""The Explore page's figures, without Streamlit: the m_ex vs m_im scatter and the margin/score histograms."""
+"""The Explore page's figures, without Streamlit: the m_ex vs m_im scatter, the margin/score histograms and
+the top-k overlap heatmap."""
 
 from __future__ import annotations
 
@@ -116,7 +117,7 @@ def scatter_figure(
     else:
         member = view.selected[pos]
         trace(np.flatnonzero(~member), "not selected", color="#b0b0b0", opacity=0.5)
-        trace(np.flatnonzero(member), f"selected (top {view.selection.k})", color="#d81b60", opacity=0.8)
+        trace(np.flatnonzero(member), f"selected (top {view.selection.k:,})", color="#d81b60", opacity=0.8)
     if inside is not None:
         # the brushed points on top, ringed, so the selection stays visible after the rerun
         trace(np.flatnonzero(inside[pos]), "in scatter selection", color="rgba(0,0,0,0)", size=7,
@@ -164,6 +165,19 @@ def histogram_figure(values: np.ndarray, selected: np.ndarray, title: str, marks
     fig.update_layout(title=title, barmode="overlay", height=290, showlegend=True,
                       legend={"orientation": "h", "yanchor": "top", "y": -0.15, "x": 0},
                       margin={"l": 10, "r": 10, "t": 40, "b": 10})
+    return fig
+
+
+def overlap_figure(matrix: pd.DataFrame) -> go.Figure:
+    """The top-k overlap matrix (explore_tables.overlap_matrix) as a heatmap with each count written in its cell.
+    No fixed width: it fills its column at any number of metrics, where a table of twelve was cut off."""
+    names = [str(n) for n in matrix.columns]
+    values = matrix.to_numpy().tolist()  # plain lists: a few dozen cells, readable in the figure's JSON
+    fig = go.Figure(go.Heatmap(z=values, x=names, y=names, text=values, texttemplate="%{text}", colorscale="Blues",
+                               showscale=False, xgap=1, ygap=1,
+                               hovertemplate="%{y} ∩ %{x}: %{z} pairs<extra></extra>"))
+    fig.update_layout(height=110 + 34 * len(names), margin={"l": 10, "r": 10, "t": 10, "b": 10},
+                      xaxis={"side": "top", "tickangle": -45}, yaxis={"autorange": "reversed"})
     return fig
 
 

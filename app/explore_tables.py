@@ -12,7 +12,9 @@ from marginlens.app.explore_view import ExploreView
 from marginlens.core.data.pairs import load_texts
 from marginlens.core.errors import MarginLensError
 from marginlens.core.selection.compare import CompareReport
+from marginlens.core.selection.compare import label_contradictions as contradicted_rows
 from marginlens.core.selection.margins import pair_texts
+from marginlens.core.selection.metrics import PAPER_METRICS
 from marginlens.core.workspace import Workspace
 
 TABLE_CHARS = 80  # previews in the table: enough to recognise a pair, never the full text
@@ -142,23 +144,17 @@ def pick_reason(view: ExploreView, pos: int) -> dict[str, Any]:
 
 
 def label_contradictions(margins: pd.DataFrame, top: int = 50) -> tuple[pd.DataFrame, dict[str, int]]:
-    """Pairs whose explicit margin is below 0 -- the reward model or the dataset's own scores prefer the rejected
-    answer, against the label -- most negative m_ex first, then most negative m_im (both margins against the
-    label), then source order; with counts {"n": all such pairs, "both": those with m_im < 0 too}. The likeliest
-    label noise: on the built-in demo these are exactly its flipped labels."""
-    cols = frame_columns(margins)
-    pos = np.flatnonzero(cols.m_ex < 0)  # NaN compares False: pairs without m_ex are never listed
-    m_im = np.where(np.isfinite(cols.m_im[pos]), cols.m_im[pos], np.inf)  # no m_im: after those that have one
-    order = np.lexsort((pos, m_im, cols.m_ex[pos]))
-    picked = pos[order][:top]
+    """core.selection.compare.label_contradictions (the list `marginlens compare` prints too) as the table
+    Explore shows, with its counts {"n", "both"}."""
+    rows, counts = contradicted_rows(margins, top=top)
     frame = pd.DataFrame({
-        "pair_id": margins["pair_id"].iloc[picked].to_numpy(dtype=object),
-        "row": margins["source_row"].to_numpy()[picked],
-        "m_ex": cols.m_ex[picked],
-        "m_im": cols.m_im[picked],
-        "prompt": margins["prompt_preview"].iloc[picked].str.slice(0, TABLE_CHARS).to_numpy(dtype=object),
+        "pair_id": [r["pair_id"] for r in rows],
+        "row": np.array([r["source_row"] for r in rows], dtype=np.int64),
+        "m_ex": np.array([r["m_ex"] for r in rows], dtype=np.float64),
+        "m_im": np.array([np.nan if r["m_im"] is None else r["m_im"] for r in rows], dtype=np.float64),
+        "prompt": [r["prompt_preview"][:TABLE_CHARS] for r in rows],
     })
-    return frame, {"n": int(pos.size), "both": int((cols.m_im[pos] < 0).sum())}
+    return frame, counts
 
 
 def pair_details(ws: Workspace, dataset: str, margins: pd.DataFrame, view: ExploreView, pair_id: str,
@@ -208,13 +204,29 @@ def pair_details(ws: Workspace, dataset: str, margins: pd.DataFrame, view: Explo
     }
 
 
-def overlap_matrix(report: CompareReport) -> pd.DataFrame:
-    """compare_metrics' pairwise overlap rows as a square matrix of intersection sizes (diagonal = k)."""
-    metrics = list(report.selected)
+def compared_by_default(report: CompareReport) -> list[str]:
+    """The metrics the overlap matrix and correlations show until the user picks: the paper's four (those that
+    ran), else every one compared. Twelve registered rules make a matrix no page column holds."""
+    paper = [name for name in PAPER_METRICS if name in report.selected]
+    return paper if len(paper) >= 2 else list(report.selected)
+
+
+def correlation_rows(report: CompareReport, metrics: list[str]) -> list[dict[str, Any]]:
+    """compare_metrics' rank-correlation rows between two of `metrics` only."""
+    keep = set(metrics)
+    return [row for row in report.correlations if row["metric_a"] in keep and row["metric_b"] in keep]
+
+
+def overlap_matrix(report: CompareReport, metrics: list[str] | None = None) -> pd.DataFrame:
+    """compare_metrics' pairwise overlap rows as a square matrix of intersection sizes (diagonal = k), over
+    `metrics` (default: every one compared), in the report's order."""
+    metrics = [m for m in report.selected if metrics is None or m in metrics]
     matrix = pd.DataFrame(0, index=metrics, columns=metrics, dtype=np.int64)
     for m in metrics:
         matrix.loc[m, m] = len(report.selected[m])
     for row in report.overlap:
+        if row["metric_a"] not in matrix.index or row["metric_b"] not in matrix.index:
+            continue
         matrix.loc[row["metric_a"], row["metric_b"]] = row["intersection"]
         matrix.loc[row["metric_b"], row["metric_a"]] = row["intersection"]
     return matrix

@@ -12,7 +12,7 @@ from marginlens.app.explore_view import sources_of
 from marginlens.core.errors import MarginLensError
 from marginlens.core.scoring.llm_rating import is_rating_table
 from marginlens.core.scoring.rewards import PAPER_REWARD_MODEL, reward_model_command
-from marginlens.core.selection.margin_sources import MarginSources
+from marginlens.core.selection.margin_sources import MarginSources, without_explicit_words
 from marginlens.core.selection.margins import DEFAULT_BETA, default_scorers
 from marginlens.core.workspace import Workspace
 
@@ -32,11 +32,11 @@ def explicit_words(sources: MarginSources, here: bool = False) -> str | None:
         valid, total = sources.table_values
         what = "rating" if is_rating_table(sources.table) else "reward"
         return (f"No usable explicit margin: a {what} table exists ({sources.table}) with {valid:,} of {total:,} "
-                f"values valid, and no pair has both, so M_AP and the explicit metric cannot run; the implicit and "
-                f"random metrics can. {where}, rate again with another model or endpoint (a new table), or score "
+                f"values valid, and no pair has both, so M_AP and the explicit metric cannot run; "
+                f"{without_explicit_words()} can. {where}, rate again with another model or endpoint (a new table), or score "
                 f"with a reward model on a GPU.")
     return ("No explicit margin yet: this dataset has no reward scores of its own and no rating or reward table, "
-            "so M_AP and the explicit metric cannot run; the implicit and random metrics can. " + how)
+            f"so M_AP and the explicit metric cannot run; {without_explicit_words()} can. " + how)
 
 
 def implicit_words(sources: MarginSources, here: bool = False) -> str | None:
@@ -50,6 +50,16 @@ def implicit_words(sources: MarginSources, here: bool = False) -> str | None:
 def missing_words(sources: MarginSources, here: bool = False) -> str | None:
     """Every missing-margin sentence (sources: explore_view.sources_of a margin frame), explicit first."""
     return " ".join(t for t in (explicit_words(sources, here), implicit_words(sources, here)) if t) or None
+
+
+def cannot_run_words(metrics: list[str], sources: MarginSources) -> str:
+    """Why `metrics` cannot run on the frame `sources` describes, and what can: the page's words for core's
+    error (which names the commands that score the missing margin)."""
+    why = missing_words(sources) or ("They need a column this dataset lacks: a reference model's log-probs (the "
+                                     "DPO-form margin) or an audit's verdicts.")
+    return (f"{'Metrics' if len(metrics) > 1 else 'Metric'} {', '.join(metrics)} cannot run on this dataset. {why} "
+            "What runs now: "
+            + (", ".join(sources.runnable) or "nothing yet") + ".")
 
 
 def reward_model_words(dataset: str) -> str:

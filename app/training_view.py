@@ -204,5 +204,5 @@ def batch_warning(resolved: dict[str, Any], rows: int | None) -> str | None:
     batch = effective_batch(resolved)
     if not isinstance(rows, int) or batch <= rows:
         return None
-    return (f"The effective batch ({batch} pairs per optimizer step) is larger than the export ({rows} pairs): "
+    return (f"The effective batch ({batch:,} pairs per optimizer step) is larger than the export ({rows:,} pairs): "
             f"each epoch is a single, partial step. Lower effective_batch_size to at most {rows}.")

@@ -157,20 +157,32 @@ def untrusted_text(text: str, height: int | None = None) -> None:
 PAIR_ID_WIDTH = 270  # px: the whole 32-character id, so two ids can be told apart
 
 
+MISSING = "—"  # what every table draws for a missing value: the browser's own "None" reads as a value
+
+
+def table(data: Any, **kwargs: Any) -> Any:
+    """st.dataframe drawing a missing cell as MISSING: the browser draws the `placeholder` there, whatever a
+    pandas Styler's na_rep says (a table meant to show blanks passes placeholder="")."""
+    return st.dataframe(data, **{"placeholder": MISSING, **kwargs})
+
+
 def dash_missing(frame: pd.DataFrame) -> Any:
-    """`frame` for st.dataframe with a missing value (None, NaN, <NA>) shown as "—", not as "None"; the
-    columns keep their dtypes, so numbers still sort as numbers. A Styler renders every cell in Python:
-    only for the rows a page shows (hundreds), never a whole margin frame."""
-    return frame.style.format(na_rep="—", precision=3)
+    """`frame` for st.dataframe with a missing value (None, NaN, <NA>) written "—" and numbers to three
+    decimals; the columns keep their dtypes, so numbers still sort as numbers. Only what the server renders:
+    the browser draws its placeholder in a missing cell (pass it through `table`). A Styler renders every cell
+    in Python: only for the rows a page shows (hundreds), never a whole margin frame."""
+    return frame.style.format(na_rep=MISSING, precision=3)
 
 
 def table_with_pick(frame: pd.DataFrame, key: str, height: int = 360, style: Any = None,
                     column_config: dict[str, Any] | None = None, placeholder: str | None = None) -> str | None:
     """A dataframe with single-row selection; returns the pair_id of a newly clicked row, else None. `style`
     (frame -> Styler, dash_missing by default) and `column_config` let a page format and size its columns;
-    `placeholder` is what the browser draws for a missing value (it ignores a Styler's text there)."""
+    `placeholder` is what the browser draws for a missing value (MISSING by default; it ignores a Styler's text
+    there)."""
     event = st.dataframe((style or dash_missing)(frame), key=key, on_select="rerun", selection_mode="single-row",
-                         hide_index=True, width="stretch", height=height, placeholder=placeholder,
+                         hide_index=True, width="stretch", height=height,
+                         placeholder=MISSING if placeholder is None else placeholder,
                          column_config={"pair_id": st.column_config.TextColumn("pair_id", width=PAIR_ID_WIDTH),
                                         **(column_config or {})})
     rows = event.selection.rows if event and hasattr(event, "selection") else []

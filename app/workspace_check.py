@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import pandas as pd
 import streamlit as st
+from marginlens.app import widgets
 from marginlens.core.workspace import Workspace
 
 _FINDINGS = "_workspace_check_findings"
@@ -27,5 +28,5 @@ def workspace_check(ws: Workspace) -> None:
             return
         st.error(f"{len(report.findings)} damaged: `{ws.doctor_command()}` repairs them (damaged files are moved "
                  f"to {ws.root / 'quarantine'}, never deleted).")
-        st.dataframe(pd.DataFrame([{"what": f.kind, "file": str(f.path), "problem": f.problem, "repair": f.fix}
-                                   for f in report.findings]), hide_index=True, width="stretch")
+        widgets.table(pd.DataFrame([{"what": f.kind, "file": str(f.path), "problem": f.problem, "repair": f.fix}
+                                    for f in report.findings]), hide_index=True, width="stretch")

@@ -15,6 +15,7 @@ import pandas as pd
 import streamlit as st
 from marginlens.app import access, audit_start, explore_state, llm_endpoints, navigation, widgets
 from marginlens.app.job_panel import job_panel
+from marginlens.app.margin_hints import cannot_run_words
 from marginlens.app.state import page_with_dataset
 from marginlens.core.audit.agreement_chart import agreement_figure, chart_frame
 from marginlens.core.audit.audit_job import list_audits
@@ -40,7 +41,7 @@ from marginlens.core.chat_client import Endpoint
 from marginlens.core.data.flags import FLAG_ACTIONS, flag_pairs, flags_summary, load_flags, unflag_pairs
 from marginlens.core.errors import MarginLensError
 from marginlens.core.jobs import get_job
-from marginlens.core.selection.margin_sources import margin_sources
+from marginlens.core.selection.margin_sources import margin_sources, without_explicit_words
 from marginlens.core.selection.margins import pair_texts, scored_counts
 from marginlens.core.selection.metrics import MetricParams, metric_names
 
@@ -76,8 +77,8 @@ if sources is not None and not sources.explicit:
     why = ("no reward scores of its own, no reward or rating table" if not (sources.table and sources.table_values)
            else f"its reward or rating table has {sources.table_values[0]:,} valid of {sources.table_values[1]:,} "
                 "values and gives no pair a margin")
-    st.info(f"No explicit margin on this dataset ({why}), so the M_AP and explicit subsets cannot be audited; the "
-            "implicit and random subsets can."
+    st.info(f"No explicit margin on this dataset ({why}), so the M_AP and explicit subsets cannot be audited; "
+            f"{without_explicit_words('subset')} can."
             + (" To add one, rate each response with an LLM (any OpenAI-compatible endpoint) or a reward model on "
                "the Score page." if operator else ""))
     if operator:
@@ -118,6 +119,8 @@ if operator:
 
     if estimate_clicked:
         try:
+            if sources is not None and (lacking := [m for m in subsets if m not in sources.runnable]):
+                raise MarginLensError(cannot_run_words(lacking, sources))  # not core's CLI words
             picked = build_subsets(ws, dataset, metrics=tuple(subsets), ratio=float(ratio),
                                    params=MetricParams(weight=float(weight)), policy_fp=scorers["policy"],
                                    reward_fp=scorers["reward"])
@@ -163,7 +166,7 @@ titles, labels = {}, {}
 for job in audits:
     spec_params = job.spec.get("params", {})
     titles[job.id] = (f"judge {spec_params.get('endpoint', {}).get('model')} · "
-                      f"{len(unique_pairs(spec_params['samples']))} pairs · {job.spec.get('created', '')}"
+                      f"{len(unique_pairs(spec_params['samples'])):,} pairs · {job.spec.get('created', '')}"
                       + (f" · re-ask {spec_params['reask']}" if spec_params.get("reask") else ""))
     labels[job.id] = f"{titles[job.id]} · {job.status().state}"
 if st.session_state.get(NEXT_JOB) in labels:  # a re-ask started below, shown from this run on
@@ -198,7 +201,7 @@ if not answered.any():  # an empty chart and a table of None say nothing yet
     st.info("No verdict yet: the agreement chart and the verdict table appear with the judge's first answers.")
     st.stop()
 if overall["pending"]:
-    st.caption(f"{overall['pending']} of {overall['n']} sampled pairs are not judged yet: the numbers are partial.")
+    st.caption(f"{overall['pending']:,} of {overall['n']:,} sampled pairs are not judged yet: the numbers are partial.")
 if note := no_decisive_note(overall, live=status.live):
     st.info(note)  # in place of a chart of empty bars
 else:
@@ -209,7 +212,7 @@ stats = chart_frame(report)
 for column, fmt in (("agreement", "{:.0%}"), ("ci_low", "{:.0%}"), ("ci_high", "{:.0%}"),
                     ("position_consistency", "{:.0%}"), ("kappa", "{:.2f}")):
     stats[column] = [fmt.format(v) if v is not None and v == v else "—" for v in stats[column]]  # v != v: NaN
-st.dataframe(stats, hide_index=True, width="stretch", column_config={
+widgets.table(stats, hide_index=True, width="stretch", column_config={
                  "ci_low": st.column_config.Column("95% CI low"), "ci_high": st.column_config.Column("95% CI high"),
                  "decisive": st.column_config.Column("decisive pairs"), "n": st.column_config.Column("pairs"),
                  "position_consistency": st.column_config.Column("position consistency"),
@@ -238,7 +241,7 @@ if reask is not None:
 st.subheader("Verdicts")
 frame = frame[answered].reset_index(drop=True)
 if not answered.all():
-    st.caption(f"{int((~answered).sum())} sampled pairs have no answer yet and are not listed.")
+    st.caption(f"{int((~answered).sum()):,} sampled pairs have no answer yet and are not listed.")
 frame["subsets"] = frame["subsets"].str.join(", ")
 for column in ("agrees", "consistent"):  # None (no decisive answer) would show as "None"
     frame[column] = frame[column].map(lambda v: "—" if pd.isna(v) else YES_NO[bool(v)])
@@ -278,11 +281,11 @@ if operator:  # flags change what every export leaves out: the operator's
     if f3.button(f"Flag all {len(reversed_here)} disagreements", key="_audit_flag_all", disabled=not reversed_here):
         ids = flag_disagreements(ws, dataset, judge, action=action, prompt_version=params.prompt_version,
                                  pair_ids=params.pair_ids)
-        st.session_state[NOTICE] = f"Flagged {len(ids)} pairs the judge reverses ({action})."
+        st.session_state[NOTICE] = f"Flagged {len(ids):,} pairs the judge reverses ({action})."
         st.rerun()
 summary = flags_summary(ws, dataset)
 st.caption(f"This pair: {'flagged ' + current['action'] if current else 'not flagged'}. Dataset: "
-           f"{len(summary['excluded'])} pairs flagged exclude, {len(summary['swapped'])} flagged swap; the Export "
+           f"{len(summary['excluded']):,} pairs flagged exclude, {len(summary['swapped']):,} flagged swap; the Export "
            "page applies them unless its \"Apply audit flags\" switch is off.")
 
 with st.expander("Pair and every stored answer", expanded=False):
@@ -290,8 +293,8 @@ with st.expander("Pair and every stored answer", expanded=False):
     if answers.empty:
         st.caption("No answer stored for this pair yet.")
     else:
-        st.dataframe(answers[["judge_model", "prompt_version", "order", "choice", "prefers", "rationale", "raw",
-                              "invalid_reason"]], hide_index=True, width="stretch")
+        widgets.table(answers[["judge_model", "prompt_version", "order", "choice", "prefers", "rationale", "raw",
+                               "invalid_reason"]], hide_index=True, width="stretch")
     for row in pair_texts(ws, dataset, [pair_id]):
         for message in row["prompt"]:
             st.caption(widgets.md_escape(message["role"]))

@@ -115,7 +115,7 @@ if not names:
     st.stop()
 
 st.subheader("Datasets")
-st.dataframe(readers.dataset_rows(ws, names), hide_index=True, width="stretch")  # a damaged one listed as such
+widgets.table(readers.dataset_rows(ws, names), hide_index=True, width="stretch")  # a damaged one listed as such
 workspace_check(ws)
 
 name = dataset_picker(names)
@@ -131,9 +131,9 @@ c4.metric("Kept with flags", f"{flagged:,}", help=import_flags.FLAGS_KEPT)
 
 st.subheader("Validation report")
 if manifest.get("rejects"):
-    st.dataframe(pd.DataFrame(sorted(manifest["rejects"].items()), columns=["reason", "rows"]), hide_index=True)
+    widgets.table(pd.DataFrame(sorted(manifest["rejects"].items()), columns=["reason", "rows"]), hide_index=True)
     st.caption(f"Rejected rows (with the original record) are in `{ws.rejects_path(name)}`.")
-    st.dataframe(readers.rejects(str(ws.root), name, manifest["fingerprint"]), hide_index=True, width="stretch")
+    widgets.table(readers.rejects(str(ws.root), name, manifest["fingerprint"]), hide_index=True, width="stretch")
 else:
     st.write("Every row was imported.")
 if flagged:
@@ -146,13 +146,13 @@ if flagged:
                            for c in counts))
 if manifest.get("warnings"):
     st.caption(f"Row details ({manifest.get('warnings_total', len(manifest['warnings'])):,} flagged rows say more):")
-    st.dataframe(pd.DataFrame(manifest["warnings"]), hide_index=True, width="stretch")
+    widgets.table(pd.DataFrame(manifest["warnings"]), hide_index=True, width="stretch")
 
 st.subheader("Pairs")
 page_size = 50
 pages = max(1, -(-rows["imported"] // page_size))
-page = st.number_input(f"Page (of {pages})", min_value=1, max_value=pages, value=1)
-st.dataframe(
+page = st.number_input(f"Page (of {pages:,})", min_value=1, max_value=pages, value=1)
+widgets.table(
     readers.preview(str(ws.root), name, manifest["fingerprint"], (page - 1) * page_size, page_size),
     hide_index=True,
     width="stretch",

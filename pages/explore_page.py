@@ -9,11 +9,13 @@ import pandas as pd
 import streamlit as st
 from marginlens.app import explore_state, widgets
 from marginlens.app.explore_brush import brush_from_event, brush_key, brush_mask, describe_brush
-from marginlens.app.explore_figures import histogram_figure, histogram_marks, scatter_figure
+from marginlens.app.explore_figures import histogram_figure, histogram_marks, overlap_figure, scatter_figure
 from marginlens.app.explore_frame import frame_columns
 from marginlens.app.explore_shift import margin_shift, shift_figure
 from marginlens.app.explore_tables import (
     TABLE_SORTS,
+    compared_by_default,
+    correlation_rows,
     label_contradictions,
     overlap_matrix,
     pair_details,
@@ -34,6 +36,7 @@ from marginlens.app.explore_widgets import pair_card, pair_table_columns
 from marginlens.app.margin_hints import missing_words
 from marginlens.app.state import page_with_dataset
 from marginlens.core.errors import MarginLensError
+from marginlens.core.selection.compare import CONTRADICTED_TITLE, SUSPECTS_TITLE
 
 # A run's server time goes to the server's log (a warning when a person would notice the wait), not onto the page.
 SLOW_RUN_S = 2.0
@@ -179,23 +182,31 @@ def contradictions() -> None:
     st.markdown(f"**Quadrants** (m_ex split {quads.ex_split:.3f}, "
                 f"{'|m_im|' if quads.im_axis == 'abs' else 'm_im'} split {quads.im_split:.3f}); "
                 f"top {report.k:,} of {report.n:,} pairs with both margins per metric")
-    st.dataframe(widgets.dash_missing(pd.DataFrame(quads.counts)), hide_index=True, width="stretch", placeholder="—")
+    widgets.table(widgets.dash_missing(pd.DataFrame(quads.counts)), hide_index=True, width="stretch")
     st.caption(quadrant_legend(quads.im_axis))  # the splits are in the heading above
-    left, right = st.columns(2)
-    with left:
-        st.markdown("**Top-k overlap** (pairs in both sets; diagonal = k)")
-        st.dataframe(overlap_matrix(report), width="stretch")
-    with right:
-        st.markdown("**Rank correlations**")
-        st.dataframe(widgets.dash_missing(pd.DataFrame(report.correlations)), hide_index=True, width="stretch",
-                     placeholder="—")
+    options = list(report.selected)  # the key names them: another dataset's choices are never carried over
+    shown = st.multiselect("Metrics compared", options, default=compared_by_default(report),
+                           key="_compared:" + ",".join(options),
+                           help="The overlap and the rank correlations of these; the paper's four by default.")
+    if len(shown) < 2:
+        st.info("Pick two or more metrics to see how their top-k sets overlap and how their rankings correlate.")
+    else:
+        left, right = st.columns(2)
+        with left:
+            st.markdown("**Top-k overlap** (pairs in both sets; diagonal = k)")
+            st.plotly_chart(overlap_figure(overlap_matrix(report, shown)), width="stretch", key="_overlap",
+                            config={"displaylogo": False})
+        with right:
+            st.markdown("**Rank correlations**")
+            widgets.table(widgets.dash_missing(pd.DataFrame(correlation_rows(report, shown))), hide_index=True,
+                          width="stretch")
     label_noise(report)
 
 
 def label_noise(report) -> None:
     """Two lists, because "large m_ex, m_im < 0" is label noise only where the explicit margin can be wrong."""
     against, n = label_contradictions(margins, top=50)
-    st.markdown(f"**Label contradicted by its explicit margin** — m_ex < 0: the reward model or the dataset's own "
+    st.markdown(f"**{CONTRADICTED_TITLE}** — m_ex < 0: the reward model or the dataset's own "
                 f"scores prefer the rejected answer. The likeliest label noise: {n['n']:,} pairs, {n['both']:,} of "
                 "them with m_im < 0 too (the policy agrees it is backwards). Most negative m_ex first; click one "
                 "to open it.")
@@ -204,7 +215,7 @@ def label_noise(report) -> None:
                  "answer is the higher-scored one).")
     elif opened := widgets.table_with_pick(against, key="_against", height=240):
         explore_state.set_open_pair(dataset, opened)
-    st.markdown("**Policy contradicts a large explicit margin** — m_ex above its median, but the policy prefers "
+    st.markdown(f"**{SUSPECTS_TITLE}** — m_ex above its median, but the policy prefers "
                 "the rejected answer (m_im < 0). Noise suspects only where the explicit margin itself can be wrong "
                 "(a reward model's error); where it is an exact check, such as the demo's verifier, these labels "
                 "are right and the policy is wrong. Audit them (Audit page) before dropping any. Click one to "

@@ -56,7 +56,7 @@ columns = {"m_ex": margins["m_ex"].to_numpy(np.float64, na_value=np.nan),
 # A margin the dataset does not have would be a row of "None"; the note above already says it is missing.
 summary = pd.DataFrame({name: pd.Series(values[pos]).describe() for name, values in columns.items()
                         if np.isfinite(values[pos]).any()}).T
-st.dataframe(summary, width="stretch")
+widgets.table(summary, width="stretch")
 for warning in selection.warnings:
     st.caption(f"note: {widgets.md_escape(warning)}")
 

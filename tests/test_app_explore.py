@@ -113,8 +113,31 @@ def test_contradiction_tab_lists_suspects(ws, margins):
     # the frame has (the registry grows, so the list is read from it)
     runnable = list(margin_sources(margins).runnable)
     assert runnable[:4] == ["map", "explicit", "implicit", "random"] and "m_im_dpo" not in margins.attrs
-    matrix = next(f for f in frames if list(f.columns) == runnable)
-    assert matrix.loc["map", "map"] == int(0.4 * N)
+    # all of them are compared, the paper's four shown until the user picks more: a matrix of twelve was cut off
+    (picker,) = [m for m in at.multiselect if m.label == "Metrics compared"]
+    assert list(picker.options) == runnable and list(picker.value) == runnable[:4]
+
+    def overlap_spec() -> dict:
+        specs = [json.loads(c.proto.spec) for c in at.get("plotly_chart")]
+        (spec,) = [s for s in specs if s["data"] and s["data"][0]["type"] == "heatmap"]
+        return spec
+
+    def overlap() -> dict:
+        return overlap_spec()["data"][0]
+
+    def correlations() -> set[tuple[str, str]]:
+        table = next(d.value for d in at.dataframe if "spearman" in d.value.columns)
+        return set(zip(table["metric_a"], table["metric_b"], strict=True))
+
+    assert overlap()["x"] == runnable[:4] and overlap()["z"][0][0] == int(0.4 * N)  # diagonal = k
+    assert len(correlations()) == 6
+    picker.set_value(runnable).run()
+    no_errors(at)
+    heat = overlap()
+    assert heat["x"] == heat["y"] == runnable and len(correlations()) == len(runnable) * (len(runnable) - 1) // 2
+    matrix = overlap_matrix(compare_metrics(margins, ratio=0.4))
+    assert heat["z"] == matrix.to_numpy().tolist()  # the counts the table held
+    assert "width" not in overlap_spec()["layout"]  # it fills its column, however many metrics
 
 
 # ---- logic, directly --------------------------------------------------------------------------------
@@ -290,7 +313,7 @@ def test_dataset_with_only_implicit_margins_opens_on_what_works(tmp_path):
     at.run()
     no_errors(at)
     assert len(at.info) == 1 and at.info[0].value.startswith("No explicit margin")
-    assert "the implicit and random metrics can" in at.info[0].value
+    assert "the implicit, random and selective_dpo metrics can" in at.info[0].value
     # the dashboard's words: the page and the choice that gets the margin, no command
     assert "On the Score page" in at.info[0].value and "LLM rating" in at.info[0].value
     assert "marginlens" not in at.info[0].value and "`" not in at.info[0].value

@@ -61,3 +61,16 @@ def test_cli_errors_are_one_line(tmp_path):
     assert missing.returncode == 2 and "no dataset named 'nope'" in missing.stderr
     bad_map = run("import", str(tmp_path / "empty.csv"), "--name", "e", "--map", "prompt", workspace=tmp_path / "ws")
     assert bad_map.returncode == 2 and "expected FIELD=COLUMN" in bad_map.stderr
+
+
+def test_info_explains_flags_as_the_dashboard_does(tmp_path):
+    """`info` reads the one table of flag notes (core.data.import_flags), not a copy of its own."""
+    from marginlens.core.data.import_flags import flag_note
+
+    ws, src = tmp_path / "ws", tmp_path / "prefs.jsonl"
+    rows = [{"prompt": "q0", "chosen": "", "rejected": "bad"}, {"prompt": "q1", "chosen": "good", "rejected": "bad"}]
+    src.write_text("".join(json.dumps(r) + "\n" for r in rows))
+    assert run("import", str(src), "--name", "prefs", workspace=ws).returncode == 0
+    text = run("info", "prefs", workspace=ws)
+    assert text.returncode == 0, text.stderr
+    assert f"empty_response: 1 pair -- {flag_note('empty_response')}" in text.stdout

@@ -1,16 +1,24 @@
-"""Quadrants, top-k overlap, rank correlations and noise suspects."""
+"""Quadrants, top-k overlap, rank correlations, contradicted labels and noise suspects."""
 
 from __future__ import annotations
+
+import json
 
 import numpy as np
 import pandas as pd
 import pytest
+from helpers_data import make_dataset, random_logprobs, standard_records
+from marginlens.core.cli import main
 from marginlens.core.selection.compare import (
+    CONTRADICTED_TITLE,
+    SUSPECTS_TITLE,
     compare_metrics,
+    label_contradictions,
     noise_suspects,
     overlap_table,
     rank_correlations,
 )
+from marginlens.core.selection.margins import load_margins
 from marginlens.core.selection.quadrants import quadrant_labels
 from scipy import stats
 
@@ -94,3 +102,34 @@ def test_ranks_worked_example_and_correlations_with_ties_match_scipy():
     ok = np.isfinite(finite)
     assert row["n"] == ok.sum()
     assert row["kendall"] == pytest.approx(stats.kendalltau(finite[ok], b[ok]).statistic, abs=1e-12)
+
+
+def test_label_contradictions_most_negative_explicit_first():
+    df = pd.DataFrame({"pair_id": list("abcdef"), "source_row": [10, 11, 12, 13, 14, 15],
+                       "m_ex": [-1.0, 2.0, -3.0, -1.0, np.nan, -1.0], "m_im": [0.5, -1.0, 1.0, -2.0, -5.0, np.nan],
+                       "prompt_preview": list("ABCDEF")})
+    rows, counts = label_contradictions(df)
+    # c has the most negative m_ex; among the m_ex = -1 ties, the more negative m_im first, no m_im last
+    assert [r["pair_id"] for r in rows] == ["c", "d", "a", "f"] and [r["rank"] for r in rows] == [1, 2, 3, 4]
+    assert rows[0]["source_row"] == 12 and rows[0]["prompt_preview"] == "C" and rows[3]["m_im"] is None
+    assert counts == {"n": 4, "both": 1}  # e has no m_ex: never listed
+    assert [r["pair_id"] for r in label_contradictions(df, top=2)[0]] == ["c", "d"]
+
+
+def test_cli_compare_prints_both_lists_with_the_dashboards_names(ws, tmp_path, capsys):
+    make_dataset(ws, "std", standard_records(40), tmp_path)
+    random_logprobs(ws, "std")
+    margins = load_margins(ws, "std", policy_fp="pol")
+    expected, counts = label_contradictions(margins, top=5)
+    assert counts["n"] > 0  # the data has labels its own scores contradict
+    assert main(["compare", "std", "--workspace", str(ws.root), "--suspects", "5"]) == 0
+    out = capsys.readouterr().out
+    assert "noise suspects" not in out
+    first, second = out.index(CONTRADICTED_TITLE), out.index(SUSPECTS_TITLE)
+    assert first < second and f"{counts['n']:,} pairs, {counts['both']:,} of them with m_im < 0 too" in out
+    listed = out[first:second]
+    assert all(f"{r['m_ex']:.3f}" in listed for r in expected) and len(listed.strip().splitlines()) == 2 + len(expected)
+    assert main(["compare", "std", "--workspace", str(ws.root), "--suspects", "5", "--json"]) == 0
+    report = json.loads(capsys.readouterr().out)
+    assert [r["pair_id"] for r in report["contradicted"]] == [r["pair_id"] for r in expected]
+    assert report["contradicted_counts"] == counts

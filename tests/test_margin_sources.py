@@ -8,9 +8,10 @@ import pytest
 from helpers_app import app_test, no_errors
 from helpers_data import hh_records, make_dataset, random_logprobs, save_rewards, standard_records
 from judge_server import ScriptedJudge
+from marginlens.app.margin_hints import explicit_words
 from marginlens.core.cli import main
-from marginlens.core.selection.margin_sources import dataset_margin_sources
-from marginlens.core.selection.metrics import metric_scores
+from marginlens.core.selection.margin_sources import MarginSources, dataset_margin_sources, without_explicit
+from marginlens.core.selection.metrics import Metric, metric_scores, register, unregister
 
 
 @pytest.fixture
@@ -27,11 +28,34 @@ def test_without_explicit_margin_only_implicit_and_random_run(hh, tmp_path):
     assert (sources.explicit, sources.implicit) == (False, True)
     assert sources.runnable == ("implicit", "random", "selective_dpo")  # the rules that read m_im alone
     assert "marginlens score hh --llm-rating MODEL" in sources.note and "ArmoRM-Llama3-8B-v0.1" in sources.note
+    # the note names what runs as the registry says, not a fixed "implicit and random"
+    assert "the implicit, random and selective_dpo metrics can" in sources.note
     assert sources.notes == [sources.note]
 
     make_dataset(hh, "scored", standard_records(5), tmp_path)  # scores of its own: nothing to say
     scored = dataset_margin_sources(hh, "scored")
     assert scored.explicit and scored.note is None and "explicit" in scored.runnable
+
+
+def test_a_rule_needing_only_the_implicit_margin_is_named_in_every_note():
+    class HalfImplicit(Metric):
+        name = "half_implicit"
+        needs = ("m_im",)
+        description = "-z(|m_im|) / 2"
+
+        def formula(self, x, p):
+            return -x.z_implicit(False) / 2
+
+    assert without_explicit() == ("implicit", "random", "selective_dpo")
+    register(HalfImplicit)
+    try:
+        missing = MarginSources(explicit=False, implicit=True, runnable=())
+        said = "the implicit, random, selective_dpo and half_implicit metrics can"
+        assert said in missing.note and said in explicit_words(missing)
+        empty = MarginSources(False, True, (), "hh", "llm_rating-x", (0, 40))
+        assert said in empty.note and said in explicit_words(empty)
+    finally:
+        unregister(HalfImplicit.name)  # the registry is process-wide
 
 
 def test_map_with_a_constant_explicit_margin_ranks_like_implicit():
@@ -78,6 +102,18 @@ def test_score_and_audit_pages_say_it_once(hh):
     no_errors(audit)
     assert sum("No explicit margin" in i.value for i in audit.info) == 1
     assert list(audit.multiselect[0].value) == ["implicit", "random"]
+
+
+def test_audit_page_says_why_a_subset_cannot_run_in_the_dashboards_words(hh):
+    random_logprobs(hh, "hh")
+    at = app_test("audit_page.py", hh)
+    at.run()
+    at.multiselect(key="_audit_subsets").set_value(["map", "implicit"])
+    next(b for b in at.button if b.label == "Estimate cost").click().run()
+    (error,) = [e.value.replace("\\", "") for e in at.error]
+    assert error.startswith("Metric map cannot run on this dataset") and "On the Score page" in error
+    assert "marginlens" not in error and "--" not in error  # core's error names CLI commands
+    assert error.endswith("What runs now: implicit, random, selective_dpo.")
 
 
 def test_audit_offers_the_metrics_of_the_tables_it_is_asked_for(hh, capsys):

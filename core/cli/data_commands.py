@@ -86,13 +86,6 @@ def cmd_list(args: argparse.Namespace) -> int:
 
 
 # What `info` says about each import flag (core.data.formats sets them on pairs it keeps).
-FLAG_NOTES = {
-    "multi_turn_response": "chosen or rejected goes on for more turns after the prompt they share; the "
-                           "whole continuation is scored as the response",
-    "empty_response": "the chosen or rejected response is empty (kept, e.g. a preferred silent refusal)",
-}
-
-
 def _number(value: float, counts: bool) -> str:
     """Counts (turns, characters, tokens) as whole numbers; a mean, or a real-valued margin, with decimals."""
     return f"{value:,.0f}" if counts and float(value).is_integer() else f"{value:,.1f}" if counts else f"{value:,.3g}"
@@ -115,6 +108,7 @@ def _print_margin_sources(ws: Workspace, name: str) -> None:
 
 def cmd_info(args: argparse.Namespace) -> int:
     from marginlens.core.data.dataset_stats import dataset_stats
+    from marginlens.core.data.import_flags import flag_note
 
     tokenizer = None
     if args.tokenizer:
@@ -140,5 +134,5 @@ def cmd_info(args: argparse.Namespace) -> int:
     if stats["flags"]:
         print("  flagged at import (kept; `select --filter flagged=false` leaves them out):")
         for flag, n in stats["flags"].items():
-            print(f"    {flag}: {n:,} pairs -- {FLAG_NOTES.get(flag, 'see the import report')}")
+            print(f"    {flag}: {n:,} {'pair' if n == 1 else 'pairs'} -- {flag_note(flag)}")
     return 0

@@ -87,7 +87,7 @@ def register(sub: argparse._SubParsersAction, common: argparse.ArgumentParser) -
     size.add_argument("--ratio", type=float, default=None, help="top-k size as a ratio (default 0.4)")
     size.add_argument("--count", type=int, default=None, help="top-k size")
     _scorer_args(p)
-    p.add_argument("--suspects", type=int, default=10, help="how many noise suspects to list")
+    p.add_argument("--suspects", type=int, default=10, help="how many pairs each list of contradicted labels shows")
     p.add_argument("--json", action="store_true", help="print the report as JSON")
     p.set_defaults(func=cmd_compare)
 
@@ -183,7 +183,7 @@ def _table(rows: list[dict[str, Any]], columns: list[str]) -> str:
 
 
 def cmd_compare(args: argparse.Namespace) -> int:
-    from marginlens.core.selection.compare import compare_metrics
+    from marginlens.core.selection.compare import CONTRADICTED_TITLE, SUSPECTS_TITLE, compare_metrics
 
     ws = Workspace.resolve(args.workspace)
     margins = _margins(args, ws)
@@ -196,7 +196,7 @@ def cmd_compare(args: argparse.Namespace) -> int:
         return 0
     for warning in report.warnings:
         print(f"warning: {warning}")
-    print(f"{args.name}: top {report.k} of {report.n} pairs with both margins "
+    print(f"{args.name}: top {report.k:,} of {report.n:,} pairs with both margins "
           f"(m_im: {margins.attrs.get('m_im_form')}, m_ex: {margins.attrs.get('m_ex_source')})\n")
     print("overlap of the top-k sets")
     print(_table(report.overlap, ["metric_a", "metric_b", "intersection", "jaccard"]) + "\n")
@@ -204,6 +204,11 @@ def cmd_compare(args: argparse.Namespace) -> int:
     print(_table(report.correlations, ["metric_a", "metric_b", "spearman", "kendall"]) + "\n")
     print(f"quadrants (m_ex split {quads.ex_split:.3f}, |m_im| split {quads.im_split:.3f})")
     print(_table(quads.counts, ["quadrant", "n", "share", "n_negative_im", "mean_m_ex", "mean_m_im"]) + "\n")
-    print("noise suspects (large m_ex, negative m_im)")
+    counts = report.contradicted_counts
+    print(f"{CONTRADICTED_TITLE} (m_ex < 0: the explicit margin prefers the rejected answer; the likeliest label "
+          f"noise): {counts['n']:,} pairs, {counts['both']:,} of them with m_im < 0 too")
+    print(_table(report.contradicted, ["rank", "source_row", "m_ex", "m_im", "prompt_preview"]) + "\n")
+    print(f"{SUSPECTS_TITLE} (m_ex above its median, m_im < 0: noise only where the explicit margin can be "
+          "wrong; audit before dropping)")
     print(_table(report.suspects, ["rank", "source_row", "m_ex", "m_im", "suspicion", "prompt_preview"]))
     return 0

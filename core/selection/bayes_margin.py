@@ -17,7 +17,7 @@ def unit_scale(values: np.ndarray, name: str, x: MarginInputs) -> np.ndarray:
     if spread > 0 and np.isfinite(spread):
         return values / spread
     if values.size:
-        x.warnings.append(f"{name} is constant ({values[0]:g}) over {values.size} pairs: it is used unscaled")
+        x.warnings.append(f"{name} is constant ({values[0]:g}) over {values.size:,} pairs: it is used unscaled")
     return values
 
 

@@ -1,5 +1,5 @@
 """Where single-margin metrics disagree (the paper's motivating contradictions): top-k overlap, rank
-correlations and noise suspects, assembled by `compare_metrics` into the report that `marginlens compare`
+correlations and the two lists of pairs whose margins contradict their label, assembled by `compare_metrics` into the report that `marginlens compare`
 and the Explore page's Contradictions tab show.
 
 Every function takes plain numpy arrays or a margin frame (core.selection.margins.load_margins); table
@@ -9,7 +9,7 @@ same data. Quadrants are core.selection.quadrants.
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from itertools import combinations
 from typing import Any
 
@@ -20,6 +20,11 @@ from marginlens.core.selection.margin_sources import covered_sample, margin_sour
 from marginlens.core.selection.metrics import DEFAULT_PARAMS, MetricParams, get_metric
 from marginlens.core.selection.quadrants import Quadrants, quadrant_labels
 from marginlens.core.selection.select import k_for, top_k_eligible
+
+# The two lists' names, as `marginlens compare` and Explore's Contradictions tab both print them: the first is
+# the likeliest label noise; the second is noise only where the explicit margin itself can be wrong.
+CONTRADICTED_TITLE = "Label contradicted by its explicit margin"
+SUSPECTS_TITLE = "Policy contradicts a large explicit margin"
 
 
 @dataclass
@@ -32,13 +37,17 @@ class CompareReport:
     overlap: list[dict[str, Any]]  # overlap_table rows
     correlations: list[dict[str, Any]]  # rank_correlations rows
     quadrants: Quadrants
-    suspects: list[dict[str, Any]]  # noise_suspects rows
+    suspects: list[dict[str, Any]]  # noise_suspects rows (SUSPECTS_TITLE)
     warnings: list[str]
+    contradicted: list[dict[str, Any]] = field(default_factory=list)  # label_contradictions rows
+    contradicted_counts: dict[str, int] = field(default_factory=dict)  # its {"n", "both"}
 
     def to_dict(self) -> dict[str, Any]:
         """The JSON form (`marginlens compare --json`): no positions, no per-pair quadrant labels."""
         return {"n": self.n, "k": self.k, "overlap": self.overlap, "correlations": self.correlations,
-                "suspects": self.suspects, "warnings": self.warnings, "quadrants": self.quadrants.summary()}
+                "suspects": self.suspects, "contradicted": self.contradicted,
+                "contradicted_counts": self.contradicted_counts, "warnings": self.warnings,
+                "quadrants": self.quadrants.summary()}
 
 
 def overlap_table(selected: dict[str, np.ndarray]) -> list[dict[str, Any]]:
@@ -197,6 +206,27 @@ def noise_suspects(margins: pd.DataFrame, top: int = 50, ex_split: float | None 
     return out
 
 
+def label_contradictions(margins: pd.DataFrame, top: int = 50) -> tuple[list[dict[str, Any]], dict[str, int]]:
+    """Pairs whose explicit margin is below 0 (CONTRADICTED_TITLE): the reward model or the dataset's own scores
+    prefer the rejected answer, against the label. Most negative m_ex first, then most negative m_im (both
+    margins against the label; a pair without m_im after those with one), then source order; with counts
+    {"n": all such pairs, "both": those with m_im < 0 too}. The likeliest label noise: on the built-in demo
+    these are exactly its flipped labels. A pair without m_ex is never listed (NaN < 0 is False)."""
+    m_ex = margins["m_ex"].to_numpy(dtype=np.float64, na_value=np.nan)
+    m_im = (margins["m_im"].to_numpy(dtype=np.float64, na_value=np.nan) if "m_im" in margins
+            else np.full(len(margins), np.nan))
+    pos = np.flatnonzero(m_ex < 0)
+    im_key = np.where(np.isfinite(m_im[pos]), m_im[pos], np.inf)
+    picked = pos[np.lexsort((pos, im_key, m_ex[pos]))][:top]
+    preview = margins["prompt_preview"] if "prompt_preview" in margins else None
+    rows = [{"rank": rank, "position": int(p), "pair_id": str(margins["pair_id"].iat[p]),
+             "source_row": int(margins["source_row"].iat[p]) if "source_row" in margins else int(p),
+             "m_ex": float(m_ex[p]), "m_im": float(m_im[p]) if np.isfinite(m_im[p]) else None,
+             "prompt_preview": str(preview.iat[p]) if preview is not None else ""}
+            for rank, p in enumerate(picked, start=1)]
+    return rows, {"n": int(pos.size), "both": int((m_im[pos] < 0).sum())}
+
+
 def _nothing_to_compare(margins: pd.DataFrame, values: dict[str, np.ndarray], names: tuple[str, ...]) -> str:
     """Why no pair can be compared, and the command(s) that score what is missing."""
     name = margins.attrs.get("dataset", "NAME")
@@ -226,7 +256,7 @@ def compare_metrics(
     ex_split: float | None = None,
     im_split: float | None = None,
     im_axis: str = "abs",
-    suspects: int = 20,
+    suspects: int = 20,  # rows of each list: the contradicted labels and the noise suspects
 ) -> CompareReport:
     """The whole contradiction report for `marginlens compare` and the dashboard.
 
@@ -244,6 +274,7 @@ def compare_metrics(
     if cand.size == 0:
         raise MarginLensError(_nothing_to_compare(margins, values, names))
     k = k_for(cand.size, ratio, count)
+    contradicted, contradicted_counts = label_contradictions(margins, top=suspects)
     selected: dict[str, np.ndarray] = {}
     scores: dict[str, np.ndarray] = {}
     warnings: list[str] = []
@@ -263,4 +294,6 @@ def compare_metrics(
         quadrants=quadrant_labels(values["m_ex"], values["m_im"], ex_split, im_split, im_axis),
         suspects=noise_suspects(margins, top=suspects),
         warnings=warnings,
+        contradicted=contradicted,
+        contradicted_counts=contradicted_counts,
     )

@@ -1,7 +1,7 @@
 """Which margins a dataset has, which metrics can run on them, and the one plain sentence to show when the
 explicit margin is missing. Pages and commands read this instead of letting a metric fail: a dataset
-without reward scores (HH-RLHF, for one) still gets the implicit and random metrics, and is told once
-how to get an explicit margin.
+without reward scores (HH-RLHF, for one) still gets every metric that reads no explicit margin (implicit,
+random, selective_dpo: `without_explicit` reads them off the registry), and is told once how to get one.
 
     sources = margin_sources(load_margins(ws, "hh", policy_fp=...))
     sources.runnable        ("implicit", "random")
@@ -28,7 +28,7 @@ from marginlens.core.workspace import Workspace
 
 NO_EXPLICIT = (
     "No explicit margin: this dataset carries no reward scores and no reward table has been scored, so M_AP "
-    "and the explicit metric cannot run; the implicit and random metrics can (M_AP with a constant explicit "
+    "and the explicit metric cannot run; {runnable} can (M_AP with a constant explicit "
     "margin would rank exactly like the implicit metric). To get one: `marginlens score {dataset} --llm-rating MODEL"
     "{fill} --rating-url URL` has any OpenAI-compatible model rate each response{which} (URL: a server of yours, "
     "such as `transformers serve MODEL` at http://127.0.0.1:8000/v1; without --rating-url it asks api.openai.com "
@@ -38,7 +38,7 @@ NO_EXPLICIT = (
 # A reward table exists but no pair has a finite margin from it (an LLM rater that answered off the rubric).
 EMPTY_TABLE = (
     "No explicit margin: a {what} table exists ({table}), {valid:,} of {total:,} {unit} valid, and no pair has "
-    "both, so M_AP and the explicit metric cannot run; the implicit and random metrics can. To get one: rate "
+    "both, so M_AP and the explicit metric cannot run; {runnable} can. To get one: rate "
     "with another model or endpoint, `marginlens score {dataset} --llm-rating OTHER_MODEL` (a new table: this "
     "rater's stored answers are never asked again), or score with `--reward-model MODEL` on a GPU (the paper "
     "used {paper_model})."
@@ -70,9 +70,9 @@ class MarginSources:
             return EMPTY_TABLE.format(what="rating" if rating else "reward", table=self.table,
                                       valid=self.table_values[0], total=self.table_values[1],
                                       unit="ratings" if rating else "rewards", dataset=self.dataset,
-                                      paper_model=PAPER_REWARD_MODEL)
+                                      paper_model=PAPER_REWARD_MODEL, runnable=without_explicit_words())
         fill, which = _fill(self.implicit_sample, "implicit") if self.implicit else ("", "")
-        return NO_EXPLICIT.format(dataset=self.dataset, paper_model=PAPER_REWARD_MODEL,
+        return NO_EXPLICIT.format(dataset=self.dataset, paper_model=PAPER_REWARD_MODEL, runnable=without_explicit_words(),
                                   fill=(" --policy none" if self.implicit else "") + fill, which=which)
 
     @property
@@ -91,6 +91,22 @@ class MarginSources:
         fill, which = _fill(self.explicit_sample, "explicit") if self.explicit else ("", "")
         implicit = NO_IMPLICIT.format(dataset=self.dataset, fill=fill, which=which)
         return [text for text, missing in ((self.note, not self.explicit), (implicit, not self.implicit)) if missing]
+
+
+def without_explicit() -> tuple[str, ...]:
+    """The registered metrics that run without an explicit margin: each declares the margins it needs
+    (Metric.needs), and these need the implicit one (m_im) or none. Read at call time, so a rule registered
+    later is named too."""
+    return tuple(name for name in metric_names() if set(get_metric(name).needs) <= {"m_im"})
+
+
+def without_explicit_words(noun: str = "metric") -> str:
+    """`without_explicit` in a sentence: "the implicit, random and selective_dpo metrics" (`noun`: "subset" for
+    the audit's)."""
+    names = without_explicit()
+    if len(names) == 1:
+        return f"the {names[0]} {noun}"
+    return f"the {', '.join(names[:-1])} and {names[-1]} {noun}s"
 
 
 def _fill(sample: tuple[int, int | None] | None, margin: str) -> tuple[str, str]:

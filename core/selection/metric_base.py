@@ -72,12 +72,12 @@ def zscore(values: np.ndarray, name: str = "values", axis: int | None = None) ->
         slice_std = v.std(axis=axis, keepdims=True)
         z = np.divide(v - v.mean(axis=axis, keepdims=True), slice_std, out=np.zeros_like(v), where=slice_std > 0)
         constant = int((slice_std == 0).sum())
-        return z, (f"{name} is constant in {constant} of {slice_std.size} slices: their z-scores are 0"
+        return z, (f"{name} is constant in {constant:,} of {slice_std.size:,} slices: their z-scores are 0"
                    if constant else None)
     mean = v.mean()
     std = v.std()
     if std == 0 or not np.isfinite(std):
-        return np.zeros_like(v), f"{name} is constant ({mean:g}) over {v.size} pairs: its z-score is 0 for all"
+        return np.zeros_like(v), f"{name} is constant ({mean:g}) over {v.size:,} pairs: its z-score is 0 for all"
     return (v - mean) / std, None
 
 

@@ -83,7 +83,7 @@ def run(ctx: jobs.JobContext) -> dict[str, Any]:
     token = hub_token(p["repo_id"], None)  # from the environment submit_push gave the worker
     table = _read(path, fmt)
     ctx.progress(0, table.num_rows, force=True)
-    ctx.log(f"pushing {table.num_rows} rows of {path} to {p['repo_id']}")
+    ctx.log(f"pushing {table.num_rows:,} rows of {path} to {p['repo_id']}")
     pushed = push_table(table, p["repo_id"], token, bool(p["private"]))
     manifest_path = manifest_path_for(path, fmt)
     manifest = read_json(manifest_path)
@@ -91,4 +91,4 @@ def run(ctx: jobs.JobContext) -> dict[str, Any]:
         write_json(manifest_path, {**manifest, "pushed_to": pushed})
     ctx.progress(table.num_rows, table.num_rows, force=True)
     return {"export": str(path), "repo_id": pushed, "rows": table.num_rows,
-            "summary": f"pushed {table.num_rows} rows of {path} to {pushed}"}
+            "summary": f"pushed {table.num_rows:,} rows of {path} to {pushed}"}

@@ -87,8 +87,8 @@ def top_k_eligible(result: MetricResult, k: int) -> tuple[np.ndarray, str | None
     pool = np.flatnonzero(result.eligible)
     warning = None
     if pool.size < k:
-        warning = (f"only {pool.size} of {result.eligible.size} candidate pairs pass the {result.metric!r} rule "
-                   f"({result.rule}): selecting those {pool.size} instead of k = {k}")
+        warning = (f"only {pool.size:,} of {result.eligible.size:,} candidate pairs pass the {result.metric!r} rule "
+                   f"({result.rule}): selecting those {pool.size:,} instead of k = {k:,}")
     return pool[top_k(result.scores[pool], k)], warning
 
 
@@ -201,9 +201,9 @@ def select(margins: pd.DataFrame, spec: SelectionSpec, texts: Any = None) -> Sel
     n_missing = int((~have).sum())
     # Unscored pairs are the next warning's; counting them here too blamed the metric for the sample.
     if lacking := n_missing - (n_total - n_scored):
-        warnings.append(f"{lacking} scored pairs lack the margins for {spec.metric!r} and are not candidates")
+        warnings.append(f"{lacking:,} scored pairs lack the margins for {spec.metric!r} and are not candidates")
     if n_scored < n_total:
-        warnings.append(f"{n_scored} of {n_total} pairs scored: selecting from the scored pairs")
+        warnings.append(f"{n_scored:,} of {n_total:,} pairs scored: selecting from the scored pairs")
 
     candidates = have.copy()
     if filters and spec.filter_stage == "before":
@@ -215,7 +215,7 @@ def select(margins: pd.DataFrame, spec: SelectionSpec, texts: Any = None) -> Sel
     warnings += result.warnings
     k = k_for(cand_pos.size, spec.ratio, spec.count)
     if spec.count is not None and spec.count > cand_pos.size:
-        warnings.append(f"count {spec.count} exceeds the {cand_pos.size} candidate pairs; selecting all")
+        warnings.append(f"count {spec.count:,} exceeds the {cand_pos.size:,} candidate pairs; selecting all")
     top, short = top_k_eligible(result, k)
     if short:
         warnings.append(short)

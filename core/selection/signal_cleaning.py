@@ -79,7 +79,7 @@ class SignalCleaningFlip(SignalCleaning):
 
     def formula(self, x: MarginInputs, p: MetricParams) -> np.ndarray:
         flagged = int((signal_votes(x) >= VOTES).sum())
-        x.warnings.append(f"clean_flip: the lab trains the {flagged} flagged candidates swapped; an export of this "
+        x.warnings.append(f"clean_flip: the lab trains the {flagged:,} flagged candidates swapped; an export of this "
                           "selection writes them as labeled")
         return random_scores(x.n, p.seed)
 
