@@ -30,4 +30,4 @@ def test_info_counts_are_integers_and_flags_are_explained(ws, tmp_path, capsys):
     out = capsys.readouterr().out
     turns = next(line for line in out.splitlines() if "prompt turns" in line)
     assert "min 1  median 1" in turns and "max 1" in turns and ".0" not in turns  # counts, not 1.0
-    assert "multi_turn_response: 1 pairs -- chosen or rejected goes on for more turns" in out
+    assert "multi_turn_response: 1 pair -- chosen or rejected goes on for more turns" in out
