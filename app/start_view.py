@@ -14,6 +14,7 @@ from marginlens.app.state import select_dataset
 from marginlens.app.widgets import show_error
 from marginlens.core.demo.build import DEMO_NAME, ensure_demo
 from marginlens.core.errors import MarginLensError
+from marginlens.core.selection.select import DEFAULT_RATIO
 from marginlens.core.workspace import Workspace
 from marginlens.core.workspace_progress import DatasetProgress, Step, dataset_progress
 
@@ -89,7 +90,7 @@ def action_for(step: Step, progress: DatasetProgress) -> Action | None:
         return Action("Audit a subset", "audit", "opens the Audit page: an LLM judge checks the labels of the "
                       "pairs each metric selects")
     return Action("Write an export", "export", "opens the Export page: it writes the selection built on Explore "
-                  "(M_AP, the top 10% by default) for training")
+                  f"(M_AP, the top {DEFAULT_RATIO:.0%} by default) for training")
 
 
 def demo_button(ws: Workspace, key: str, container: Any = None) -> None:
