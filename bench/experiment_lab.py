@@ -103,13 +103,15 @@ def main(argv: list[str] | None = None) -> int:
     print(f"date {date}; this command's wall time {duration / 60:.1f} min "
           f"(the job: started {status.started_at}, finished {status.finished_at}; resumed: {status.resumed})")
     state = experiment_state(job)
-    first_steps = _first_step_seconds(ws, state)
+    first_steps, begins = _first_step_seconds(ws, state), _first_step_seconds(ws, state, "train_begin_s")
+    if begins:
+        print(f"start-up per run (submit -> training begins): median {statistics.median(begins):.1f} s")
     if first_steps:
         print(f"fixed cost per run (submit -> first optimizer step): median {statistics.median(first_steps):.1f} s "
               f"over {len(first_steps)} runs (min {min(first_steps):.1f}, max {max(first_steps):.1f}); children "
               f"{'each in its own process' if args.child_processes else 'hosted in the experiment worker'}")
     write_json(Path(args.out), {
-        "first_step_s": first_steps, "child_processes": args.child_processes,
+        "first_step_s": first_steps, "train_begin_s": begins, "child_processes": args.child_processes,
         "date": date, "duration_s": round(duration, 1), "job_started": status.started_at,
         "job_finished": status.finished_at, "resumed": status.resumed,
         "machine": {"cpu": platform.processor() or platform.machine(), "cores": os.cpu_count(), "dtype": dtype,
@@ -122,16 +124,17 @@ def main(argv: list[str] | None = None) -> int:
     return 0
 
 
-def _first_step_seconds(ws, state: dict) -> list[float]:
-    """Each train child's seconds from its submission to its first optimizer step (core.training.train_job)."""
+def _first_step_seconds(ws, state: dict, key: str = "first_step_s") -> list[float]:
+    """Each train child's seconds from its submission to its first optimizer step (core.training.train_job);
+    key "train_begin_s": to the start of training, before the first step's own work."""
     from marginlens.core.jobs import get_job
 
     values = []
     for cell in (state.get("cells") or {}).values():
         if cell.get("train_job"):
             extra = get_job(ws, cell["train_job"]).status().extra or {}
-            if isinstance(extra.get("first_step_s"), (int, float)):
-                values.append(float(extra["first_step_s"]))
+            if isinstance(extra.get(key), (int, float)):
+                values.append(float(extra[key]))
     return values
 
 

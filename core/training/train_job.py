@@ -74,7 +74,9 @@ class _JobCallback:
     def on_train_begin(self, args, state, control, **kwargs):
         self._last_time = time.monotonic()
         self._last_tokens = self.trainer.tokens_seen if self.trainer is not None else 0
-        self.ctx.progress(state.global_step, state.max_steps, force=True)
+        since = self.ctx.seconds_since_submitted()  # start-up before any training work (bench/child_startup.py)
+        self.ctx.progress(state.global_step, state.max_steps, force=True,
+                          **({"train_begin_s": round(since, 2)} if since is not None else {}))
         self.ctx.restart_rate()  # steps/s from the first step, not from the model load
 
     def on_log(self, args, state, control, logs=None, **kwargs):
