@@ -59,10 +59,10 @@ def test_bees_by_hand(five):
     np.testing.assert_allclose(frame["m_im"], M_IM)
     # log-odds m_ex/2 + m_im/1 = [1.5 - 1.5, 0.5 + 1.5, 0 + 0.5, -0.5 + 0, -1.5 - 0.5] = [0, 2, 0.5, -0.5, -2]
     sel = select(frame, SelectionSpec(metric="bees", ratio=0.4))  # k = 2
-    np.testing.assert_allclose(sel.scores, [0.5, sigmoid(2), sigmoid(0.5), sigmoid(-0.5), sigmoid(-2)])
-    # the same probability as independent evidence: pair 1 has p_ex = sigmoid(0.5), p_im = sigmoid(1.5)
+    np.testing.assert_allclose(sel.scores, [0, 2, 0.5, -0.5, -2])  # the score is P's log-odds
+    # P as independent evidence: pair 1 has p_ex = sigmoid(0.5), p_im = sigmoid(1.5)
     p_ex, p_im = sigmoid(0.5), sigmoid(1.5)
-    assert sel.scores[1] == pytest.approx(p_ex * p_im / (p_ex * p_im + (1 - p_ex) * (1 - p_im)))
+    assert sigmoid(sel.scores[1]) == pytest.approx(p_ex * p_im / (p_ex * p_im + (1 - p_ex) * (1 - p_im)))
     assert sel.positions.tolist() == [1, 2]
     # M_AP rewards a small |m_im| instead: |m_im| = [1.5, 1.5, 0.5, 0, 0.5], mean 0.8, std 0.6,
     # z = [7/6, 7/6, -1/2, -4/3, -1/2]; M_AP = [1/3, -2/3, 1/2, 5/6, -1]: pairs 3 and 2
@@ -102,3 +102,17 @@ def test_select_cli_and_audit_subsets(five, capsys):
     subsets = build_subsets(five, "five", metrics=["selective_dpo", "chosen_reward"], ratio=0.6, policy_fp="pol")
     ids = list(five.load_pairs("five")["pair_id"])
     assert subsets == {"selective_dpo": [ids[1], ids[2], ids[3]], "chosen_reward": [ids[1], ids[0], ids[4]]}
+
+
+def test_bees_keeps_the_order_where_the_probability_would_round_to_one():
+    from marginlens.core.selection.bayes_margin import BayesMarginProbability
+    from marginlens.core.selection.metric_base import MarginInputs
+
+    # heavy tails: two outliers among 5,000 pairs scale to log-odds of about 50, where P == 1.0 in float64;
+    # their order must survive
+    m_ex = np.zeros(5000)
+    m_ex[1], m_ex[2] = 1000.0, 1001.0
+    x = MarginInputs({"m_ex": m_ex, "m_im": np.zeros(5000)}, 5000)
+    scores = BayesMarginProbability().formula(x, None)
+    assert 1.0 / (1.0 + math.exp(-scores[1])) == 1.0 / (1.0 + math.exp(-scores[2])) == 1.0
+    assert scores[2] > scores[1]

@@ -28,7 +28,8 @@ class BayesMarginProbability(Metric):
 
         P(chosen > rejected) = p_ex p_im / (p_ex p_im + (1 - p_ex)(1 - p_im)) = sigmoid(m_ex/std(m_ex) + m_im/std(m_im))
 
-    The largest P is selected first. Unlike M_AP, a large *signed* implicit margin counts in a pair's favour:
+    The largest P is selected first, ranked by its log-odds (the score shown): the same order, without the ties
+    float64 makes once heavy-tailed margins push P to exactly 1. Unlike M_AP, a large *signed* implicit margin counts in a pair's favour:
     both sources are evidence that the label is right. Approximated: the paper's own calibration of each source
     (here: unit std over the candidates) and its implicit margin (the DPO form of a trained policy; here: m_im in
     whichever form the frame holds).
@@ -38,8 +39,7 @@ class BayesMarginProbability(Metric):
     needs = ("m_ex", "m_im")
     label = "Less is More: P(label) from both margins"
     description = ("Less is More (Deng et al. 2025, BeeS): sigmoid(m_ex/std + m_im/std), the external and implicit "
-                   "margins as one preference probability, largest first")
+                   "margins as one preference probability, largest first (the score: its log-odds)")
 
     def formula(self, x: MarginInputs, p: MetricParams) -> np.ndarray:
-        log_odds = unit_scale(x["m_ex"], "m_ex", x) + unit_scale(x["m_im"], "m_im", x)
-        return 1.0 / (1.0 + np.exp(-log_odds))
+        return unit_scale(x["m_ex"], "m_ex", x) + unit_scale(x["m_im"], "m_im", x)
