@@ -74,8 +74,8 @@ class SignalCleaningFlip(SignalCleaning):
     description = ("multi-signal cleaning, flip arm: the random baseline's sample, and the lab trains the pairs 2 of "
                    "{m_ex < 0, judge against the label, m_im <= -std} flag with chosen and rejected swapped")
 
-    def eligible(self, x: MarginInputs, p: MetricParams) -> None:
-        return None
+    def eligible(self, x: MarginInputs, p: MetricParams) -> tuple[np.ndarray, str] | None:
+        return None  # the parent's filter undone: flagged pairs stay, to be trained swapped
 
     def formula(self, x: MarginInputs, p: MetricParams) -> np.ndarray:
         flagged = int((signal_votes(x) >= VOTES).sum())
