@@ -31,8 +31,8 @@ def explicit_words(sources: MarginSources, here: bool = False) -> str | None:
     if sources.table and sources.table_values is not None:
         valid, total = sources.table_values
         what = "rating" if is_rating_table(sources.table) else "reward"
-        return (f"No usable explicit margin: a {what} table exists ({sources.table}) with {valid:,} of {total:,} "
-                f"values valid, and no pair has both, so M_AP and the explicit metric cannot run; "
+        return (f"No usable explicit margin: a {what} table exists ({sources.table}), {valid:,} of {total:,} "
+                f"{what}s valid, and no pair has both, so M_AP and the explicit metric cannot run; "
                 f"{without_explicit_words()} can. {where}, rate again with another model or endpoint (a new table), or score "
                 f"with a reward model on a GPU.")
     return ("No explicit margin yet: this dataset has no reward scores of its own and no rating or reward table, "

@@ -95,8 +95,9 @@ def _explicit(ws: Workspace, dataset: str, frame: pd.DataFrame, own_scores: bool
     sources = margin_sources(frame)
     if sources.table and sources.table_values is not None:
         valid, asked = sources.table_values
-        detail = (f"none usable: a {'rating' if is_rating_table(sources.table) else 'reward'} table exists "
-                  f"({_model(ws, dataset, sources.table)}), {valid:,} of {asked:,} values valid")
+        what = "rating" if is_rating_table(sources.table) else "reward"
+        detail = (f"none usable: a {what} table exists ({_model(ws, dataset, sources.table)}), {valid:,} of "
+                  f"{asked:,} {what}s valid")
     else:
         detail = "none: the dataset has no scores of its own" if not own_scores else "none"
     return Step("explicit", "running" if running else "todo", detail, 0, total)

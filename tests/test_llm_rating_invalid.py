@@ -91,7 +91,7 @@ def test_cli_says_it_and_info_names_the_table(ws, tmp_path, capsys):
     assert not at.exception, [e.message for e in at.exception]
     assert [e.value for e in at.error] and all("8 of 8 ratings are invalid" in e.value for e in at.error)
     assert any("0 of 8 ratings valid" in t.value for t in at.text)  # the panel's figures (core.job_status.details)
-    notes = [i.value for i in at.info if i.value.startswith("No explicit margin")]
+    notes = [i.value for i in at.info if i.value.startswith("No usable explicit margin")]
     assert len(notes) == 1 and "a rating table exists" in notes[0] and "0 of 8 ratings valid" in notes[0]
 
 

@@ -61,13 +61,13 @@ def test_oidc_operator_viewer_and_stranger(oidc_server):
 
             page = _sign_in_as(browser, oidc_server, "viewer@partner.example")
             expect(page.get_by_text("Signed in: viewer@partner.example")).to_be_visible()
-            expect(page.get_by_role("heading", name="Datasets")).to_be_visible()
+            expect(page.get_by_role("heading", name="Start")).to_be_visible()  # the default page, viewers' too
             assert page.locator('[data-testid="stSidebarNav"]').get_by_role("link", name="Score").count() == 0
             page.close()
 
             page = _sign_in_as(browser, oidc_server, "mallory@elsewhere.example")
             expect(page.get_by_text("mallory@elsewhere.example may not use this dashboard")).to_be_visible()
-            assert page.get_by_role("heading", name="Datasets").count() == 0
+            assert page.get_by_role("heading", name="Start").count() == 0
             page.close()
 
             # an operator's domain, claimed but not verified by the provider: nothing ("nOAuth")
