@@ -96,5 +96,5 @@ def test_hh_imports_with_the_default_command(tmp_path):
     result = subprocess.run([sys.executable, "-m", "marginlens.core.cli", "import", str(HH), "--name", "hh",
                              "--workspace", str(tmp_path / "ws")], capture_output=True, text=True, timeout=300)
     assert result.returncode == 0, result.stderr
-    assert "imported 2312 of 2312 rows as hh-rlhf" in result.stdout
+    assert "imported 2,312 of 2,312 rows as hh-rlhf" in result.stdout
     assert "kept         4  flagged empty_response" in result.stdout

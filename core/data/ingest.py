@@ -61,16 +61,16 @@ class ImportReport:
 
     def summary(self) -> str:
         if self.unchanged:
-            return f"{self.name}: already imported from the same source with the same options (no-op), {self.imported} pairs"
-        lines = [f"{self.name}: imported {self.imported} of {self.rows_read} rows as {self.format}"]
+            return f"{self.name}: already imported from the same source with the same options (no-op), {self.imported:,} pairs"
+        lines = [f"{self.name}: imported {self.imported:,} of {self.rows_read:,} rows as {self.format}"]
         for reason, count in sorted(self.rejected.items()):
-            lines.append(f"  skipped {count:>6}  {reason}")
+            lines.append(f"  skipped {count:>6,}  {reason}")
         for flag, count in sorted(self.flagged.items()):
-            lines.append(f"  kept    {count:>6}  flagged {flag}")
+            lines.append(f"  kept    {count:>6,}  flagged {flag}")
         if self.rejects_path:
             lines.append(f"  skipped rows written to {self.rejects_path}")
         if self.warnings:
-            lines.append(f"  {self.warnings} rows kept with warnings (see `marginlens info {self.name}`)")
+            lines.append(f"  {self.warnings:,} rows kept with warnings (see `marginlens info {self.name}`)")
         return "\n".join(lines)
 
 
