@@ -45,15 +45,16 @@ def check_address(text: str) -> str | None:
     return text
 
 
-def engine_env(state: Any = None) -> dict[str, str]:
-    """The job worker's environment for the engine chosen in the form (core.scoring.ray_cluster)."""
+def engine_env(state: Any = None, device: str = "auto") -> dict[str, str]:
+    """The job worker's environment for the engine chosen in the form (core.scoring.ray_cluster); `device`: the
+    form's Device ("cpu" keeps the actors off the cluster's GPUs, as the CLI's --device cpu does)."""
     state = st.session_state if state is None else state
     if state.get(ENGINE_KEY, "local") != "ray":
         return {}
     if not access.can_operate():
         raise MarginLensError("running on a Ray cluster needs the operator's sign-in")
     actors = int(state.get(ACTORS_KEY) or 0) or None
-    return ray_cluster.engine_env("ray", check_address(str(state.get(ADDRESS_KEY) or "")), actors)
+    return ray_cluster.engine_env("ray", check_address(str(state.get(ADDRESS_KEY) or "")), actors, device)
 
 
 @st.cache_data(ttl=30, show_spinner=False)

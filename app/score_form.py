@@ -134,7 +134,8 @@ def submit(ws: Workspace, spec: Any, endpoint: EndpointChoice | None = None) -> 
     from marginlens.core.scoring.score_submit import submit_scoring
 
     env = llm_endpoints.key_env(endpoint) if spec.explicit == "llm_rating" else None
-    handle = submit_scoring(ws, spec, env={**(env or {}), **ray_fields.engine_env()} or None)  # Ray: app/ray_fields.py
+    engine = ray_fields.engine_env(device=spec.device or "auto")  # Ray: app/ray_fields.py
+    handle = submit_scoring(ws, spec, env={**(env or {}), **engine} or None)
     cached = ", ".join(handle.cached)
     part = ""
     if handle.targeted is not None and handle.targeted < (handle.total or 0):

@@ -202,6 +202,8 @@ def test_score_page_engine_fields_are_for_operators_and_check_the_address(tmp_pa
                                   ray_fields.ACTORS_KEY: 3}) == {
         "MARGINLENS_SCORE_ENGINE": "ray", "MARGINLENS_RAY_DEVICE": "auto", "RAY_ADDRESS": "ray://head:10001",
         "MARGINLENS_RAY_ACTORS": "3"}
+    # the form's Device reaches the actors: cpu keeps them off a cluster's GPUs
+    assert ray_fields.engine_env({ray_fields.ENGINE_KEY: "ray"}, device="cpu")["MARGINLENS_RAY_DEVICE"] == "cpu"
 
     monkeypatch.setattr(actor, "_DEFAULT", actor.Actor("viewer", may_write=False))
     viewer = app_test("score_page.py", ws)
