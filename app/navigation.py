@@ -42,7 +42,10 @@ def page(name: str) -> st.Page:
 def go(name: str, dataset: str | None = None, **settings: Any) -> None:
     """Open page `name` (it must be in the user's navigation) with `settings` for it to take on arrival;
     the URL names the dataset, as the pages' pickers do."""
-    st.session_state[_ARRIVAL] = {**st.session_state.get(_ARRIVAL, {}), name: settings}
+    waiting = {page_name: v for page_name, v in st.session_state.get(_ARRIVAL, {}).items() if page_name != name}
+    if settings:  # nothing left waiting for a page opened without settings (or one that never reads them)
+        waiting[name] = settings
+    st.session_state[_ARRIVAL] = waiting
     st.switch_page(page(name), query_params={"dataset": dataset} if dataset else None)
 
 
