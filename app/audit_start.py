@@ -9,7 +9,7 @@ from marginlens.app import llm_endpoints
 from marginlens.app.access import EndpointChoice
 from marginlens.core import jobs
 from marginlens.core.audit.audit_params import AuditParams
-from marginlens.core.audit.verdicts import VerdictStore
+from marginlens.core.verdicts import VerdictStore
 from marginlens.core.workspace import Workspace
 
 

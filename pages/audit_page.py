@@ -36,7 +36,6 @@ from marginlens.core.audit.subsets import (
     sample_subsets,
     unique_pairs,
 )
-from marginlens.core.audit.verdicts import VerdictStore
 from marginlens.core.chat_client import Endpoint
 from marginlens.core.data.flags import FLAG_ACTIONS, flag_pairs, flags_summary, load_flags, unflag_pairs
 from marginlens.core.errors import MarginLensError
@@ -44,6 +43,7 @@ from marginlens.core.jobs import get_job
 from marginlens.core.selection.margin_sources import margin_sources, without_explicit_words
 from marginlens.core.selection.margins import pair_texts, scored_counts
 from marginlens.core.selection.metrics import MetricParams, metric_names
+from marginlens.core.verdicts import VerdictStore
 
 ENDPOINT_KEY = "_audit_endpoint"  # the judge endpoint picker's widgets (access.endpoint_picker)
 PLAN = "_audit_plan"

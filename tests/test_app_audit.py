@@ -16,9 +16,9 @@ from marginlens.core.audit.audit_job import list_audits, submit_audit, verdict_r
 from marginlens.core.audit.audit_params import AuditParams, audit_params
 from marginlens.core.audit.audit_report import disagreements
 from marginlens.core.audit.judge_prompt import chosen_position
-from marginlens.core.audit.verdicts import VerdictStore
 from marginlens.core.chat_client import Completion, Endpoint
 from marginlens.core.data.flags import load_flags
+from marginlens.core.verdicts import VerdictStore
 
 KEY = "sk-audit-page-SECRET-77f3a1"
 

@@ -15,12 +15,12 @@ from judge_server import ScriptedJudge
 from marginlens.core.audit.audit_job import ALL_FAILED_STOP, submit_audit, verdict_record
 from marginlens.core.audit.audit_params import audit_params
 from marginlens.core.audit.endpoint_check import check_endpoint
-from marginlens.core.audit.verdicts import VerdictStore
 from marginlens.core.chat_client import Completion, Endpoint, RetryPolicy
 from marginlens.core.cli import main
 from marginlens.core.errors import MarginLensError
 from marginlens.core.job_status import details
 from marginlens.core.jobs import list_jobs
+from marginlens.core.verdicts import VerdictStore
 
 UNREACHABLE = "http://127.0.0.1:9/v1"  # the discard port: nothing listens there
 

@@ -23,10 +23,10 @@ from marginlens.core.audit.audit_report import (
     verdict_rows,
     verdicts_for_pair,
 )
-from marginlens.core.audit.verdicts import VerdictStore
 from marginlens.core.chat_client import Endpoint, RetryPolicy
 from marginlens.core.cli import main as cli_main
 from marginlens.core.data.flags import load_flags
+from marginlens.core.verdicts import VerdictStore
 from marginlens.core.workspace import Workspace
 
 KEY = "sk-audit-test-SECRET-4d1e2b"

@@ -10,9 +10,9 @@ from helpers_serve import transformers_serve
 from marginlens.core.audit.audit_job import submit_audit
 from marginlens.core.audit.audit_params import audit_params
 from marginlens.core.audit.audit_report import audit_report
-from marginlens.core.audit.verdicts import VerdictStore
 from marginlens.core.chat_client import Endpoint, RetryPolicy
 from marginlens.core.scoring.models import smollm2_folder
+from marginlens.core.verdicts import VerdictStore
 
 KEY = "sk-real-model-test-KEY-91c0"
 pytestmark = pytest.mark.slow

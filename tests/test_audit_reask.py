@@ -11,8 +11,8 @@ from judge_server import ScriptedJudge
 from marginlens.core.audit.audit_job import list_audits, submit_audit
 from marginlens.core.audit.audit_params import audit_params, reask_params
 from marginlens.core.audit.audit_report import audit_report
-from marginlens.core.audit.verdicts import VerdictStore, verdicts_path
 from marginlens.core.chat_client import Endpoint, RetryPolicy
+from marginlens.core.verdicts import VerdictStore, verdicts_path
 
 FAST = RetryPolicy(max_attempts=2, base_delay=0.01, max_delay=0.02)
 

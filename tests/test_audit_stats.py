@@ -17,10 +17,10 @@ from marginlens.core.audit.audit_params import AuditParams, audit_params
 from marginlens.core.audit.audit_report import audit_report
 from marginlens.core.audit.judge_prompt import PROMPT_VERSION, template_text
 from marginlens.core.audit.subsets import sample_subsets
-from marginlens.core.audit.verdicts import VerdictStore, verdicts_path
 from marginlens.core.chat_client import Completion, Endpoint
 from marginlens.core.data.flags import flag_pairs, flags_summary, load_flags, unflag_pairs
 from marginlens.core.errors import MarginLensError
+from marginlens.core.verdicts import VerdictStore, verdicts_path
 from scipy.stats import binomtest
 
 ENDPOINT = Endpoint("judge-h", "http://127.0.0.1:1/v1")
@@ -91,7 +91,7 @@ def test_wilson_and_kappa_edges():
 
 APPEND_MANY = """
 import sys
-from marginlens.core.audit.verdicts import VerdictStore
+from marginlens.core.verdicts import VerdictStore
 store = VerdictStore(sys.argv[1])
 written = 0
 for i in range(30):

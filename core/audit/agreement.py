@@ -18,7 +18,7 @@ from __future__ import annotations
 import math
 from typing import Any
 
-from marginlens.core.audit.verdicts import PairVerdict
+from marginlens.core.verdicts import PairVerdict
 
 Z95 = 1.959963984540054
 

@@ -12,7 +12,7 @@ Flow (the dashboard's Audit page and `marginlens audit` both follow it):
   flag_disagreements(ws, dataset, judge_model)      flag pairs the judge decisively reverses (core.data.flags)
 
 The job params hold the sampled ids themselves, so a job is exactly reproducible and resubmitting the
-same settings resumes the same job; the verdict store (core.audit.verdicts) is shared by all audits of a
+same settings resumes the same job; the verdict store (core.verdicts) is shared by all audits of a
 dataset, so a pair judged once by a judge model under a prompt version is never paid for again.
 """
 
@@ -38,7 +38,6 @@ from marginlens.core.audit.judge_prompt import (
 )
 from marginlens.core.audit.judge_prompt import template_text as prompt_template_text
 from marginlens.core.audit.subsets import sampled_rows
-from marginlens.core.audit.verdicts import VerdictStore
 from marginlens.core.chat_client import (
     KEY_ENV,
     Budget,
@@ -54,6 +53,7 @@ from marginlens.core.errors import MarginLensError
 from marginlens.core.job_status import JobState
 from marginlens.core.jobs import Job, JobContext, list_jobs, submit
 from marginlens.core.locks import exclusive
+from marginlens.core.verdicts import VerdictStore
 from marginlens.core.workspace import Workspace
 
 FATAL_STATUSES = (401, 403, 404)  # bad key, no access, unknown model: every further call would fail too

@@ -16,9 +16,9 @@ from typing import Any
 
 from marginlens.core.audit.judge_prompt import ORDERS, PROMPT_VERSION
 from marginlens.core.audit.subsets import unique_pairs
-from marginlens.core.audit.verdicts import VerdictStore, round_of
 from marginlens.core.chat_client import Endpoint, RetryPolicy, public_url
 from marginlens.core.errors import MarginLensError
+from marginlens.core.verdicts import VerdictStore, round_of
 
 DEFAULT_CONCURRENCY = 4
 

@@ -1,7 +1,7 @@
 """What an audit costs before it runs, what it found at any time (partial too), and acting on it: flagging
 the pairs the judge decisively reverses (core.data.flags).
 
-All of it reads the verdict store (core.audit.verdicts), never a running job, so the dashboard and the CLI
+All of it reads the verdict store (core.verdicts), never a running job, so the dashboard and the CLI
 show the same numbers while an audit is still judging. The report is a plain JSON-able dict because it is
 stored as such in the job's result and printed by `marginlens audit --json`; the statistics in it are
 defined in core.audit.agreement.
@@ -16,9 +16,9 @@ from marginlens.core.audit.agreement import subset_stats
 from marginlens.core.audit.audit_params import AuditParams
 from marginlens.core.audit.judge_prompt import PROMPT_VERSION, build_messages
 from marginlens.core.audit.subsets import ordered, sampled_rows
-from marginlens.core.audit.verdicts import PairVerdict, VerdictStore, pair_verdicts
 from marginlens.core.chat_client import estimate_tokens
 from marginlens.core.data.flags import flag_pairs, load_flags
+from marginlens.core.verdicts import PairVerdict, VerdictStore, pair_verdicts
 from marginlens.core.workspace import Workspace
 
 

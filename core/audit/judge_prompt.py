@@ -1,7 +1,7 @@
 """The pairwise judge prompt (versioned) and a parser for the judge's answer.
 
 A verdict is only meaningful together with the exact text that produced it, so the template has a
-version string and every stored verdict carries both (core.audit.verdicts). Changing a single character of
+version string and every stored verdict carries both (core.verdicts). Changing a single character of
 SYSTEM or USER_TEMPLATE must come with a new PROMPT_VERSION, otherwise old and new verdicts would be
 mixed under one key.
 

@@ -139,7 +139,7 @@ def cmd_audit(args: argparse.Namespace) -> int:
     params = _params(args, ws)
     if args.reask_invalid:
         from marginlens.core.audit.audit_params import reask_params
-        from marginlens.core.audit.verdicts import VerdictStore
+        from marginlens.core.verdicts import VerdictStore
 
         reask = reask_params(VerdictStore.for_dataset(ws, args.name), params)
         if reask is None:

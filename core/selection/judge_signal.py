@@ -4,32 +4,22 @@
     judge_rejected  1.0 where some judge model, under one prompt version, preferred the rejected answer in both
                     orders (AB and BA, both answers valid); 0.0 everywhere else, unjudged pairs included
 
-The verdicts are the audit's store, audits/DATASET/verdicts.jsonl (core.audit.verdicts, which sits above this
-layer and is not imported: the key and re-ask rule below are that module's, read-only). A pair never judged
-counts as "the judge does not vote against it", so the rule still runs on a dataset no one has audited.
+The verdicts are the audit's store (core.verdicts: audits/DATASET/verdicts.jsonl, a re-ask superseding the
+answer it asked again). A pair never judged counts as "the judge does not vote against it", so the rule still
+runs on a dataset no one has audited.
 """
 
 from __future__ import annotations
 
-from collections.abc import Hashable
 from typing import Any
 
 import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
-from marginlens.core.keyed_log import KeyedLog
+from marginlens.core.verdicts import VerdictStore, verdicts_path
 from marginlens.core.workspace import Workspace
 
 JUDGE_COLUMN = "judge_rejected"
-
-
-def _key(record: dict[str, Any]) -> Hashable:
-    return (record["pair_id"], record["judge_model"], record["prompt_version"], record["order"])
-
-
-def _supersedes(record: dict[str, Any], stored: dict[str, Any] | None) -> bool:
-    # a re-ask (a higher "reask" round) replaces the answer it asked again, as in core.audit.verdicts
-    return stored is None or int(record.get("reask") or 0) > int(stored.get("reask") or 0)
 
 
 def rejected_both_orders(records: list[dict[str, Any]]) -> set[str]:
@@ -43,11 +33,10 @@ def rejected_both_orders(records: list[dict[str, Any]]) -> set[str]:
 
 def judge_rejected(ws: Workspace, dataset: str, pair_ids: pa.Array) -> np.ndarray:
     """The JUDGE_COLUMN values for `pair_ids` (the frame's, in its order); all 0.0 when there are no verdicts."""
-    path = ws.audits_dir / dataset / "verdicts.jsonl"
     out = np.zeros(len(pair_ids), dtype=np.float64)
-    if not path.is_file():
+    if not verdicts_path(ws, dataset).is_file():
         return out
-    against = rejected_both_orders(KeyedLog(path, _key, _supersedes).records())
+    against = rejected_both_orders(VerdictStore.for_dataset(ws, dataset).records())
     if against:
         hit = pc.is_in(pair_ids, value_set=pa.array(sorted(against), type=pair_ids.type))  # hashed in C
         out[hit.to_numpy(zero_copy_only=False)] = 1.0
