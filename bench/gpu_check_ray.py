@@ -17,10 +17,9 @@ from typing import Any
 def ray_engine(report: Any, args: Any, deadline: float) -> None:
     from marginlens.core.jobs import list_jobs
     from marginlens.core.scoring.ray_cluster import check_installed
-    from marginlens.core.scoring.score_tables import load_score_table
     from marginlens.core.workspace import Workspace
 
-    from bench.gpu_check_sections import _cli, pairs_dataset, small_model
+    from bench.gpu_check_sections import pairs_dataset, scored_table, small_model
 
     check_installed()
     folder, kind = small_model(args)
@@ -34,15 +33,7 @@ def ray_engine(report: Any, args: Any, deadline: float) -> None:
         if engine == "ray":
             command += ["--ray-actors", "1"]
             os.environ.setdefault("MARGINLENS_RAY_DASHBOARD", "0")  # the CLI's job worker inherits it
-        try:
-            seconds, stdout = _cli(command, deadline)
-        except BaseException:
-            for job in list_jobs(ws, "score"):  # the workers run on in sessions of their own
-                job.cancel()
-            raise
-        fingerprint = next(line.split(":", 1)[1].split()[0] for line in stdout.splitlines()
-                           if line.strip().startswith("policy:"))
-        tables[engine] = {r["pair_id"]: r for r in load_score_table(ws, "pairs", fingerprint).to_pylist()}
+        seconds, _, tables[engine] = scored_table(ws, command, deadline)
         extra = list_jobs(ws, "score")[0].status().extra or {}
         report.put("ray", **{f"seconds_{engine}": seconds, f"pairs_per_s_{engine}": len(rows) / seconds},
                    model_kind=kind, data=data, pairs=len(rows))

@@ -265,9 +265,25 @@ def _cli(args: list[str], deadline: float) -> tuple[float, str]:
     return time.perf_counter() - start, proc.stdout
 
 
-def processes(report: Any, args: Any, deadline: float) -> None:
+def scored_table(ws: Any, command: list[str], deadline: float) -> tuple[float, str, dict[str, dict]]:
+    """Run a `marginlens score` command on the "pairs" dataset: (seconds, the policy table's fingerprint, its rows
+    by pair_id). A timeout or Ctrl-C cancels its jobs, whose workers run on in sessions of their own."""
     from marginlens.core.jobs import list_jobs
     from marginlens.core.scoring.score_tables import load_score_table
+
+    try:
+        seconds, stdout = _cli(command, deadline)
+    except BaseException:
+        for job in list_jobs(ws, "score"):
+            job.cancel()
+        raise
+    fingerprint = next(line.split(":", 1)[1].split()[0] for line in stdout.splitlines()
+                       if line.strip().startswith("policy:"))
+    return seconds, fingerprint, {r["pair_id"]: r for r in load_score_table(ws, "pairs", fingerprint).to_pylist()}
+
+
+def processes(report: Any, args: Any, deadline: float) -> None:
+    from marginlens.core.jobs import list_jobs
     from marginlens.core.workspace import Workspace
 
     folder, kind = small_model(args)
@@ -278,16 +294,8 @@ def processes(report: Any, args: Any, deadline: float) -> None:
         rows, data = pairs_dataset(args, ws, n)
         command = ["score", "pairs", "--workspace", str(ws.root), "--policy", str(folder), "--device", args.device,
                    "--max-length", "512", "--max-prompt-length", "256", "--processes", str(count)]
-        try:
-            seconds, stdout = _cli(command, deadline)
-        except BaseException:
-            for job in list_jobs(ws, "score"):  # the workers run on in sessions of their own
-                job.cancel()
-            raise
+        seconds, fingerprint, tables[count] = scored_table(ws, command, deadline)
         job = list_jobs(ws, "score")[0]
-        fingerprint = next(line.split(":", 1)[1].split()[0] for line in stdout.splitlines()
-                           if line.strip().startswith("policy:"))
-        tables[count] = {r["pair_id"]: r for r in load_score_table(ws, "pairs", fingerprint).to_pylist()}
         report.put("processes", **{f"seconds_{count}": seconds}, model_kind=kind, data=data, pairs=len(rows))
         if count == 2:
             parts = (job.results_dir / fingerprint).glob("part-rank*")
